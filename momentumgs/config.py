@@ -1,0 +1,187 @@
+"""Typed configs: dataclasses loaded from YAML, with dotted overrides (`--set train.iterations=2000`).
+
+Every section is a plain dataclass with defaults; a YAML file sets any subset of the fields. Unknown
+keys and values of the wrong type are rejected with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from momentumgs.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the COLMAP scene is and how it is read."""
+
+    path: str = ""  # scene root holding sparse/0 and images/ (or train/ and val/)
+    images: str = "images"  # image folder name inside the scene root
+    downscale: int = 1  # integer image downscale factor, as the paper's `-r 4`
+    test_every: int = 8  # every n-th image (sorted by name) is a test view; 0 = no test views
+    split_file: str = ""  # optional text file listing test image names, one per line
+    image_cache_mb: int = 512  # bound on decoded images kept in RAM
+
+
+@dataclass
+class DemoConfig:
+    """The embedded demo city (momentumgs/data/demo.py)."""
+
+    size: str = "demo"  # "demo" (README scene) or "test" (small scene for tests)
+    seed: int = 0
+    cache_dir: str = ""  # default: $MOMENTUMGS_CACHE or ~/.cache/momentumgs
+
+
+@dataclass
+class ModelConfig:
+    """Anchor field and Gaussian decoder (DESIGN §3)."""
+
+    voxel_size: float = 0.0  # 0 = choose from the point cloud
+    feat_dim: int = 32
+    n_offsets: int = 10
+    hidden_dim: int = 32
+    use_distance: bool = False  # feed |x_v - c| to the decoder (paper yes, released code no)
+    appearance_dim: int = 0  # per-image appearance embedding; 0 = off
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of one block (DESIGN §3, §4)."""
+
+    iterations: int = 30_000
+    seed: int = 0
+    lambda_dssim: float = 0.2
+    lambda_volume: float = 0.01
+    eval_every: int = 1000  # test-view evaluation period (iterations); 0 = only at the end
+    checkpoint_every: int = 1000
+    log_every: int = 10
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: str = "runs/demo"
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotated type `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}': expected {tp}, got {type(value).__name__} {value!r}")
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {type(value).__name__} {value!r}")
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return origin(items)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected true/false, got {type(value).__name__} {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected int, got bool {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(
+            f"config key '{key}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _apply(obj: Any, data: dict, prefix: str = "") -> None:
+    """Set the fields of dataclass `obj` from the nested dict `data`, checking keys and types."""
+    if not isinstance(data, dict):
+        where = prefix.rstrip(".") or "top level"
+        raise ConfigError(f"config key '{where}': expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise ConfigError(f"unknown config key '{key}'")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, key + ".")
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.iterations=2000' -> (['train', 'iterations'], 2000). Values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}': expected KEY=VALUE, e.g. train.iterations=2000")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the YAML file at `path` (if any), then each `KEY=VALUE` override in order."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path}: not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f" (line {line + 1})" if line is not None else ""
+            raise ConfigError(f"config file {path}: not valid YAML{where}") from exc
+        try:
+            _apply(cfg, data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply(cfg, _nest(keys, value))
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

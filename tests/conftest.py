@@ -1,0 +1,15 @@
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Tests share one demo-scene cache per session, never the user's own cache folder."""
+    cache = tmp_path_factory.getbasetemp() / "momentumgs-cache"
+    monkeypatch.setenv("MOMENTUMGS_CACHE", str(cache))
