@@ -50,9 +50,9 @@ def cmd_demo_scene(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     from momentumgs.data.colmap import load_colmap_scene
 
-    cfg = _config(args)
     scene = load_colmap_scene(
         args.scene,
         images=cfg.data.images,
@@ -65,10 +65,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    cfg = _config(args, _default_demo_config())
     from momentumgs.data.colmap import load_colmap_scene
     from momentumgs.data.demo import cached_demo_scene
 
-    cfg = _config(args, _default_demo_config())
     t0 = time.perf_counter()
     root = cached_demo_scene(size=cfg.demo.size, seed=cfg.demo.seed, cache_dir=cfg.demo.cache_dir or None)
     scene = load_colmap_scene(
