@@ -1,0 +1,73 @@
+import math
+
+import pytest
+import torch
+
+from momentumgs.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from momentumgs.train.schedule import ExpSchedule
+
+
+def _state():
+    g = torch.Generator().manual_seed(3)
+    return {
+        "iteration": 17,
+        "params": {"features": torch.randn(5, 4, generator=g)},
+        "rng": g.get_state(),
+        "names": ["a", "b"],
+    }
+
+
+def test_round_trip_is_exact(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    state = _state()
+    save_checkpoint(path, state)
+    loaded = load_checkpoint(path)
+    assert loaded["iteration"] == 17 and loaded["names"] == ["a", "b"]
+    assert torch.equal(loaded["params"]["features"], state["params"]["features"])
+    assert torch.equal(loaded["rng"], state["rng"])
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp file left behind
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b[: len(b) // 2], "truncated"),
+        (lambda b: b[:-10] + bytes(x ^ 0xFF for x in b[-10:]), "checksum mismatch"),
+        (lambda b: b"PK" + b[2:], "bad magic"),
+        (lambda b: b"", "bad magic"),
+    ],
+)
+def test_damaged_checkpoint_is_a_clear_error(tmp_path, damage, message):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, _state())
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, _state())
+    before = path.read_bytes()
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot serialise")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint(path, {"bad": Unpicklable()})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_exp_schedule_endpoints_and_log_linearity():
+    s = ExpSchedule(0.01, 1e-4, 1000)
+    assert s(0) == pytest.approx(0.01)
+    assert s(1000) == pytest.approx(1e-4)
+    assert s(5000) == pytest.approx(1e-4)  # held after max_steps
+    assert math.log(s(500)) == pytest.approx(0.5 * (math.log(0.01) + math.log(1e-4)))
+    delayed = ExpSchedule(0.01, 1e-4, 1000, delay_steps=100, delay_mult=0.01)
+    assert delayed(0) == pytest.approx(1e-4)
+    assert delayed(100) == pytest.approx(s(100))
+    assert ExpSchedule(0.004, 0.004, 1000)(300) == 0.004
