@@ -1,0 +1,535 @@
+"""The demo city: layout, photo textures and drone cameras, all deterministic from `CityParams`.
+
+Units are metres, world z is up, the ground is z = 0. Two roads cross at the origin and split the
+city into four quadrants that each hold buildings, so a 2 x 2 (or finer) block grid has content in
+every block. Textures are cut from the real photos shipped inside scikit-image's wheel (no download):
+SIFT needs rich, non-repeating texture, which flat colours or tiled patterns do not give.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from momentumgs.data.raycast import Boxes, Texture, World
+
+# bundled with scikit-image (skimage/data/*.png|jpg): loading them never downloads anything
+COLOR_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "retina",
+    "immunohistochemistry",
+)
+GRAY_PHOTOS = ("brick", "grass", "gravel", "camera", "moon", "coins", "text", "page")
+
+
+@dataclass(frozen=True)
+class Ring:
+    """Oblique views on a circle around the city centre, looking inwards."""
+
+    views: int
+    radius: float  # metres from the centre
+    altitude: float
+    tilt_deg: float  # angle of the optical axis from straight down
+
+
+@dataclass(frozen=True)
+class CityParams:
+    """Everything that decides the demo scene. Its hash names the cache entry."""
+
+    seed: int = 0
+    width: int = 320
+    height: int = 240
+    focal: float = 256.0  # pixels, fx = fy; principal point at the image centre
+    supersample: int = 2  # rays per pixel side
+    # layout
+    city_half: float = 34.0  # buildings lie within [-city_half, city_half]^2
+    road_width: float = 8.0
+    sidewalk: float = 2.0
+    buildings_per_quadrant: int = 3
+    building_side: tuple[float, float] = (7.0, 13.0)
+    building_height: tuple[float, float] = (6.0, 20.0)
+    max_yaw_deg: float = 30.0
+    cars: int = 20
+    trees: int = 14
+    kiosks: int = 6
+    # textures
+    ground_half: float = 90.0  # the ground texture covers [-ground_half, ground_half]^2
+    ground_texel: float = 0.1  # metres per ground texel
+    atlas_texel: float = 0.08  # metres per wall / roof texel
+    # lighting
+    sun_elevation_deg: float = 52.0
+    sun_azimuth_deg: float = 35.0
+    ambient: float = 0.4
+    # cameras: a lawn-mower grid of near-nadir views plus oblique rings
+    grid: tuple[int, int] = (6, 6)
+    grid_spacing: float = 11.0
+    grid_altitude: float = 55.0
+    grid_tilt_deg: float = 12.0
+    rings: tuple[Ring, ...] = field(
+        default_factory=lambda: (Ring(16, 46.0, 42.0, 42.0), Ring(12, 28.0, 60.0, 24.0))
+    )
+    jitter: float = 1.0  # metres of random position jitter per camera
+
+    @property
+    def num_views(self) -> int:
+        return self.grid[0] * self.grid[1] + sum(r.views for r in self.rings)
+
+
+def city_params(size: str = "demo", seed: int = 0) -> CityParams:
+    """The two shipped sizes: `demo` (64 views, 320x240) and `test` (24 views, smaller city)."""
+    if size == "demo":
+        return CityParams(seed=seed)
+    if size == "test":
+        return CityParams(
+            seed=seed,
+            width=256,
+            height=192,
+            focal=205.0,
+            city_half=26.0,
+            buildings_per_quadrant=2,
+            building_side=(6.0, 10.0),
+            building_height=(5.0, 15.0),
+            cars=10,
+            trees=8,
+            kiosks=4,
+            ground_half=70.0,
+            grid=(4, 4),
+            grid_spacing=11.0,
+            grid_altitude=45.0,
+            rings=(Ring(8, 36.0, 34.0, 40.0),),
+        )
+    raise ValueError(f"unknown demo size {size!r} (expected 'demo' or 'test')")
+
+
+# --- photos and patches --------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def load_photos() -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """(colour photos, grey photos) as float32 [H, W, 3] in [0, 1]."""
+    import skimage.data
+
+    def rgb(name):
+        img = getattr(skimage.data, name)()
+        img = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+        return np.ascontiguousarray(img[..., :3], dtype=np.float32) / 255.0
+
+    return tuple(rgb(n) for n in COLOR_PHOTOS), tuple(rgb(n) for n in GRAY_PHOTOS)
+
+
+def photo_patch(rng: np.random.Generator, photo: np.ndarray, h: int, w: int, scale=(0.6, 1.6)) -> np.ndarray:
+    """A randomly rotated, scaled and placed h x w view into `photo` (mirrored at its borders)."""
+    ph, pw = photo.shape[:2]
+    s = rng.uniform(*scale)
+    angle = rng.uniform(0, 360)
+    cx, cy = rng.uniform(0, pw), rng.uniform(0, ph)
+    M = cv2.getRotationMatrix2D((cx, cy), angle, s)
+    M[:, 2] += (w / 2 - cx, h / 2 - cy)
+    return cv2.warpAffine(photo, M, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def detail(rng, h, w, tint, colourfulness=0.25, contrast=1.0, scale=(0.6, 1.6)) -> np.ndarray:
+    """Tinted photo texture [h, w, 3]: a grey photo mixed with a little of a colour photo."""
+    colour, grey = load_photos()
+    g = photo_patch(rng, grey[rng.integers(len(grey))], h, w, scale)
+    c = photo_patch(rng, colour[rng.integers(len(colour))], h, w, scale)
+    lum = g.mean(axis=2, keepdims=True)
+    lum = 0.5 + (lum - lum.mean()) * contrast
+    base = lum * np.asarray(tint, np.float32) * 2.0
+    return np.clip((1 - colourfulness) * base + colourfulness * c, 0.0, 1.0)
+
+
+def hann_blend(rng, h, w, cell, make_patch) -> np.ndarray:
+    """Cover an h x w canvas with overlapping patches blended by Hann windows (no seams, no repeats)."""
+    size = int(cell * 1.5)
+    win = np.hanning(size + 2)[1:-1].astype(np.float32)
+    win = np.outer(win, win)[..., None] + 1e-4
+    acc = np.zeros((h + 2 * size, w + 2 * size, 3), np.float32)
+    wsum = np.zeros((h + 2 * size, w + 2 * size, 1), np.float32)
+    for y in range(-size // 2, h, cell):
+        for x in range(-size // 2, w, cell):
+            y0, x0 = y + size // 2, x + size // 2
+            acc[y0 : y0 + size, x0 : x0 + size] += make_patch(size) * win
+            wsum[y0 : y0 + size, x0 : x0 + size] += win
+    off = size // 2
+    return acc[off : off + h, off : off + w] / wsum[off : off + h, off : off + w]
+
+
+# --- layout --------------------------------------------------------------------------------------
+
+
+@dataclass
+class BoxSpec:
+    kind: str  # building, roof_unit, car, tree_trunk, tree_crown, kiosk
+    center: tuple[float, float, float]
+    half: tuple[float, float, float]
+    yaw: float
+
+
+def _footprint_radius(hx, hy):
+    return math.hypot(hx, hy)
+
+
+def layout(p: CityParams) -> list[BoxSpec]:
+    """Buildings in four quadrants, roof units, cars on the roads, trees and kiosks."""
+    rng = np.random.default_rng([p.seed, 1])
+    boxes: list[BoxSpec] = []
+    discs: list[tuple[float, float, float]] = []  # occupied ground discs (x, y, r)
+    street = p.road_width / 2 + p.sidewalk
+
+    def free(x, y, r, gap):
+        return all(math.hypot(x - a, y - b) > r + c + gap for a, b, c in discs)
+
+    for qx, qy in ((1, 1), (-1, 1), (-1, -1), (1, -1)):
+        placed, tries = 0, 0
+        while placed < p.buildings_per_quadrant and tries < 2000:
+            tries += 1
+            hx, hy = rng.uniform(*p.building_side, size=2) / 2
+            r = _footprint_radius(hx, hy)
+            lo = street + r + 0.5
+            if lo >= p.city_half:
+                continue
+            x, y = qx * rng.uniform(lo, p.city_half), qy * rng.uniform(lo, p.city_half)
+            if not free(x, y, r, 3.0):
+                continue
+            h = rng.uniform(*p.building_height)
+            yaw = math.radians(rng.uniform(-p.max_yaw_deg, p.max_yaw_deg))
+            boxes.append(BoxSpec("building", (x, y, h / 2), (hx, hy, h / 2), yaw))
+            discs.append((x, y, r))
+            placed += 1
+            # rooftop units: small boxes on the roof, in the building's own frame
+            for _ in range(rng.integers(1, 3)):
+                ux, uy = rng.uniform(0.6, 1.5, size=2)
+                lx, ly = (
+                    rng.uniform(-(hx - ux - 0.5), hx - ux - 0.5),
+                    rng.uniform(-(hy - uy - 0.5), hy - uy - 0.5),
+                )
+                uh = rng.uniform(0.5, 1.2)
+                c, s = math.cos(yaw), math.sin(yaw)
+                boxes.append(
+                    BoxSpec(
+                        "roof_unit", (x + c * lx - s * ly, y + s * lx + c * ly, h + uh), (ux, uy, uh), yaw
+                    )
+                )
+
+    cars: list[tuple[float, float]] = []
+    reach = p.city_half + 10.0
+    for _ in range(p.cars * 20):
+        if len(cars) >= p.cars:
+            break
+        along = rng.uniform(-reach, reach)
+        lane = rng.choice([-1.0, 1.0]) * p.road_width / 4
+        if abs(along) < p.road_width:  # keep the crossing clear
+            continue
+        vertical = rng.random() < 0.5
+        x, y = (lane, along) if vertical else (along, lane)
+        if any(math.hypot(x - a, y - b) < 6.0 for a, b in cars):
+            continue
+        cars.append((x, y))
+        yaw = (math.pi / 2 if vertical else 0.0) + rng.normal(0, 0.03)
+        boxes.append(BoxSpec("car", (x, y, 0.75), (2.2, 0.9, 0.75), yaw))
+
+    def spot(r, gap):
+        for _ in range(500):
+            x, y = rng.uniform(-p.city_half - 6, p.city_half + 6, size=2)
+            if min(abs(x), abs(y)) > street + r and free(x, y, r, gap):
+                discs.append((x, y, r))
+                return x, y
+        return None
+
+    for _ in range(p.trees):
+        xy = spot(1.8, 1.0)
+        if xy is None:
+            continue
+        crown = rng.uniform(1.2, 1.8)
+        trunk = rng.uniform(1.6, 2.6)
+        yaw = rng.uniform(0, math.pi)
+        boxes.append(BoxSpec("tree_trunk", (*xy, trunk / 2), (0.2, 0.2, trunk / 2), yaw))
+        boxes.append(BoxSpec("tree_crown", (*xy, trunk + crown), (crown, crown, crown), yaw))
+    for _ in range(p.kiosks):
+        xy = spot(1.6, 1.0)
+        if xy is None:
+            continue
+        hx, hy = rng.uniform(0.9, 1.4, size=2)
+        boxes.append(BoxSpec("kiosk", (*xy, 1.3), (hx, hy, 1.3), rng.uniform(0, math.pi)))
+    return boxes
+
+
+# --- textures ------------------------------------------------------------------------------------
+
+
+def ground_texture(p: CityParams, buildings: list[BoxSpec]) -> np.ndarray:
+    """[N, N, 3] float32 ground: fields and lawns, roads with markings, sidewalks, paved lots.
+
+    Row i, column j is the texel centred at x = (j + 0.5) * texel - ground_half, y likewise with i.
+    """
+    rng = np.random.default_rng([p.seed, 2])
+    n = int(round(2 * p.ground_half / p.ground_texel))
+    earth = [(0.42, 0.5, 0.3), (0.5, 0.46, 0.36), (0.38, 0.46, 0.28), (0.55, 0.52, 0.42), (0.45, 0.4, 0.3)]
+
+    def field_patch(size):
+        return detail(rng, size, size, earth[rng.integers(len(earth))], colourfulness=0.3, contrast=1.6)
+
+    img = hann_blend(rng, n, n, 128, field_patch)
+    coords = (np.arange(n, dtype=np.float32) + 0.5) * p.ground_texel - p.ground_half
+
+    def index(v):
+        return int(np.clip(np.searchsorted(coords, v), 0, n))
+
+    def paint(x0, x1, y0, y1, mask_fn, tint, colourfulness, contrast, scale):
+        """Paint a fresh photo layer where mask_fn(X, Y) holds, within the world rectangle given."""
+        rows, cols = slice(index(y0), index(y1)), slice(index(x0), index(x1))
+        X, Y = coords[cols][None, :], coords[rows][:, None]
+        mask = mask_fn(X, Y)
+        if not mask.any():
+            return
+
+        def patch(size):
+            return detail(rng, size, size, tint, colourfulness=colourfulness, contrast=contrast, scale=scale)
+
+        layer = hann_blend(rng, mask.shape[0], mask.shape[1], 96, patch)
+        np.copyto(img[rows, cols], layer, where=mask[..., None])
+
+    # paved lots around buildings (rotated rectangles with a margin)
+    for b in buildings:
+        c, s = math.cos(b.yaw), math.sin(b.yaw)
+        hx, hy = b.half[0] + 2.5, b.half[1] + 2.5
+        r = math.hypot(hx, hy)
+
+        def lot(X, Y, b=b, c=c, s=s, hx=hx, hy=hy):
+            dx, dy = X - b.center[0], Y - b.center[1]
+            return (np.abs(c * dx + s * dy) < hx) & (np.abs(c * dy - s * dx) < hy)
+
+        cx, cy = b.center[0], b.center[1]
+        paint(cx - r, cx + r, cy - r, cy + r, lot, (0.55, 0.53, 0.5), 0.15, 1.3, (1.0, 1.6))
+    # the two roads with their sidewalks: a strip along y (x near 0) and one along x (y near 0)
+    half_road, g = p.road_width / 2, p.ground_half
+    w = half_road + p.sidewalk
+    for x0, x1, y0, y1 in ((-w, w, -g, g), (-g, g, -w, w)):
+        paint(
+            x0,
+            x1,
+            y0,
+            y1,
+            lambda X, Y: np.ones(np.broadcast(X, Y).shape, bool),
+            (0.62, 0.6, 0.58),
+            0.1,
+            1.4,
+            (0.5, 0.8),
+        )
+    for x0, x1, y0, y1 in ((-half_road, half_road, -g, g), (-g, g, -half_road, half_road)):
+        paint(
+            x0,
+            x1,
+            y0,
+            y1,
+            lambda X, Y: np.ones(np.broadcast(X, Y).shape, bool),
+            (0.3, 0.3, 0.32),
+            0.1,
+            1.8,
+            (0.6, 1.0),
+        )
+    # markings: dashed centre lines, edge lines, zebra crossings
+    X, Y = coords[None, :], coords[:, None]
+    near_x, near_y = np.abs(X) + 0 * Y, np.abs(Y) + 0 * X  # [n, n] distance from the road axes
+    road = (near_x < half_road) | (near_y < half_road)
+    crossing = (near_x < half_road) & (near_y < half_road)
+    dash = (np.mod(np.where(near_x < half_road, Y, X), 6.0) < 3.0) & ~crossing
+    centre = ((near_x < 0.08) | (near_y < 0.08)) & dash
+    edge = (np.abs(near_x - (half_road - 0.4)) < 0.08) | (np.abs(near_y - (half_road - 0.4)) < 0.08)
+    edge &= road & ~crossing
+    zebra_x = (near_x < half_road) & (np.abs(near_y - half_road - 1.5) < 1.2) & (np.mod(X, 1.0) < 0.5)
+    zebra_y = (near_y < half_road) & (np.abs(near_x - half_road - 1.5) < 1.2) & (np.mod(Y, 1.0) < 0.5)
+    marks = centre | edge | zebra_x | zebra_y
+    img[marks] = img[marks] * 0.25 + np.float32(0.92 * 0.75)
+    # patches of fresh asphalt and manholes: unique landmarks along the otherwise similar roads
+    for _ in range(int(p.ground_half)):
+        along = rng.uniform(-g, g)
+        across = rng.uniform(-half_road + 0.5, half_road - 0.5)
+        x, y = (across, along) if rng.random() < 0.5 else (along, across)
+        r = rng.uniform(0.3, 0.9)
+        rows, cols = slice(index(y - r), index(y + r)), slice(index(x - r), index(x + r))
+        blob = (coords[cols][None, :] - x) ** 2 + (coords[rows][:, None] - y) ** 2 < r * r
+        img[rows, cols][blob] *= rng.uniform(0.4, 0.7)
+    return np.clip(img, 0, 1)
+
+
+def facade_texture(rng, w: int, h: int, texel: float, height_m: float) -> np.ndarray:
+    """Unrolled walls [h, w, 3]: a photo-textured wall with a grid of windows, each window unique."""
+    wall_tint = rng.uniform(0.35, 0.7, size=3).astype(np.float32)
+    wall = detail(rng, h, w, wall_tint, colourfulness=0.2, contrast=1.5, scale=(0.8, 1.5))
+    colour, _ = load_photos()
+    reflect = photo_patch(rng, colour[rng.integers(len(colour))], h, w, scale=(0.8, 1.4))
+    u = (np.arange(w, dtype=np.float32) + 0.5) * texel
+    v = height_m - (np.arange(h, dtype=np.float32) + 0.5) * texel  # metres above the ground
+    col_w, floor_h = rng.uniform(2.4, 3.2), rng.uniform(3.0, 3.6)
+    win_w, win_h = col_w * rng.uniform(0.45, 0.7), floor_h * rng.uniform(0.4, 0.6)
+    ci, fi = np.floor(u / col_w).astype(int), np.floor((v - 0.8) / floor_h).astype(int)
+    du, dv = np.mod(u, col_w) - (col_w - win_w) / 2, np.mod(v - 0.8, floor_h) - (floor_h - win_h) / 2
+    in_u = (du > 0) & (du < win_w)
+    in_v = (dv > 0) & (dv < win_h) & (v > 1.2) & (v < height_m - 0.6)
+    window = in_v[:, None] & in_u[None, :]
+    frame_u = (du > -0.12) & (du < win_w + 0.12)
+    frame_v = (dv > -0.12) & (dv < win_h + 0.12) & (v > 1.0) & (v < height_m - 0.4)
+    frame = frame_v[:, None] & frame_u[None, :] & ~window
+    # per-window brightness and tint: lit rooms, blinds, reflections; breaks the grid's repetition
+    n_f, n_c = fi.max() + 2, ci.max() + 2
+    shade = rng.uniform(0.25, 1.0, size=(n_f, n_c)).astype(np.float32)
+    tint = rng.uniform(0.5, 1.0, size=(n_f, n_c, 3)).astype(np.float32)
+    fidx, cidx = np.clip(fi, 0, n_f - 1)[:, None], np.clip(ci, 0, n_c - 1)[None, :]
+    glass = reflect * shade[fidx, cidx][..., None] * tint[fidx, cidx] * np.float32(0.8) + np.float32(0.05)
+    out = wall.copy()
+    out[window] = glass[window]
+    out[frame] = np.clip(wall[frame] * 0.4 + 0.55, 0, 1)
+    # a darker band at the roof line and a lighter plinth give each wall a horizontal landmark
+    out[v > height_m - 0.4] *= 0.6
+    out[v < 0.6] = np.clip(out[v < 0.6] * 0.5 + 0.35, 0, 1)
+    return out
+
+
+def roof_texture(rng, w: int, h: int) -> np.ndarray:
+    tint = rng.uniform(0.35, 0.6, size=3).astype(np.float32)
+    roof = detail(rng, h, w, tint, colourfulness=0.35, contrast=1.8, scale=(0.6, 1.2))
+    border = max(2, min(h, w) // 24)
+    roof[:border], roof[-border:], roof[:, :border], roof[:, -border:] = 0.8, 0.8, 0.8, 0.8
+    return roof
+
+
+def small_texture(rng, kind: str, w: int, h: int, top: bool) -> np.ndarray:
+    """Cars, kiosks, trees and roof units: coloured photo textures."""
+    colour, _ = load_photos()
+    if kind == "car":
+        paint = rng.uniform(0.1, 0.9, size=3).astype(np.float32)
+        tex = detail(rng, h, w, paint, colourfulness=0.2, contrast=1.2)
+        if top:
+            tex[h // 4 : h // 2, w // 6 : 5 * w // 6] *= 0.3  # windscreen
+        else:
+            tex[: h // 2] = tex[: h // 2] * 0.35 + 0.05  # side windows
+        return tex
+    if kind == "tree_crown":
+        return detail(rng, h, w, (0.25, 0.45, 0.2), colourfulness=0.15, contrast=2.2, scale=(0.4, 0.8))
+    if kind == "tree_trunk":
+        return detail(rng, h, w, (0.4, 0.3, 0.2), colourfulness=0.1, contrast=1.5)
+    if kind == "kiosk":
+        return photo_patch(rng, colour[rng.integers(len(colour))], h, w, scale=(0.5, 1.0))
+    return detail(rng, h, w, (0.55, 0.55, 0.58), colourfulness=0.1, contrast=1.5)  # roof unit
+
+
+def pack_atlas(sizes: list[tuple[int, int]], width: int, pad: int) -> tuple[list[tuple[int, int]], int]:
+    """Shelf packing of (w, h) rectangles (each padded by `pad`) into rows of `width`; -> origins, height."""
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i][1])
+    origins: list[tuple[int, int]] = [(0, 0)] * len(sizes)
+    x = y = row_h = 0
+    for i in order:
+        w, h = sizes[i][0] + 2 * pad, sizes[i][1] + 2 * pad
+        if x + w > width:
+            x, y, row_h = 0, y + row_h, 0
+        origins[i] = (x + pad, y + pad)
+        x, row_h = x + w, max(row_h, h)
+    return origins, y + row_h
+
+
+def build_world(p: CityParams) -> tuple[World, list[BoxSpec]]:
+    """Layout, textures and lighting of the city, ready for the ray caster."""
+    specs = layout(p)
+    rng = np.random.default_rng([p.seed, 3])
+    texel = p.atlas_texel
+    tiles, sizes = [], []
+    for b in specs:
+        hx, hy, hz = b.half
+        side_w, side_h = max(4, round(4 * (hx + hy) / texel)), max(4, round(2 * hz / texel))
+        top_w, top_h = max(4, round(2 * hx / texel)), max(4, round(2 * hy / texel))
+        if b.kind == "building":
+            side = facade_texture(rng, side_w, side_h, texel, 2 * hz)
+            top = roof_texture(rng, top_w, top_h)
+        else:
+            side = small_texture(rng, b.kind, side_w, side_h, top=False)
+            top = small_texture(rng, b.kind, top_w, top_h, top=True)
+        tiles += [side, top]
+        sizes += [(side_w, side_h), (top_w, top_h)]
+    pad = 8
+    atlas_w = 2048
+    origins, atlas_h = pack_atlas(sizes, atlas_w, pad)
+    atlas = np.zeros((max(atlas_h, 1), atlas_w, 3), np.float32)
+    for (x, y), tile in zip(origins, tiles, strict=True):
+        h, w = tile.shape[:2]
+        padded = cv2.copyMakeBorder(tile, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        atlas[y - pad : y + h + pad, x - pad : x + w + pad] = padded
+    rects = np.array(
+        [(x, y, w, h) for (x, y), (w, h) in zip(origins, sizes, strict=True)], dtype=np.float64
+    ).reshape(-1, 2, 4)
+    boxes = Boxes(
+        center=np.array([b.center for b in specs], dtype=np.float64).reshape(-1, 3),
+        half=np.array([b.half for b in specs], dtype=np.float64).reshape(-1, 3),
+        yaw=np.array([b.yaw for b in specs], dtype=np.float64),
+        side_rect=rects[:, 0],
+        top_rect=rects[:, 1],
+    )
+    buildings = [b for b in specs if b.kind == "building"]
+    ground = ground_texture(p, buildings)
+    el, az = math.radians(p.sun_elevation_deg), math.radians(p.sun_azimuth_deg)
+    sun = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
+    world = World(
+        boxes=boxes,
+        atlas=Texture.from_image(atlas, texel),
+        ground=Texture.from_image(ground, p.ground_texel),
+        ground_rect=(-p.ground_half, -p.ground_half, p.ground_half, p.ground_half),
+        sun=sun,
+        ambient=p.ambient,
+    )
+    return world, specs
+
+
+# --- cameras -------------------------------------------------------------------------------------
+
+
+def look_down_viewmat(eye: np.ndarray, heading: float, tilt: float) -> np.ndarray:
+    """World->camera [4, 4] (OpenCV axes) for a camera at `eye` facing `heading` (radians from +x),
+    its optical axis `tilt` radians from straight down; the image top points along the heading."""
+    forward = np.array(
+        [math.sin(tilt) * math.cos(heading), math.sin(tilt) * math.sin(heading), -math.cos(tilt)]
+    )
+    right = np.array([math.sin(heading), -math.cos(heading), 0.0])
+    down = np.cross(forward, right)
+    R = np.stack([right, down, forward])  # rows: camera axes in world coordinates
+    viewmat = np.eye(4)
+    viewmat[:3, :3] = R
+    viewmat[:3, 3] = -R @ eye
+    return viewmat
+
+
+def intrinsics(p: CityParams) -> np.ndarray:
+    return np.array([[p.focal, 0, p.width / 2], [0, p.focal, p.height / 2], [0, 0, 1]], dtype=np.float64)
+
+
+def camera_poses(p: CityParams) -> list[np.ndarray]:
+    """World->camera matrices [4, 4]: the survey grid (lawn-mower order), then each ring."""
+    rng = np.random.default_rng([p.seed, 4])
+    poses = []
+    nx, ny = p.grid
+    for j in range(ny):
+        for i in range(nx):
+            ii = i if j % 2 == 0 else nx - 1 - i  # serpentine flight line
+            x = (ii - (nx - 1) / 2) * p.grid_spacing
+            y = (j - (ny - 1) / 2) * p.grid_spacing
+            eye = np.array([x, y, p.grid_altitude]) + rng.normal(0, p.jitter, 3)
+            heading = (0.0 if j % 2 == 0 else math.pi) + rng.normal(0, 0.05)
+            poses.append(look_down_viewmat(eye, heading, math.radians(p.grid_tilt_deg)))
+    for ring in p.rings:
+        offset = rng.uniform(0, 2 * math.pi)
+        for i in range(ring.views):
+            a = offset + 2 * math.pi * i / ring.views
+            eye = np.array([ring.radius * math.cos(a), ring.radius * math.sin(a), ring.altitude])
+            eye = eye + rng.normal(0, p.jitter, 3)
+            poses.append(
+                look_down_viewmat(eye, a + math.pi + rng.normal(0, 0.03), math.radians(ring.tilt_deg))
+            )
+    return poses

@@ -1,0 +1,365 @@
+"""A small numpy ray caster for scenes made of a textured ground plane (z = 0) and yawed boxes.
+
+Used by the demo-city generator (momentumgs/data/demo.py). Rays are processed in groups (an image
+tile, or a run of nearby segments): a group is tested only against the boxes whose xy bounds overlap
+the group's xy bounds within the height slab that holds the boxes, so the cost follows what a ray can
+actually hit rather than rays x boxes. World z is up; the ground is the plane z = 0.
+
+Textures are mip-mapped and sampled trilinearly with a footprint from the hit distance, which keeps
+the renders free of the texture aliasing that would otherwise produce unstable SIFT features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+EPS = 1e-6
+MISS = -1
+GROUND = -2  # `box` value of a ray that hits the ground plane
+
+
+@dataclass
+class Boxes:
+    """Yawed boxes standing on (or above) the ground. All arrays share the first axis B."""
+
+    center: np.ndarray  # [B, 3] box centre (world, metres)
+    half: np.ndarray  # [B, 3] half extents along the box's own x, y and z axes
+    yaw: np.ndarray  # [B] rotation about world z (radians)
+    side_rect: np.ndarray  # [B, 4] atlas rectangle (x0, y0, w, h) in texels for the unrolled walls
+    top_rect: np.ndarray  # [B, 4] atlas rectangle for the roof
+
+    def __len__(self) -> int:
+        return len(self.yaw)
+
+    def xy_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """World-space AABB of each box, ([B, 3] low, [B, 3] high)."""
+        c, s = np.abs(np.cos(self.yaw)), np.abs(np.sin(self.yaw))
+        ext = np.stack(
+            [
+                c * self.half[:, 0] + s * self.half[:, 1],
+                s * self.half[:, 0] + c * self.half[:, 1],
+                self.half[:, 2],
+            ],
+            axis=1,
+        )
+        return self.center - ext, self.center + ext
+
+
+@dataclass
+class Texture:
+    """A mip-mapped RGB texture covering a world rectangle (ground) or an atlas (boxes)."""
+
+    levels: list[np.ndarray]  # level i: [H / 2^i, W / 2^i, 3] float32 in [0, 1]
+    texel: float  # metres per level-0 texel
+
+    @staticmethod
+    def from_image(image: np.ndarray, texel: float, min_size: int = 8) -> Texture:
+        levels = [np.ascontiguousarray(image, dtype=np.float32)]
+        while min(levels[-1].shape[:2]) >= 2 * min_size:
+            levels.append(cv2.pyrDown(levels[-1]))
+        return Texture(levels, texel)
+
+
+@dataclass
+class World:
+    boxes: Boxes
+    atlas: Texture  # box walls and roofs
+    ground: Texture  # covers ground_rect
+    ground_rect: tuple[float, float, float, float]  # x0, y0, x1, y1 in metres
+    sun: np.ndarray  # [3] unit vector towards the sun
+    ambient: float = 0.35
+    sky: tuple[float, float, float] = (0.62, 0.74, 0.9)
+
+    def __post_init__(self):
+        self.box_lo, self.box_hi = self.boxes.xy_bounds()
+        self.zmax = float(self.box_hi[:, 2].max()) if len(self.boxes) else 0.0
+
+
+# --- geometry ----------------------------------------------------------------------------------
+
+
+def _to_box_frame(o, d, center, cos, sin):
+    """Ray origins/directions [..., 3] into the frames of boxes broadcast against them: 6 arrays."""
+    px, py, pz = o[..., 0] - center[..., 0], o[..., 1] - center[..., 1], o[..., 2] - center[..., 2]
+    ox, oy = cos * px + sin * py, cos * py - sin * px
+    dx, dy = cos * d[..., 0] + sin * d[..., 1], cos * d[..., 1] - sin * d[..., 0]
+    return (ox, oy, pz), (dx, dy, d[..., 2])
+
+
+def _slab(lo, ld, half):
+    """Slab test in box frame (per-axis arrays, no small trailing axis): entry and exit t."""
+    t_in, t_out = -np.inf, np.inf
+    for axis in range(3):
+        dd = ld[axis]
+        inv = 1.0 / np.where(np.abs(dd) < 1e-12, 1e-12, dd)
+        ta = (-half[..., axis] - lo[axis]) * inv
+        tb = (half[..., axis] - lo[axis]) * inv
+        t_in = np.maximum(t_in, np.minimum(ta, tb))
+        t_out = np.minimum(t_out, np.maximum(ta, tb))
+    return t_in, t_out
+
+
+def ray_box_t(o, d, boxes: Boxes, idx, t_limit):
+    """Entry distance of rays o, d [..., 3] into boxes `idx` [...]; inf where missed or beyond t_limit."""
+    yaw = boxes.yaw[idx]
+    lo, ld = _to_box_frame(o, d, boxes.center[idx], np.cos(yaw), np.sin(yaw))
+    t_in, t_out = _slab(lo, ld, boxes.half[idx])
+    hit = (t_in <= t_out) & (t_in > EPS) & (t_in < t_limit)
+    return np.where(hit, t_in, np.inf)
+
+
+def slab_segment(o, d, t_max, z_top):
+    """Clip segments o + t d, t in [0, t_max], to z in [0, z_top]: returns endpoints [..., 3] x 2."""
+    dz = np.where(np.abs(d[..., 2]) < 1e-12, 1e-12, d[..., 2])
+    t0 = (0.0 - o[..., 2]) / dz
+    t1 = (z_top - o[..., 2]) / dz
+    t_enter = np.clip(np.minimum(t0, t1), 0.0, t_max)
+    t_exit = np.clip(np.maximum(t0, t1), 0.0, t_max)
+    return o + t_enter[..., None] * d, o + t_exit[..., None] * d
+
+
+def candidate_pairs(world: World, o, d, t_max):
+    """(group, box) pairs whose bounds overlap, for ray groups o, d [G, R, 3]: two arrays [C]."""
+    if len(world.boxes) == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    a, b = slab_segment(o, d, t_max, world.zmax)
+    valid = np.isfinite(t_max)[..., None]
+    big = np.float64(1e30)
+    lo = np.minimum(np.where(valid, a, big), np.where(valid, b, big)).min(1)  # [G, 3]
+    hi = np.maximum(np.where(valid, a, -big), np.where(valid, b, -big)).max(1)
+    overlap = np.all(
+        (lo[:, None, :] <= world.box_hi[None]) & (hi[:, None, :] >= world.box_lo[None]), axis=-1
+    )  # [G, B]
+    return np.nonzero(overlap)
+
+
+def first_box_hit(world: World, o, d, t_max, max_pairs: int = 1 << 19):
+    """Nearest box hit of each ray in groups o, d [G, R, 3] before t_max [G, R] -> (t, box) [G, R]."""
+    G, R = t_max.shape
+    t_best = np.full((G, R), np.inf)
+    box = np.full((G, R), MISS, dtype=np.int64)
+    gi, bi = candidate_pairs(world, o, d, t_max)
+    step = max(1, max_pairs // R)
+    for s in range(0, len(gi), step):
+        g, b = gi[s : s + step], bi[s : s + step]
+        t = ray_box_t(o[g], d[g], world.boxes, b[:, None], t_max[g])  # [C, R]
+        # groups are sorted, so the pairs of one group are contiguous: reduce them with reduceat
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        t_grp = np.minimum.reduceat(t, starts, axis=0)  # [G', R]
+        grp = g[starts]
+        better = t_grp < t_best[grp]
+        t_best[grp] = np.where(better, t_grp, t_best[grp])
+        counts = np.diff(np.r_[starts, len(g)])
+        is_best = (t == np.repeat(t_grp, counts, axis=0)) & np.repeat(better, counts, axis=0)
+        c, r = np.nonzero(is_best)
+        box[g[c], r] = b[c]
+    return t_best, box
+
+
+def any_box_hit(world: World, o, d, t_max, max_pairs: int = 1 << 19):
+    """Whether each ray in groups o, d [G, R, 3] hits any box before t_max [G, R] -> bool [G, R]."""
+    G, R = t_max.shape
+    blocked = np.zeros((G, R), dtype=bool)
+    gi, bi = candidate_pairs(world, o, d, t_max)
+    step = max(1, max_pairs // R)
+    for s in range(0, len(gi), step):
+        g, b = gi[s : s + step], bi[s : s + step]
+        hit = np.isfinite(ray_box_t(o[g], d[g], world.boxes, b[:, None], t_max[g]))  # [C, R]
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        blocked[g[starts]] |= np.logical_or.reduceat(hit, starts, axis=0)
+    return blocked
+
+
+def ground_t(o, d):
+    """Distance to the plane z = 0 along d, inf for rays that do not go down."""
+    down = d[..., 2] < -1e-9
+    return np.where(down, -o[..., 2] / np.where(down, d[..., 2], -1.0), np.inf)
+
+
+# --- surface attributes --------------------------------------------------------------------------
+
+
+def box_surface(boxes: Boxes, box, p):
+    """Normal [N, 3] and level-0 atlas texel coordinates (u, v) [N] of points p [N, 3] on boxes `box` [N].
+
+    The four walls are unrolled around the box (perimeter coordinate u, height v from the roof edge
+    down); the roof maps to its own rectangle.
+    """
+    cos, sin = np.cos(boxes.yaw[box]), np.sin(boxes.yaw[box])
+    q = p - boxes.center[box]
+    lx, ly, lz = cos * q[:, 0] + sin * q[:, 1], -sin * q[:, 0] + cos * q[:, 1], q[:, 2]
+    hx, hy, hz = boxes.half[box].T
+    rel = np.abs(np.stack([lx / hx, ly / hy, lz / hz], axis=1))  # the face is the axis at |1|
+    axis = np.argmax(rel, axis=1)
+    side = boxes.side_rect[box]
+    top = boxes.top_rect[box]
+    # perimeter coordinate, walls in counter-clockwise order starting at the -y wall
+    u_wall = np.select(
+        [(axis == 1) & (ly < 0), (axis == 0) & (lx > 0), (axis == 1) & (ly > 0)],
+        [lx + hx, 2 * hx + ly + hy, 2 * hx + 2 * hy + hx - lx],
+        default=4 * hx + 2 * hy + hy - ly,
+    )
+    v_wall = hz - lz
+    is_top = axis == 2
+    # world-metre coordinates within the rectangle -> texels (side: w texels span the perimeter)
+    per = 4 * (hx + hy)
+    u = np.where(is_top, top[:, 0] + (lx + hx) / (2 * hx) * top[:, 2], side[:, 0] + u_wall / per * side[:, 2])
+    v = np.where(
+        is_top, top[:, 1] + (ly + hy) / (2 * hy) * top[:, 3], side[:, 1] + v_wall / (2 * hz) * side[:, 3]
+    )
+    lo_u = np.where(is_top, top[:, 0], side[:, 0]) + 0.5
+    hi_u = np.where(is_top, top[:, 0] + top[:, 2], side[:, 0] + side[:, 2]) - 0.5
+    lo_v = np.where(is_top, top[:, 1], side[:, 1]) + 0.5
+    hi_v = np.where(is_top, top[:, 1] + top[:, 3], side[:, 1] + side[:, 3]) - 0.5
+    u, v = np.clip(u, lo_u, hi_u), np.clip(v, lo_v, hi_v)
+    n_local = np.zeros((len(box), 3))
+    n_local[np.arange(len(box)), axis] = np.sign(np.stack([lx, ly, lz], axis=1)[np.arange(len(box)), axis])
+    normal = np.stack(
+        [cos * n_local[:, 0] - sin * n_local[:, 1], sin * n_local[:, 0] + cos * n_local[:, 1], n_local[:, 2]],
+        axis=1,
+    )
+    return normal, u, v
+
+
+def sample_texture(tex: Texture, u, v, footprint):
+    """Trilinear lookup at level-0 texel coordinates u, v [N] (texel centres at +0.5) -> [N, 3].
+
+    `footprint` [N] is the size of the sample on the surface in metres; it picks the mip level.
+    """
+    level = np.clip(np.log2(np.maximum(footprint / tex.texel, 1e-6)), 0.0, len(tex.levels) - 1.0)
+    base = np.floor(level).astype(np.int64)
+    frac = (level - base).astype(np.float32)[:, None]
+    out = np.zeros((len(u), 3), dtype=np.float32)
+    for lvl in np.unique(base):
+        m = np.flatnonzero(base == lvl)
+        a = _bilinear(tex.levels[lvl], u[m] / 2.0**lvl, v[m] / 2.0**lvl)
+        if lvl + 1 < len(tex.levels):
+            b = _bilinear(tex.levels[lvl + 1], u[m] / 2.0 ** (lvl + 1), v[m] / 2.0 ** (lvl + 1))
+            a = a + (b - a) * frac[m]
+        out[m] = a
+    return out
+
+
+def _bilinear(img, u, v):
+    h, w = img.shape[:2]
+    x, y = u - 0.5, v - 0.5
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = (x - x0).astype(np.float32)[:, None], (y - y0).astype(np.float32)[:, None]
+    x0 = np.clip(x0.astype(np.int64), 0, w - 1)
+    y0 = np.clip(y0.astype(np.int64), 0, h - 1)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    top = img[y0, x0] * (1 - fx) + img[y0, x1] * fx
+    bot = img[y1, x0] * (1 - fx) + img[y1, x1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def ground_uv(world: World, p):
+    x0, y0, x1, y1 = world.ground_rect
+    h, w = world.ground.levels[0].shape[:2]
+    return (p[:, 0] - x0) / (x1 - x0) * w, (p[:, 1] - y0) / (y1 - y0) * h
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Hits:
+    t: np.ndarray  # [N] distance along the (unit) ray, inf on a miss
+    box: np.ndarray  # [N] box index, GROUND, or MISS
+    point: np.ndarray  # [N, 3] world hit point (undefined on a miss)
+
+
+def cast(world: World, o, d):
+    """First surface hit by each ray of groups o, d [G, R, 3] (unit d) -> Hits flattened to [G*R]."""
+    t_ground = ground_t(o, d)  # [G, R]
+    t_box, box = first_box_hit(world, o, d, t_ground)
+    t = np.minimum(t_box, t_ground).reshape(-1)
+    box = np.where(np.isfinite(t_box), box, np.where(np.isfinite(t_ground), GROUND, MISS)).reshape(-1)
+    point = o.reshape(-1, 3) + np.where(np.isfinite(t), t, 0.0)[:, None] * d.reshape(-1, 3)
+    return Hits(t, box, point)
+
+
+def shade(world: World, o, d, hits: Hits, pixel_angle: float, shadows: bool = True):
+    """Lambert colour [N, 3] (float32, [0, 1]) of the hits of rays o, d [G, R, 3] with cast shadows."""
+    G, R = o.shape[:2]
+    N = G * R
+    dirs = d.reshape(-1, 3)
+    color = np.tile(np.asarray(world.sky, dtype=np.float32), (N, 1))
+    normal = np.zeros((N, 3))
+    on_ground = hits.box == GROUND
+    on_box = hits.box >= 0
+    normal[on_ground] = (0.0, 0.0, 1.0)
+    if on_ground.any():
+        p = hits.point[on_ground]
+        u, v = ground_uv(world, p)
+        fp = hits.t[on_ground] * pixel_angle / np.maximum(np.abs(dirs[on_ground, 2]), 0.2)
+        color[on_ground] = sample_texture(world.ground, u, v, fp)
+    if on_box.any():
+        n, u, v = box_surface(world.boxes, hits.box[on_box], hits.point[on_box])
+        normal[on_box] = n
+        cos_in = np.abs(np.einsum("ij,ij->i", n, dirs[on_box]))
+        fp = hits.t[on_box] * pixel_angle / np.maximum(cos_in, 0.2)
+        color[on_box] = sample_texture(world.atlas, u, v, fp)
+    surface = (on_ground | on_box).reshape(G, R)
+    ndl = np.clip(normal @ world.sun, 0.0, 1.0)  # [N]
+    if shadows:
+        # a shadow ray per lit surface point towards the sun; nan limits switch the others off
+        lit = surface & (ndl > 0).reshape(G, R)
+        so = hits.point.reshape(G, R, 3) + 1e-4 * normal.reshape(G, R, 3)
+        sd = np.broadcast_to(world.sun, so.shape)
+        blocked = any_box_hit(world, so, sd, np.where(lit, 1e9, np.nan))
+        ndl = ndl * ~blocked.reshape(-1)
+    light = (world.ambient + (1.0 - world.ambient) * ndl).astype(np.float32)
+    surf = surface.reshape(-1)
+    color[surf] *= light[surf, None]
+    return color
+
+
+def camera_rays(K, viewmat, width: int, height: int, tile: int = 32):
+    """Rays through the pixel centres (+0.5) of a width x height image, grouped in tile x tile blocks.
+
+    Returns origins and unit directions [G, tile * tile, 3] (world); the grid is padded up to whole
+    tiles, `untile` crops it back.
+    """
+    ty, tx = -(-height // tile), -(-width // tile)
+    ys, xs = np.mgrid[0 : ty * tile, 0 : tx * tile].astype(np.float64) + 0.5
+    cam = np.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], np.ones_like(xs)], axis=-1)
+    cam = cam.reshape(ty, tile, tx, tile, 3).transpose(0, 2, 1, 3, 4).reshape(ty * tx, tile * tile, 3)
+    R, t = viewmat[:3, :3], viewmat[:3, 3]
+    d = cam @ R  # camera -> world rotation is R^T: row vectors times R
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    o = np.broadcast_to(-R.T @ t, d.shape)
+    return o, d
+
+
+def untile(values, width: int, height: int, tile: int = 32):
+    """Inverse of the grouping of `camera_rays`: [G * tile * tile, ...] -> [height, width, ...]."""
+    ty, tx = -(-height // tile), -(-width // tile)
+    rest = values.shape[1:]
+    grid = values.reshape(ty, tx, tile, tile, *rest).swapaxes(1, 2).reshape(ty * tile, tx * tile, *rest)
+    return grid[:height, :width]
+
+
+@dataclass
+class Render:
+    image: np.ndarray  # [H, W, 3] float32 in [0, 1], the average of supersample^2 rays per pixel
+    point: np.ndarray  # [H*s, W*s, 3] world hit points of the individual rays
+    box: np.ndarray  # [H*s, W*s] box index, GROUND or MISS per ray
+
+
+def render(world: World, K, viewmat, width: int, height: int, supersample: int = 2, tile: int = 32) -> Render:
+    """Ray-cast one view: s x s rays per pixel (at offsets (i + 0.5) / s), Lambert shading, shadows."""
+    s = supersample
+    Ks = K.copy()
+    Ks[:2] *= s  # pixel centres of the fine grid map to (i + 0.5) / s of the coarse one
+    o, d = camera_rays(Ks, viewmat, width * s, height * s, tile)
+    hits = cast(world, o, d)
+    color = shade(world, o, d, hits, pixel_angle=1.0 / Ks[0, 0])
+    fine = untile(color, width * s, height * s, tile)  # [H*s, W*s, 3]
+    image = fine.reshape(height, s, width, s, 3).mean(axis=(1, 3))
+    point = untile(hits.point, width * s, height * s, tile)
+    box = untile(hits.box, width * s, height * s, tile)
+    return Render(image, point, box)
