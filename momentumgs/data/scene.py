@@ -81,7 +81,8 @@ class ImageCache:
 
 def read_image(path: Path, width: int, height: int) -> np.ndarray:
     """Decode `path` as RGB uint8 [height, width, 3], resizing (area filter) when the file differs."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    # COLMAP ignores EXIF orientation (poses and K are for the stored pixels); cv2 would apply it.
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         if not path.exists():
             raise SceneError(f"{path}: image listed in the model but missing")
