@@ -441,3 +441,41 @@ def test_build_reconstruction_helper_registers_all(tmp_path):
 
     rec = pycolmap.Reconstruction(str(tmp_path))
     assert rec.num_reg_images() == 3 and rec.num_points3D() == len(spec.points)
+
+
+def test_undistortion_maps_blocks_agree():
+    """Building the remap in row blocks gives the same map as in one piece."""
+    import pycolmap
+
+    cam = pycolmap.Camera.create_from_model_name(1, "OPENCV", 1.0, 40, 30)
+    cam.params = [35.0, 36.0, 21.3, 14.2, -0.2, 0.05, 0.001, 0.002]
+    src, pinhole = colmap.undistorted_camera(cam, 40, 30)
+    whole = colmap.undistortion_maps(src, pinhole, rows_per_block=1000)
+    blocks = colmap.undistortion_maps(src, pinhole, rows_per_block=7)
+    np.testing.assert_array_equal(whole[0], blocks[0])
+    np.testing.assert_array_equal(whole[1], blocks[1])
+    assert whole[0].shape == (pinhole.height, pinhole.width)
+    # Near the principal point distortion vanishes: the map is the plain change of focal length.
+    u, v = int(pinhole.principal_point_x), int(pinhole.principal_point_y)
+    want = 21.3 + (u + 0.5 - pinhole.principal_point_x) * 35.0 / pinhole.focal_length_x
+    assert abs(whole[0][v, u] + 0.5 - want) < 0.05
+
+
+@pytest.mark.parametrize("model", ["PINHOLE", "OPENCV"])
+def test_exif_orientation_is_ignored_like_colmap(tmp_path, model):
+    """A JPEG tagged 'rotate 90' is used as stored: COLMAP's poses and K refer to the stored pixels."""
+    from PIL import Image
+
+    spec = ring_spec(n_views=2, model=model)
+    root = make_scene(tmp_path, spec)
+    raw = np.zeros((48, 64, 3), np.uint8)
+    raw[:, :32] = 255  # left half white: a 90-degree turn would be obvious
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW on display
+    path = root / "images" / "img_000.png"
+    Image.fromarray(raw).save(path, format="JPEG", quality=100, exif=exif)  # JPEG bytes, .png name
+    scene = load_colmap_scene(root, test_every=0)
+    img = scene.load_image(0).astype(np.int32)
+    assert img.shape[:2] == (scene.cameras[0].height, scene.cameras[0].width)
+    w = img.shape[1]
+    assert img[:, : w // 2 - 4].mean() > 200 and img[:, w // 2 + 4 :].mean() < 50

@@ -293,15 +293,25 @@ def undistorted_camera(camera, width: int, height: int):
     return src, pycolmap.undistort_camera(pycolmap.UndistortCameraOptions(), src)
 
 
-def undistortion_maps(src, pinhole) -> tuple[np.ndarray, np.ndarray]:
-    """cv2.remap maps [h, w] float32: for each undistorted pixel, where to sample the distorted image."""
+def undistortion_maps(src, pinhole, rows_per_block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """cv2.remap maps [h, w] float32: for each undistorted pixel, where to sample the distorted image.
+
+    Built in blocks of rows so that a 50-megapixel camera needs tens of MB of scratch, not gigabytes.
+    """
     w, h = pinhole.width, pinhole.height
     K = _pinhole_K(pinhole)
-    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)  # [h, w] pixel centres
-    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
-    src_uv = src.img_from_cam(rays.reshape(-1, 3), check_cheirality=False)  # [h*w, 2], centres +0.5
-    src_uv = np.asarray(src_uv, dtype=np.float64).reshape(h, w, 2) - 0.5  # cv2 indexes centres at 0
-    return src_uv[..., 0].astype(np.float32), src_uv[..., 1].astype(np.float32)
+    map_x = np.empty((h, w), np.float32)
+    map_y = np.empty((h, w), np.float32)
+    x = (np.arange(w) + 0.5 - K[0, 2]) / K[0, 0]  # [w] pixel centres -> normalised coordinates
+    for r0 in range(0, h, rows_per_block):
+        r1 = min(r0 + rows_per_block, h)
+        y = (np.arange(r0, r1) + 0.5 - K[1, 2]) / K[1, 1]  # [b]
+        xx, yy = np.meshgrid(x, y)  # [b, w]
+        rays = np.stack([xx, yy, np.ones_like(xx)], -1).reshape(-1, 3)
+        src_uv = np.asarray(src.img_from_cam(rays, check_cheirality=False)).reshape(r1 - r0, w, 2)
+        map_x[r0:r1] = src_uv[..., 0] - 0.5  # COLMAP puts pixel centres at +0.5, cv2 at 0
+        map_y[r0:r1] = src_uv[..., 1] - 0.5
+    return map_x, map_y
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,7 +358,7 @@ def validate_images(scene: Scene) -> None:
 
 
 def _read_bgr(path: Path, width: int, height: int) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # as COLMAP does
     if img is None:
         raise SceneError(f"{path}: cannot decode image")
     if img.shape[:2] != (height, width):
@@ -505,18 +515,24 @@ def _undistorted_cache(model_dir: Path, source_dir: Path, views: list[_View], ma
         return paths
 
     todo = [v for v in views if not paths[v.name].is_file()]
-    maps = {
-        cid: undistortion_maps(src, pinhole)
-        for cid, (src, pinhole) in maps_for.items()
-        if any(v.camera_id == cid for v in todo)
-    }
+    # Work in chunks of images sharing a camera: each chunk builds its camera's maps once, and at most
+    # `workers` maps are alive at a time (scenes with one camera per image stay bounded in memory).
+    workers = min(4, os.cpu_count() or 1)
+    chunks = []
+    for cid in sorted({v.camera_id for v in todo}):
+        group = [v for v in todo if v.camera_id == cid]
+        size = max(1, min(32, -(-len(group) // workers)))
+        chunks += [(cid, group[i : i + size]) for i in range(0, len(group), size)]
 
-    def work(v: _View) -> None:
-        src = maps_for[v.camera_id][0]
-        _undistort_one(source_dir / v.name, paths[v.name], (src.width, src.height), maps[v.camera_id])
+    def work(chunk) -> None:
+        cid, group = chunk
+        src, pinhole = maps_for[cid]
+        maps = undistortion_maps(src, pinhole)
+        for v in group:
+            _undistort_one(source_dir / v.name, paths[v.name], (src.width, src.height), maps)
 
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        list(pool.map(work, todo))  # list() re-raises the first error
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(work, chunks))  # list() re-raises the first error
     write_text_atomic(done, json.dumps(key_data, indent=1))
     return paths
 
