@@ -1,0 +1,223 @@
+"""The shared Gaussian decoder (three small MLPs), its momentum teacher and the consistency loss
+(DESIGN §3, §4).
+
+Formulas follow Scaffold-GS's `generate_neural_gaussians` and Momentum-GS's
+`generate_neural_gaussians_and_momentum_gaussians` / `render_with_consistency_loss`:
+
+    d = x_v - c, dhat = d / |d|, z = [f_v, dhat (, |d|)]
+    alpha = tanh(MLP_a(z))            [V, K], keep alpha > 0
+    colour = sigmoid(MLP_c(z, app))   [V, K, 3]
+    r = MLP_s(z)                      [V, K, 7]
+    scale = exp(l[3:6]) * sigmoid(r[:3]),  quat = normalize(r[3:7]),  mean = x_v + O_v * exp(l[0:3])
+
+The decoder is a plain nn.Module mapping z to raw outputs; `decode` turns them into Gaussians, so
+the teacher decodes the same anchors through its own weights by calling `decode` with the student's
+keep mask.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from momentumgs.model.anchors import AnchorField
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+
+@dataclass
+class DecoderOutput:
+    """Raw per-anchor outputs of the decoder, before masking."""
+
+    opacity: torch.Tensor  # [V, K] tanh outputs, in (-1, 1)
+    color: torch.Tensor  # [V, K, 3] in (0, 1)
+    cov: torch.Tensor  # [V, K, 7] raw: 3 scale logits, 4 quaternion (w, x, y, z) values
+
+
+class GaussianDecoder(nn.Module):
+    """Opacity, colour and covariance MLPs: Linear(in, hidden) -> ReLU -> Linear(hidden, out)
+    with out = K (tanh), 3K (sigmoid), 7K (none). in = feat_dim + 3 (+1 with `use_distance`).
+    With `appearance_dim > 0` a per-image embedding table [appearance_count, appearance_dim] is
+    learnt here and fed to the colour MLP only, as in Scaffold-GS."""
+
+    def __init__(
+        self,
+        feat_dim: int = 32,
+        n_offsets: int = 10,
+        hidden_dim: int = 32,
+        use_distance: bool = False,
+        appearance_dim: int = 0,
+        appearance_count: int = 0,
+    ):
+        super().__init__()
+        if appearance_dim > 0 and appearance_count <= 0:
+            raise ValueError("appearance_dim > 0 needs appearance_count (number of images) > 0")
+        self.n_offsets = n_offsets
+        self.use_distance = use_distance
+        self.appearance_dim = appearance_dim
+        in_dim = feat_dim + 3 + int(use_distance)
+        self.mlp_opacity = _mlp(in_dim, hidden_dim, n_offsets)
+        self.mlp_color = _mlp(in_dim + appearance_dim, hidden_dim, 3 * n_offsets)
+        self.mlp_cov = _mlp(in_dim, hidden_dim, 7 * n_offsets)
+        self.appearance = nn.Embedding(appearance_count, appearance_dim) if appearance_dim > 0 else None
+
+    def forward(self, z: torch.Tensor, appearance_id: int | None = None) -> DecoderOutput:
+        """z [V, in_dim] -> raw outputs for V anchors."""
+        v, k = z.shape[0], self.n_offsets
+        z_color = z
+        if self.appearance is not None:
+            if appearance_id is None:
+                raise ValueError("this decoder has an appearance embedding: pass appearance_id")
+            emb = self.appearance.weight[appearance_id]  # [A]
+            z_color = torch.cat([z, emb.expand(v, -1)], dim=-1)  # [V, in_dim + A]
+        return DecoderOutput(
+            opacity=torch.tanh(self.mlp_opacity(z)),  # [V, K]
+            color=torch.sigmoid(self.mlp_color(z_color)).view(v, k, 3),
+            cov=self.mlp_cov(z).view(v, k, 7),
+        )
+
+
+@dataclass
+class VisibleAnchors:
+    """The anchors one view decodes: global ids and the rows of the field's tensors (gathered
+    with autograd, so gradients reach the field's Parameters)."""
+
+    ids: torch.Tensor  # [V] long, indices into the field
+    positions: torch.Tensor  # [V, 3]
+    features: torch.Tensor  # [V, F]
+    offsets: torch.Tensor  # [V, K, 3]
+    log_scales: torch.Tensor  # [V, 6]
+
+
+def gather_anchors(field: AnchorField, visible: torch.Tensor | None = None) -> VisibleAnchors:
+    """Rows of `field` selected by a bool mask [N] or an index tensor [V]; all anchors if None."""
+    if visible is None:
+        ids = torch.arange(field.n_anchors, device=field.positions.device)
+    elif visible.dtype == torch.bool:
+        ids = visible.nonzero().squeeze(1)
+    else:
+        ids = visible.long()
+    return VisibleAnchors(
+        ids=ids,
+        positions=field.positions[ids],
+        features=field.features[ids],
+        offsets=field.offsets[ids],
+        log_scales=field.log_scales[ids],
+    )
+
+
+def decoder_input(anchors: VisibleAnchors, cam_center: torch.Tensor, use_distance: bool) -> torch.Tensor:
+    """z = [f_v, dhat (, |d|)] with d = x_v - c. -> [V, F + 3 (+1)]"""
+    d = anchors.positions - cam_center.to(anchors.positions)  # [V, 3]
+    dist = d.norm(dim=-1, keepdim=True)  # [V, 1]
+    parts = [anchors.features, d / dist]
+    if use_distance:
+        parts.append(dist)
+    return torch.cat(parts, dim=-1)
+
+
+@dataclass
+class NeuralGaussians:
+    """The kept neural Gaussians of one view, plus what densification and the consistency loss need."""
+
+    means: torch.Tensor  # [M, 3]
+    quats: torch.Tensor  # [M, 4] unit (w, x, y, z)
+    scales: torch.Tensor  # [M, 3]
+    opacities: torch.Tensor  # [M] alpha of the kept Gaussians, in (0, 1)
+    colors: torch.Tensor  # [M, 3]
+    keep: torch.Tensor  # [V * K] bool, anchor-major: slot v * K + j
+    raw_opacity: torch.Tensor  # [V, K] tanh outputs of all slots (kept or not)
+    anchor_ids: torch.Tensor  # [V] long, field indices of the decoded anchors
+    parent: torch.Tensor  # [M] long, index into anchor_ids of each kept Gaussian
+
+    @property
+    def n_offsets(self) -> int:
+        return self.raw_opacity.shape[1]
+
+    @property
+    def slot_ids(self) -> torch.Tensor:
+        """Field-wide slot index anchor_id * K + j of each kept Gaussian. [M]"""
+        k = self.n_offsets
+        local = self.keep.nonzero().squeeze(1)  # [M] v * K + j
+        return self.anchor_ids[local // k] * k + local % k
+
+
+def decode(
+    decoder: GaussianDecoder,
+    anchors: VisibleAnchors,
+    cam_center: torch.Tensor,
+    appearance_id: int | None = None,
+    keep: torch.Tensor | None = None,
+) -> NeuralGaussians:
+    """Neural Gaussians of `anchors` seen from `cam_center` [3]. `keep` [V*K] overrides the
+    decoder's own alpha > 0 (the teacher uses the student's mask so both outputs align)."""
+    z = decoder_input(anchors, cam_center, decoder.use_distance)  # [V, in]
+    raw = decoder(z, appearance_id)
+    v, k = raw.opacity.shape
+    if keep is None:
+        keep = (raw.opacity > 0).reshape(-1)  # [V*K]
+    parent = torch.arange(v, device=z.device).repeat_interleave(k)[keep]  # [M]
+
+    offset_scale = torch.exp(anchors.log_scales[:, :3])  # [V, 3]
+    gauss_scale = torch.exp(anchors.log_scales[:, 3:])  # [V, 3]
+    means = anchors.positions[:, None, :] + anchors.offsets * offset_scale[:, None, :]  # [V, K, 3]
+    cov = raw.cov.reshape(v * k, 7)[keep]  # [M, 7]
+    return NeuralGaussians(
+        means=means.reshape(v * k, 3)[keep],
+        quats=F.normalize(cov[:, 3:7], dim=-1),
+        scales=gauss_scale[parent] * torch.sigmoid(cov[:, :3]),
+        opacities=raw.opacity.reshape(-1)[keep],
+        colors=raw.color.reshape(v * k, 3)[keep],
+        keep=keep,
+        raw_opacity=raw.opacity,
+        anchor_ids=anchors.ids,
+        parent=parent,
+    )
+
+
+def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.numel() == 0:  # no kept Gaussian: the mean of nothing would be NaN
+        return a.sum() * 0.0 + b.sum() * 0.0
+    return F.mse_loss(a, b)
+
+
+def consistency_loss(student: NeuralGaussians, teacher: NeuralGaussians) -> torch.Tensor:
+    """Sum of four MSEs (Momentum-GS): colour, unit quaternion and scale over the student's kept
+    Gaussians, raw (tanh) opacity over all V*K slots. `teacher` must be decoded with
+    keep=student.keep. Neither side is detached: the gradient reaches the anchors through both."""
+    if not torch.equal(student.keep, teacher.keep):
+        raise ValueError("teacher must be decoded with the student's keep mask")
+    return (
+        _mse(student.colors, teacher.colors)
+        + _mse(student.quats, teacher.quats)
+        + _mse(student.scales, teacher.scales)
+        + _mse(student.raw_opacity, teacher.raw_opacity)
+    )
+
+
+class MomentumTeacher:
+    """A frozen copy of the decoder updated by EMA: theta_t <- m * theta_t + (1 - m) * theta_s.
+    Call `update` every iteration before the forward pass."""
+
+    def __init__(self, student: nn.Module):
+        self.module = copy.deepcopy(student)
+        self.module.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, momentum: float) -> None:
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
+        for p_t, p_s in zip(self.module.parameters(), student.parameters(), strict=True):
+            p_t.mul_(momentum).add_(p_s.detach(), alpha=1.0 - momentum)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)

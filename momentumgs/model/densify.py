@@ -1,0 +1,275 @@
+"""Anchor growing and pruning (DESIGN §3), after Scaffold-GS's `training_statis`, `anchor_growing`
+and `adjust_anchor`, with Momentum-GS's schedule (statistics from 500 to 30000, adjust every 25,
+growth cell factor 128).
+
+Statistics per neural-Gaussian slot (anchor * K + j): sum of the screen-space mean-gradient norm
+(NDC units) and visit count. Per anchor: sum of clamp(alpha, 0) over its K slots and visit count.
+
+Growing, for levels i = 0, 1, 2: slots visited > 0.5 * interval * success_threshold times whose
+mean gradient >= grad_threshold * 2^i, kept with probability 1 - 0.5^(i+1), are snapped to a grid of
+cell voxel_size * (init_factor // 4^i); cells without an anchor become anchors with the element-wise
+max of their parents' features, zero offsets and log-scale log(cell).
+Pruning: anchors visited > interval * success_threshold times whose opacity sum is below
+min_opacity * visits. Afterwards l[3:6] is clamped to <= 0.05, as Scaffold-GS does.
+
+Differences from the reference code, on purpose:
+- Scaffold-GS skips levels 1 and 2 when level 0 added no anchor (`if length_inc == 0: if i > 0:
+  continue`); we always run every level.
+- Random keep masks come from a caller-given torch.Generator, so a run is reproducible.
+- the reference accumulates gradients from the original rasterizer (NDC units); gsplat's means2d
+  gradient is in pixels, so `DensifyStats.add` scales it by (W/2, H/2) like gsplat's DefaultStrategy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from momentumgs.model.anchors import AnchorField
+from momentumgs.model.decoder import NeuralGaussians
+from momentumgs.model.optim import extend_params, keep_rows
+
+
+@dataclass
+class DensifyOptions:
+    """Momentum-GS defaults (Scaffold-GS defaults in comments). Iterations are absolute; a trainer
+    that runs fewer iterations scales them itself."""
+
+    start_iter: int = 500  # collect statistics after this iteration  [500]
+    end_iter: int = 30_000  # ... and before this one  [15000]
+    after_iter: int = 300  # adjust only after this iteration (and inside the window above)  [1500]
+    interval: int = 25  # adjust every `interval` iterations  [100]
+    success_threshold: float = 0.8
+    grad_threshold: float = 0.0002  # mean gradient norm, NDC units
+    min_opacity: float = 0.005
+    levels: int = 3  # update_depth
+    init_factor: int = 128  # growth cell of level 0 in voxels  [16]; cells 128, 32, 8 voxels
+    hierarchy_factor: int = 4  # cell shrink per level; the threshold grows by hierarchy_factor // 2
+    max_log_scale: float = 0.05  # clamp on l[3:6] after pruning
+
+    @property
+    def min_offset_visits(self) -> float:
+        """Slots must be visited more often than this to grow (10 with the defaults)."""
+        return self.interval * self.success_threshold * 0.5
+
+    @property
+    def min_anchor_visits(self) -> float:
+        """Anchors must be visited more often than this to be pruned (20 with the defaults)."""
+        return self.interval * self.success_threshold
+
+    def collects_stats(self, iteration: int) -> bool:
+        return self.start_iter < iteration < self.end_iter
+
+    def adjusts(self, iteration: int) -> bool:
+        due = iteration > self.after_iter and iteration % self.interval == 0
+        return due and self.collects_stats(iteration)
+
+
+class DensifyStats:
+    """Running statistics for growing and pruning one anchor field."""
+
+    def __init__(self, n_anchors: int, n_offsets: int, device: torch.device | str = "cpu"):
+        self.n_offsets = n_offsets
+        self.grad_sum = torch.zeros(n_anchors * n_offsets, device=device)  # [N*K]
+        self.grad_count = torch.zeros(n_anchors * n_offsets, device=device)  # [N*K]
+        self.opacity_sum = torch.zeros(n_anchors, device=device)  # [N]
+        self.anchor_count = torch.zeros(n_anchors, device=device)  # [N]
+
+    @property
+    def n_anchors(self) -> int:
+        return self.anchor_count.shape[0]
+
+    @torch.no_grad()
+    def add(
+        self,
+        gaussians: NeuralGaussians,
+        means2d_grad: torch.Tensor,
+        visible: torch.Tensor,
+        width: int,
+        height: int,
+    ) -> None:
+        """One view's statistics. `means2d_grad` [M, 2] is the gradient of the rasterizer's
+        means2d (pixels) for the kept Gaussians, `visible` [M] bool their radii > 0 (with gsplat:
+        `meta["means2d"].grad[0]`, `(meta["radii"][0] > 0).all(-1)`)."""
+        ids = gaussians.anchor_ids
+        alpha = gaussians.raw_opacity.detach().clamp(min=0).sum(dim=1)  # [V]
+        self.opacity_sum.index_add_(0, ids, alpha)
+        self.anchor_count.index_add_(0, ids, torch.ones_like(alpha))
+
+        grad_ndc = means2d_grad.detach() * means2d_grad.new_tensor([width / 2.0, height / 2.0])  # [M, 2]
+        slots = gaussians.slot_ids[visible]  # [M_vis]
+        norms = grad_ndc[visible].norm(dim=-1)  # [M_vis]
+        self.grad_sum.index_add_(0, slots, norms)
+        self.grad_count.index_add_(0, slots, torch.ones_like(norms))
+
+    def mean_grad(self) -> torch.Tensor:
+        """Mean gradient norm per slot, 0 where never visited. [N*K]"""
+        return torch.where(self.grad_count > 0, self.grad_sum / self.grad_count.clamp(min=1), 0.0)
+
+    def extend(self, n_new: int) -> None:
+        """Zero statistics for `n_new` appended anchors."""
+        k = self.n_offsets
+        self.grad_sum = torch.cat([self.grad_sum, self.grad_sum.new_zeros(n_new * k)])
+        self.grad_count = torch.cat([self.grad_count, self.grad_count.new_zeros(n_new * k)])
+        self.opacity_sum = torch.cat([self.opacity_sum, self.opacity_sum.new_zeros(n_new)])
+        self.anchor_count = torch.cat([self.anchor_count, self.anchor_count.new_zeros(n_new)])
+
+    def keep(self, mask: torch.Tensor) -> None:
+        """Keep the statistics of anchors where `mask` [N] is true."""
+        slot_mask = mask.repeat_interleave(self.n_offsets)
+        self.grad_sum = self.grad_sum[slot_mask]
+        self.grad_count = self.grad_count[slot_mask]
+        self.opacity_sum = self.opacity_sum[mask]
+        self.anchor_count = self.anchor_count[mask]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "grad_sum": self.grad_sum.clone(),
+            "grad_count": self.grad_count.clone(),
+            "opacity_sum": self.opacity_sum.clone(),
+            "anchor_count": self.anchor_count.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        n = state["anchor_count"].shape[0]
+        if state["grad_sum"].shape[0] != n * self.n_offsets:
+            raise ValueError("densify state: slot and anchor counts disagree")
+        for name in ("grad_sum", "grad_count", "opacity_sum", "anchor_count"):
+            setattr(self, name, state[name].clone())
+
+
+@dataclass
+class NewAnchors:
+    positions: torch.Tensor  # [n, 3]
+    features: torch.Tensor  # [n, F]
+    offsets: torch.Tensor  # [n, K, 3]
+    log_scales: torch.Tensor  # [n, 6]
+
+    @property
+    def count(self) -> int:
+        return self.positions.shape[0]
+
+
+def _in_set(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Which rows of `queries` [Q, 3] (unique) occur among the rows of `keys` [P, 3]. -> [Q] bool"""
+    keys = torch.unique(keys, dim=0)
+    both = torch.cat([keys, queries], dim=0)
+    _, inverse, counts = torch.unique(both, dim=0, return_inverse=True, return_counts=True)
+    return counts[inverse[keys.shape[0] :]] > 1
+
+
+@torch.no_grad()
+def grow_anchors(
+    field: AnchorField,
+    stats: DensifyStats,
+    options: DensifyOptions,
+    generator: torch.Generator | None = None,
+) -> NewAnchors:
+    """New anchors from the accumulated statistics (not yet added to the field)."""
+    k, feat_dim = field.n_offsets, field.feat_dim
+    device = field.positions.device
+    grads = stats.mean_grad()  # [N*K]
+    eligible = stats.grad_count > options.min_offset_visits  # [N*K]
+    slot_xyz = field.positions[:, None, :] + field.offsets * torch.exp(field.log_scales[:, None, :3])
+    slot_xyz = slot_xyz.reshape(-1, 3)  # [N*K, 3]
+    slot_feat = field.features.detach().repeat_interleave(k, dim=0)  # [N*K, F]
+
+    occupied = field.positions  # grows with each level, so finer levels skip cells just filled
+    new: list[NewAnchors] = []
+    for level in range(options.levels):
+        threshold = options.grad_threshold * (options.hierarchy_factor // 2) ** level
+        coin = torch.rand(grads.shape[0], generator=generator, device=device)  # [N*K]
+        candidates = (grads >= threshold) & eligible & (coin > 0.5 ** (level + 1))
+        cell = field.voxel_size * (options.init_factor // options.hierarchy_factor**level)
+        if not candidates.any() or cell <= 0:
+            continue
+        cand_cells = torch.round(slot_xyz[candidates] / cell).long()  # [C, 3]
+        cells, inverse = torch.unique(cand_cells, dim=0, return_inverse=True)  # [U, 3], [C]
+        fresh = ~_in_set(cells, torch.round(occupied / cell).long())  # [U]
+        if not fresh.any():
+            continue
+        # element-wise max of the parents' features per cell (Scaffold-GS's scatter_max)
+        feats = slot_feat.new_full((cells.shape[0], feat_dim), float("-inf"))
+        feats.scatter_reduce_(0, inverse[:, None].expand(-1, feat_dim), slot_feat[candidates], "amax")
+        positions = (cells[fresh].to(field.positions.dtype)) * cell  # [n, 3]
+        n = positions.shape[0]
+        new.append(
+            NewAnchors(
+                positions=positions,
+                features=feats[fresh],
+                offsets=positions.new_zeros(n, k, 3),
+                log_scales=positions.new_full((n, 6), float(torch.log(torch.tensor(cell)))),
+            )
+        )
+        occupied = torch.cat([occupied, positions], dim=0)
+
+    if not new:
+        z = field.positions.new_zeros
+        return NewAnchors(z(0, 3), z(0, feat_dim), z(0, k, 3), z(0, 6))
+    return NewAnchors(
+        positions=torch.cat([a.positions for a in new]),
+        features=torch.cat([a.features for a in new]),
+        offsets=torch.cat([a.offsets for a in new]),
+        log_scales=torch.cat([a.log_scales for a in new]),
+    )
+
+
+@torch.no_grad()
+def prune_mask(stats: DensifyStats, options: DensifyOptions) -> torch.Tensor:
+    """Anchors to remove: visited often enough, yet with a low accumulated opacity. [N] bool"""
+    mature = stats.anchor_count > options.min_anchor_visits
+    return mature & (stats.opacity_sum < options.min_opacity * stats.anchor_count)
+
+
+def add_anchors(field: AnchorField, new: NewAnchors, optimizer: torch.optim.Optimizer | None) -> None:
+    """Append `new` to `field`, extending the optimizer's moments with zeros."""
+    field.positions = torch.cat([field.positions, new.positions.to(field.positions)], dim=0)
+    for name in AnchorField.PARAM_NAMES:
+        setattr(field, name, extend_params(optimizer, getattr(field, name), getattr(new, name)))
+
+
+def remove_anchors(field: AnchorField, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+    """Keep the anchors where `keep` [N] is true, with their optimizer moments."""
+    field.positions = field.positions[keep]
+    for name in AnchorField.PARAM_NAMES:
+        setattr(field, name, keep_rows(optimizer, getattr(field, name), keep))
+
+
+@dataclass
+class AdjustReport:
+    grown: int
+    pruned: int
+
+
+@torch.no_grad()
+def adjust_anchors(
+    field: AnchorField,
+    stats: DensifyStats,
+    optimizer: torch.optim.Optimizer | None,
+    options: DensifyOptions,
+    generator: torch.Generator | None = None,
+) -> AdjustReport:
+    """One growing + pruning step in Scaffold-GS's order: grow, reset the statistics of the slots
+    that were eligible, prune, reset the statistics of the anchors that were mature, clamp l[3:6].
+    The field, the statistics and the optimizer's state stay row-aligned."""
+    if stats.n_anchors != field.n_anchors:
+        raise ValueError(f"statistics hold {stats.n_anchors} anchors, the field {field.n_anchors}")
+    eligible = stats.grad_count > options.min_offset_visits  # [N*K], before growing
+    new = grow_anchors(field, stats, options, generator)
+    if new.count:
+        add_anchors(field, new, optimizer)
+        stats.extend(new.count)
+    eligible = torch.cat([eligible, eligible.new_zeros(new.count * field.n_offsets)])
+    stats.grad_sum[eligible] = 0
+    stats.grad_count[eligible] = 0
+
+    remove = prune_mask(stats, options)
+    mature = stats.anchor_count > options.min_anchor_visits
+    stats.opacity_sum[mature] = 0
+    stats.anchor_count[mature] = 0
+    if remove.any():
+        remove_anchors(field, ~remove, optimizer)
+        stats.keep(~remove)
+    field.log_scales.data[:, 3:].clamp_(max=options.max_log_scale)
+    return AdjustReport(grown=new.count, pruned=int(remove.sum()))
