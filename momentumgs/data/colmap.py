@@ -445,7 +445,7 @@ def _load_part(
                 check_image(source_dir / v.name, cam.width, cam.height)
 
     # Per camera: the K, size and file resize of what load_image returns.
-    file_size, out_K, out_size, maps_for = {}, {}, {}, {}
+    load_downscale, out_K, out_size, maps_for = {}, {}, {}, {}
     for cid in used:
         cam = rec.cameras[cid]
         if pre_scaled:
@@ -463,7 +463,7 @@ def _load_part(
         size = scaled_size(*base_size, d)
         out_K[cid] = scale_K(base_K, size[0] / base_size[0], size[1] / base_size[1])
         out_size[cid] = size
-        file_size[cid] = (src_size, d)
+        load_downscale[cid] = d
 
     image_path = {v.name: source_dir / v.name for v in views}
     distorted = [v for v in views if v.camera_id in maps_for]
@@ -478,7 +478,7 @@ def _load_part(
             width=out_size[v.camera_id][0],
             height=out_size[v.camera_id][1],
             image_path=image_path[v.name],
-            downscale=file_size[v.camera_id][1],
+            downscale=load_downscale[v.camera_id],
         )
         for v in views
     ]
