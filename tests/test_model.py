@@ -366,6 +366,9 @@ def test_stats_add_scales_gradient_and_counts_visits():
     assert stats.anchor_count.tolist() == [2, 0, 2]
     alpha = out.raw_opacity.detach().clamp(min=0).sum(1)
     assert torch.allclose(stats.opacity_sum[[2, 0]], 2 * alpha)
+    before = stats.grad_sum.clone()
+    stats.add(out, None, visible, width=64, height=48)  # no gradient: a zero-gradient visit
+    assert stats.grad_count.sum() == 9 and torch.equal(stats.grad_sum, before)
 
 
 def _growth_field():
@@ -413,7 +416,8 @@ def test_grow_levels_use_finer_cells_and_never_duplicate():
     field.voxel_size = 0.25
     opts = DensifyOptions(levels=3, init_factor=16)  # cells 4, 1, 0.25
     new = grow_anchors(field, _growth_stats(field), opts, torch.Generator().manual_seed(3))
-    assert new.count >= 1
+    again = grow_anchors(field, _growth_stats(field), opts, torch.Generator().manual_seed(3))
+    assert new.count >= 1 and torch.equal(new.positions, again.positions)  # reproducible
     cells = new.log_scales[:, 0].exp()  # log-scale log(cell) tells each new anchor's level
     for c in (4.0, 1.0, 0.25):
         at_c = torch.isclose(cells, torch.tensor(c))

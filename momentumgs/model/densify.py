@@ -22,6 +22,7 @@ Differences from the reference code, on purpose:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -84,19 +85,22 @@ class DensifyStats:
     def add(
         self,
         gaussians: NeuralGaussians,
-        means2d_grad: torch.Tensor,
+        means2d_grad: torch.Tensor | None,
         visible: torch.Tensor,
         width: int,
         height: int,
     ) -> None:
         """One view's statistics. `means2d_grad` [M, 2] is the gradient of the rasterizer's
         means2d (pixels) for the kept Gaussians, `visible` [M] bool their radii > 0 (with gsplat:
-        `meta["means2d"].grad[0]`, `(meta["radii"][0] > 0).all(-1)`)."""
+        `meta["means2d"].grad[0]`, `(meta["radii"][0] > 0).all(-1)`). A None gradient (nothing was
+        rendered) counts as zero, as the reference's zero-filled gradient does."""
         ids = gaussians.anchor_ids
         alpha = gaussians.raw_opacity.detach().clamp(min=0).sum(dim=1)  # [V]
         self.opacity_sum.index_add_(0, ids, alpha)
         self.anchor_count.index_add_(0, ids, torch.ones_like(alpha))
 
+        if means2d_grad is None:
+            means2d_grad = gaussians.means.new_zeros(gaussians.means.shape[0], 2)
         grad_ndc = means2d_grad.detach() * means2d_grad.new_tensor([width / 2.0, height / 2.0])  # [M, 2]
         slots = gaussians.slot_ids[visible]  # [M_vis]
         norms = grad_ndc[visible].norm(dim=-1)  # [M_vis]
@@ -159,6 +163,14 @@ def _in_set(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return counts[inverse[keys.shape[0] :]] > 1
 
 
+def _uniform(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """U(0, 1) draws [n] on the generator's own device, so a CPU generator gives the same growth
+    decisions for a field on the CPU or on a GPU."""
+    if generator is None:
+        return torch.rand(n, device=device)
+    return torch.rand(n, generator=generator, device=generator.device).to(device)
+
+
 @torch.no_grad()
 def grow_anchors(
     field: AnchorField,
@@ -166,7 +178,8 @@ def grow_anchors(
     options: DensifyOptions,
     generator: torch.Generator | None = None,
 ) -> NewAnchors:
-    """New anchors from the accumulated statistics (not yet added to the field)."""
+    """New anchors from the accumulated statistics (not yet added to the field). Deterministic
+    given `generator`."""
     k, feat_dim = field.n_offsets, field.feat_dim
     device = field.positions.device
     grads = stats.mean_grad()  # [N*K]
@@ -179,7 +192,7 @@ def grow_anchors(
     new: list[NewAnchors] = []
     for level in range(options.levels):
         threshold = options.grad_threshold * (options.hierarchy_factor // 2) ** level
-        coin = torch.rand(grads.shape[0], generator=generator, device=device)  # [N*K]
+        coin = _uniform(grads.shape[0], generator, device)  # [N*K]
         candidates = (grads >= threshold) & eligible & (coin > 0.5 ** (level + 1))
         cell = field.voxel_size * (options.init_factor // options.hierarchy_factor**level)
         if not candidates.any() or cell <= 0:
@@ -199,7 +212,7 @@ def grow_anchors(
                 positions=positions,
                 features=feats[fresh],
                 offsets=positions.new_zeros(n, k, 3),
-                log_scales=positions.new_full((n, 6), float(torch.log(torch.tensor(cell)))),
+                log_scales=positions.new_full((n, 6), math.log(cell)),
             )
         )
         occupied = torch.cat([occupied, positions], dim=0)
