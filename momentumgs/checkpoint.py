@@ -1,8 +1,8 @@
 """Checkpoint files: atomic, versioned, checksummed, and loaded without running code.
 
-Layout of a file: the 8-byte magic, a little-endian u32 header length, a JSON header (format version, SHA-256 of
-the payload, payload size), then the payload: a `torch.save` archive of plain tensors, numbers, strings, lists
-and dicts, loaded with `weights_only=True` only after its checksum matched.
+Layout of a file: the 8-byte magic, a little-endian u32 header length, a JSON header (format version,
+SHA-256 of the payload, payload size), then the payload: a `torch.save` archive of plain tensors,
+numbers, strings, lists and dicts, loaded with `weights_only=True` only after its checksum matched.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from momentumgs.errors import ConfigError
+from momentumgs.model.densify import DensifyOptions
 
 
 @dataclass
@@ -52,16 +53,40 @@ class ModelConfig:
 
 
 @dataclass
+class OptimConfig:
+    """Adam learning rates (DESIGN §3; decoder rates as Scaffold-GS). `*_final` is reached at the end of the
+    run along a log-linear decay; the offsets' rates are multiplied by the scene's spatial scale."""
+
+    features: float = 0.0075
+    offsets_init: float = 0.01
+    offsets_final: float = 0.0001
+    log_scales: float = 0.007
+    mlp_opacity_init: float = 0.002
+    mlp_opacity_final: float = 0.00002
+    mlp_cov_init: float = 0.004
+    mlp_cov_final: float = 0.004
+    mlp_color_init: float = 0.008
+    mlp_color_final: float = 0.00005
+    appearance_init: float = 0.05
+    appearance_final: float = 0.0005
+
+
+@dataclass
 class TrainConfig:
     """Optimisation of one block (DESIGN §3, §4)."""
 
     iterations: int = 30_000
     seed: int = 0
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:1, ...
+    threads: int = 0  # torch CPU threads; 0 = torch's default
     lambda_dssim: float = 0.2
     lambda_volume: float = 0.01
     eval_every: int = 1000  # test-view evaluation period (iterations); 0 = only at the end
+    eval_views: int = 0  # periodic evaluation on at most this many test views; 0 = all
     checkpoint_every: int = 1000
     log_every: int = 10
+    lr: OptimConfig = field(default_factory=OptimConfig)
+    densify: DensifyOptions = field(default_factory=DensifyOptions)
 
 
 @dataclass

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from momentumgs.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from momentumgs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from momentumgs.train.schedule import ExpSchedule
 
 

@@ -1,0 +1,64 @@
+"""A trained model on disk: anchors (one field, or the merged blocks) and the decoder, with the options
+needed to rebuild them. Written with the checksummed checkpoint format."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from momentumgs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from momentumgs.model.anchors import AnchorField
+from momentumgs.model.decoder import GaussianDecoder
+
+MODEL_KIND = "momentumgs-anchor-model"
+
+
+@dataclass
+class DecoderSpec:
+    feat_dim: int = 32
+    n_offsets: int = 10
+    hidden_dim: int = 32
+    use_distance: bool = False
+    appearance_dim: int = 0
+    appearance_count: int = 0
+
+    def build(self) -> GaussianDecoder:
+        return GaussianDecoder(**asdict(self))
+
+
+@dataclass
+class AnchorModel:
+    field: AnchorField
+    decoder: GaussianDecoder
+    spec: DecoderSpec
+    info: dict  # free-form: iteration, scene path, block cells, ...
+
+    def to(self, device: torch.device | str) -> AnchorModel:
+        return AnchorModel(self.field.to(device), self.decoder.to(device), self.spec, self.info)
+
+
+def save_model(path: str | Path, model: AnchorModel) -> None:
+    save_checkpoint(
+        path,
+        {
+            "kind": MODEL_KIND,
+            "anchors": model.field.state_dict(),
+            "decoder": model.decoder.state_dict(),
+            "decoder_spec": asdict(model.spec),
+            "info": model.info,
+        },
+    )
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> AnchorModel:
+    state = load_checkpoint(path)
+    if state.get("kind") != MODEL_KIND:
+        raise CheckpointError(f"{path}: not a momentumgs model file (kind {state.get('kind')!r})")
+    spec = DecoderSpec(**state["decoder_spec"])
+    decoder = spec.build()
+    decoder.load_state_dict(state["decoder"])
+    decoder.requires_grad_(False)
+    field = AnchorField.from_state_dict(state["anchors"])
+    return AnchorModel(field, decoder, spec, state.get("info", {})).to(device)

@@ -1,0 +1,137 @@
+"""One block's trainable state and one training step on it.
+
+A `Block` owns its anchors, their Adam optimizer, the densification statistics, its view sampler, its RNG
+and its iteration count (each block follows its own schedules). The decoder is not part of a block: it is
+shared, and the caller steps its optimizer (after averaging gradients across workers in multi-block runs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from momentumgs.config import TrainConfig
+from momentumgs.model.anchors import AnchorField
+from momentumgs.model.decoder import GaussianDecoder, consistency_loss, decode
+from momentumgs.model.densify import AdjustReport, DensifyStats, adjust_anchors
+from momentumgs.render.anchors import View, render_anchor_view
+from momentumgs.train.losses import photometric_loss, volume_loss
+from momentumgs.train.optimizers import anchor_optimizer, apply_schedules, lr_schedules
+from momentumgs.train.sampler import ViewSampler
+
+
+@dataclass
+class StepResult:
+    loss: float
+    l1: float
+    ssim: float
+    psnr: float
+    consistency: float
+    n_gaussians: int
+    n_visible_anchors: int
+    finite: bool
+
+
+class Block:
+    def __init__(
+        self,
+        field: AnchorField,
+        view_ids: list[int],
+        cfg: TrainConfig,
+        spatial_scale: float,
+        seed: int,
+    ):
+        self.field = field
+        self.cfg = cfg
+        self.spatial_scale = spatial_scale
+        self.optimizer = anchor_optimizer(field, cfg.lr, spatial_scale)
+        self.schedules = lr_schedules(cfg.lr, cfg.iterations, spatial_scale)
+        self.stats = DensifyStats(field.n_anchors, field.n_offsets, device=field.positions.device)
+        self.sampler = ViewSampler(view_ids, seed)
+        self.generator = torch.Generator().manual_seed(seed + 1)  # densification's random keep masks
+        self.iteration = 0  # completed steps
+
+    # --- one step ---------------------------------------------------------------------------------
+
+    def forward_backward(
+        self,
+        decoder: GaussianDecoder,
+        view: View,
+        gt: torch.Tensor,  # [H, W, 3] in [0, 1]
+        teacher: GaussianDecoder | None = None,
+        lambda_consistency: float = 0.0,
+        weight: float = 1.0,
+    ) -> StepResult:
+        """Render `view`, compute the block's loss, backpropagate (gradients accumulate into the anchors and
+        the decoder), and collect densification statistics. A non-finite loss backpropagates nothing."""
+        cfg = self.cfg
+        apply_schedules(self.optimizer, self.schedules, self.iteration)
+        render = render_anchor_view(self.field, decoder, view)
+        photo = photometric_loss(render.image, gt, cfg.lambda_dssim)
+        loss = photo.loss + cfg.lambda_volume * volume_loss(render.gaussians.scales)
+        cons = torch.zeros(())
+        if teacher is not None and lambda_consistency > 0:
+            target = decode(teacher, render.anchors, view.center, keep=render.gaussians.keep)
+            cons = consistency_loss(render.gaussians, target)
+            loss = loss + lambda_consistency * cons
+        loss = weight * loss
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            loss.backward()
+            if cfg.densify.collects_stats(self.iteration + 1) and render.gaussians.means.shape[0] > 0:
+                means2d = render.meta["means2d"]
+                visible = (render.meta["radii"][0] > 0).all(dim=-1)  # [M]
+                self.stats.add(render.gaussians, means2d.grad[0], visible, view.width, view.height)
+        with torch.no_grad():
+            mse = (render.image.detach().clamp(0, 1) - gt).square().mean()
+        return StepResult(
+            loss=float(loss),
+            l1=photo.l1,
+            ssim=photo.ssim,
+            psnr=float(-10 * torch.log10(mse)) if mse > 0 else math.inf,
+            consistency=float(cons),
+            n_gaussians=int(render.gaussians.means.shape[0]),
+            n_visible_anchors=int(render.anchors.ids.shape[0]),
+            finite=finite,
+        )
+
+    def step(self, finite: bool = True) -> AdjustReport | None:
+        """Apply the anchor gradients (unless the loss was not finite), then grow/prune when due."""
+        if finite and self._grads_finite():
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iteration += 1
+        if self.cfg.densify.adjusts(self.iteration):
+            report = adjust_anchors(self.field, self.stats, self.optimizer, self.cfg.densify, self.generator)
+            return report
+        return None
+
+    def _grads_finite(self) -> bool:
+        return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.field.params().values())
+
+    # --- state ------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "spatial_scale": self.spatial_scale,
+            "anchors": self.field.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "densify_stats": self.stats.state_dict(),
+            "densify_rng": self.generator.get_state(),
+            "sampler": self.sampler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration = int(state["iteration"])
+        self.spatial_scale = float(state["spatial_scale"])
+        self.field.load_state_dict(state["anchors"])
+        # The field's Parameters were replaced: rebuild the optimizer around them, then restore its moments.
+        self.optimizer = anchor_optimizer(self.field, self.cfg.lr, self.spatial_scale)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedules = lr_schedules(self.cfg.lr, self.cfg.iterations, self.spatial_scale)
+        self.stats.load_state_dict(state["densify_stats"])
+        self.generator.set_state(state["densify_rng"])
+        self.sampler.load_state_dict(state["sampler"])
