@@ -1,0 +1,140 @@
+"""Time the CPU rasterizer (forward, forward + backward) on random scenes; one torch thread by default.
+
+    python tools/bench_render.py                 # the standard table
+    python tools/bench_render.py --only 160x120/20000 --threads 2
+
+Each configuration runs in its own process so that its peak memory (max RSS) is its own. Prints a
+table and one JSON line per configuration.
+"""
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+CONFIGS = ["64x64/5000", "128x128/20000", "160x120/20000", "320x240/50000"]
+
+
+def make_scene(width, height, n, sigma_px, seed=0):
+    """N Gaussians in a slab 3..6 units in front of one camera, about sigma_px pixels wide on screen."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    f = 1.1 * width
+    z = 3.0 + 3.0 * torch.rand(n, generator=g)
+    x = (torch.rand(n, generator=g) - 0.5) * 1.1 * width / f * z
+    y = (torch.rand(n, generator=g) - 0.5) * 1.1 * height / f * z
+    means = torch.stack([x, y, z], -1)
+    # log-normal sizes around sigma_px pixels, anisotropic
+    scales = sigma_px * z[:, None] / f * torch.exp(0.4 * torch.randn(n, 3, generator=g))
+    quats = torch.randn(n, 4, generator=g)
+    opacities = 0.1 + 0.8 * torch.rand(n, generator=g)
+    colors = torch.rand(1, n, 3, generator=g)
+    viewmats = torch.eye(4)[None]
+    Ks = torch.tensor([[[f, 0.0, 0.47 * width], [0.0, f, 0.52 * height], [0.0, 0.0, 1.0]]])
+    return means, quats, scales, opacities, colors, viewmats, Ks
+
+
+def run_one(config, sigma_px, repeats):
+    import torch
+
+    from momentumgs.render import rasterize
+    from momentumgs.render.cpu import contributing_pairs
+
+    size, n = config.split("/")
+    width, height = (int(v) for v in size.split("x"))
+    n = int(n)
+    means, quats, scales, opacities, colors, viewmats, Ks = make_scene(width, height, n, sigma_px)
+    params = [t.requires_grad_(True) for t in (means, quats, scales, opacities, colors)]
+
+    def forward():
+        return rasterize(*params, viewmats, Ks, width, height)
+
+    def forward_backward():
+        img, alpha, meta = forward()
+        (img.sum() + alpha.sum()).backward()
+        for p in params:
+            p.grad = None
+        return meta
+
+    meta = forward_backward()  # warm-up
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            img, alpha, meta = forward()
+        fwd_nograd = (time.perf_counter() - t0) / repeats
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        forward_backward()
+    fwd_bwd = (time.perf_counter() - t0) / repeats
+
+    radii = meta["radii"][0].float()
+    visible = (radii > 0).all(-1)
+    flat_ids, _ = contributing_pairs(
+        meta["means2d"].detach(), meta["conics"], meta["opacities"], meta["depths"], meta["radii"], width, height
+    )
+    return {
+        "config": config,
+        "width": width,
+        "height": height,
+        "gaussians": n,
+        "threads": torch.get_num_threads(),
+        "visible": int(visible.sum()),
+        "median_radius_px": float(radii[visible].mean(-1).median()) if visible.any() else 0.0,
+        "pairs_composited": int(flat_ids.numel()),
+        "mean_alpha": float(alpha.mean()),
+        "forward_nograd_ms": round(fwd_nograd * 1e3, 1),
+        "forward_backward_ms": round(fwd_bwd * 1e3, 1),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", help="WxH/N, repeatable (default: the standard table)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sigma-px", type=float, default=1.5, help="typical screen sigma in pixels")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(run_one(args.child, args.sigma_px, args.repeats)))
+        return
+
+    rows = []
+    for config in args.only or CONFIGS:
+        cmd = [sys.executable, __file__, "--child", config, "--threads", str(args.threads)]
+        cmd += ["--sigma-px", str(args.sigma_px), "--repeats", str(args.repeats)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr)
+            raise SystemExit(f"{config} failed")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    header = f"{'config':>16} {'visible':>8} {'radius':>7} {'pairs':>10} {'fwd ms':>8} {'fwd+bwd ms':>11} {'RSS MB':>7}"
+    print(header)
+    for r in rows:
+        print(
+            f"{r['config']:>16} {r['visible']:>8} {r['median_radius_px']:>7.1f} {r['pairs_composited']:>10} "
+            f"{r['forward_nograd_ms']:>8.1f} {r['forward_backward_ms']:>11.1f} {r['max_rss_mb']:>7.0f}"
+        )
+    for r in rows:
+        print(json.dumps(r))
+    if any(math.isnan(r["mean_alpha"]) for r in rows):
+        raise SystemExit("NaN in a render")
+
+
+if __name__ == "__main__":
+    main()
