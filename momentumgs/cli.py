@@ -49,36 +49,112 @@ def cmd_demo_scene(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+def load_scene(cfg: Config):
+    """The COLMAP scene a config names (data.path)."""
     from momentumgs.data.colmap import load_colmap_scene
 
-    scene = load_colmap_scene(
-        args.scene,
+    if not cfg.data.path:
+        raise UserError("data.path: no scene given (pass --scene PATH or --set data.path=PATH)")
+    return load_colmap_scene(
+        cfg.data.path,
         images=cfg.data.images,
         downscale=cfg.data.downscale,
         test_every=cfg.data.test_every,
         split_file=cfg.data.split_file or None,
+        image_cache_mb=cfg.data.image_cache_mb,
     )
-    print(scene.summary())
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    cfg.data.path = args.scene
+    print(load_scene(cfg).summary())
     return 0
+
+
+def _train(cfg: Config | None, run_dir: str, resume: bool, overrides: list[str], progress: bool = True):
+    from momentumgs.train.trainer import start_or_resume
+
+    trainer = start_or_resume(cfg, load_scene, run_dir, resume, overrides)
+    scene = trainer.scene
+    print(scene.summary())
+    print(
+        f"training {trainer.block.field.n_anchors} anchors on {trainer.device} "
+        f"({len(scene.train_ids)} views, {trainer.cfg.train.iterations} iterations) -> {run_dir}"
+    )
+    trainer.run(progress=progress)
+    return trainer
+
+
+def _evaluate_run(run_dir: str | Path, split: str = "test") -> None:
+    from momentumgs.eval import evaluate, write_eval
+    from momentumgs.model.store import load_model
+    from momentumgs.render.anchors import camera_view, render_anchor_view
+    from momentumgs.train.trainer import RunPaths, resolve_device
+
+    paths = RunPaths(Path(run_dir))
+    if not paths.model.is_file():
+        raise UserError(f"{run_dir}: no trained model (expected {paths.model}); has training finished?")
+    cfg = load_config(paths.config)
+    device = resolve_device(cfg.train.device)
+    model = load_model(paths.model, device)
+    scene = load_scene(cfg)
+    ids = scene.test_ids if split == "test" else scene.train_ids
+    if not ids:
+        raise UserError(f"{cfg.data.path}: the scene has no {split} views to evaluate")
+    index_of = {id(cam): i for i, cam in enumerate(scene.cameras)}
+
+    def render(cam):
+        view = camera_view(cam, device, index_of[id(cam)])
+        return render_anchor_view(model.field, model.decoder, view).image
+
+    result = evaluate(render, scene, ids, device=device, progress=True)
+    result.extra.update({"split": split, "model": str(paths.model), "iteration": model.info.get("iteration")})
+    csv_path, json_path = write_eval(result, paths.eval_dir, stem=f"eval_{split}")
+    print(result.format())
+    print(f"per-image metrics: {csv_path}\nsummary: {json_path}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        run_dir = args.resume
+        _train(None, run_dir, True, args.overrides, progress=not args.no_progress)
+    else:
+        cfg = _config(args)
+        if args.scene:
+            cfg.data.path = args.scene
+        run_dir = args.out or cfg.output
+        _train(cfg, run_dir, False, [], progress=not args.no_progress)
+    if not args.no_eval:
+        _evaluate_run(run_dir)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    _evaluate_run(args.run, args.split)
+    return 0
+
+
+def _free_run_dir(base: str) -> str:
+    """`base`, or `base-2`, `base-3`, ...: the demo never writes into an earlier run."""
+    path, n = Path(base), 2
+    while path.exists() and any(path.iterdir()):
+        path, n = Path(f"{base}-{n}"), n + 1
+    return str(path)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _config(args, _default_demo_config())
-    from momentumgs.data.colmap import load_colmap_scene
     from momentumgs.data.demo import cached_demo_scene
 
     t0 = time.perf_counter()
     root = cached_demo_scene(size=cfg.demo.size, seed=cfg.demo.seed, cache_dir=cfg.demo.cache_dir or None)
-    scene = load_colmap_scene(
-        root,
-        images=cfg.data.images,
-        downscale=cfg.data.downscale,
-        test_every=cfg.data.test_every,
-    )
-    print(f"demo scene ready in {time.perf_counter() - t0:.1f} s")
-    print(scene.summary())
+    cfg.data.path = str(root)
+    print(f"demo scene ready in {time.perf_counter() - t0:.1f} s: {root}")
+    run_dir = _free_run_dir(args.out or cfg.output)
+    _train(cfg, run_dir, False, [], progress=not args.no_progress)
+    _evaluate_run(run_dir)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; the run is in {run_dir}")
     return 0
 
 
@@ -87,9 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="build (or reuse) the demo city and run the main job on it")
+    p = sub.add_parser("demo", help="build (or reuse) the demo city, train on it, evaluate")
     _add_config_args(p)
+    p.add_argument("--out", help="run folder (default: the config's output; never an existing run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train on a COLMAP scene (or resume a run)")
+    _add_config_args(p)
+    p.add_argument("--scene", help="COLMAP scene root (sets data.path)")
+    p.add_argument("--out", help="run folder (sets output); must be new or empty")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run: PSNR, SSIM, LPIPS (raw and colour-corrected)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo-scene", help="render the demo city and reconstruct it with SfM into OUT")
     p.add_argument("out", help="output folder (a COLMAP scene: images/, sparse/0, ground_truth/)")

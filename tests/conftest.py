@@ -13,3 +13,12 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Tests share one demo-scene cache per session, never the user's own cache folder."""
     cache = tmp_path_factory.getbasetemp() / "momentumgs-cache"
     monkeypatch.setenv("MOMENTUMGS_CACHE", str(cache))
+
+
+@pytest.fixture(scope="session")
+def gt_test_scene(tmp_path_factory):
+    """The small demo city with its exact (ground-truth) COLMAP model: no SfM, built once per session."""
+    from momentumgs.data.demo import cached_demo_scene
+
+    cache = tmp_path_factory.getbasetemp() / "momentumgs-cache"
+    return cached_demo_scene(size="test", seed=0, cache_dir=cache, sfm=False, log=lambda _: None)

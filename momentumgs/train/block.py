@@ -87,11 +87,11 @@ class Block:
         with torch.no_grad():
             mse = (render.image.detach().clamp(0, 1) - gt).square().mean()
         return StepResult(
-            loss=float(loss),
+            loss=float(loss.detach()),
             l1=photo.l1,
             ssim=photo.ssim,
             psnr=float(-10 * torch.log10(mse)) if mse > 0 else math.inf,
-            consistency=float(cons),
+            consistency=float(cons.detach()),
             n_gaussians=int(render.gaussians.means.shape[0]),
             n_visible_anchors=int(render.anchors.ids.shape[0]),
             finite=finite,
