@@ -84,15 +84,12 @@ class CityParams:
 
 
 def city_params(size: str = "demo", seed: int = 0) -> CityParams:
-    """The two shipped sizes: `demo` (64 views, 320x240) and `test` (24 views, smaller city)."""
+    """The two shipped sizes: `demo` (64 views) and `test` (24 views, smaller city), both 320x240."""
     if size == "demo":
         return CityParams(seed=seed)
     if size == "test":
         return CityParams(
             seed=seed,
-            width=256,
-            height=192,
-            focal=205.0,
             city_half=26.0,
             buildings_per_quadrant=2,
             building_side=(6.0, 10.0),

@@ -112,31 +112,35 @@ def ray_box_t(o, d, boxes: Boxes, idx, t_limit):
 
 
 def slab_segment(o, d, t_max, z_top):
-    """Clip segments o + t d, t in [0, t_max], to z in [0, z_top]: returns endpoints [..., 3] x 2."""
+    """Clip segments o + t d, t in [0, t_max], to the slab 0 <= z <= z_top: (t_enter, t_exit) [...]."""
     dz = np.where(np.abs(d[..., 2]) < 1e-12, 1e-12, d[..., 2])
     t0 = (0.0 - o[..., 2]) / dz
     t1 = (z_top - o[..., 2]) / dz
-    t_enter = np.clip(np.minimum(t0, t1), 0.0, t_max)
-    t_exit = np.clip(np.maximum(t0, t1), 0.0, t_max)
-    return o + t_enter[..., None] * d, o + t_exit[..., None] * d
+    return np.clip(np.minimum(t0, t1), 0.0, t_max), np.clip(np.maximum(t0, t1), 0.0, t_max)
 
 
 def candidate_pairs(world: World, o, d, t_max):
-    """(group, box) pairs whose bounds overlap, for ray groups o, d [G, R, 3]: two arrays [C]."""
+    """(group, box) pairs whose xy bounds overlap, for ray groups o, d [G, R, 3] with limits t_max
+    [G, R] (nan: no ray). Only the part of a ray inside the boxes' height slab counts. -> two [C]."""
     if len(world.boxes) == 0:
         return np.zeros(0, int), np.zeros(0, int)
-    a, b = slab_segment(o, d, t_max, world.zmax)
-    valid = np.isfinite(t_max)[..., None]
-    big = np.float64(1e30)
-    lo = np.minimum(np.where(valid, a, big), np.where(valid, b, big)).min(1)  # [G, 3]
-    hi = np.maximum(np.where(valid, a, -big), np.where(valid, b, -big)).max(1)
-    overlap = np.all(
-        (lo[:, None, :] <= world.box_hi[None]) & (hi[:, None, :] >= world.box_lo[None]), axis=-1
-    )  # [G, B]
+    t_enter, t_exit = slab_segment(o, d, t_max, world.zmax)  # nan stays nan: fmin/fmax skip it
+    lo, hi = [], []
+    for axis in range(2):
+        a = o[..., axis] + t_enter * d[..., axis]
+        b = o[..., axis] + t_exit * d[..., axis]
+        lo.append(np.fmin.reduce(np.fmin(a, b), axis=1))  # [G]
+        hi.append(np.fmax.reduce(np.fmax(a, b), axis=1))
+    overlap = (
+        (lo[0][:, None] <= world.box_hi[None, :, 0])
+        & (hi[0][:, None] >= world.box_lo[None, :, 0])
+        & (lo[1][:, None] <= world.box_hi[None, :, 1])
+        & (hi[1][:, None] >= world.box_lo[None, :, 1])
+    )  # [G, B]; all-nan groups compare False
     return np.nonzero(overlap)
 
 
-def first_box_hit(world: World, o, d, t_max, max_pairs: int = 1 << 19):
+def first_box_hit(world: World, o, d, t_max, max_pairs: int = 1 << 14):
     """Nearest box hit of each ray in groups o, d [G, R, 3] before t_max [G, R] -> (t, box) [G, R]."""
     G, R = t_max.shape
     t_best = np.full((G, R), np.inf)
@@ -159,7 +163,7 @@ def first_box_hit(world: World, o, d, t_max, max_pairs: int = 1 << 19):
     return t_best, box
 
 
-def any_box_hit(world: World, o, d, t_max, max_pairs: int = 1 << 19):
+def any_box_hit(world: World, o, d, t_max, max_pairs: int = 1 << 14):
     """Whether each ray in groups o, d [G, R, 3] hits any box before t_max [G, R] -> bool [G, R]."""
     G, R = t_max.shape
     blocked = np.zeros((G, R), dtype=bool)
@@ -244,15 +248,18 @@ def sample_texture(tex: Texture, u, v, footprint):
 
 
 def _bilinear(img, u, v):
+    """Bilinear lookup of img [h, w, 3] at texel coordinates u, v [N] (centres at +0.5), clamped."""
     h, w = img.shape[:2]
+    flat = img.reshape(-1, 3)
     x, y = u - 0.5, v - 0.5
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = (x - x0).astype(np.float32)[:, None], (y - y0).astype(np.float32)[:, None]
     x0 = np.clip(x0.astype(np.int64), 0, w - 1)
     y0 = np.clip(y0.astype(np.int64), 0, h - 1)
     x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-    top = img[y0, x0] * (1 - fx) + img[y0, x1] * fx
-    bot = img[y1, x0] * (1 - fx) + img[y1, x1] * fx
+    row0, row1 = y0 * w, y1 * w
+    top = flat.take(row0 + x0, axis=0) * (1 - fx) + flat.take(row0 + x1, axis=0) * fx
+    bot = flat.take(row1 + x0, axis=0) * (1 - fx) + flat.take(row1 + x1, axis=0) * fx
     return top * (1 - fy) + bot * fy
 
 
