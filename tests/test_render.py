@@ -37,6 +37,7 @@ def random_scene(seed, n=40, cameras=3, width=32, height=24, opacity=(0.05, 0.98
     means = u(n, 3, lo=-1.0, hi=1.0)
     quats = torch.randn(n, 4, generator=g, dtype=dtype)
     scales = torch.exp(u(n, 3, lo=math.log(0.03), hi=math.log(0.35)))
+    scales[: n // 10] *= torch.tensor([6.0, 0.05, 1.0], dtype=dtype)  # some long, thin ones
     opacities = u(n, lo=opacity[0], hi=opacity[1])
     colors = u(cameras, n, 3)
     viewmats, Ks = [], []
@@ -266,14 +267,18 @@ def test_gradcheck_tiny_scene():
     assert torch.autograd.gradcheck(render, (*inputs, bg), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
-def test_gradients_match_reference_autograd():
+@pytest.mark.parametrize("pair_budget", [1_000_000, 150])
+def test_gradients_match_reference_autograd(pair_budget):
+    # A small pair budget splits the image into many bands, blended and differentiated chunk by chunk.
     scene = random_scene(11, n=30, cameras=2)
     names = ("means", "quats", "scales", "opacities", "colors")
     ours = {k: scene[k].clone().requires_grad_(True) for k in names}
     theirs = {k: scene[k].clone().requires_grad_(True) for k in names}
     weights = torch.rand(2, 24, 32, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     rest = (scene["viewmats"], scene["Ks"], 32, 24)
-    img, alpha, _ = rasterize(*(ours[k] for k in names), *rest, backgrounds=scene["backgrounds"])
+    img, alpha, _ = rasterize(
+        *(ours[k] for k in names), *rest, backgrounds=scene["backgrounds"], pair_budget=pair_budget
+    )
     ((img * weights).sum() + alpha.sum()).backward()
     ref_img, ref_alpha, _, _ = reference_render(
         *(theirs[k] for k in names), *rest, backgrounds=scene["backgrounds"]
@@ -399,6 +404,8 @@ def test_opaque_layers_stop_the_pixel():
     img.sum().backward()
     assert p["colors"].grad[0, 0].min() > 0
     assert not p["colors"].grad[0, 1:].any()
+    # Layers 2 and 3 are never added; layer 1's alpha is clamped at 0.999, which passes no gradient.
+    assert not p["opacities"].grad.any() and not p["means"].grad.any()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -65,6 +65,26 @@ def _ranges(lengths: Tensor) -> tuple[Tensor, Tensor]:
     return owner, position
 
 
+def _reachable_columns(row_terms: Tensor, nx: Tensor) -> tuple[Tensor, Tensor]:
+    """First column k [R] and count [R] of the pixels of each box row where alpha may reach 1/255.
+
+    opacity exp(-sigma) >= 1/255 is sigma <= ln(255 opacity), and sigma is a convex quadratic in dx, so
+    those pixels form an interval. It is solved in float64 and widened by one pixel on each side; the
+    exact per-pixel test comes afterwards, so this only saves work (a third of a box is corners).
+    """
+    dx0, half_a, b_dy, half_c_dy2, opacity = row_terms.double()
+    level = torch.log(torch.clamp(opacity / ALPHA_THRESHOLD, min=1.0))
+    disc = b_dy * b_dy - 4.0 * half_a * (half_c_dy2 - level)
+    # Rows whose smallest sigma exceeds the level by more than rounding could explain are empty.
+    reaches = disc >= -4.0 * half_a * 1e-4
+    centre = dx0 + b_dy / (2.0 * half_a)  # the k where sigma is smallest along the row
+    half_width = torch.sqrt(torch.clamp(disc, min=0.0)) / (2.0 * half_a)
+    k_first = torch.clamp(torch.ceil(centre - half_width) - 1, min=0)
+    k_last = torch.minimum(torch.floor(centre + half_width) + 1, (nx - 1).double())
+    count = torch.where(reaches, torch.clamp(k_last - k_first + 1, min=0), 0.0)
+    return k_first.long(), count.long()
+
+
 def _band_pairs(
     boxes: tuple[Tensor, ...],  # x0, x1, y0, y1 [E]
     entry_camera: Tensor,  # [E]
@@ -96,9 +116,11 @@ def _band_pairs(
     dy = my - (row.to(dtype) + 0.5)
     dx0 = mx - (x_first.to(dtype) + 0.5)
     row_terms = torch.stack([dx0, 0.5 * a, b * dy, 0.5 * c * dy * dy, opacity])  # [5, R]
+    k_first, k_count = _reachable_columns(row_terms, nx.index_select(0, entry))  # [R]
     row_pixel = (entry_camera.index_select(0, entry) * height + row) * width + x_first  # [R]
 
-    pair_row, k = _ranges(nx.index_select(0, entry))  # [P]
+    pair_row, k = _ranges(k_count)  # [P]
+    k = k + k_first.index_select(0, pair_row)
     dx0, half_a, b_dy, half_c_dy2, opacity = row_terms.index_select(1, pair_row)  # [P] each
     dx = dx0 - k.to(dtype)
     sigma = (half_a * dx + b_dy) * dx + half_c_dy2
@@ -133,7 +155,8 @@ def contributing_pairs(
     pair_budget: int = DEFAULT_PAIR_BUDGET,
 ) -> tuple[Tensor, Tensor]:
     """The (Gaussian, pixel) pairs that gsplat's rules composite: flat ids c * N + n [K] and pixel ids
-    c * H * W + y * W + x [K], each pixel's pairs adjacent and in front-to-back order."""
+    c * H * W + y * W + x [K], each pixel's pairs adjacent and in front-to-back order; and the sizes of
+    the consecutive chunks (bands of rows) they came in, which share no pixel."""
     C, N = depths.shape
     visible = torch.nonzero((radii > 0).all(dim=-1).reshape(-1)).squeeze(1)  # flat ids [E]
     # Order by (camera, depth): sort by depth, then stably by camera.
@@ -154,7 +177,7 @@ def contributing_pairs(
         entry, pixel = _band_pairs(boxes, camera, params, row0, min(height, row0 + band_rows), width, height)
         entries.append(flat_ids[entry])
         pixels.append(pixel)
-    return torch.cat(entries), torch.cat(pixels)
+    return torch.cat(entries), torch.cat(pixels), [p.numel() for p in pixels]
 
 
 def composite(
@@ -175,7 +198,7 @@ def composite(
     Differentiable w.r.t. means2d (in pixels), conics, opacities, colors and backgrounds. With absgrad,
     backward leaves the summed per-pixel absolute gradient of means2d in `means2d.absgrad` (as gsplat).
     """
-    flat_ids, pixel_ids = contributing_pairs(
+    flat_ids, pixel_ids, chunk_sizes = contributing_pairs(
         means2d.detach(),
         conics.detach(),
         opacities.detach(),
@@ -187,17 +210,14 @@ def composite(
     )
     if backgrounds is None:
         backgrounds = colors.new_zeros(depths.shape[0], colors.shape[-1])
-    return _Blend.apply(
-        means2d, conics, opacities, colors, backgrounds, flat_ids, pixel_ids, width, height, absgrad
-    )
+    pairs = (flat_ids, pixel_ids, chunk_sizes)
+    return _Blend.apply(means2d, conics, opacities, colors, backgrounds, pairs, width, height, absgrad)
 
 
-def _pair_geometry(means2d, conics, opacities, flat_ids, pixel_ids, width, height):
-    """Per pair: dx, dy (mean - pixel centre), conic a, b, c, opacity, vis = exp(-sigma) [K] each."""
-    C, N = opacities.shape
-    # Gathering rows of a [K, 6] table is slow on the CPU; columns of a [6, C*N] one are fast.
-    table = torch.cat([means2d.reshape(C * N, 2), conics.reshape(C * N, 3), opacities.reshape(C * N, 1)], 1)
-    x, y, a, b, c, opacity = table.T.contiguous().index_select(1, flat_ids)
+def _pair_geometry(table_t, flat_ids, pixel_ids, width, height):
+    """Per pair, from the per-Gaussian table [6, C*N] (x, y, conic a, b, c, opacity): dx, dy (mean minus
+    pixel centre), a, b, c, opacity and vis = exp(-sigma) [K] each."""
+    x, y, a, b, c, opacity = table_t.index_select(1, flat_ids)
     local = pixel_ids % (height * width)
     row = torch.div(local, width, rounding_mode="floor")
     dx = x - ((local - row * width).to(x.dtype) + 0.5)
@@ -206,12 +226,24 @@ def _pair_geometry(means2d, conics, opacities, flat_ids, pixel_ids, width, heigh
     return dx, dy, a, b, c, opacity, torch.exp(-sigma)
 
 
-def _scatter_rows(rows: Tensor, index: Tensor, size: int) -> Tensor:
-    """Sum the columns of rows [R, K] into [R, size] by index [K], one 1D index_add per row (fastest)."""
-    out = rows.new_zeros(rows.shape[0], size)
+def _gaussian_table(means2d: Tensor, conics: Tensor, opacities: Tensor) -> Tensor:
+    """[6, C*N]: gathering columns of this is much faster on the CPU than gathering rows of [C*N, 6]."""
+    C, N = opacities.shape
+    table = torch.cat([means2d.reshape(C * N, 2), conics.reshape(C * N, 3), opacities.reshape(C * N, 1)], 1)
+    return table.T.contiguous()
+
+
+def _scatter_rows(out: Tensor, index: Tensor, rows: Tensor) -> None:
+    """out[r].index_add_(0, index, rows[r]) for every row r: one 1D index_add per row is the fastest."""
     for r in range(rows.shape[0]):
         out[r].index_add_(0, index, rows[r])
-    return out
+
+
+def _chunks(sizes: list[int]):
+    start = 0
+    for size in sizes:
+        yield start, start + size
+        start += size
 
 
 class _Blend(torch.autograd.Function):
@@ -219,87 +251,96 @@ class _Blend(torch.autograd.Function):
 
     The backward follows gsplat's `rasterize_to_pixels_3dgs_bwd_kernel`: with w_k = alpha_k T_k,
     dL/dalpha_k = T_k c_k.v - (sum_{j behind k} w_j c_j.v + T_final bg.v - T_final v_alpha) / (1 - alpha_k),
-    and no gradient through alpha where opacity * vis > 0.999 (the clamp).
+    and no gradient through alpha where opacity * vis > 0.999 (the clamp). Both passes run chunk by chunk
+    (chunks share no pixel) so that the temporaries stay small; only ids and T per pair are kept.
     """
 
     @staticmethod
-    def forward(
-        ctx, means2d, conics, opacities, colors, backgrounds, flat_ids, pixel_ids, width, height, absgrad
-    ):
+    def forward(ctx, means2d, conics, opacities, colors, backgrounds, pairs, width, height, absgrad):
+        flat_ids, pixel_ids, chunk_sizes = pairs
         C, N = opacities.shape
         D = colors.shape[-1]
         n_pixels = C * height * width
-        starts = segment_starts(pixel_ids)
-        _, _, _, _, _, opacity, vis = _pair_geometry(
-            means2d, conics, opacities, flat_ids, pixel_ids, width, height
-        )
-        alpha = torch.clamp(opacity * vis, max=MAX_ALPHA)  # [K]
-        log_keep = torch.log1p(-alpha.double())  # [K]
-        exclusive, _ = segmented_log_transmittance(log_keep, starts)
-        transmittance = torch.exp(exclusive).to(alpha.dtype)  # [K] T before each pair
-        weight = alpha * transmittance  # [K]
-        colors_t = colors.reshape(C * N, D).T.contiguous().index_select(1, flat_ids)  # [D, K]
-        image = _scatter_rows(colors_t * weight, pixel_ids, n_pixels)  # [D, C*H*W]
-        log_final = torch.zeros(n_pixels, dtype=torch.float64, device=alpha.device)
-        final_t = torch.exp(log_final.index_add_(0, pixel_ids, log_keep)).to(alpha.dtype)  # [C*H*W]
+        table_t = _gaussian_table(means2d, conics, opacities)
+        colors_t = colors.reshape(C * N, D).T.contiguous()  # [D, C*N]
+        image = colors.new_zeros(D, n_pixels)
+        log_final = torch.zeros(n_pixels, dtype=torch.float64, device=colors.device)
+        transmittance = colors.new_empty(flat_ids.numel())  # [K] T in front of each pair
+        for lo, hi in _chunks(chunk_sizes):
+            f, p = flat_ids[lo:hi], pixel_ids[lo:hi]
+            *_, opacity, vis = _pair_geometry(table_t, f, p, width, height)
+            alpha = torch.clamp(opacity * vis, max=MAX_ALPHA)
+            log_keep = torch.log1p(-alpha.double())
+            exclusive, _ = segmented_log_transmittance(log_keep, segment_starts(p))
+            t = torch.exp(exclusive).to(alpha.dtype)
+            transmittance[lo:hi] = t
+            _scatter_rows(image, p, colors_t.index_select(1, f) * (alpha * t))
+            log_final.index_add_(0, p, log_keep)
+        final_t = torch.exp(log_final).to(colors.dtype)  # [C*H*W]
 
         image = image.T.reshape(C, height * width, D) + final_t.reshape(C, -1, 1) * backgrounds[:, None, :]
-        ctx.save_for_backward(means2d, conics, opacities, colors, backgrounds, flat_ids, pixel_ids, starts)
-        ctx.blend = (transmittance, final_t, width, height, absgrad)
+        ctx.save_for_backward(
+            means2d, conics, opacities, colors, backgrounds, flat_ids, pixel_ids, transmittance
+        )
+        ctx.blend = (chunk_sizes, final_t, width, height, absgrad)
         render_alphas = (1.0 - final_t).reshape(C, height, width, 1)
         return image.reshape(C, height, width, D), render_alphas
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, v_image, v_alphas):
-        means2d, conics, opacities, colors, backgrounds, flat_ids, pixel_ids, starts = ctx.saved_tensors
-        transmittance, final_t, width, height, absgrad = ctx.blend
+        means2d, conics, opacities, colors, backgrounds, flat_ids, pixel_ids, transmittance = (
+            ctx.saved_tensors
+        )
+        chunk_sizes, final_t, width, height, absgrad = ctx.blend
         C, N = opacities.shape
         D = colors.shape[-1]
         n_pixels = C * height * width
         v_image = v_image.reshape(C, height * width, D)
-        v_alphas = v_alphas.reshape(n_pixels)
+        # Per pixel: what lies behind every pair through the background and the alpha output (1 - T_final).
+        bg_dot_v = (v_image * backgrounds[:, None, :]).sum(-1).reshape(n_pixels)
+        tail = final_t * (bg_dot_v - v_alphas.reshape(n_pixels))  # [C*H*W]
+        v_image_t = v_image.reshape(n_pixels, D).T.contiguous()  # [D, C*H*W]
+        table_t = _gaussian_table(means2d, conics, opacities)
+        colors_t = colors.reshape(C * N, D).T.contiguous()  # [D, C*N]
+        v_colors_t = colors.new_zeros(D, C * N)
+        v_table = colors.new_zeros(6, C * N)  # x, y, conic a, b, c, opacity
+        v_abs = colors.new_zeros(2, C * N) if absgrad else None
+        pixel_total = torch.zeros(n_pixels, dtype=torch.float64, device=colors.device)
 
-        dx, dy, a, b, c, opacity, vis = _pair_geometry(
-            means2d, conics, opacities, flat_ids, pixel_ids, width, height
-        )
-        raw_alpha = opacity * vis
-        alpha = torch.clamp(raw_alpha, max=MAX_ALPHA)
-        weight = alpha * transmittance  # [K]
-        colors_t = colors.reshape(C * N, D).T.contiguous().index_select(1, flat_ids)  # [D, K]
-        v_pixel = v_image.reshape(n_pixels, D).T.contiguous().index_select(1, pixel_ids)  # [D, K]
-        v_colors = _scatter_rows(v_pixel * weight, flat_ids, C * N).T.reshape(C, N, D)
+        for lo, hi in _chunks(chunk_sizes):
+            f, p, t = flat_ids[lo:hi], pixel_ids[lo:hi], transmittance[lo:hi]
+            dx, dy, a, b, c, opacity, vis = _pair_geometry(table_t, f, p, width, height)
+            raw_alpha = opacity * vis
+            alpha = torch.clamp(raw_alpha, max=MAX_ALPHA)
+            weight = alpha * t
+            v_pixel = v_image_t.index_select(1, p)  # [D, K]
+            _scatter_rows(v_colors_t, f, v_pixel * weight)
 
-        # What lies behind each pair, dotted with the pixel's incoming gradient: the other pairs...
-        c_dot_v = (colors_t * v_pixel).sum(0)  # [K]
-        own = (weight * c_dot_v).double()  # [K]
-        inclusive_all = torch.cumsum(own, 0)
-        inclusive = inclusive_all - (inclusive_all - own).index_select(0, starts)
-        pixel_total = torch.zeros(n_pixels, dtype=torch.float64, device=own.device).index_add_(
-            0, pixel_ids, own
-        )
-        behind = (pixel_total.index_select(0, pixel_ids) - inclusive).to(alpha.dtype)  # [K]
-        # ...then the background, and the alpha output (1 - T_final).
-        bg_dot_v = (v_image * backgrounds[:, None, :]).sum(-1).reshape(n_pixels)  # [C*H*W]
-        tail = final_t * (bg_dot_v - v_alphas)  # [C*H*W]
-        behind = behind + tail.index_select(0, pixel_ids)
-        v_alpha = transmittance * c_dot_v - behind / (1.0 - alpha)  # [K]
+            # sum over the pairs behind this one (same pixel, later in order) of w_j c_j.v
+            c_dot_v = (colors_t.index_select(1, f) * v_pixel).sum(0)  # [K]
+            own = (weight * c_dot_v).double()  # [K]
+            inclusive_all = torch.cumsum(own, 0)
+            inclusive = inclusive_all - (inclusive_all - own).index_select(0, segment_starts(p))
+            pixel_total.zero_().index_add_(0, p, own)
+            behind = (pixel_total.index_select(0, p) - inclusive).to(alpha.dtype) + tail.index_select(0, p)
+            v_alpha = t * c_dot_v - behind / (1.0 - alpha)
 
-        v_raw = torch.where(raw_alpha <= MAX_ALPHA, v_alpha, 0.0)
-        v_opacity = vis * v_raw
-        v_sigma = -raw_alpha * v_raw
-        v_x = v_sigma * (a * dx + b * dy)
-        v_y = v_sigma * (b * dx + c * dy)
-        rows = torch.stack(
-            [v_x, v_y, 0.5 * v_sigma * dx * dx, v_sigma * dx * dy, 0.5 * v_sigma * dy * dy, v_opacity]
-        )
-        grads = _scatter_rows(rows, flat_ids, C * N)  # [6, C*N]
-        v_means2d = grads[0:2].T.reshape(C, N, 2)
-        v_conics = grads[2:5].T.reshape(C, N, 3)
-        v_opacities = grads[5].reshape(C, N)
+            v_raw = torch.where(raw_alpha <= MAX_ALPHA, v_alpha, 0.0)
+            v_sigma = -raw_alpha * v_raw
+            v_x = v_sigma * (a * dx + b * dy)
+            v_y = v_sigma * (b * dx + c * dy)
+            half_v_sigma = 0.5 * v_sigma
+            rows = [v_x, v_y, half_v_sigma * dx * dx, v_sigma * dx * dy, half_v_sigma * dy * dy, vis * v_raw]
+            _scatter_rows(v_table, f, torch.stack(rows))
+            if v_abs is not None:
+                _scatter_rows(v_abs, f, torch.stack([v_x.abs(), v_y.abs()]))
+
+        if v_abs is not None:
+            means2d.absgrad = v_abs.T.reshape(C, N, 2)
+        v_means2d = v_table[0:2].T.reshape(C, N, 2)
+        v_conics = v_table[2:5].T.reshape(C, N, 3)
+        v_opacities = v_table[5].reshape(C, N)
+        v_colors = v_colors_t.T.reshape(C, N, D)
         v_backgrounds = (v_image * final_t.reshape(C, -1, 1)).sum(1)  # [C, D]
-        if absgrad:
-            means2d.absgrad = _scatter_rows(torch.stack([v_x.abs(), v_y.abs()]), flat_ids, C * N).T.reshape(
-                C, N, 2
-            )
-        return v_means2d, v_conics, v_opacities, v_colors, v_backgrounds, None, None, None, None, None
+        return v_means2d, v_conics, v_opacities, v_colors, v_backgrounds, None, None, None, None
