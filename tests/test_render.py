@@ -408,6 +408,18 @@ def test_opaque_layers_stop_the_pixel():
     assert not p["opacities"].grad.any() and not p["means"].grad.any()
 
 
+def test_cpu_refuses_what_it_cannot_render():
+    p = _params(torch.tensor([[0.0, 0.0, 2.0]]), torch.full((1, 3), 0.1), torch.tensor([0.5]), False)
+    with pytest.raises(ValueError, match="packed"):
+        _render(p, _single_camera(), packed=True)
+    with pytest.raises(ValueError, match="sh_degree"):
+        _render(p, _single_camera(), sh_degree=1)
+    with pytest.raises(TypeError, match="no_such_option"):
+        _render(p, _single_camera(), no_such_option=1)
+    img, _, _ = _render(p, _single_camera(), tile_size=8, channel_chunk=16)  # gsplat-only tuning: ignored
+    assert img.shape == (1, 12, 16, 3)
+
+
 # --------------------------------------------------------------------------------------------------
 # (d) the screen-space gradient the trainer reads
 # --------------------------------------------------------------------------------------------------

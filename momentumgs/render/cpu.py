@@ -1,4 +1,4 @@
-"""Front-to-back compositing of projected Gaussians on the CPU: vectorised, differentiable by autograd.
+"""Front-to-back compositing of projected Gaussians on the CPU: vectorised, differentiable.
 
 It follows the per-pixel rules of gsplat 1.5.3's `rasterize_to_pixels_3dgs_fwd_kernel`
 (csrc/RasterizeToPixels3DGSFwd.cu), without tiles:
@@ -6,16 +6,18 @@ It follows the per-pixel rules of gsplat 1.5.3's `rasterize_to_pixels_3dgs_fwd_k
 - a Gaussian is tried at the pixels whose centres (x + 0.5, y + 0.5) lie inside its radius box;
   gsplat tries every pixel of the 16x16 tiles the box touches, but outside the box
   alpha < 1/255 whenever opacity <= 1 (the box is where opacity * exp(-sigma) can reach 1/255),
-  so the two agree;
+  so the two agree (with opacity > 1 gsplat may draw a little beyond the box, we do not);
 - sigma = 0.5 (a dx^2 + c dy^2) + b dx dy with d = mean2d - pixel centre; skipped if sigma < 0;
   alpha = min(0.999, opacity exp(-sigma)); skipped if alpha < 1/255;
 - front to back by depth; if T (1 - alpha) <= 1e-4 the pixel stops and that Gaussian is not added;
   colour += alpha T c; T *= 1 - alpha; background added as T_final * bg; render alpha = 1 - T_final.
 
-Two passes: the first, without autograd and in bands of rows to bound memory, enumerates the
+Two passes: the first (no gradient), in bands of rows to bound memory, enumerates the
 (Gaussian, pixel) pairs, drops the culled ones, orders them by (camera, pixel, depth) and applies the
-stop rule; the second recomputes alpha for the surviving pairs only, with autograd, and composites
-them with a segmented cumulative sum of log(1 - alpha) (in float64: the sum runs over all pairs).
+stop rule; the second recomputes alpha for the surviving pairs only and composites them with a
+segmented cumulative sum of log(1 - alpha) (in float64: the sum runs over a whole band). Its backward
+is written by hand after gsplat's backward kernel: autograd through the same steps was several times
+slower on the CPU. The test suite checks it with gradcheck and against a dense autograd reference.
 """
 
 import math
@@ -70,7 +72,7 @@ def _reachable_columns(row_terms: Tensor, nx: Tensor) -> tuple[Tensor, Tensor]:
 
     opacity exp(-sigma) >= 1/255 is sigma <= ln(255 opacity), and sigma is a convex quadratic in dx, so
     those pixels form an interval. It is solved in float64 and widened by one pixel on each side; the
-    exact per-pixel test comes afterwards, so this only saves work (a third of a box is corners).
+    exact per-pixel test comes afterwards, so this only saves work (an ellipse fills <= pi/4 of its box).
     """
     dx0, half_a, b_dy, half_c_dy2, opacity = row_terms.double()
     level = torch.log(torch.clamp(opacity / ALPHA_THRESHOLD, min=1.0))
@@ -153,7 +155,7 @@ def contributing_pairs(
     width: int,
     height: int,
     pair_budget: int = DEFAULT_PAIR_BUDGET,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, list[int]]:
     """The (Gaussian, pixel) pairs that gsplat's rules composite: flat ids c * N + n [K] and pixel ids
     c * H * W + y * W + x [K], each pixel's pairs adjacent and in front-to-back order; and the sizes of
     the consecutive chunks (bands of rows) they came in, which share no pixel."""

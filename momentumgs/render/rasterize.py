@@ -58,6 +58,9 @@ def rasterize(
 
     X is D for "RGB", 1 for "D"/"ED", D + 1 for "RGB+D"/"RGB+ED" (depth last). meta["means2d"] [C, N, 2]
     keeps its gradient after backward (in pixels), meta["radii"] is [C, N, 2] int32 (0 where culled).
+    On the CPU, gsplat options that only tune its kernels are ignored, options for other camera models,
+    SH colours, packing or distribution are refused, and `pair_budget` (kwarg) bounds the memory: the
+    number of (Gaussian, pixel) pairs handled at once.
     """
     if means.is_cuda:
         return _rasterize_gsplat(
