@@ -1,7 +1,6 @@
 """Training one block on the CPU: it learns, it resumes bit-exactly after SIGKILL, and it guards its files."""
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -106,6 +105,11 @@ def test_killed_run_resumes_bit_identically(gt_test_scene, tmp_path):
     assert its == sorted(set(its))
 
 
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("cannot serialise")
+
+
 def test_corrupt_checkpoint_is_refused_and_left_alone(gt_test_scene, tmp_path):
     cfg = load_config(None, [*SMALL, f"data.path={gt_test_scene}", "train.iterations=20"])
     run = tmp_path / "run"
@@ -122,8 +126,8 @@ def test_corrupt_checkpoint_is_refused_and_left_alone(gt_test_scene, tmp_path):
 
     # a failed save (here: unserialisable state) leaves the previous good checkpoint intact
     ckpt.write_bytes(good)
-    with pytest.raises(pickle.PicklingError):
-        save_checkpoint(ckpt, {"bad": lambda: None})
+    with pytest.raises(RuntimeError, match="cannot serialise"):
+        save_checkpoint(ckpt, {"bad": _Unpicklable()})
     assert ckpt.read_bytes() == good
     resumed = start_or_resume(None, _scene_loader, run, resume=True)
     assert resumed.block.iteration == 10
