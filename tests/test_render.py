@@ -45,7 +45,7 @@ def random_scene(seed, n=40, cameras=3, width=32, height=24, opacity=(0.05, 0.98
         angle = u(1).item() * 2 * math.pi
         eye = torch.tensor([3.5 * math.cos(angle), 3.5 * math.sin(angle), 1.0 + u(1).item()], dtype=dtype)
         viewmats.append(look_at(eye, u(3, lo=-0.2, hi=0.2)))
-        f = 26.0 + 8.0 * u(1).item()
+        f = (26.0 + 8.0 * u(1).item()) * width / 32
         # principal point well away from the centre
         Ks.append(
             torch.tensor(
@@ -450,7 +450,6 @@ def test_cpu_matches_gsplat_cuda():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     scene = random_scene(21, n=400, cameras=3, width=96, height=72, opacity=(0.05, 0.99), dtype=torch.float32)
-    scene["Ks"][:, :2, :] *= 3.0  # focal and principal point scaled to the larger image
     names = ("means", "quats", "scales", "opacities", "colors")
     weights = torch.rand(3, 72, 96, 3, generator=torch.Generator().manual_seed(3))
     results = {}
@@ -470,16 +469,22 @@ def test_cpu_matches_gsplat_cuda():
             img.detach().cpu(),
             alpha.detach().cpu(),
             meta["radii"].cpu(),
+            meta["means2d"].detach().cpu(),
             meta["means2d"].grad.cpu(),
             {k: params[k].grad.cpu() for k in names},
         )
-    img_c, alpha_c, radii_c, m2d_c, grads_c = results["cpu"]
-    img_g, alpha_g, radii_g, m2d_g, grads_g = results["cuda"]
+    img_c, alpha_c, radii_c, xy_c, m2d_c, grads_c = results["cpu"]
+    img_g, alpha_g, radii_g, xy_g, m2d_g, grads_g = results["cuda"]
     assert (alpha_g > 0.1).float().mean() > 0.3
-    assert (img_c - img_g).abs().max() < 1e-3 and (img_c - img_g).abs().mean() < 1e-5
-    assert (alpha_c - alpha_g).abs().max() < 1e-3
+    # Float32 on both sides, and gsplat uses fast-math exp/log: a fragment right at alpha = 1/255 or
+    # a pixel right at T = 1e-4 may flip, so the bulk must agree to 1e-4 and nothing may be far off.
+    for ours, theirs in ((img_c, img_g), (alpha_c, alpha_g)):
+        diff = (ours - theirs).abs()
+        assert diff.mean() < 1e-5 and (diff > 1e-4).float().mean() < 1e-3 and diff.max() < 1e-2
     assert (radii_c != radii_g).float().mean() < 0.01  # ceil() may flip on a fast-math log
-    visible = (radii_g > 0).all(-1)
+    visible = (radii_g > 0).all(-1) & (radii_c > 0).all(-1)
+    assert visible.sum() > 300
+    torch.testing.assert_close(xy_c[visible], xy_g[visible], atol=1e-3, rtol=1e-5)
 
     def rel(a, b):
         return ((a - b).norm() / b.norm()).item()
