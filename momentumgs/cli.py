@@ -72,6 +72,32 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_partition(args: argparse.Namespace) -> int:
+    from momentumgs.partition import partition_scene, save_partition
+
+    cfg = _config(args)
+    cfg.data.path = args.scene
+    scene = load_scene(cfg)
+    part = partition_scene(scene, cfg.partition)
+    print(part.summary())
+    for b in part.blocks:
+        if len(b.camera_ids) < cfg.partition.min_views:
+            print(
+                f"momentumgs: warning: block {b.index} is trained by only {len(b.camera_ids)} views "
+                f"(partition.min_views {cfg.partition.min_views})",
+                file=sys.stderr,
+            )
+    if args.out:
+        save_partition(args.out, part)
+        print(f"partition written to {args.out}")
+    if args.preview:
+        from momentumgs.partition_preview import write_preview
+
+        write_preview(args.preview, part, scene, lines=args.lines)
+        print(f"preview written to {args.preview}")
+    return 0
+
+
 def _train(cfg: Config | None, run_dir: str, resume: bool, overrides: list[str], progress: bool = True):
     from momentumgs.train.trainer import start_or_resume
 
@@ -194,6 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scene", help="scene root holding sparse/0 and images/")
     _add_config_args(p)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("partition", help="split a COLMAP scene into blocks; print, save and preview them")
+    p.add_argument("scene", help="scene root holding sparse/0 and images/")
+    _add_config_args(p)
+    p.add_argument("--out", help="write the partition to this JSON file")
+    p.add_argument("--preview", help="write a top view of the blocks to this PNG file")
+    p.add_argument(
+        "--lines", action="store_true", help="preview: join cameras to the other blocks they train"
+    )
+    p.set_defaults(func=cmd_partition)
     return parser
 
 

@@ -90,11 +90,27 @@ class TrainConfig:
 
 
 @dataclass
+class PartitionConfig:
+    """Scene partitioning into blocks (DESIGN §5, momentumgs/partition.py)."""
+
+    aabb: list[float] = field(default_factory=list)  # [] = estimate; else min x, y, z, then max x, y, z
+    # cells per axis in (horizontal 1, horizontal 2, up) order: the ground axes are the world axes other than
+    # up, in world order (up z -> x, y; up y -> x, z). The paper's 2x1x4 on y-up scenes is [2, 4, 1] here.
+    block_dim: list[int] = field(default_factory=lambda: [2, 2, 1])
+    up_axis: str = "auto"  # auto (from the cameras) | x | y | z | -x | -y | -z
+    assign: str = "visibility"  # visibility | center: which cameras train a block besides those inside it
+    visibility_threshold: float = 0.25  # fraction of a block's points a camera must see (in image, in front)
+    margin: float = 0.1  # fraction of the cell size added around a block for its points and visibility test
+    min_views: int = 5  # warn about blocks trained by fewer views
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
     output: str = "runs/demo"
 
 

@@ -1,0 +1,289 @@
+import dataclasses
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from momentumgs import cli
+from momentumgs.config import PartitionConfig
+from momentumgs.data.colmap import load_colmap_scene
+from momentumgs.data.scene import Scene
+from momentumgs.partition import (
+    PartitionError,
+    blocks_per_camera,
+    contract,
+    detect_up_axis,
+    estimate_aabb,
+    load_partition,
+    partition_scene,
+    save_partition,
+    uncontract,
+)
+
+
+@pytest.fixture(scope="module")
+def scene(gt_test_scene):
+    return load_colmap_scene(gt_test_scene, downscale=4)
+
+
+@pytest.fixture(scope="module")
+def part(scene):
+    return partition_scene(scene, PartitionConfig())
+
+
+def transformed(scene: Scene, R0: np.ndarray) -> Scene:
+    """The same scene in a world frame rotated by R0 [3, 3] (new = R0 @ old)."""
+    T_inv = np.eye(4)
+    T_inv[:3, :3] = R0.T
+    cams = [dataclasses.replace(c, viewmat=c.viewmat @ T_inv) for c in scene.cameras]
+    points = (scene.points.astype(np.float64) @ R0.T).astype(np.float32)
+    return Scene(cams, points, scene.point_colors, scene.train_ids, scene.test_ids, scene.root)
+
+
+# --- contraction -----------------------------------------------------------------------------
+
+
+def test_contraction_formula():
+    aabb = np.array([-10.0, 0.0, 5.0, 30.0, 20.0, 6.0])
+    rng = np.random.default_rng(0)
+    inside = aabb[:3] + rng.uniform(0, 1, (500, 3)) * (aabb[3:] - aabb[:3])
+    y = contract(inside, aabb)
+    assert (y >= 0.25).all() and (y <= 0.75).all()
+    assert np.allclose(contract(aabb[None, :3], aabb), 0.25) and np.allclose(
+        contract(aabb[None, 3:], aabb), 0.75
+    )
+    # outside: |u|_inf = 3 on x (u = (3, 0, 0)) -> (2 - 1/3) * (1, 0, 0) / 4 + 0.5
+    x = np.array([[70.0, 10.0, 5.5]])
+    assert np.allclose(contract(x, aabb), [[0.5 + (2 - 1 / 3) / 4, 0.5, 0.5]])
+    far = rng.normal(0, 1, (500, 3)) * 10.0 ** rng.uniform(2, 8, (500, 1))
+    yf = contract(far, aabb)
+    assert (yf > 0).all() and (yf < 1).all()
+    assert (np.abs(yf - 0.5).max(axis=1) > 0.25).all()  # outside the AABB -> outside [0.25, 0.75]^3
+    # inverse round trip, inside and outside (relative error: far points are large)
+    for pts in (inside, far[np.abs(far).max(axis=1) < 1e6]):
+        back = uncontract(contract(pts, aabb), aabb)
+        assert np.allclose(back, pts, rtol=1e-6, atol=1e-6)
+
+
+# --- up axis and scene bounds ---------------------------------------------------------------
+
+
+def test_up_axis_demo_scene_is_z(scene):
+    assert detect_up_axis(scene) == "+z"
+
+
+@pytest.mark.parametrize(
+    "R0, expected",
+    [
+        (np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]), "+y"),  # z -> +y
+        (np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]), "-y"),  # z -> -y (COLMAP-like, y down)
+        (np.array([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]]), "+x"),  # z -> +x
+    ],
+)
+def test_up_axis_of_rotated_scene(scene, part, R0, expected):
+    assert np.isclose(np.linalg.det(R0), 1)
+    rotated = transformed(scene, R0)
+    assert detect_up_axis(rotated) == expected
+    # the partition does not depend on the frame: same blocks up to their order
+    rp = partition_scene(rotated, PartitionConfig(assign="center"))
+    base = partition_scene(scene, PartitionConfig(assign="center"))
+    key = sorted((b.n_cell_points, tuple(b.camera_ids)) for b in base.blocks)
+    assert sorted((b.n_cell_points, tuple(b.camera_ids)) for b in rp.blocks) == key
+
+
+def test_up_axis_unclear_asks_for_it(scene):
+    rng = np.random.default_rng(1)
+    cams = []
+    for c in scene.cameras:  # every camera turned at random: no common up
+        viewmat = c.viewmat.copy()
+        viewmat[:3, :3] = Rotation.random(random_state=rng).as_matrix()
+        cams.append(dataclasses.replace(c, viewmat=viewmat))
+    shaken = Scene(cams, scene.points, scene.point_colors, scene.train_ids, scene.test_ids)
+    with pytest.raises(PartitionError, match="partition.up_axis"):
+        detect_up_axis(shaken)
+
+
+def building_corners(root) -> np.ndarray:
+    """World corners [8 * B, 3] of the demo city's buildings (with their roof units)."""
+    boxes = json.loads((root / "ground_truth" / "city.json").read_text())["boxes"]
+    corners = []
+    for b in boxes:
+        if b["kind"] not in ("building", "roof_unit"):
+            continue
+        c, h, yaw = np.array(b["center"]), np.array(b["half"]), b["yaw"]
+        rot = Rotation.from_euler("z", yaw).as_matrix()
+        signs = np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1])).reshape(3, -1).T  # [8, 3]
+        corners.append(c + (signs * h) @ rot.T)
+    return np.concatenate(corners)
+
+
+def test_aabb_estimate_contains_the_buildings_and_cameras(scene, gt_test_scene):
+    aabb = estimate_aabb(scene, "+z")
+    corners = building_corners(gt_test_scene)
+    assert len(corners) >= 8 * 8
+    assert (corners >= aabb[:3] - 1e-6).all() and (corners <= aabb[3:] + 1e-6).all()
+    centres = np.stack([c.center for c in scene.train_cameras])
+    inside = ((centres[:, :2] >= aabb[:2]) & (centres[:, :2] <= aabb[3:5])).all(axis=1)
+    assert inside.mean() >= 0.9
+    assert aabb[5] < centres[:, 2].min()  # the cameras' altitude is not part of the box
+    assert (aabb[3:] - aabb[:3] < 100).all()  # and it stays near the city (ground points reach 70 m)
+
+
+# --- the grid --------------------------------------------------------------------------------
+
+
+def test_2x2_grid_has_four_blocks_and_every_train_camera(scene, part):
+    assert len(part.blocks) == 4 and part.up_axis == "+z"
+    for b in part.blocks:
+        assert len(b.camera_ids) > 0 and b.n_cell_points > 0
+        assert set(b.camera_ids) <= set(scene.train_ids)  # test views never train
+    counts = blocks_per_camera(part, len(scene.cameras))
+    assert (counts[scene.train_ids] >= 1).all() and (counts[scene.test_ids] == 0).all()
+    # the AABB-interior parts of the four cells tile the AABB
+    w = [b for b in part.blocks if b.world_min is not None]
+    assert len(w) == 4 and np.allclose(
+        sum(np.prod(b.world_max - b.world_min) for b in w), np.prod(part.aabb[3:] - part.aabb[:3])
+    )
+    # centre mode: each train camera trains exactly the block it stands in
+    centre = partition_scene(scene, PartitionConfig(assign="center"))
+    assert (blocks_per_camera(centre, len(scene.cameras))[scene.train_ids] == 1).all()
+    # visibility adds views the centre rule misses (oblique cameras look across the city)
+    assert sum(len(b.camera_ids) for b in part.blocks) > sum(len(b.camera_ids) for b in centre.blocks)
+    for b, c in zip(part.blocks, centre.blocks, strict=True):
+        assert set(c.camera_ids) <= set(b.camera_ids)
+
+
+def test_block_of_points_puts_each_point_in_one_block(scene, part):
+    owner = part.block_of_points(scene.points)
+    assert owner.shape == (len(scene.points),) and owner.min() >= 0 and owner.max() < 4
+    assert sum(b.n_cell_points for b in part.blocks) == len(scene.points)
+    for b in part.blocks:
+        assert (owner == b.index).sum() == b.n_cell_points
+        assert set(np.flatnonzero(owner == b.index)) <= set(b.point_ids)  # its cell is in its point set
+    # far-away points and points on a cell boundary still get exactly one valid block
+    mid = (part.aabb[:3] + part.aabb[3:]) / 2
+    extra = np.array([[1e9, 1e9, 0.0], [-1e9, 5.0, 3.0], mid, [mid[0], -1e7, mid[2]]])
+    got = part.block_of_points(extra)
+    assert ((got >= 0) & (got < 4)).all()
+    assert got[0] == part.blocks[-1].index  # +x, +y far away: the (1, 1) border block
+    assert got[2] == 3  # the centre lies on both splits: half-open cells give it to the upper ones
+
+
+def test_margin_gives_overlapping_point_sets(scene, part):
+    ids = [set(b.point_ids) for b in part.blocks]
+    assert len(ids[0] & ids[1]) > 0 and len(ids[0] & ids[2]) > 0  # neighbours share their margin
+    assert sum(len(s) for s in ids) > len(scene.points)
+    tight = partition_scene(scene, PartitionConfig(margin=0.0, assign="center"))
+    sizes = [len(b.point_ids) for b in tight.blocks]
+    assert sizes == [b.n_cell_points for b in tight.blocks]  # no margin: just the cell
+    assert all(len(a) > t for a, t in zip(ids, sizes, strict=True))
+
+
+def test_save_load_round_trip(tmp_path, part):
+    path = tmp_path / "sub" / "partition.json"
+    save_partition(path, part)
+    back = load_partition(path)
+    assert back.up_axis == part.up_axis and back.block_dim == part.block_dim and back.assign == part.assign
+    assert np.array_equal(back.aabb, part.aabb) and back.camera_names == part.camera_names
+    for a, b in zip(part.blocks, back.blocks, strict=True):
+        assert np.array_equal(a.point_ids, b.point_ids) and np.array_equal(a.camera_ids, b.camera_ids)
+        assert np.array_equal(a.cell_min, b.cell_min) and np.array_equal(a.world_max, b.world_max)
+        assert a.grid_index == b.grid_index and a.n_cell_points == b.n_cell_points
+    points = np.random.default_rng(0).normal(0, 40, (100, 3))
+    assert np.array_equal(back.block_of_points(points), part.block_of_points(points))
+    assert [p.name for p in tmp_path.joinpath("sub").iterdir()] == ["partition.json"]  # no temp file left
+    # a damaged file: one line naming it
+    data = json.loads(path.read_text())
+    data["blocks"][1]["num_point_ids"] += 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(PartitionError, match="partition.json: malformed"):
+        load_partition(path)
+    path.write_text("{not json")
+    with pytest.raises(PartitionError, match="not a readable partition file"):
+        load_partition(path)
+
+
+# --- bad inputs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(aabb=[0, 0, 0, 1, 1]), "partition.aabb: expected 6 numbers"),
+        (dict(aabb=[-40, -40, 0, 40, -50, 15]), r"min must be below max .*\(y is not\)"),
+        (
+            dict(aabb=[-40, -40, 0, 0, 0, 15]),
+            r"partition.aabb: 1[0-9] of 21 train camera centres lie outside",
+        ),
+        (dict(block_dim=[2, 2]), "partition.block_dim: expected 3 positive integers"),
+        (dict(block_dim=[2, 0, 1]), "partition.block_dim"),
+        (
+            dict(block_dim=[4, 2, 1], assign="center"),
+            r"block 0 \(grid \[0, 0, 0\]\) is empty: 0 cameras, \d+ points",
+        ),
+        (dict(block_dim=[1, 1, 4]), r"block 0 \(grid \[0, 0, 0\]\) is empty: \d+ cameras, 0 points"),
+        (dict(assign="ssim"), "partition.assign: expected one of visibility, center, got 'ssim'"),
+        (dict(up_axis="w"), "partition.up_axis: expected auto"),
+        (dict(margin=1.5), "partition.margin"),
+    ],
+)
+def test_bad_inputs_give_one_line_errors(scene, change, message):
+    with pytest.raises(PartitionError, match=message) as info:
+        partition_scene(scene, PartitionConfig(**change))
+    assert "\n" not in str(info.value)
+
+
+def test_cli_error_is_one_line(gt_test_scene, capsys):
+    rc = cli.main(
+        [
+            "partition",
+            str(gt_test_scene),
+            "--set",
+            "partition.block_dim=[4,2,1]",
+            "--set",
+            "partition.assign=center",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("momentumgs: error: partition: block 0") and "\n" not in err
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def test_cli_prints_counts_and_writes_preview(gt_test_scene, tmp_path, scene, part):
+    out, png = tmp_path / "p.json", tmp_path / "p.png"
+    cmd = [
+        sys.executable,
+        "-m",
+        "momentumgs.cli",
+        "partition",
+        str(gt_test_scene),
+        "--set",
+        "data.downscale=4",
+        "--set",
+        "partition.min_views=19",
+        "--out",
+        str(out),
+        "--preview",
+        str(png),
+        "--lines",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [(int(r[0]), int(r[2]), int(r[3]), int(r[4])) for r in rows] == [
+        (b.index, len(b.camera_ids), b.n_cell_points, len(b.point_ids)) for b in part.blocks
+    ]
+    few = [b.index for b in part.blocks if len(b.camera_ids) < 19]
+    assert few and all(f"warning: block {i} is trained by only" in proc.stderr for i in few)
+    assert load_partition(out).blocks[2].n_cell_points == part.blocks[2].n_cell_points
+    img = cv2.imread(str(png))
+    assert img is not None and 600 <= max(img.shape[:2]) <= 900
+    assert img.std() > 20  # not blank
+    colours = np.unique(img.reshape(-1, 3), axis=0)
+    assert len(colours) > 50
