@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from momentumgs.data.city import CityParams, build_world, camera_poses, city_params, intrinsics
-from momentumgs.data.raycast import GROUND, Boxes, World, any_box_hit, box_surface, render
+from momentumgs.data.raycast import GROUND, MISS, Boxes, Render, World, any_box_hit, box_surface, render
 from momentumgs.errors import UserError
 
 GENERATOR_VERSION = 1  # bump when the rendered images or models change for the same parameters
@@ -88,32 +88,30 @@ def visible_from(world: World, points, normals, K, viewmat, width, height, group
 class GroundTruthPoints:
     xyz: np.ndarray  # [P, 3] float64
     rgb: np.ndarray  # [P, 3] uint8
-    observations: list[list[tuple[int, float, float]]]  # per point: (view, u, v)
+    seen: np.ndarray  # [V, P] bool: view j sees point i
+    uv: np.ndarray  # [V, P, 2] float64 pixel position of point i in view j (where seen)
 
 
-def sample_ground_truth_points(world, renders, images, K, poses, p: CityParams, stride: int = 16):
-    """Points on the true surfaces seen by each view (every `stride` pixels), with every view that sees
-    them: the ground-truth counterpart of an SfM point cloud."""
+def surface_samples(rnd: Render, image: np.ndarray, p: CityParams, stride: int = 16):
+    """The surface points one view hits every `stride` pixels: xyz [n, 3], box ids [n], colours [n, 3]."""
     s = p.supersample
-    points, boxes, colors = [], [], []
-    for rnd, img in zip(renders, images, strict=True):
-        ys, xs = np.mgrid[stride // 2 : p.height : stride, stride // 2 : p.width : stride]
-        box = rnd.box[ys * s, xs * s].reshape(-1)
-        keep = box != -1
-        points.append(rnd.point[ys * s, xs * s].reshape(-1, 3)[keep])
-        boxes.append(box[keep])
-        colors.append(img[ys, xs].reshape(-1, 3)[keep])
-    xyz, box, rgb = np.concatenate(points), np.concatenate(boxes), np.concatenate(colors)
+    ys, xs = np.mgrid[stride // 2 : p.height : stride, stride // 2 : p.width : stride]
+    box = rnd.box[ys * s, xs * s].reshape(-1)
+    keep = box != MISS
+    return rnd.point[ys * s, xs * s].reshape(-1, 3)[keep], box[keep], image[ys, xs].reshape(-1, 3)[keep]
+
+
+def ground_truth_points(world: World, samples, K, poses, p: CityParams) -> GroundTruthPoints:
+    """The surface samples of all views, each with every view that sees it (at least two): the
+    ground-truth counterpart of an SfM point cloud."""
+    xyz, box, rgb = (np.concatenate(parts) for parts in zip(*samples, strict=True))
     normals = surface_normals(world.boxes, box, xyz)
     seen = np.zeros((len(poses), len(xyz)), dtype=bool)
     uvs = np.zeros((len(poses), len(xyz), 2))
     for j, viewmat in enumerate(poses):
         seen[j], uvs[j] = visible_from(world, xyz, normals, K, viewmat, p.width, p.height)
     keep = seen.sum(0) >= 2
-    observations = [
-        [(int(j), *map(float, uvs[j, i])) for j in np.flatnonzero(seen[:, i])] for i in np.flatnonzero(keep)
-    ]
-    return GroundTruthPoints(xyz[keep], rgb[keep], observations)
+    return GroundTruthPoints(xyz[keep], rgb[keep], seen[:, keep], uvs[:, keep])
 
 
 def write_colmap_model(path: Path, K, width, height, poses, names, gt: GroundTruthPoints) -> None:
@@ -125,23 +123,16 @@ def write_colmap_model(path: Path, K, width, height, poses, names, gt: GroundTru
         model="SIMPLE_PINHOLE", width=width, height=height, params=[K[0, 0], K[0, 2], K[1, 2]], camera_id=1
     )
     rec.add_camera_with_trivial_rig(cam)
-    keypoints: list[list[tuple[float, float]]] = [[] for _ in poses]
-    tracks = []
-    for obs in gt.observations:
-        track = []
-        for view, u, v in obs:
-            track.append((view + 1, len(keypoints[view])))
-            keypoints[view].append((u, v))
-        tracks.append(track)
+    rank = np.cumsum(gt.seen, axis=1) - 1  # [V, P] index of point i among view j's keypoints
     for j, (viewmat, name) in enumerate(zip(poses, names, strict=True)):
-        kp = np.asarray(keypoints[j], dtype=np.float64).reshape(-1, 2)
-        image = pycolmap.Image(name=name, keypoints=kp, camera_id=1, image_id=j + 1)
+        keypoints = gt.uv[j, gt.seen[j]]  # [n_j, 2], in point order
+        image = pycolmap.Image(name=name, keypoints=keypoints, camera_id=1, image_id=j + 1)
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(viewmat[:3, :4]))
-    for xyz, rgb, track in zip(gt.xyz, gt.rgb, tracks, strict=True):
-        t = pycolmap.Track()
-        for image_id, idx in track:
-            t.add_element(image_id, idx)
-        rec.add_point3D(xyz, t, rgb)
+    for i, (xyz, rgb) in enumerate(zip(gt.xyz, gt.rgb, strict=True)):
+        track = pycolmap.Track()
+        for view in np.flatnonzero(gt.seen[:, i]):
+            track.add_element(int(view) + 1, int(rank[view, i]))
+        rec.add_point3D(xyz, track, rgb)
     rec.update_point_3d_errors()
     path.mkdir(parents=True, exist_ok=True)
     rec.write(path)
@@ -173,21 +164,19 @@ def _write_scene(root: Path, p: CityParams, sfm: bool, log: Callable[[str], None
 
     t0 = time.perf_counter()
     (root / "images").mkdir(parents=True)
-    renders, images = [], []
+    samples = []  # per view: surface points for the ground-truth model (the full renders are dropped)
     for i, (viewmat, name) in enumerate(zip(poses, names, strict=True)):
         rnd = render(world, K, viewmat, p.width, p.height, p.supersample)
         img = (np.clip(rnd.image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         if not cv2.imwrite(str(root / "images" / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
             raise UserError(f"{root / 'images' / name}: cannot write image")
-        renders.append(rnd)
-        images.append(img)
+        samples.append(surface_samples(rnd, img, p))
         if (i + 1) % 16 == 0 or i + 1 == len(poses):
             log(f"  rendered {i + 1}/{len(poses)} views ({time.perf_counter() - t0:.1f} s)")
     stats["render_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    gt = sample_ground_truth_points(world, renders, images, K, poses, p)
-    del renders
+    gt = ground_truth_points(world, samples, K, poses, p)
     gt_dir = root / "ground_truth"
     write_colmap_model(gt_dir / "sparse" / "0", K, p.width, p.height, poses, names, gt)
     city = {
