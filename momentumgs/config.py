@@ -98,10 +98,28 @@ class PartitionConfig:
     # up, in world order (up z -> x, y; up y -> x, z). The paper's 2x1x4 on y-up scenes is [2, 4, 1] here.
     block_dim: list[int] = field(default_factory=lambda: [2, 2, 1])
     up_axis: str = "auto"  # auto (from the cameras) | x | y | z | -x | -y | -z
-    assign: str = "visibility"  # visibility | center: which cameras train a block besides those inside it
+    assign: str = "visibility"  # visibility | center | ssim: which cameras train a block besides those in it
     visibility_threshold: float = 0.25  # fraction of a block's points a camera must see (in image, in front)
+    coarse_model: str = ""  # assign ssim: a trained model.ckpt of the whole scene (same world frame)
+    ssim_threshold: float = 0.05  # assign ssim: 1 - SSIM drop when the block is removed (paper 0.03..0.05)
     margin: float = 0.1  # fraction of the cell size added around a block for its points and visibility test
     min_views: int = 5  # warn about blocks trained by fewer views
+
+
+@dataclass
+class MethodConfig:
+    """Momentum-GS across blocks (DESIGN §4, §6). The switches double as the ablation's."""
+
+    workers: int = 1  # k worker slots (<= blocks); with torchrun the world size sets it
+    slot_iterations: int = 500  # a worker switches to its next block after this many steps
+    momentum: float = 0.9  # teacher EMA m; 0 disables the teacher and the consistency loss
+    lambda_consistency: float = 50.0
+    weighting: bool = True  # reconstruction-guided block weighting
+    weighting_sigma: float = 10.0
+    weighting_every: int = 1000  # measure a block's PSNR/SSIM every this many of its iterations
+    weighting_view_stride: int = 10  # ... on every n-th of its training views
+    ram_budget_mb: float = 4096.0  # idle blocks kept in host RAM up to this, spilled to disk beyond
+    checksum_every: int = 100  # compare the decoder replicas across workers every this many steps
 
 
 @dataclass
@@ -111,6 +129,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     output: str = "runs/demo"
 
 

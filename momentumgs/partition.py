@@ -14,7 +14,7 @@ outside). Differences from them, and why:
   cell, or if at least `visibility_threshold` of b's (margin-expanded) SfM points project inside its image,
   in front of it. There is no occlusion test: a camera that looks at a block through a building still
   counts, which errs on the side of more views per block. CityGaussian's SSIM test on a rendered coarse
-  model is not offered (it needs a trained 30k-iteration model of the whole scene first).
+  model is `assign: ssim` (momentumgs/partition_ssim.py; it needs a trained model of the whole scene).
 - Each block starts from the points of its cell plus a margin, not the whole cloud.
 """
 
@@ -34,7 +34,7 @@ from momentumgs.io_utils import write_text_atomic
 PARTITION_FORMAT = "momentumgs-partition"
 PARTITION_VERSION = 1
 AXIS_NAMES = "xyz"
-ASSIGN_MODES = ("visibility", "center")
+ASSIGN_MODES = ("visibility", "center", "ssim")
 
 UP_AXIS_MIN_COS = 0.9  # detected up must lie within ~26 degrees of a world axis
 UP_AXIS_MIN_GAP = 0.05  # second-smallest eigenvalue of the camera x-axis scatter (trace 1) for a clear up
@@ -328,10 +328,11 @@ def sample_ids(ids: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def assign_cameras(
-    scene: Scene, part: Partition, expanded: list[np.ndarray], threshold: float
+    scene: Scene, part: Partition, expanded: list[np.ndarray], cfg, device
 ) -> list[np.ndarray]:
-    """Train camera ids [C_b] per block: the centre's block, plus (visibility mode) every block the camera
-    sees enough of: >= threshold of the block's margin-expanded points in its image."""
+    """Train camera ids [C_b] per block: the centre's block, plus every block the camera sees enough of:
+    visibility: >= cfg.visibility_threshold of the block's margin-expanded points in its image;
+    ssim: 1 - SSIM > cfg.ssim_threshold when the block is removed from the coarse model's render."""
     train = np.asarray(scene.train_ids, dtype=np.int64)
     centres = np.stack([scene.cameras[i].center for i in train]) if len(train) else np.zeros((0, 3))
     home = part.block_of_points(centres)  # [T]
@@ -341,8 +342,14 @@ def assign_cameras(
         for b, ids in zip(part.blocks, expanded, strict=True):
             sample = points[sample_ids(ids, MAX_VISIBILITY_POINTS, seed=b.index)]
             for cam_id in train:
-                if cam_id not in chosen[b.index] and visible_fraction(scene, cam_id, sample) >= threshold:
+                if visible_fraction(scene, cam_id, sample) >= cfg.visibility_threshold:
                     chosen[b.index].add(int(cam_id))
+    elif part.assign == "ssim":
+        from momentumgs.partition_ssim import ssim_losses
+
+        losses = ssim_losses(scene, part, cfg.coarse_model, device)  # [T, B]
+        for row, b in zip(*np.nonzero(losses > cfg.ssim_threshold), strict=True):
+            chosen[b].add(int(train[row]))
     return [np.array(sorted(c), dtype=np.int64) for c in chosen]
 
 
@@ -375,8 +382,10 @@ def check_blocks(part: Partition) -> None:
             )
 
 
-def partition_scene(scene: Scene, cfg) -> Partition:
-    """Split `scene` as `cfg` (a PartitionConfig) asks. Raises PartitionError on bad input or empty blocks."""
+def partition_scene(scene: Scene, cfg, device="cpu") -> Partition:
+    """Split `scene` as `cfg` (a PartitionConfig) asks. Raises PartitionError on bad input or empty blocks.
+
+    `device` is where assign "ssim" renders its coarse model."""
     if cfg.assign not in ASSIGN_MODES:
         modes = ", ".join(ASSIGN_MODES)
         raise PartitionError(f"partition.assign: expected one of {modes}, got {cfg.assign!r}")
@@ -385,6 +394,12 @@ def partition_scene(scene: Scene, cfg) -> Partition:
     if not 0 < cfg.visibility_threshold <= 1:
         raise PartitionError(
             f"partition.visibility_threshold: expected a fraction in (0, 1], got {cfg.visibility_threshold}"
+        )
+    if cfg.assign == "ssim" and not cfg.coarse_model:
+        raise PartitionError("partition.assign=ssim needs partition.coarse_model (a trained model.ckpt)")
+    if cfg.assign == "ssim" and not 0 < cfg.ssim_threshold < 2:
+        raise PartitionError(
+            f"partition.ssim_threshold: expected a value in (0, 2), got {cfg.ssim_threshold}"
         )
     block_dim = check_block_dim(cfg.block_dim)
     if not scene.train_ids:
@@ -421,7 +436,7 @@ def partition_scene(scene: Scene, cfg) -> Partition:
             Block(index, tuple(grid_index), lo, hi, w_lo, w_hi, np.zeros(0, np.int64), ids, n_cell)
         )
         expanded.append(ids)
-    cameras = assign_cameras(scene, part, expanded, cfg.visibility_threshold)
+    cameras = assign_cameras(scene, part, expanded, cfg, device)
     for b, cams in zip(part.blocks, cameras, strict=True):
         b.camera_ids = cams
     check_blocks(part)

@@ -226,7 +226,8 @@ def test_save_load_round_trip(tmp_path, part):
             r"block 0 \(grid \[0, 0, 0\]\) is empty: 0 cameras, \d+ points",
         ),
         (dict(block_dim=[1, 1, 4]), r"block 0 \(grid \[0, 0, 0\]\) is empty: \d+ cameras, 0 points"),
-        (dict(assign="ssim"), "partition.assign: expected one of visibility, center, got 'ssim'"),
+        (dict(assign="nearest"), "partition.assign: expected one of visibility, center, ssim, got 'nearest'"),
+        (dict(assign="ssim"), "partition.assign=ssim needs partition.coarse_model"),
         (dict(up_axis="w"), "partition.up_axis: expected auto"),
         (dict(margin=1.5), "partition.margin"),
     ],
@@ -250,6 +251,34 @@ def test_cli_error_is_one_line(gt_test_scene, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("momentumgs: error: partition: block 0") and "\n" not in err
+
+
+def test_ssim_assignment_with_a_coarse_model(scene, tmp_path, monkeypatch):
+    """The paper's rule on a stand-in coarse model (anchors from the SfM points, a seeded untrained decoder):
+    views whose render changes when a block is removed train it, on top of the views standing in it."""
+    torch = pytest.importorskip("torch")
+    from momentumgs import partition_ssim
+    from momentumgs.model.anchors import init_anchors_from_points
+    from momentumgs.model.store import AnchorModel, DecoderSpec, save_model
+
+    measured = []  # the losses partition_scene acts on, kept to check its decisions against
+    real = partition_ssim.ssim_losses
+    monkeypatch.setattr(
+        partition_ssim, "ssim_losses", lambda *a, **k: measured.append(real(*a, **k)) or measured[0]
+    )
+    torch.manual_seed(0)
+    spec = DecoderSpec()
+    path = tmp_path / "model.ckpt"
+    save_model(path, AnchorModel(init_anchors_from_points(scene.points), spec.build(), spec, {}))
+    cfg = PartitionConfig(block_dim=[2, 1, 1], assign="ssim", coarse_model=str(path), ssim_threshold=0.05)
+    part = partition_scene(scene, cfg)
+    centre = partition_scene(scene, PartitionConfig(block_dim=[2, 1, 1], assign="center"))
+    (losses,) = measured  # [T, B]
+    assert losses.shape == (len(scene.train_ids), 2) and (losses >= 0).all()
+    for b, c in zip(part.blocks, centre.blocks, strict=True):
+        seen = {scene.train_ids[i] for i in np.flatnonzero(losses[:, b.index] > 0.05)}
+        assert set(b.camera_ids) == set(c.camera_ids) | seen
+    assert sum(len(b.camera_ids) for b in part.blocks) > sum(len(b.camera_ids) for b in centre.blocks)
 
 
 # --- CLI -----------------------------------------------------------------------------------------
