@@ -35,7 +35,7 @@ from momentumgs.data.city import CityParams, build_world, camera_poses, city_par
 from momentumgs.data.raycast import GROUND, MISS, Boxes, Render, World, any_box_hit, box_surface, render
 from momentumgs.errors import UserError
 
-GENERATOR_VERSION = 1  # bump when the rendered images or models change for the same parameters
+GENERATOR_VERSION = 2  # bump when the rendered images or models change for the same parameters
 MARKER = "demo_scene.json"
 
 

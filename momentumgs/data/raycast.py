@@ -34,7 +34,7 @@ class Boxes:
     def __len__(self) -> int:
         return len(self.yaw)
 
-    def xy_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """World-space AABB of each box, ([B, 3] low, [B, 3] high)."""
         c, s = np.abs(np.cos(self.yaw)), np.abs(np.sin(self.yaw))
         ext = np.stack(
@@ -52,7 +52,7 @@ class Boxes:
 class Texture:
     """A mip-mapped RGB texture covering a world rectangle (ground) or an atlas (boxes)."""
 
-    levels: list[np.ndarray]  # level i: [H / 2^i, W / 2^i, 3] float32 in [0, 1]
+    levels: list[np.ndarray]  # level i: about [H / 2^i, W / 2^i, 3] (pyrDown rounds up), float32 in [0, 1]
     texel: float  # metres per level-0 texel
 
     @staticmethod
@@ -74,7 +74,7 @@ class World:
     sky: tuple[float, float, float] = (0.62, 0.74, 0.9)
 
     def __post_init__(self):
-        self.box_lo, self.box_hi = self.boxes.xy_bounds()
+        self.box_lo, self.box_hi = self.boxes.bounds()
         self.zmax = float(self.box_hi[:, 2].max()) if len(self.boxes) else 0.0
 
 
@@ -237,12 +237,17 @@ def sample_texture(tex: Texture, u, v, footprint):
     base = np.floor(level).astype(np.int64)
     frac = (level - base).astype(np.float32)[:, None]
     out = np.zeros((len(u), 3), dtype=np.float32)
+    h0, w0 = tex.levels[0].shape[:2]
+
+    def lookup(lvl, m):  # the extent of every level covers the same surface, whatever its rounding
+        img = tex.levels[lvl]
+        return _bilinear(img, u[m] * (img.shape[1] / w0), v[m] * (img.shape[0] / h0))
+
     for lvl in np.unique(base):
         m = np.flatnonzero(base == lvl)
-        a = _bilinear(tex.levels[lvl], u[m] / 2.0**lvl, v[m] / 2.0**lvl)
+        a = lookup(lvl, m)
         if lvl + 1 < len(tex.levels):
-            b = _bilinear(tex.levels[lvl + 1], u[m] / 2.0 ** (lvl + 1), v[m] / 2.0 ** (lvl + 1))
-            a = a + (b - a) * frac[m]
+            a = a + (lookup(lvl + 1, m) - a) * frac[m]
         out[m] = a
     return out
 
@@ -325,7 +330,7 @@ def shade(world: World, o, d, hits: Hits, pixel_angle: float, shadows: bool = Tr
     return color
 
 
-def camera_rays(K, viewmat, width: int, height: int, tile: int = 32):
+def camera_rays(K, viewmat, width: int, height: int, tile: int = 16):
     """Rays through the pixel centres (+0.5) of a width x height image, grouped in tile x tile blocks.
 
     Returns origins and unit directions [G, tile * tile, 3] (world); the grid is padded up to whole
@@ -342,7 +347,7 @@ def camera_rays(K, viewmat, width: int, height: int, tile: int = 32):
     return o, d
 
 
-def untile(values, width: int, height: int, tile: int = 32):
+def untile(values, width: int, height: int, tile: int = 16):
     """Inverse of the grouping of `camera_rays`: [G * tile * tile, ...] -> [height, width, ...]."""
     ty, tx = -(-height // tile), -(-width // tile)
     rest = values.shape[1:]
@@ -357,7 +362,7 @@ class Render:
     box: np.ndarray  # [H*s, W*s] box index, GROUND or MISS per ray
 
 
-def render(world: World, K, viewmat, width: int, height: int, supersample: int = 2, tile: int = 32) -> Render:
+def render(world: World, K, viewmat, width: int, height: int, supersample: int = 2, tile: int = 16) -> Render:
     """Ray-cast one view: s x s rays per pixel (at offsets (i + 0.5) / s), Lambert shading, shadows."""
     s = supersample
     Ks = K.copy()
