@@ -103,16 +103,51 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(cfg: Config | None, run_dir: str, resume: bool, overrides: list[str], progress: bool = True):
-    from momentumgs.train.trainer import start_or_resume
+def is_multi_block(cfg: Config) -> bool:
+    """Several cells in the partition grid (or several workers) select the Momentum-GS multi-block trainer;
+    a 1x1x1 grid trains one block over the whole scene."""
+    cells = 1
+    for n in cfg.partition.block_dim:
+        cells *= n
+    return cells > 1 or cfg.method.workers > 1
 
-    trainer = start_or_resume(cfg, load_scene, run_dir, resume, overrides)
-    scene = trainer.scene
-    print(scene.summary())
-    print(
-        f"training {trainer.block.field.n_anchors} anchors on {trainer.device} "
-        f"({len(scene.train_ids)} views, {trainer.cfg.train.iterations} iterations) -> {run_dir}"
-    )
+
+def _run_config(run_dir: str) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
+    return load_config(path)
+
+
+def _train(cfg: Config | None, run_dir: str, resume: bool, overrides: list[str], progress: bool = True):
+    from momentumgs.train.comm import init_from_env, launched_by_torchrun
+    from momentumgs.train.multi import start_or_resume_multi
+    from momentumgs.train.trainer import resolve_device, start_or_resume
+
+    probe = _run_config(run_dir) if resume else cfg
+    assert probe is not None
+    if not (is_multi_block(probe) or launched_by_torchrun()):
+        trainer = start_or_resume(cfg, load_scene, run_dir, resume, overrides)
+        print(trainer.scene.summary())
+        print(
+            f"training one block of {trainer.block.field.n_anchors} anchors on {trainer.device} "
+            f"({len(trainer.scene.train_ids)} views, {trainer.cfg.train.iterations} iterations) -> {run_dir}"
+        )
+        trainer.run(progress=progress)
+        return trainer
+
+    comm, device = None, None
+    if launched_by_torchrun():
+        device = resolve_device(probe.train.device)
+        comm = init_from_env(device)
+    trainer = start_or_resume_multi(cfg, load_scene, run_dir, resume, overrides, comm=comm, device=device)
+    if trainer.comm.is_main:
+        print(trainer.scene.summary())
+        print(trainer.partition.summary())
+        print(
+            f"training {len(trainer.partition.blocks)} blocks on {trainer.comm.workers} workers "
+            f"({trainer.cfg.train.iterations} iterations per block, device {trainer.device}) -> {run_dir}"
+        )
     trainer.run(progress=progress)
     return trainer
 
@@ -156,9 +191,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg.data.path = args.scene
         run_dir = args.out or cfg.output
         _train(cfg, run_dir, False, [], progress=not args.no_progress)
-    if not args.no_eval:
+    if not args.no_eval and _is_main_process():
         _evaluate_run(run_dir)
     return 0
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

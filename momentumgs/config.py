@@ -107,12 +107,29 @@ class PartitionConfig:
 
 
 @dataclass
+class MethodConfig:
+    """Momentum-GS across blocks (DESIGN §4, §6). The switches double as the ablation's."""
+
+    workers: int = 1  # k worker slots (<= blocks); with torchrun the world size sets it
+    slot_iterations: int = 500  # a worker switches to its next block after this many steps
+    momentum: float = 0.9  # teacher EMA m; 0 disables the teacher and the consistency loss
+    lambda_consistency: float = 50.0
+    weighting: bool = True  # reconstruction-guided block weighting
+    weighting_sigma: float = 10.0
+    weighting_every: int = 1000  # measure a block's PSNR/SSIM every this many of its iterations
+    weighting_view_stride: int = 10  # ... on every n-th of its training views
+    ram_budget_mb: float = 4096.0  # idle blocks kept in host RAM up to this, spilled to disk beyond
+    checksum_every: int = 100  # compare the decoder replicas across workers every this many steps
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     output: str = "runs/demo"
 
 

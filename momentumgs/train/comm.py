@@ -1,0 +1,110 @@
+"""How the k workers of a multi-block run talk: one process emulating all k, or k torch.distributed processes.
+
+Only the shared decoder's gradients, a few per-block numbers (quality for the block weights) and flags cross
+workers; anchors never do. `LocalComm` runs all k workers in one process, so its reductions are identities
+over the process's own sums; `DistComm` wraps torch.distributed (gloo on CPU, NCCL on GPU) as launched by
+`torchrun`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+from momentumgs.errors import UserError
+
+
+class LocalComm:
+    """All k workers in this process (k = 1 emulates a k-worker run step by step)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.rank = 0
+        self.world_size = 1
+
+    def local_workers(self) -> list[int]:
+        return list(range(self.workers))
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def max_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def gather_checksums(self, value: float) -> list[float]:
+        return [value]
+
+    def barrier(self) -> None:
+        pass
+
+    @property
+    def is_main(self) -> bool:
+        return True
+
+
+class DistComm:
+    """One worker per process; the process group is set up by `init_from_env` (torchrun's variables)."""
+
+    def __init__(self, device: torch.device):
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.workers = self.world_size
+        # gloo reduces CPU tensors, NCCL CUDA tensors
+        self.device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def local_workers(self) -> list[int]:
+        return [self.rank]
+
+    def _reduce(self, tensor: torch.Tensor, op) -> torch.Tensor:
+        moved = tensor.to(self.device)
+        dist.all_reduce(moved, op=op)
+        if moved is not tensor:
+            tensor.copy_(moved)
+        return tensor
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self._reduce(tensor, dist.ReduceOp.SUM)
+
+    def max_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self._reduce(tensor, dist.ReduceOp.MAX)
+
+    def gather_checksums(self, value: float) -> list[float]:
+        out = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return [float(v) for v in out]
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def init_from_env(device: torch.device, timeout_s: float = 600.0) -> DistComm:
+    """Join the process group torchrun set up. A worker that dies makes the others fail at the next
+    collective after `timeout_s` instead of hanging for ever."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(f"torch.distributed: cannot join the process group ({exc})") from None
+    return DistComm(device)
+
+
+def decoder_checksum(module: torch.nn.Module) -> float:
+    """A cheap fingerprint of a module's parameters (float64 sums of values and of squares)."""
+    with torch.no_grad():
+        flat = torch.cat([p.detach().double().flatten() for p in module.parameters()])
+        position = torch.arange(flat.numel(), dtype=torch.float64, device=flat.device)
+        # position-weighted, so that two swapped values change the fingerprint too
+        return float((flat * (1.0 + 1e-3 * position)).sum())

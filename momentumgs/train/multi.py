@@ -1,0 +1,493 @@
+"""Momentum-GS training of n blocks on k workers (DESIGN §4, §6).
+
+Every global step, each active worker trains its current block (slot rotation, `slots.py`) for one view: the
+block's anchors and the one shared student decoder get gradients from that block's loss, weighted by the
+block weight, plus the consistency loss against the momentum teacher. The decoder's gradients are averaged
+over the active workers (all-reduce across processes, or a sum inside this process when it emulates them),
+then the decoder takes one step; each block's own Adam steps its anchors. The teacher follows the student by
+EMA before every forward pass. Blocks that are not in a slot wait in the `BlockStore` (host RAM within a
+budget, disk beyond it).
+
+A run folder holds `partition.json`, `config.yaml`, `metrics.jsonl`, checkpoints under
+`checkpoints/step_XXXXXXXX/` (one file per owned block plus one per process for the shared state, the folder
+named by `checkpoints/latest.json` complete), `blocks/` (each block's final anchors) and the merged
+`model.ckpt`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from momentumgs.checkpoint import load_checkpoint, save_checkpoint
+from momentumgs.config import Config
+from momentumgs.data.scene import Scene
+from momentumgs.errors import UserError
+from momentumgs.io_utils import write_text_atomic
+from momentumgs.metrics import psnr, ssim
+from momentumgs.model.anchors import AnchorField, choose_voxel_size, init_anchors_from_points
+from momentumgs.model.decoder import MomentumTeacher
+from momentumgs.model.store import AnchorModel, DecoderSpec, save_model
+from momentumgs.partition import Partition
+from momentumgs.render.anchors import camera_view, render_anchor_view
+from momentumgs.train.block import Block, StepResult
+from momentumgs.train.block_store import BlockStore
+from momentumgs.train.comm import LocalComm, decoder_checksum
+from momentumgs.train.optimizers import apply_schedules, decoder_optimizer, lr_schedules
+from momentumgs.train.slots import SlotSchedule
+from momentumgs.train.trainer import MAX_BAD_STEPS, MetricsLog, TrainingDiverged, gt_image, spatial_scale
+from momentumgs.train.weighting import BlockQuality, block_weights
+
+MULTI_FORMAT = "momentumgs-multiblock-v1"
+
+
+@dataclass
+class MultiPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def partition(self) -> Path:
+        return self.root / "partition.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / "latest.json"
+
+    def step_dir(self, step: int) -> Path:
+        return self.checkpoints / f"step_{step:08d}"
+
+    def block_file(self, block_id: int) -> Path:
+        return self.root / "blocks" / f"block_{block_id:03d}.ckpt"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.ckpt"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def spill(self) -> Path:
+        return self.root / "spill"
+
+
+def decoder_spec(cfg: Config, scene: Scene) -> DecoderSpec:
+    mc = cfg.model
+    return DecoderSpec(
+        feat_dim=mc.feat_dim,
+        n_offsets=mc.n_offsets,
+        hidden_dim=mc.hidden_dim,
+        use_distance=mc.use_distance,
+        appearance_dim=mc.appearance_dim,
+        appearance_count=len(scene.cameras) if mc.appearance_dim > 0 else 0,
+    )
+
+
+class MultiBlockTrainer:
+    def __init__(
+        self,
+        cfg: Config,
+        scene: Scene,
+        partition: Partition,
+        run_dir: str | Path,
+        device: torch.device,
+        comm=None,
+    ):
+        self.cfg, self.scene, self.partition, self.device = cfg, scene, partition, device
+        self.paths = MultiPaths(Path(run_dir))
+        mc, tc = cfg.method, cfg.train
+        n = len(partition.blocks)
+        self.comm = comm if comm is not None else LocalComm(mc.workers)
+        if self.comm.workers > n:
+            raise UserError(
+                f"method.workers={self.comm.workers} is more than the {n} blocks of the partition"
+            )
+        self.schedule = SlotSchedule(n, self.comm.workers, mc.slot_iterations, tc.iterations)
+        self.log = MetricsLog(self.paths.metrics)
+        self.spatial_scale = spatial_scale(scene, scene.train_ids)
+
+        torch.manual_seed(tc.seed)  # the decoder starts the same on every worker
+        self.spec = decoder_spec(cfg, scene)
+        self.decoder = self.spec.build().to(device)
+        self.decoder_optimizer = decoder_optimizer(self.decoder, tc.lr)
+        self.decoder_schedules = lr_schedules(tc.lr, self.schedule.total_steps, 1.0)
+        self.teacher = MomentumTeacher(self.decoder) if self.uses_teacher else None
+        self.views = [camera_view(c, device, i) for i, c in enumerate(scene.cameras)]
+
+        self.qualities = [BlockQuality() for _ in range(n)]
+        self.weights = [1.0] * n
+        self.global_step = 0
+        self.skipped_steps = 0
+        self.bad_steps = 0
+        self.store = BlockStore(int(mc.ram_budget_mb * (1 << 20)), self.paths.spill)
+        self.resident: dict[int, tuple[int, Block]] = {}  # worker -> (block id, block)
+        self.owned = [b for b in range(n) if b % self.comm.workers in self.comm.local_workers()]
+        self.voxel_size = cfg.model.voxel_size or choose_voxel_size(scene.points)
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.cfg.method.momentum > 0 and self.cfg.method.lambda_consistency > 0
+
+    # --- blocks -----------------------------------------------------------------------------------
+
+    def _new_block(self, block_id: int, field: AnchorField) -> Block:
+        views = [int(i) for i in self.partition.blocks[block_id].camera_ids]
+        seed = self.cfg.train.seed + 1000 * (block_id + 1)
+        return Block(field, views, self.cfg.train, self.spatial_scale, seed)
+
+    def _block_from_state(self, block_id: int, state: dict) -> Block:
+        block = self._new_block(block_id, AnchorField.from_state_dict(state["anchors"]).to(self.device))
+        block.load_state_dict(state)
+        return block
+
+    def init_blocks(self) -> None:
+        """Each owned block's anchors from its points (cell + margin), straight into the store."""
+        mc = self.cfg.model
+        for b in self.owned:
+            points = self.scene.points[self.partition.blocks[b].point_ids]
+            if len(points) == 0:
+                raise UserError(f"partition block {b}: no SfM points to initialise anchors from")
+            field = init_anchors_from_points(points, self.voxel_size, mc.n_offsets, mc.feat_dim, self.device)
+            self.store.put(b, self._new_block(b, field).state_dict())
+
+    def _make_resident(self, active: dict[int, int | None]) -> None:
+        """Swap blocks so that each local worker holds its current block; prefetch the next ones."""
+        for w, b in active.items():
+            held = self.resident.get(w)
+            if held is not None and held[0] == b:
+                continue
+            if held is not None:
+                self.store.put(held[0], held[1].state_dict())
+                del self.resident[w]
+            if b is not None:
+                self.resident[w] = (b, self._block_from_state(b, self.store.take(b, self.device)))
+        upcoming = [self._next_block(w) for w in active]
+        upcoming = [b for b in upcoming if b is not None and b in self.store]
+        self.store.hint_next(upcoming)
+        for b in upcoming:
+            self.store.prefetch(b)
+
+    def _next_block(self, worker: int) -> int | None:
+        """The block worker `worker` will hold after its current slot."""
+        s = self.schedule
+        blocks = s.blocks_of[worker]
+        current = s.current(worker)
+        if current is None or len(blocks) == 1:
+            return None
+        start = blocks.index(current)
+        for shift in range(1, len(blocks)):
+            b = blocks[(start + shift) % len(blocks)]
+            if s.done_iterations[b] < s.iterations:
+                return b
+        return None
+
+    def all_block_states(self) -> dict[int, dict]:
+        """Every owned block's state (resident ones copied, stored ones read and put back)."""
+        states = {b: blk.state_dict() for b, blk in self.resident.values()}
+        for b in self.owned:
+            if b not in states:
+                state = self.store.take(b, "cpu")
+                states[b] = state
+                self.store.put(b, state)
+        return states
+
+    # --- one global step --------------------------------------------------------------------------
+
+    def train_step(self) -> dict[int, StepResult]:
+        mc = self.cfg.method
+        active = {w: self.schedule.current(w) for w in self.comm.local_workers()}
+        self._make_resident(active)
+        if self.teacher is not None:
+            self.teacher.update(self.decoder, mc.momentum)  # before the forward pass
+        teacher = self.teacher.module if self.teacher is not None else None
+
+        results: dict[int, StepResult] = {}
+        for w, b in active.items():
+            if b is None:
+                continue
+            block = self.resident[w][1]
+            index = block.sampler.next()
+            weight = self.weights[b] if mc.weighting else 1.0
+            results[b] = block.forward_backward(
+                self.decoder,
+                self.views[index],
+                gt_image(self.scene, index, self.device),
+                teacher=teacher,
+                lambda_consistency=mc.lambda_consistency,
+                weight=weight,
+            )
+        finite = self._average_decoder_grads(results)
+        if finite:
+            apply_schedules(self.decoder_optimizer, self.decoder_schedules, self.global_step)
+            self.decoder_optimizer.step()
+            self.bad_steps = 0
+        else:
+            self.skipped_steps += 1
+            self.bad_steps += 1
+        self.decoder_optimizer.zero_grad(set_to_none=True)
+
+        for w, b in active.items():
+            if b is None:
+                continue
+            block = self.resident[w][1]
+            block.step(finite)
+            if block.iteration % mc.weighting_every == 0:
+                self._measure_quality(b, block)
+        self._sync_weights()
+        self.schedule.advance()
+        self.global_step += 1
+        if self.bad_steps >= MAX_BAD_STEPS:
+            raise TrainingDiverged(
+                f"{self.paths.root}: {self.bad_steps} consecutive non-finite steps at global step "
+                f"{self.global_step}; stopped, the last checkpoint is intact"
+            )
+        return results
+
+    def _average_decoder_grads(self, results: dict[int, StepResult]) -> bool:
+        """Sum the decoder gradients of all active workers everywhere, divide by their number."""
+        params = list(self.decoder.parameters())
+        local_ok = all(r.finite for r in results.values())
+        flags = torch.tensor([float(len(results)), 0.0 if local_ok else 1.0], dtype=torch.float64)
+        self.comm.sum_(flags)
+        active, bad = int(flags[0]), flags[1] > 0
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.flatten() for g in grads])
+        self.comm.sum_(flat)
+        flat /= max(active, 1)
+        offset = 0
+        for p in params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        return not bad and bool(torch.isfinite(flat).all())
+
+    @torch.no_grad()
+    def _measure_quality(self, block_id: int, block: Block) -> None:
+        """PSNR / SSIM of the block on every `weighting_view_stride`-th of its training views."""
+        ids = block.sampler.view_ids[:: self.cfg.method.weighting_view_stride]
+        values = []
+        for i in ids:
+            image = render_anchor_view(block.field, self.decoder, self.views[i]).image.clamp(0, 1)
+            gt = gt_image(self.scene, i, self.device)
+            values.append((float(psnr(image, gt)), float(ssim(image, gt))))
+        mean = np.asarray(values).mean(0)
+        self.qualities[block_id].update(float(mean[0]), float(mean[1]))
+
+    def _sync_weights(self) -> None:
+        """Share every block's smoothed quality (each is known to its owner only), then reweight."""
+        if self.comm.world_size > 1:
+            q = torch.full((len(self.qualities), 2), -math.inf, dtype=torch.float64)
+            for b in self.owned:
+                if self.qualities[b].measured:
+                    q[b, 0], q[b, 1] = self.qualities[b].psnr, self.qualities[b].ssim
+            self.comm.max_(q)
+            for b, (p, s) in enumerate(q.tolist()):
+                if math.isfinite(p):
+                    self.qualities[b] = BlockQuality(p, s)
+        self.weights = block_weights(self.qualities, self.cfg.method.weighting_sigma)
+
+    def check_replicas(self) -> None:
+        """All workers must hold the same decoder (their gradients were averaged): compare checksums."""
+        sums = self.comm.gather_checksums(decoder_checksum(self.decoder))
+        if max(sums) != min(sums):
+            raise RuntimeError(f"decoder replicas differ across workers at step {self.global_step}: {sums}")
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def shared_state(self) -> dict:
+        return {
+            "format": MULTI_FORMAT,
+            "global_step": self.global_step,
+            "schedule": self.schedule.state_dict(),
+            "decoder": self.decoder.state_dict(),
+            "decoder_optimizer": self.decoder_optimizer.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else {},
+            "qualities": [[q.psnr, q.ssim] for q in self.qualities],
+            "skipped_steps": self.skipped_steps,
+            "torch_rng": torch.get_rng_state(),
+            "voxel_size": self.voxel_size,
+        }
+
+    def save_checkpoint(self) -> None:
+        """All processes write their files into a new step folder; then `latest.json` names it."""
+        step_dir = self.paths.step_dir(self.global_step)
+        for b, state in self.all_block_states().items():
+            save_checkpoint(step_dir / f"block_{b:03d}.ckpt", state)
+        save_checkpoint(step_dir / f"shared_rank{self.comm.rank}.ckpt", self.shared_state())
+        self.comm.barrier()
+        if self.comm.is_main:
+            write_text_atomic(self.paths.latest, json.dumps({"step": self.global_step, "dir": step_dir.name}))
+            for old in self.paths.checkpoints.glob("step_*"):
+                if old != step_dir:
+                    shutil.rmtree(old, ignore_errors=True)
+        self.comm.barrier()
+
+    def load_checkpoint(self) -> None:
+        if not self.paths.latest.is_file():
+            raise UserError(f"{self.paths.root}: no checkpoint to resume (expected {self.paths.latest})")
+        step_dir = self.paths.checkpoints / json.loads(self.paths.latest.read_text())["dir"]
+        shared = load_checkpoint(step_dir / f"shared_rank{self.comm.rank}.ckpt", map_location=self.device)
+        if shared.get("format") != MULTI_FORMAT:
+            raise UserError(f"{step_dir}: not a multi-block checkpoint")
+        self.global_step = int(shared["global_step"])
+        self.schedule.load_state_dict(shared["schedule"])
+        self.decoder.load_state_dict(shared["decoder"])
+        self.decoder_optimizer.load_state_dict(shared["decoder_optimizer"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(shared["teacher"])
+        self.qualities = [BlockQuality(p, s) for p, s in shared["qualities"]]
+        self.weights = block_weights(self.qualities, self.cfg.method.weighting_sigma)
+        self.skipped_steps = int(shared["skipped_steps"])
+        torch.set_rng_state(shared["torch_rng"])
+        self.voxel_size = float(shared["voxel_size"])
+        for b in self.owned:
+            self.store.put(b, load_checkpoint(step_dir / f"block_{b:03d}.ckpt"))
+        self.log.truncate_after(self.global_step)
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self, progress: bool = True, stop_after: int | None = None) -> None:
+        from tqdm import tqdm
+
+        tc, mc = self.cfg.train, self.cfg.method
+        total = self.schedule.total_steps
+        end = total if stop_after is None else min(total, self.global_step + stop_after)
+        bar = tqdm(
+            total=total,
+            initial=self.global_step,
+            disable=not (progress and self.comm.is_main),
+            desc=f"train {len(self.partition.blocks)} blocks on {self.comm.workers} workers",
+            dynamic_ncols=True,
+        )
+        t0, step0 = time.perf_counter(), self.global_step
+        try:
+            while self.global_step < end and not self.schedule.finished:
+                results = self.train_step()
+                step = self.global_step
+                if step % tc.log_every == 0 or step == end:
+                    self._log(results, step, (step - step0) / max(time.perf_counter() - t0, 1e-9))
+                    if results:
+                        psnrs = [r.psnr for r in results.values()]
+                        bar.set_postfix(psnr=f"{np.mean(psnrs):.2f}", blocks=sorted(results))
+                bar.update(1)
+                if mc.checksum_every > 0 and step % mc.checksum_every == 0:
+                    self.check_replicas()
+                if tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        if self.schedule.finished:
+            self.save_checkpoint()
+            self.finish()
+
+    def _log(self, results: dict[int, StepResult], step: int, rate: float) -> None:
+        record = {
+            "iteration": step,
+            "steps_per_s": rate,
+            "blocks": {
+                str(b): {
+                    "iteration": self.schedule.done_iterations[b],
+                    "loss": r.loss,
+                    "psnr": r.psnr,
+                    "consistency": r.consistency,
+                    "gaussians": r.n_gaussians,
+                    "weight": self.weights[b],
+                }
+                for b, r in results.items()
+            },
+            "skipped": self.skipped_steps,
+            "swap_seconds": self.store.stats.put_seconds + self.store.stats.take_seconds,
+            "rank": self.comm.rank,
+        }
+        if self.comm.is_main:  # with several processes the main one logs its own blocks
+            self.log.write(record)
+
+    def finish(self) -> None:
+        """Write each owned block's final anchors; the main process merges them into model.ckpt."""
+        from momentumgs.merge import merge_blocks
+
+        for b, state in self.all_block_states().items():
+            save_checkpoint(self.paths.block_file(b), {"anchors": state["anchors"]})
+        self.comm.barrier()
+        if self.comm.is_main:
+            fields = {
+                b: AnchorField.from_state_dict(load_checkpoint(self.paths.block_file(b))["anchors"])
+                for b in range(len(self.partition.blocks))
+            }
+            field, counts = merge_blocks(fields, self.partition)
+            info = {
+                "iteration": self.cfg.train.iterations,
+                "blocks": len(self.partition.blocks),
+                "anchors_per_block": counts,
+                "scene": str(self.scene.root),
+            }
+            save_model(self.paths.model, AnchorModel(field, self.decoder.cpu(), self.spec, info))
+            self.decoder.to(self.device)
+        self.comm.barrier()
+        self.store.close()
+
+
+# --- entry point used by the CLI ----------------------------------------------------------------------
+
+
+def start_or_resume_multi(
+    cfg: Config | None,
+    scene_loader,
+    run_dir: str | Path,
+    resume: bool,
+    overrides: list[str] = (),
+    comm=None,
+    device: torch.device | None = None,
+) -> MultiBlockTrainer:
+    """A multi-block trainer for a new run in `run_dir` (partitioning the scene), or the one saved there."""
+    from momentumgs.config import dump_config, load_config
+    from momentumgs.partition import load_partition, partition_scene, save_partition
+    from momentumgs.train.trainer import RunPaths, prepare_run_dir, resolve_device
+
+    paths = MultiPaths(Path(run_dir))
+    main = comm is None or comm.is_main
+    if resume:
+        if not paths.latest.is_file():
+            raise UserError(f"{paths.root}: no checkpoint to resume (expected {paths.latest})")
+        cfg = load_config(paths.config, overrides)
+    elif main:
+        prepare_run_dir(RunPaths(paths.root), resume=False)
+    if comm is not None:
+        comm.barrier()
+    assert cfg is not None
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    device = device or resolve_device(cfg.train.device)
+    scene = scene_loader(cfg)
+    if resume:
+        partition = load_partition(paths.partition)
+    else:
+        partition = partition_scene(scene, cfg.partition)
+    trainer = MultiBlockTrainer(cfg, scene, partition, paths.root, device, comm)
+    if resume:
+        trainer.load_checkpoint()
+    else:
+        if main:
+            save_partition(paths.partition, partition)
+            write_text_atomic(paths.config, dump_config(cfg))
+        trainer.init_blocks()
+    return trainer

@@ -1,0 +1,197 @@
+"""Momentum-GS across blocks: k workers in k processes equal their emulation in one process, idle blocks swap
+to RAM/disk without changing the result, a multi-block run resumes bit-exactly, the merge keeps each block's
+own cell, and the momentum teacher is what its formula says."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from momentumgs.checkpoint import load_checkpoint
+from momentumgs.config import load_config
+from momentumgs.data.colmap import load_colmap_scene
+from momentumgs.errors import UserError
+from momentumgs.model.decoder import (
+    GaussianDecoder,
+    MomentumTeacher,
+    consistency_loss,
+    decode,
+    gather_anchors,
+)
+from momentumgs.model.store import load_model
+from momentumgs.train.multi import start_or_resume_multi
+
+# 4 blocks (2x2) on 2 workers, 40x30 views, slots of 4 steps, densification and weighting inside the run.
+MULTI = [
+    "data.downscale=8",
+    "train.threads=1",
+    "train.device=cpu",
+    "train.eval_every=0",
+    "train.log_every=4",
+    "train.iterations=12",
+    "train.checkpoint_every=0",
+    "train.densify.start_iter=2",
+    "train.densify.after_iter=2",
+    "train.densify.interval=4",
+    "train.densify.end_iter=1000",
+    "partition.block_dim=[2,2,1]",
+    "method.workers=2",
+    "method.slot_iterations=4",
+    "method.weighting_every=4",
+    "method.weighting_view_stride=4",
+    "method.checksum_every=4",
+]
+
+
+def _loader(cfg):
+    return load_colmap_scene(cfg.data.path, downscale=cfg.data.downscale, test_every=cfg.data.test_every)
+
+
+def _set_args(items):
+    out = []
+    for item in items:
+        out += ["--set", item]
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _block_anchors(run, n=4):
+    return [load_checkpoint(run / "blocks" / f"block_{b:03d}.ckpt")["anchors"] for b in range(n)]
+
+
+def _assert_same_tensors(a: dict, b: dict, atol: float):
+    assert a.keys() == b.keys()
+    for key in a:
+        if torch.is_tensor(a[key]) and a[key].is_floating_point():
+            assert a[key].shape == b[key].shape, key
+            assert torch.allclose(a[key], b[key], rtol=0, atol=atol), (key, (a[key] - b[key]).abs().max())
+
+
+def test_two_gloo_processes_equal_the_one_process_emulation(gt_test_scene, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = _set_args([*MULTI, f"data.path={gt_test_scene}"])
+    cli = ["-m", "momentumgs.cli", "train", "--no-progress", "--no-eval"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2"]
+    torchrun += [f"--master_port={_free_port()}"]
+    dist_run, local_run = tmp_path / "dist", tmp_path / "local"
+    subprocess.run([*torchrun, *cli, *args, "--out", str(dist_run)], check=True, env=env, timeout=600)
+    subprocess.run([sys.executable, *cli, *args, "--out", str(local_run)], check=True, env=env, timeout=600)
+
+    # Tolerance: the decoder gradient of a step is the sum of two workers' gradients, added in the same
+    # order by autograd (emulation) and gloo's all-reduce (two processes), so the runs agree bit for bit
+    # on this machine; 1e-6 leaves room for a reduction order that differs on other gloo builds.
+    atol = 1e-6
+    for a, b in zip(_block_anchors(dist_run), _block_anchors(local_run), strict=True):
+        _assert_same_tensors(a, b, atol)
+    dist_model, local_model = load_model(dist_run / "model.ckpt"), load_model(local_run / "model.ckpt")
+    _assert_same_tensors(dist_model.decoder.state_dict(), local_model.decoder.state_dict(), atol)
+    # each process holds a teacher replica: both equal the emulation's teacher
+    step_dir = next((local_run / "checkpoints").glob("step_*"))
+    local_teacher = load_checkpoint(step_dir / "shared_rank0.ckpt")["teacher"]
+    dist_dir = next((dist_run / "checkpoints").glob("step_*"))
+    for rank in (0, 1):
+        teacher = load_checkpoint(dist_dir / f"shared_rank{rank}.ckpt")["teacher"]
+        _assert_same_tensors(teacher, local_teacher, atol)
+    assert dist_model.field.n_anchors == local_model.field.n_anchors > 0
+
+
+def test_tiny_ram_budget_spills_and_trains_the_same(gt_test_scene, tmp_path):
+    results = {}
+    for name, budget in (("ram", "4096"), ("disk", "0.01")):
+        cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", f"method.ram_budget_mb={budget}"])
+        trainer = start_or_resume_multi(cfg, _loader, tmp_path / name, resume=False)
+        stats = trainer.store.stats
+        trainer.run(progress=False)
+        results[name] = (_block_anchors(tmp_path / name), stats)
+    assert results["disk"][1].spills > 0 and results["disk"][1].loads > 0
+    assert results["ram"][1].spills == 0
+    for a, b in zip(results["ram"][0], results["disk"][0], strict=True):
+        for key in a:
+            if torch.is_tensor(a[key]):
+                assert torch.equal(a[key], b[key]), key
+
+
+def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path):
+    cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}"])
+    unbroken = start_or_resume_multi(cfg, _loader, tmp_path / "a", resume=False)
+    unbroken.run(progress=False)
+
+    cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}"])
+    first = start_or_resume_multi(cfg, _loader, tmp_path / "b", resume=False)
+    first.run(progress=False, stop_after=10)  # mid-slot, after densification and a weighting measurement
+    first.save_checkpoint()
+    assert any(q.measured for q in first.qualities)
+    del first
+    torch.manual_seed(12345)  # a different process state: the checkpoint must restore everything
+    resumed = start_or_resume_multi(None, _loader, tmp_path / "b", resume=True)
+    assert resumed.global_step == 10
+    resumed.run(progress=False)
+    for a, b in zip(_block_anchors(tmp_path / "a"), _block_anchors(tmp_path / "b"), strict=True):
+        for key in a:
+            if torch.is_tensor(a[key]):
+                assert torch.equal(a[key], b[key]), key
+    da = load_model(tmp_path / "a" / "model.ckpt").decoder.state_dict()
+    db = load_model(tmp_path / "b" / "model.ckpt").decoder.state_dict()
+    assert all(torch.equal(da[k], db[k]) for k in da)
+
+
+def test_merge_keeps_each_blocks_own_cell(gt_test_scene, tmp_path):
+    cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", "train.iterations=2"])
+    trainer = start_or_resume_multi(cfg, _loader, tmp_path / "run", resume=False)
+    trainer.run(progress=False)
+    model = load_model(tmp_path / "run" / "model.ckpt")
+    owner = trainer.partition.block_of_points(model.field.positions.double().numpy())
+    counts = model.info["anchors_per_block"]
+    assert sum(counts) == model.field.n_anchors
+    # the merged anchors come block after block, each inside its own cell
+    expected = np.repeat(np.arange(len(counts)), counts)
+    assert np.array_equal(owner, expected)
+    # the blocks overlapped (margins): merging dropped the anchors outside each cell
+    total = sum(a["positions"].shape[0] for a in _block_anchors(tmp_path / "run"))
+    assert total > model.field.n_anchors
+
+
+def test_more_workers_than_blocks_is_a_clear_error(gt_test_scene, tmp_path):
+    cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", "method.workers=5"])
+    with pytest.raises(UserError, match="method.workers=5 is more than the 4 blocks"):
+        start_or_resume_multi(cfg, _loader, tmp_path / "run", resume=False)
+
+
+def test_teacher_is_the_ema_of_the_student_and_m0_copies_it():
+    torch.manual_seed(0)
+    student = GaussianDecoder()
+    teacher = MomentumTeacher(student)
+    start = {k: v.clone() for k, v in teacher.state_dict().items()}
+    history = []
+    for _ in range(3):  # the student moves, the teacher follows: t_n = m^n t_0 + sum (1-m) m^(n-i) s_i
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        history.append({k: v.clone() for k, v in student.state_dict().items()})
+        teacher.update(student, 0.9)
+    for key, value in teacher.state_dict().items():
+        closed = 0.9**3 * start[key] + sum(0.1 * 0.9 ** (2 - i) * s[key] for i, s in enumerate(history))
+        assert torch.allclose(value, closed, atol=1e-6)
+
+    # m = 0: the teacher becomes the student, so the consistency target equals the student's output
+    teacher.update(student, 0.0)
+    from momentumgs.model.anchors import init_anchors_from_points
+
+    field = init_anchors_from_points(torch.rand(200, 3) * 4, voxel_size=0.5)
+    with torch.no_grad():
+        field.features.normal_()
+    anchors = gather_anchors(field)
+    center = torch.tensor([2.0, 2.0, -6.0])
+    mine = decode(student, anchors, center)
+    target = decode(teacher.module, anchors, center, keep=mine.keep)
+    assert torch.equal(mine.colors, target.colors) and torch.equal(mine.scales, target.scales)
+    assert float(consistency_loss(mine, target).detach()) == 0.0

@@ -1,0 +1,31 @@
+import math
+
+import pytest
+
+from momentumgs.train.weighting import BlockQuality, block_weight, block_weights
+
+
+def test_block_weight_matches_hand_computed_values():
+    # leader: weight exactly 1
+    assert block_weight(25.0, 0.8, 25.0, 0.8, sigma=10.0) == 1.0
+    # 2 dB and 0.05 SSIM behind, sigma 10: d2 = 4 + 0.25 = 4.25 -> 2 - exp(-4.25 / 200)
+    assert block_weight(23.0, 0.75, 25.0, 0.8, sigma=10.0) == pytest.approx(2 - math.exp(-0.02125), abs=1e-12)
+    assert block_weight(23.0, 0.75, 25.0, 0.8, sigma=10.0) == pytest.approx(1.021025, abs=1e-6)
+    # far behind: the weight tends to 2; a smaller sigma weighs the same gap more
+    assert block_weight(5.0, 0.1, 25.0, 0.8, sigma=10.0) == pytest.approx(2 - math.exp(-449 / 200))
+    assert block_weight(23.0, 0.75, 25.0, 0.8, sigma=5.0) > block_weight(23.0, 0.75, 25.0, 0.8, sigma=10.0)
+
+
+def test_quality_ema_and_weights_over_blocks():
+    q = BlockQuality()
+    assert not q.measured
+    q.update(20.0, 0.5)  # the first measurement is taken as it is
+    assert (q.psnr, q.ssim) == (20.0, 0.5)
+    q.update(30.0, 1.0)
+    assert q.psnr == pytest.approx(0.9 * 20 + 0.1 * 30) and q.ssim == pytest.approx(0.55)
+
+    leader, lagging, unmeasured = BlockQuality(26.0, 0.85), BlockQuality(22.0, 0.7), BlockQuality()
+    w = block_weights([leader, lagging, unmeasured], sigma=10.0)
+    assert w[0] == 1.0 and w[2] == 1.0
+    assert w[1] == pytest.approx(2 - math.exp(-(16 + 2.25) / 200))
+    assert block_weights([BlockQuality(), BlockQuality()], 10.0) == [1.0, 1.0]
