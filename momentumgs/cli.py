@@ -155,7 +155,7 @@ def _train(cfg: Config | None, run_dir: str, resume: bool, overrides: list[str],
 def _evaluate_run(run_dir: str | Path, split: str = "test") -> None:
     from momentumgs.eval import evaluate, write_eval
     from momentumgs.model.store import load_model
-    from momentumgs.render.anchors import camera_view, render_anchor_view
+    from momentumgs.render.anchors import camera_view, render_model_view
     from momentumgs.train.trainer import RunPaths, resolve_device
 
     paths = RunPaths(Path(run_dir))
@@ -172,7 +172,7 @@ def _evaluate_run(run_dir: str | Path, split: str = "test") -> None:
 
     def render(cam):
         view = camera_view(cam, device, index_of[id(cam)])
-        return render_anchor_view(model.field, model.decoder, view).image
+        return render_model_view(model, view)
 
     result = evaluate(render, scene, ids, device=device, progress=True)
     result.extra.update({"split": split, "model": str(paths.model), "iteration": model.info.get("iteration")})

@@ -34,9 +34,19 @@ class AnchorModel:
     decoder: GaussianDecoder
     spec: DecoderSpec
     info: dict  # free-form: iteration, scene path, block cells, ...
+    # Only for models trained with independent per-block decoders (an ablation): decoder of each block and
+    # block of each anchor. A normal Momentum-GS model has one shared decoder and leaves these None.
+    block_decoders: list[GaussianDecoder] | None = None
+    anchor_block: torch.Tensor | None = None  # [N] long
 
     def to(self, device: torch.device | str) -> AnchorModel:
-        return AnchorModel(self.field.to(device), self.decoder.to(device), self.spec, self.info)
+        block_decoders = None
+        if self.block_decoders is not None:
+            block_decoders = [d.to(device) for d in self.block_decoders]
+        anchor_block = None if self.anchor_block is None else self.anchor_block.to(device)
+        return AnchorModel(
+            self.field.to(device), self.decoder.to(device), self.spec, self.info, block_decoders, anchor_block
+        )
 
 
 def save_model(path: str | Path, model: AnchorModel) -> None:
@@ -48,6 +58,8 @@ def save_model(path: str | Path, model: AnchorModel) -> None:
             "decoder": model.decoder.state_dict(),
             "decoder_spec": asdict(model.spec),
             "info": model.info,
+            "block_decoders": [d.state_dict() for d in model.block_decoders or []],
+            "anchor_block": model.anchor_block,
         },
     )
 
@@ -61,4 +73,13 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> AnchorMo
     decoder.load_state_dict(state["decoder"])
     decoder.requires_grad_(False)
     field = AnchorField.from_state_dict(state["anchors"])
-    return AnchorModel(field, decoder, spec, state.get("info", {})).to(device)
+    block_decoders = None
+    if state.get("block_decoders"):
+        block_decoders = [spec.build() for _ in state["block_decoders"]]
+        for d, d_state in zip(block_decoders, state["block_decoders"], strict=True):
+            d.load_state_dict(d_state)
+            d.requires_grad_(False)
+    model = AnchorModel(
+        field, decoder, spec, state.get("info", {}), block_decoders, state.get("anchor_block")
+    )
+    return model.to(device)

@@ -111,3 +111,25 @@ def render_anchor_view(
         background,
     )
     return AnchorRender(image, alpha, anchors, gaussians, meta)
+
+
+def render_model_view(model, view: View, background: torch.Tensor | None = None) -> torch.Tensor:
+    """The image [H, W, 3] of a trained `AnchorModel` (model/store.py) from `view`. Models with per-block
+    decoders (the independent-blocks ablation) decode each block's anchors with its own decoder."""
+    if model.block_decoders is None:
+        return render_anchor_view(model.field, model.decoder, view, background).image
+    visible = visible_anchors(model.field, view)
+    parts = []
+    for b, decoder in enumerate(model.block_decoders):
+        anchors = gather_anchors(model.field, visible & (model.anchor_block == b))
+        appearance_id = view.index if decoder.appearance is not None else None
+        parts.append(decode(decoder, anchors, view.center, appearance_id=appearance_id))
+    image, _, _ = rasterize_gaussians(
+        *(
+            torch.cat([getattr(g, name) for g in parts])
+            for name in ("means", "quats", "scales", "opacities", "colors")
+        ),
+        view,
+        background,
+    )
+    return image

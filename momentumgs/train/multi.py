@@ -33,7 +33,7 @@ from momentumgs.errors import UserError
 from momentumgs.io_utils import write_text_atomic
 from momentumgs.metrics import psnr, ssim
 from momentumgs.model.anchors import AnchorField, choose_voxel_size, init_anchors_from_points
-from momentumgs.model.decoder import MomentumTeacher
+from momentumgs.model.decoder import GaussianDecoder, MomentumTeacher
 from momentumgs.model.store import AnchorModel, DecoderSpec, save_model
 from momentumgs.partition import Partition
 from momentumgs.render.anchors import camera_view, render_anchor_view
@@ -103,6 +103,36 @@ def decoder_spec(cfg: Config, scene: Scene) -> DecoderSpec:
     )
 
 
+class DecoderState:
+    """A student decoder with its Adam, its learning-rate schedules and (optionally) its momentum teacher."""
+
+    def __init__(self, spec: DecoderSpec, cfg: Config, total_steps: int, device: torch.device, teacher: bool):
+        torch.manual_seed(cfg.train.seed)  # every replica (and every independent decoder) starts the same
+        self.module: GaussianDecoder = spec.build().to(device)
+        self.optimizer = decoder_optimizer(self.module, cfg.train.lr)
+        self.schedules = lr_schedules(cfg.train.lr, total_steps, 1.0)
+        self.teacher = MomentumTeacher(self.module) if teacher else None
+
+    def step(self, global_step: int, finite: bool) -> None:
+        if finite:
+            apply_schedules(self.optimizer, self.schedules, global_step)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {
+            "decoder": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else {},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["decoder"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+
+
 class MultiBlockTrainer:
     def __init__(
         self,
@@ -126,12 +156,13 @@ class MultiBlockTrainer:
         self.log = MetricsLog(self.paths.metrics)
         self.spatial_scale = spatial_scale(scene, scene.train_ids)
 
-        torch.manual_seed(tc.seed)  # the decoder starts the same on every worker
         self.spec = decoder_spec(cfg, scene)
-        self.decoder = self.spec.build().to(device)
-        self.decoder_optimizer = decoder_optimizer(self.decoder, tc.lr)
-        self.decoder_schedules = lr_schedules(tc.lr, self.schedule.total_steps, 1.0)
-        self.teacher = MomentumTeacher(self.decoder) if self.uses_teacher else None
+        # one shared student decoder, or one per block for the "independent blocks" ablation
+        count = 1 if mc.shared_decoder else n
+        self.decoders = [
+            DecoderState(self.spec, cfg, self.schedule.total_steps, device, self.uses_teacher)
+            for _ in range(count)
+        ]
         self.views = [camera_view(c, device, i) for i, c in enumerate(scene.cameras)]
 
         self.qualities = [BlockQuality() for _ in range(n)]
@@ -143,6 +174,14 @@ class MultiBlockTrainer:
         self.resident: dict[int, tuple[int, Block]] = {}  # worker -> (block id, block)
         self.owned = [b for b in range(n) if b % self.comm.workers in self.comm.local_workers()]
         self.voxel_size = cfg.model.voxel_size or choose_voxel_size(scene.points)
+
+    def decoder_of(self, block_id: int) -> DecoderState:
+        return self.decoders[0] if self.cfg.method.shared_decoder else self.decoders[block_id]
+
+    @property
+    def decoder(self) -> GaussianDecoder:
+        """The shared student decoder."""
+        return self.decoders[0].module
 
     @property
     def uses_teacher(self) -> bool:
@@ -217,34 +256,41 @@ class MultiBlockTrainer:
         mc = self.cfg.method
         active = {w: self.schedule.current(w) for w in self.comm.local_workers()}
         self._make_resident(active)
-        if self.teacher is not None:
-            self.teacher.update(self.decoder, mc.momentum)  # before the forward pass
-        teacher = self.teacher.module if self.teacher is not None else None
+        stepping = (
+            self.decoders
+            if mc.shared_decoder
+            else [self.decoders[b] for b in active.values() if b is not None]
+        )
+        for state in stepping:
+            if state.teacher is not None:
+                state.teacher.update(state.module, mc.momentum)  # before the forward pass
 
         results: dict[int, StepResult] = {}
         for w, b in active.items():
             if b is None:
                 continue
-            block = self.resident[w][1]
+            block, decoder = self.resident[w][1], self.decoder_of(b)
             index = block.sampler.next()
             weight = self.weights[b] if mc.weighting else 1.0
             results[b] = block.forward_backward(
-                self.decoder,
+                decoder.module,
                 self.views[index],
                 gt_image(self.scene, index, self.device),
-                teacher=teacher,
+                teacher=decoder.teacher.module if decoder.teacher is not None else None,
                 lambda_consistency=mc.lambda_consistency,
                 weight=weight,
             )
-        finite = self._average_decoder_grads(results)
+        if mc.shared_decoder:
+            finite = self._average_decoder_grads(results)
+        else:  # independent decoders: each learns from its own block only; nothing crosses workers
+            finite = all(r.finite for r in results.values())
+        for state in stepping:
+            state.step(self.global_step, finite)
         if finite:
-            apply_schedules(self.decoder_optimizer, self.decoder_schedules, self.global_step)
-            self.decoder_optimizer.step()
             self.bad_steps = 0
         else:
             self.skipped_steps += 1
             self.bad_steps += 1
-        self.decoder_optimizer.zero_grad(set_to_none=True)
 
         for w, b in active.items():
             if b is None:
@@ -286,7 +332,8 @@ class MultiBlockTrainer:
         ids = block.sampler.view_ids[:: self.cfg.method.weighting_view_stride]
         values = []
         for i in ids:
-            image = render_anchor_view(block.field, self.decoder, self.views[i]).image.clamp(0, 1)
+            decoder = self.decoder_of(block_id).module
+            image = render_anchor_view(block.field, decoder, self.views[i]).image.clamp(0, 1)
             gt = gt_image(self.scene, i, self.device)
             values.append((float(psnr(image, gt)), float(ssim(image, gt))))
         mean = np.asarray(values).mean(0)
@@ -307,6 +354,8 @@ class MultiBlockTrainer:
 
     def check_replicas(self) -> None:
         """All workers must hold the same decoder (their gradients were averaged): compare checksums."""
+        if not self.cfg.method.shared_decoder:
+            return
         sums = self.comm.gather_checksums(decoder_checksum(self.decoder))
         if max(sums) != min(sums):
             raise RuntimeError(f"decoder replicas differ across workers at step {self.global_step}: {sums}")
@@ -318,9 +367,7 @@ class MultiBlockTrainer:
             "format": MULTI_FORMAT,
             "global_step": self.global_step,
             "schedule": self.schedule.state_dict(),
-            "decoder": self.decoder.state_dict(),
-            "decoder_optimizer": self.decoder_optimizer.state_dict(),
-            "teacher": self.teacher.state_dict() if self.teacher is not None else {},
+            "decoders": [d.state_dict() for d in self.decoders],
             "qualities": [[q.psnr, q.ssim] for q in self.qualities],
             "skipped_steps": self.skipped_steps,
             "torch_rng": torch.get_rng_state(),
@@ -350,10 +397,8 @@ class MultiBlockTrainer:
             raise UserError(f"{step_dir}: not a multi-block checkpoint")
         self.global_step = int(shared["global_step"])
         self.schedule.load_state_dict(shared["schedule"])
-        self.decoder.load_state_dict(shared["decoder"])
-        self.decoder_optimizer.load_state_dict(shared["decoder_optimizer"])
-        if self.teacher is not None:
-            self.teacher.load_state_dict(shared["teacher"])
+        for decoder, state in zip(self.decoders, shared["decoders"], strict=True):
+            decoder.load_state_dict(state)
         self.qualities = [BlockQuality(p, s) for p, s in shared["qualities"]]
         self.weights = block_weights(self.qualities, self.cfg.method.weighting_sigma)
         self.skipped_steps = int(shared["skipped_steps"])
@@ -425,23 +470,32 @@ class MultiBlockTrainer:
         """Write each owned block's final anchors; the main process merges them into model.ckpt."""
         from momentumgs.merge import merge_blocks
 
+        shared = self.cfg.method.shared_decoder
         for b, state in self.all_block_states().items():
-            save_checkpoint(self.paths.block_file(b), {"anchors": state["anchors"]})
+            final = {"anchors": state["anchors"]}
+            if not shared:
+                final["decoder"] = self.decoder_of(b).module.state_dict()
+            save_checkpoint(self.paths.block_file(b), final)
         self.comm.barrier()
         if self.comm.is_main:
-            fields = {
-                b: AnchorField.from_state_dict(load_checkpoint(self.paths.block_file(b))["anchors"])
-                for b in range(len(self.partition.blocks))
-            }
+            n = len(self.partition.blocks)
+            finals = [load_checkpoint(self.paths.block_file(b)) for b in range(n)]
+            fields = {b: AnchorField.from_state_dict(final["anchors"]) for b, final in enumerate(finals)}
             field, counts = merge_blocks(fields, self.partition)
             info = {
                 "iteration": self.cfg.train.iterations,
-                "blocks": len(self.partition.blocks),
+                "blocks": n,
                 "anchors_per_block": counts,
                 "scene": str(self.scene.root),
             }
-            save_model(self.paths.model, AnchorModel(field, self.decoder.cpu(), self.spec, info))
-            self.decoder.to(self.device)
+            model = AnchorModel(field, self.spec.build(), self.spec, info)
+            model.decoder.load_state_dict({k: v.cpu() for k, v in self.decoder.state_dict().items()})
+            if not shared:  # the ablation's independent blocks: each anchor keeps its block's decoder
+                model.block_decoders = [self.spec.build() for _ in range(n)]
+                for decoder, final in zip(model.block_decoders, finals, strict=True):
+                    decoder.load_state_dict(final["decoder"])
+                model.anchor_block = torch.repeat_interleave(torch.arange(n), torch.tensor(counts))
+            save_model(self.paths.model, model)
         self.comm.barrier()
         self.store.close()
 
