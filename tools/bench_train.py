@@ -1,6 +1,6 @@
 """Train one block on the demo city and report speed, memory and test metrics at several iteration counts.
 
-    python tools/bench_train.py                          # demo city, configs/demo.yaml, CPU, 1 thread
+    python tools/bench_train.py                 # demo city, configs/demo_single_block.yaml, CPU, 1 thread
     python tools/bench_train.py --iterations 250 500 1000 2000 --set data.downscale=1
     python tools/bench_train.py --scene path/to/colmap/scene --device cuda
 
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "demo_single_block.yaml"))
     parser.add_argument("--scene", help="COLMAP scene (default: the cached demo city)")
     parser.add_argument("--iterations", type=int, nargs="+", default=[250, 500, 1000, 2000])
     parser.add_argument("--threads", type=int, default=1)
@@ -40,7 +40,8 @@ def main() -> None:
     counts = sorted(args.iterations)
     cfg = load_config(
         args.config,
-        [*args.overrides, f"train.iterations={counts[-1]}", f"train.device={args.device}", "train.eval_every=0"],
+        [*args.overrides, f"train.iterations={counts[-1]}", f"train.device={args.device}"]
+        + ["train.eval_every=0"],
     )
     if args.scene:
         cfg.data.path = args.scene
@@ -54,8 +55,9 @@ def main() -> None:
         scene = trainer.scene
         w, h = scene.cameras[0].width, scene.cameras[0].height
         print(
-            f"scene {cfg.data.path}: {len(scene.train_ids)} train / {len(scene.test_ids)} test views at {w}x{h}, "
-            f"{trainer.block.field.n_anchors} initial anchors, device {trainer.device}, {args.threads} thread(s)"
+            f"scene {cfg.data.path}: {len(scene.train_ids)} train / {len(scene.test_ids)} test views at "
+            f"{w}x{h}, {trainer.block.field.n_anchors} initial anchors, device {trainer.device}, "
+            f"{args.threads} thread(s)"
         )
         header = (
             f"{'iter':>6} {'train s':>8} {'it/s':>6} {'anchors':>8} {'RSS MB':>7} "
