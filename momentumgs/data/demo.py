@@ -39,6 +39,13 @@ GENERATOR_VERSION = 2  # bump when the rendered images or models change for the 
 MARKER = "demo_scene.json"
 
 
+def demo_sfm_options():
+    """SfM settings of the demo: the renders are distortion free, so a pinhole camera (f, cx, cy)."""
+    from momentumgs.data.sfm import SfmOptions
+
+    return SfmOptions(camera_model="SIMPLE_PINHOLE")
+
+
 def image_name(i: int) -> str:
     return f"{i:04d}.png"
 
@@ -195,12 +202,10 @@ def _write_scene(root: Path, p: CityParams, sfm: bool, log: Callable[[str], None
     stats["ground_truth_seconds"] = time.perf_counter() - t0
 
     if sfm:
-        from momentumgs.data.sfm import SfmOptions, run_sfm
+        from momentumgs.data.sfm import run_sfm
 
         log("  running SfM (pycolmap) ...")
-        result = run_sfm(
-            root / "images", root / "sparse" / "0", SfmOptions(camera_model="SIMPLE_PINHOLE"), log=log
-        )
+        result = run_sfm(root / "images", root / "sparse" / "0", demo_sfm_options(), log=log)
         log("  " + result.summary())
         stats["sfm"] = {
             "registered": result.num_registered,

@@ -4,8 +4,9 @@
 .bin), the input every other stage reads. The model is in COLMAP's own similarity frame (arbitrary
 scale, rotation and origin): later stages must not assume metres or an up axis.
 
-Exhaustive matching costs O(n^2) pairs: fine for the demo and for up to a few hundred photos. With
-one thread everywhere (the default) and a fixed seed the result is repeatable run to run on one machine.
+Exhaustive matching costs O(n^2) pairs: fine for the demo and for up to a few hundred photos. With the
+default thread counts (one for extraction and mapping) and a fixed seed the model is repeatable bit for
+bit run to run on one machine.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ class SfmOptions:
     single_camera: bool = True  # all photos share one camera (one drone, one lens)
     camera_params: tuple[float, ...] = ()  # optional initial intrinsics, e.g. (f, cx, cy); refined
     max_num_features: int = 4096
-    # threads for mapping, and for feature extraction and matching; -1 = all cores. Only 1 and 1 give
-    # a bit-repeatable model (measured: other counts move poses by ~1e-4 of the scene size run to run)
-    num_threads: int = 1
-    feature_threads: int = 1
+    # threads per stage, -1 = all cores. Measured with pycolmap 4.2.1 on the demo: several extraction
+    # or mapping threads move poses by ~1e-4 of the scene size from run to run; matching threads alone
+    # gave bit-identical models
+    extraction_threads: int = 1
+    matching_threads: int = -1
+    mapping_threads: int = 1
     seed: int = 0
     min_registered_fraction: float = 0.5  # below this the result is an error, not a model
 
@@ -85,7 +88,7 @@ def run_sfm(
             reader = pycolmap.ImageReaderOptions(camera_model=opts.camera_model)
             if opts.camera_params:
                 reader.camera_params = ",".join(f"{v:.10g}" for v in opts.camera_params)
-            extraction = pycolmap.FeatureExtractionOptions(num_threads=opts.feature_threads)
+            extraction = pycolmap.FeatureExtractionOptions(num_threads=opts.extraction_threads)
             extraction.sift.max_num_features = opts.max_num_features
             pycolmap.extract_features(
                 database,
@@ -100,7 +103,7 @@ def run_sfm(
             log(f"  sfm: features extracted from {len(names)} images ({seconds['features']:.1f} s)")
 
             t0 = time.perf_counter()
-            matching = pycolmap.FeatureMatchingOptions(num_threads=opts.feature_threads)
+            matching = pycolmap.FeatureMatchingOptions(num_threads=opts.matching_threads)
             verification = pycolmap.TwoViewGeometryOptions()
             verification.ransac.random_seed = opts.seed
             pycolmap.match_exhaustive(
@@ -113,8 +116,10 @@ def run_sfm(
             log(f"  sfm: {len(names) * (len(names) - 1) // 2} pairs matched ({seconds['matching']:.1f} s)")
 
             t0 = time.perf_counter()
-            mapping = pycolmap.IncrementalPipelineOptions(num_threads=opts.num_threads, random_seed=opts.seed)
-            mapping.mapper.num_threads = opts.num_threads
+            mapping = pycolmap.IncrementalPipelineOptions(
+                num_threads=opts.mapping_threads, random_seed=opts.seed
+            )
+            mapping.mapper.num_threads = opts.mapping_threads
             mapping.mapper.random_seed = opts.seed
             mapping.triangulation.random_seed = opts.seed
             models = pycolmap.incremental_mapping(database, image_dir, work / "models", mapping)

@@ -20,7 +20,6 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,27 +41,27 @@ from momentumgs.train.block_store import BlockStore
 from momentumgs.train.comm import LocalComm, decoder_checksum
 from momentumgs.train.optimizers import apply_schedules, decoder_optimizer, lr_schedules
 from momentumgs.train.slots import SlotSchedule
-from momentumgs.train.trainer import MAX_BAD_STEPS, MetricsLog, TrainingDiverged, gt_image, spatial_scale
+from momentumgs.train.trainer import (
+    MAX_BAD_STEPS,
+    MetricsLog,
+    RunPaths,
+    TrainingDiverged,
+    decoder_spec,
+    gt_image,
+    spatial_scale,
+)
 from momentumgs.train.weighting import BlockQuality, block_weights
 
 MULTI_FORMAT = "momentumgs-multiblock-v1"
 
 
-@dataclass
-class MultiPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
+class MultiPaths(RunPaths):
+    """A multi-block run folder: the single-block layout plus the partition, per-step checkpoint folders,
+    each block's final anchors and the spill folder of the block store."""
 
     @property
     def partition(self) -> Path:
         return self.root / "partition.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
 
     @property
     def checkpoints(self) -> Path:
@@ -79,28 +78,8 @@ class MultiPaths:
         return self.root / "blocks" / f"block_{block_id:03d}.ckpt"
 
     @property
-    def model(self) -> Path:
-        return self.root / "model.ckpt"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.root / "eval"
-
-    @property
     def spill(self) -> Path:
         return self.root / "spill"
-
-
-def decoder_spec(cfg: Config, scene: Scene) -> DecoderSpec:
-    mc = cfg.model
-    return DecoderSpec(
-        feat_dim=mc.feat_dim,
-        n_offsets=mc.n_offsets,
-        hidden_dim=mc.hidden_dim,
-        use_distance=mc.use_distance,
-        appearance_dim=mc.appearance_dim,
-        appearance_count=len(scene.cameras) if mc.appearance_dim > 0 else 0,
-    )
 
 
 class DecoderState:
@@ -515,7 +494,7 @@ def start_or_resume_multi(
     """A multi-block trainer for a new run in `run_dir` (partitioning the scene), or the one saved there."""
     from momentumgs.config import dump_config, load_config
     from momentumgs.partition import load_partition, partition_scene, save_partition
-    from momentumgs.train.trainer import RunPaths, prepare_run_dir, resolve_device
+    from momentumgs.train.trainer import prepare_run_dir, resolve_device
 
     paths = MultiPaths(Path(run_dir))
     main = comm is None or comm.is_main
@@ -524,7 +503,7 @@ def start_or_resume_multi(
             raise UserError(f"{paths.root}: no checkpoint to resume (expected {paths.latest})")
         cfg = load_config(paths.config, overrides)
     elif main:
-        prepare_run_dir(RunPaths(paths.root), resume=False)
+        prepare_run_dir(paths, resume=False)
     if comm is not None:
         comm.barrier()
     assert cfg is not None

@@ -54,6 +54,18 @@ def spatial_scale(scene: Scene, view_ids: list[int]) -> float:
     return 1.1 * max(radius, 1e-6)
 
 
+def decoder_spec(cfg: Config, scene: Scene) -> DecoderSpec:
+    mc = cfg.model
+    return DecoderSpec(
+        feat_dim=mc.feat_dim,
+        n_offsets=mc.n_offsets,
+        hidden_dim=mc.hidden_dim,
+        use_distance=mc.use_distance,
+        appearance_dim=mc.appearance_dim,
+        appearance_count=len(scene.cameras) if mc.appearance_dim > 0 else 0,
+    )
+
+
 def gt_image(scene: Scene, index: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(scene.load_image(index)).to(device=device, dtype=torch.float32) / 255.0
 
@@ -132,14 +144,7 @@ class SingleBlockTrainer:
         if len(scene.points) == 0:
             raise UserError(f"{scene.root}: the scene has no SfM points to initialise anchors from")
         mc = cfg.model
-        self.spec = DecoderSpec(
-            feat_dim=mc.feat_dim,
-            n_offsets=mc.n_offsets,
-            hidden_dim=mc.hidden_dim,
-            use_distance=mc.use_distance,
-            appearance_dim=mc.appearance_dim,
-            appearance_count=len(scene.cameras) if mc.appearance_dim > 0 else 0,
-        )
+        self.spec = decoder_spec(cfg, scene)
         self.decoder = self.spec.build().to(device)
         self.decoder_optimizer = decoder_optimizer(self.decoder, tc.lr)
         self.decoder_schedules = lr_schedules(tc.lr, tc.iterations, 1.0)
