@@ -238,3 +238,17 @@ def test_two_processes_share_one_build(tmp_path):
     assert build_demo_scene(root, size="test", seed=3, sfm=False, log=lambda _: None) == root
     assert {p.name: p.read_bytes() for p in (root / "images").iterdir()} == before
     assert [p.name for p in root.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_sfm_is_repeatable(sfm_scene, tmp_path):
+    """The same photos give the same model bit for bit (default thread counts, fixed seed)."""
+    from momentumgs.data.demo import demo_sfm_options
+    from momentumgs.data.sfm import run_sfm
+
+    result = run_sfm(sfm_scene / "images", tmp_path / "sparse", demo_sfm_options(), log=lambda _: None)
+    assert result.num_registered == result.num_images == 24
+    again = viewmats_by_name(pycolmap.Reconstruction(tmp_path / "sparse"))
+    cached = viewmats_by_name(pycolmap.Reconstruction(sfm_scene / "sparse" / "0"))
+    assert again.keys() == cached.keys()
+    for name in cached:
+        np.testing.assert_array_equal(again[name], cached[name])
