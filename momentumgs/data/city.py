@@ -171,10 +171,6 @@ class BoxSpec:
     yaw: float
 
 
-def _footprint_radius(hx, hy):
-    return math.hypot(hx, hy)
-
-
 def layout(p: CityParams) -> list[BoxSpec]:
     """Buildings in four quadrants, roof units, cars on the roads, trees and kiosks."""
     rng = np.random.default_rng([p.seed, 1])
@@ -190,7 +186,7 @@ def layout(p: CityParams) -> list[BoxSpec]:
         while placed < p.buildings_per_quadrant and tries < 2000:
             tries += 1
             hx, hy = rng.uniform(*p.building_side, size=2) / 2
-            r = _footprint_radius(hx, hy)
+            r = math.hypot(hx, hy)  # footprint radius
             lo = street + r + 0.5
             if lo >= p.city_half:
                 continue
