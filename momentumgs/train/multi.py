@@ -219,15 +219,17 @@ class MultiBlockTrainer:
                 return b
         return None
 
-    def all_block_states(self) -> dict[int, dict]:
-        """Every owned block's state (resident ones copied, stored ones read and put back)."""
-        states = {b: blk.state_dict() for b, blk in self.resident.values()}
+    def block_states(self):
+        """(block id, state) of every owned block, one at a time, so that host RAM stays within the store's
+        budget: resident blocks are copied, stored ones are read and put back after use."""
+        resident = {b: blk for b, blk in self.resident.values()}
         for b in self.owned:
-            if b not in states:
+            if b in resident:
+                yield b, resident[b].state_dict()
+            else:
                 state = self.store.take(b, "cpu")
-                states[b] = state
+                yield b, state
                 self.store.put(b, state)
-        return states
 
     # --- one global step --------------------------------------------------------------------------
 
@@ -356,7 +358,7 @@ class MultiBlockTrainer:
     def save_checkpoint(self) -> None:
         """All processes write their files into a new step folder; then `latest.json` names it."""
         step_dir = self.paths.step_dir(self.global_step)
-        for b, state in self.all_block_states().items():
+        for b, state in self.block_states():
             save_checkpoint(step_dir / f"block_{b:03d}.ckpt", state)
         save_checkpoint(step_dir / f"shared_rank{self.comm.rank}.ckpt", self.shared_state())
         self.comm.barrier()
@@ -450,7 +452,7 @@ class MultiBlockTrainer:
         from momentumgs.merge import merge_blocks
 
         shared = self.cfg.method.shared_decoder
-        for b, state in self.all_block_states().items():
+        for b, state in self.block_states():
             final = {"anchors": state["anchors"]}
             if not shared:
                 final["decoder"] = self.decoder_of(b).module.state_dict()
