@@ -1,0 +1,190 @@
+"""SPZ, Niantic's compressed Gaussian splat format (github.com/nianticlabs/spz, src/cc/load-spz.cc, MIT).
+
+We write version 2 and read versions 2 and 3. A file is the gzip of
+
+    header (16 bytes, little endian): magic 0x5053474e ("NGSP"), version u32, number of points u32,
+        SH degree u8, fractional bits u8, flags u8 (bit 0: antialiased; bit 1: extensions follow), reserved u8
+    positions   N x 3 x 24-bit signed fixed point, value * 2^fractional_bits
+    alphas      N x u8, sigmoid(opacity) * 255
+    colours     N x 3 x u8, f_dc * (0.15 * 255) + 0.5 * 255 (a wider range than 0.282 so that DC terms that
+                higher bands bring back into range survive)
+    scales      N x 3 x u8, (log scale + 10) * 16
+    rotations   v2: N x 3 x u8, x y z of the unit quaternion with w >= 0, times 127.5 plus 127.5;
+                v3: N x u32 "smallest three" (index of the largest component in the top 2 bits, then 3 x
+                (sign bit + 9-bit magnitude / sqrt(1/2)))
+    SH          N x D x 3 x u8 (D = 3, 8, 15 coefficients after the DC, channel innermost),
+                round(x * 128) + 128 snapped to buckets of 8 (degree 1, 5 bits) or 16 (higher bands, 4 bits)
+
+every u8 rounded half away from zero and clamped to 0..255. The spec fixes the stored axes as RUB (x right,
+y up, z back, three.js); 3DGS PLY data is RDF (y down, z forward), so writing flips y and z: positions,
+the quaternion's x y z (x, -y, -z) and the SH coefficients odd in y or z (the spec's flipSh table).
+The writer picks the largest fractional bits (at most 12, the reference value) that hold every coordinate.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from momentumgs.errors import UserError
+from momentumgs.export.gaussians import BakedGaussians
+from momentumgs.export.sh import n_coeffs
+from momentumgs.io_utils import write_bytes_atomic
+
+SPZ_MAGIC = 0x5053474E
+SPZ_WRITE_VERSION = 2
+SPZ_READ_VERSIONS = (2, 3)
+SPZ_COLOR_SCALE = 0.15
+SPZ_MAX_POINTS = 10_000_000  # the reference loader's limit
+_HEADER = struct.Struct("<IIIBBBB")
+_FLAG_EXTENSIONS = 0x2
+# RDF (3DGS PLY) <-> RUB (SPZ): a half turn about x, its own inverse.
+_FLIP_P = np.array([1.0, -1.0, -1.0], dtype=np.float32)
+# Sign of each SH coefficient after the DC under that flip (x = 1, y = z = -1 in the spec's table:
+# y, z, x, xy, yz, 1, xz, 1, y, xyz, y, z, x, z, x).
+_FLIP_SH = np.array([-1, -1, 1, -1, 1, 1, -1, 1, -1, 1, -1, -1, 1, -1, 1], dtype=np.float32)
+
+
+def _to_u8(x: np.ndarray) -> np.ndarray:
+    """C++ toUint8: round half away from zero, clamp to 0..255."""
+    return np.clip(np.sign(x) * np.floor(np.abs(x) + 0.5), 0, 255).astype(np.uint8)
+
+
+def _fractional_bits(positions: np.ndarray) -> int:
+    """Largest fractional bits <= 12 such that every coordinate fits a signed 24-bit integer."""
+    extent = float(np.abs(positions).max(initial=0.0))
+    bits = 12
+    while bits > 0 and extent * (1 << bits) >= (1 << 23) - 1:
+        bits -= 1
+    if extent * (1 << bits) >= (1 << 23) - 1:
+        raise ValueError(f"coordinates up to {extent:.0f} do not fit SPZ's 24-bit fixed point")
+    return bits
+
+
+def spz_payload(g: BakedGaussians) -> bytes:
+    """The uncompressed SPZ (version 2) bytes of `g`."""
+    degree = g.sh_degree
+    n = g.count
+    pos = g.means.detach().cpu().numpy().astype(np.float32) * _FLIP_P  # [N, 3] RUB
+    bits = _fractional_bits(pos)
+    fixed = (np.sign(pos) * np.floor(np.abs(pos.astype(np.float64)) * (1 << bits) + 0.5)).astype(np.int64)
+    fixed = fixed.astype(np.uint32)  # two's complement; the low three bytes are the 24-bit value
+    positions = np.stack([(fixed >> s) & 0xFF for s in (0, 8, 16)], axis=-1).astype(np.uint8)  # [N, 3, 3]
+
+    opacity = g.opacities.detach().cpu().numpy().astype(np.float32)
+    alphas = _to_u8(opacity * 255.0)
+    sh = g.sh.detach().cpu().numpy().astype(np.float32)  # [N, B, 3]
+    colors = _to_u8(sh[:, 0, :] * (SPZ_COLOR_SCALE * 255.0) + 0.5 * 255.0)
+    scales = _to_u8((np.log(np.maximum(g.scales.detach().cpu().numpy(), 1e-30)) + 10.0) * 16.0)
+
+    q = g.quats.detach().cpu().numpy().astype(np.float32)  # [N, 4] wxyz
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    xyz = q[:, 1:] * _FLIP_P  # the half turn about x negates the quaternion's y and z
+    xyz = np.where(q[:, :1] < 0, -xyz, xyz)  # w >= 0 so that w = sqrt(1 - |xyz|^2) on reading
+    rotations = _to_u8(xyz * 127.5 + 127.5)
+
+    rest = sh[:, 1:, :] * _FLIP_SH[: n_coeffs(degree) - 1, None]  # [N, D, 3]
+    q_sh = np.sign(rest * 128.0) * np.floor(np.abs(rest * 128.0) + 0.5) + 128.0
+    bucket = np.where(np.arange(rest.shape[1]) < 3, 8, 16)[None, :, None]  # 5 bits degree 1, 4 bits above
+    q_sh = np.trunc((q_sh + bucket // 2) / bucket) * bucket
+    sh_bytes = np.clip(q_sh, 0, 255).astype(np.uint8)
+
+    header = _HEADER.pack(SPZ_MAGIC, SPZ_WRITE_VERSION, n, degree, bits, 0, 0)
+    body = [positions, alphas, colors, scales, rotations, sh_bytes]
+    return header + b"".join(np.ascontiguousarray(a).tobytes() for a in body)
+
+
+def write_spz(path: str | Path, g: BakedGaussians) -> Path:
+    """Write `g` as a gzipped SPZ (version 2), atomically. -> the path"""
+    if g.sh_degree > 3:
+        raise ValueError(f"SPZ version 2 holds SH degrees 0 to 3, got {g.sh_degree}")
+    if g.count > SPZ_MAX_POINTS:
+        raise ValueError(f"{g.count} Gaussians: SPZ readers load at most {SPZ_MAX_POINTS}")
+    path = Path(path)
+    write_bytes_atomic(path, gzip.compress(spz_payload(g), compresslevel=6, mtime=0))
+    return path
+
+
+def read_spz(path: str | Path) -> BakedGaussians:
+    """Read an SPZ file of version 2 or 3 (no extensions) back into RDF (3DGS PLY) axes. A malformed file
+    raises a one-line UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such SPZ file")
+    try:
+        data = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UserError(f"{path}: not a gzipped SPZ file or truncated ({exc})") from None
+    if len(data) < _HEADER.size:
+        raise UserError(f"{path}: truncated SPZ header ({len(data)} bytes)")
+    magic, version, n, degree, bits, flags, _ = _HEADER.unpack_from(data)
+    if magic != SPZ_MAGIC:
+        raise UserError(f"{path}: not an SPZ file (magic {magic:#010x})")
+    if version not in SPZ_READ_VERSIONS:
+        raise UserError(f"{path}: SPZ version {version} is not supported (reads {SPZ_READ_VERSIONS})")
+    if flags & _FLAG_EXTENSIONS:
+        raise UserError(f"{path}: SPZ extensions are not supported")
+    if n > SPZ_MAX_POINTS or degree > 3:
+        raise UserError(f"{path}: implausible SPZ header ({n} points, SH degree {degree})")
+    d = n_coeffs(degree) - 1
+    rot_bytes = 3 if version == 2 else 4
+    sizes = [9 * n, n, 3 * n, 3 * n, rot_bytes * n, 3 * d * n]
+    expected = _HEADER.size + sum(sizes)
+    if len(data) != expected:
+        raise UserError(f"{path}: SPZ body has {len(data)} bytes, {expected} expected for {n} points")
+    arrays, offset = [], _HEADER.size
+    for size in sizes:
+        arrays.append(np.frombuffer(data, dtype=np.uint8, count=size, offset=offset))
+        offset += size
+    positions, alphas, colors, scales, rotations, sh_bytes = arrays
+    return _unpack(n, degree, bits, version, positions, alphas, colors, scales, rotations, sh_bytes, path)
+
+
+def _unpack(n, degree, bits, version, positions, alphas, colors, scales, rotations, sh_bytes, path):
+    p = positions.reshape(n, 3, 3).astype(np.int32)
+    fixed = p[..., 0] | (p[..., 1] << 8) | (p[..., 2] << 16)
+    fixed = np.where(fixed & 0x800000, fixed - (1 << 24), fixed)  # sign extension
+    means = fixed.astype(np.float32) / (1 << bits) * _FLIP_P
+    if version == 2:
+        xyz = rotations.reshape(n, 3).astype(np.float32) / 127.5 - 1.0
+        w = np.sqrt(np.maximum(0.0, 1.0 - (xyz * xyz).sum(axis=1, keepdims=True)))
+        quats = np.concatenate([w, xyz], axis=1)  # wxyz
+    else:
+        quats = _smallest_three(rotations.reshape(n, 4))
+    quats[:, 1:] *= _FLIP_P
+    dc = (colors.reshape(n, 3).astype(np.float32) / 255.0 - 0.5) / SPZ_COLOR_SCALE
+    rest = (sh_bytes.reshape(n, -1, 3).astype(np.float32) - 128.0) / 128.0
+    rest = rest * _FLIP_SH[: rest.shape[1], None]
+    opacities = alphas.astype(np.float32) / 255.0
+    return BakedGaussians(
+        means=torch.from_numpy(means),
+        quats=torch.nn.functional.normalize(torch.from_numpy(quats), dim=1),
+        scales=torch.from_numpy(np.exp(scales.reshape(n, 3).astype(np.float32) / 16.0 - 10.0)),
+        opacities=torch.from_numpy(opacities),
+        sh=torch.from_numpy(np.concatenate([dc[:, None, :], rest], axis=1)),
+        info={"source": str(path), "spz_version": version, "fractional_bits": bits},
+    )
+
+
+def _smallest_three(r: np.ndarray) -> np.ndarray:
+    """Decode version-3 rotations [N, 4] u8 to wxyz quaternions [N, 4] (load-spz.cc's xyzw order inside)."""
+    comp = r[:, 0].astype(np.uint32) | (r[:, 1].astype(np.uint32) << 8)
+    comp |= (r[:, 2].astype(np.uint32) << 16) | (r[:, 3].astype(np.uint32) << 24)
+    largest = (comp >> 30).astype(np.int64)
+    xyzw = np.zeros((r.shape[0], 4), dtype=np.float32)
+    mask = (1 << 9) - 1
+    for i in range(3, -1, -1):  # the reference decodes from the last component down
+        here = largest != i
+        mag = (comp & mask).astype(np.float32)
+        neg = (comp >> 9) & 1
+        value = np.sqrt(0.5) * mag / mask * np.where(neg == 1, -1.0, 1.0)
+        xyzw[here, i] = value[here]
+        comp = np.where(here, comp >> 10, comp)
+    rest = (xyzw * xyzw).sum(axis=1)
+    xyzw[np.arange(len(r)), largest] = np.sqrt(np.maximum(0.0, 1.0 - rest))
+    return np.concatenate([xyzw[:, 3:], xyzw[:, :3]], axis=1)
