@@ -119,7 +119,27 @@ def _run_config(run_dir: str) -> Config:
     return load_config(path)
 
 
-def _train(cfg: Config | None, run_dir: str, resume: bool, overrides: list[str], progress: bool = True):
+def _start_training_viewer(trainer, view):
+    """`train --view`: serve the model as it trains; -> (viewer, the trainer's on_step hook)."""
+    from momentumgs_viewer import start_training_viewer
+
+    viewer, hook = start_training_viewer(trainer, view)
+    print(f"viewer: {viewer.url} (shows the model while a browser is connected)")
+    return viewer, hook
+
+
+def _run_trainer(trainer, progress: bool, view) -> None:
+    viewer, hook = _start_training_viewer(trainer, view) if view is not None else (None, None)
+    try:
+        trainer.run(progress=progress, on_step=hook)
+    finally:
+        if viewer is not None:
+            viewer.stop()
+
+
+def _train(
+    cfg: Config | None, run_dir: str, resume: bool, overrides: list[str], progress: bool = True, view=None
+):
     from momentumgs.train.comm import init_from_env, launched_by_torchrun
     from momentumgs.train.multi import start_or_resume_multi
     from momentumgs.train.trainer import resolve_device, start_or_resume
@@ -133,7 +153,7 @@ def _train(cfg: Config | None, run_dir: str, resume: bool, overrides: list[str],
             f"training one block of {trainer.block.field.n_anchors} anchors on {trainer.device} "
             f"({len(trainer.scene.train_ids)} views, {trainer.cfg.train.iterations} iterations) -> {run_dir}"
         )
-        trainer.run(progress=progress)
+        _run_trainer(trainer, progress, view)
         return trainer
 
     comm, device = None, None
@@ -148,7 +168,7 @@ def _train(cfg: Config | None, run_dir: str, resume: bool, overrides: list[str],
             f"training {len(trainer.partition.blocks)} blocks on {trainer.comm.workers} workers "
             f"({trainer.cfg.train.iterations} iterations per block, device {trainer.device}) -> {run_dir}"
         )
-    trainer.run(progress=progress)
+    _run_trainer(trainer, progress, view if trainer.comm.is_main else None)
     return trainer
 
 
@@ -184,16 +204,52 @@ def _evaluate_run(run_dir: str | Path, split: str = "test") -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = args.resume
-        _train(None, run_dir, True, args.overrides, progress=not args.no_progress)
+        _train(None, run_dir, True, args.overrides, progress=not args.no_progress, view=_view_options(args))
     else:
         cfg = _config(args)
         if args.scene:
             cfg.data.path = args.scene
         run_dir = args.out or cfg.output
-        _train(cfg, run_dir, False, [], progress=not args.no_progress)
+        _train(cfg, run_dir, False, [], progress=not args.no_progress, view=_view_options(args))
     if not args.no_eval and _is_main_process():
         _evaluate_run(run_dir)
     return 0
+
+
+def _view_options(args: argparse.Namespace):
+    """Viewer options from `view` / `train --view` arguments (None when train runs without a viewer)."""
+    if args.command == "train" and not args.view:
+        return None
+    from momentumgs_viewer import ViewerOptions
+
+    from momentumgs.train.trainer import resolve_device
+
+    return ViewerOptions(
+        host=args.host,
+        port=args.port,
+        max_res=args.max_res,
+        screenshot_dir=Path(args.screenshots),
+        device=str(resolve_device("auto")),
+        splats=getattr(args, "splats", False),
+    )
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from momentumgs_viewer import serve_forever
+
+    serve_forever(args.path, _view_options(args))
+    return 0
+
+
+def _add_viewer_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument(f"--{prefix}host", dest="host", default="127.0.0.1", help="address to serve on")
+    p.add_argument(f"--{prefix}port", dest="port", type=int, default=8080, help="port (0: any free one)")
+    p.add_argument(
+        f"--{prefix}max-res", dest="max_res", type=int, default=320, help="longer side of frames in motion"
+    )
+    p.add_argument(
+        f"--{prefix}screenshots", dest="screenshots", default="screenshots", help="folder for screenshots"
+    )
 
 
 def _is_main_process() -> bool:
@@ -260,7 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="demo", choices=["demo", "test"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-sfm", action="store_true", help="write only the ground-truth model")
+    p.add_argument("--view", action="store_true", help="serve a live viewer of the model while it trains")
+    _add_viewer_args(p, prefix="view-")
     p.set_defaults(func=cmd_demo_scene)
+
+    p = sub.add_parser("view", help="browser viewer of a trained run or of baked Gaussians (.ply)")
+    p.add_argument("path", help="run folder, or a .ply file")
+    _add_viewer_args(p)
+    p.add_argument(
+        "--splats",
+        action="store_true",
+        help="send baked Gaussians to the browser's own splat renderer (no rendering on the server)",
+    )
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("info", help="load a COLMAP scene and print its summary")
     p.add_argument("scene", help="scene root holding sparse/0 and images/")

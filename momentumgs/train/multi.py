@@ -391,7 +391,7 @@ class MultiBlockTrainer:
 
     # --- the loop ---------------------------------------------------------------------------------
 
-    def run(self, progress: bool = True, stop_after: int | None = None) -> None:
+    def run(self, progress: bool = True, stop_after: int | None = None, on_step=None) -> None:
         from tqdm import tqdm
 
         tc, mc = self.cfg.train, self.cfg.method
@@ -408,6 +408,8 @@ class MultiBlockTrainer:
         try:
             while self.global_step < end and not self.schedule.finished:
                 results = self.train_step()
+                if on_step is not None:  # e.g. the viewer's snapshots (momentumgs train --view)
+                    on_step(self)
                 step = self.global_step
                 if step % tc.log_every == 0 or step == end:
                     self._log(results, step, (step - step0) / max(time.perf_counter() - t0, 1e-9))

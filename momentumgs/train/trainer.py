@@ -228,7 +228,7 @@ class SingleBlockTrainer:
         split = "test" if self.scene.test_ids else "train-subset"
         return {f"{split}_psnr": float(arr[:, 0].mean()), f"{split}_ssim": float(arr[:, 1].mean())}
 
-    def run(self, progress: bool = True, stop_after: int | None = None) -> None:
+    def run(self, progress: bool = True, stop_after: int | None = None, on_step=None) -> None:
         """Train until `cfg.train.iterations` (or `stop_after` more steps)."""
         from tqdm import tqdm
 
@@ -246,6 +246,8 @@ class SingleBlockTrainer:
         try:
             while block.iteration < end:
                 result = self.train_step()
+                if on_step is not None:  # e.g. the viewer's snapshots (momentumgs train --view)
+                    on_step(self)
                 it = block.iteration
                 if it % tc.log_every == 0 or it == end:
                     rate = (it - it0) / max(time.perf_counter() - t0, 1e-9)

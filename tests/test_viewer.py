@@ -1,0 +1,307 @@
+"""The viser viewer: camera conversion, loopback binding, the latest-request render worker, live training
+snapshots, packaging, and (with Debian's chromium installed) what a headless browser actually shows."""
+
+import base64
+import io
+import json
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomllib
+import torch
+from momentumgs_viewer import ModelHolder, RunInfo, TrainingSnapshots, Viewer, ViewerOptions
+from momentumgs_viewer.camera import ClientCamera, capped_size, client_view, scene_camera_pose
+from momentumgs_viewer.worker import LatestRenderWorker
+
+from momentumgs.cli import build_parser
+from momentumgs.config import load_config
+from momentumgs.data.colmap import load_colmap_scene
+from momentumgs.data.scene import Camera
+from momentumgs.train.trainer import start_or_resume
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SMALL = ["data.downscale=4", "train.threads=1", "train.device=cpu", "train.eval_every=0", "train.log_every=5"]
+
+
+def _project(view, point) -> np.ndarray:
+    cam = view.viewmat[:3, :3].double() @ torch.tensor(point).double() + view.viewmat[:3, 3].double()
+    uv = view.K.double() @ cam
+    return (uv[:2] / uv[2]).numpy()
+
+
+# --- camera conversion -------------------------------------------------------------------------------
+
+
+def test_capped_size_keeps_aspect_and_caps_the_longer_side():
+    assert capped_size(16 / 9, 320) == (320, 180)
+    assert capped_size(0.5, 320) == (160, 320)
+
+
+def test_identity_camera_projects_a_point_where_the_pinhole_model_says():
+    # wxyz identity: OpenCV axes = world axes, looking along +z; vertical fov 90 deg -> f = H / 2
+    camera = ClientCamera((0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0), np.pi / 2, 2.0)
+    view = client_view(camera, 320)
+    assert (view.width, view.height) == (320, 160)
+    u, v = _project(view, [1.0, 0.5, 4.0])
+    assert u == pytest.approx(160 + 80 * 1.0 / 4.0)
+    assert v == pytest.approx(80 + 80 * 0.5 / 4.0)  # +y is down in the image
+
+
+def test_scene_camera_round_trips_through_viser_pose():
+    """A training camera -> viser pose -> View renders the same pixels as the camera itself."""
+    angle = 0.7
+    R = np.array([[np.cos(angle), 0, -np.sin(angle)], [0, 1, 0], [np.sin(angle), 0, np.cos(angle)]])
+    viewmat = np.eye(4)
+    viewmat[:3, :3], viewmat[:3, 3] = R, [0.3, -1.0, 2.0]
+    K = np.array([[100.0, 0, 80], [0, 100.0, 60], [0, 0, 1]])
+    cam = Camera("a.png", K, viewmat, 160, 120, Path("a.png"))
+    pose = scene_camera_pose(cam)
+    view = client_view(ClientCamera(tuple(pose.position), tuple(pose.wxyz), pose.fov, pose.aspect), 160)
+    assert (view.width, view.height) == (160, 120)
+    np.testing.assert_allclose(view.viewmat.numpy(), viewmat, atol=1e-5)
+    np.testing.assert_allclose(view.K.numpy(), K, atol=1e-4)
+    point = cam.center + 5.0 * R[2] + 0.5 * R[0]  # in front of the camera, to the right
+    expected, _ = cam.project(point[None])
+    np.testing.assert_allclose(_project(view, point), expected[0], atol=1e-3)
+
+
+# --- server ------------------------------------------------------------------------------------------
+
+
+def _non_loopback_address() -> str | None:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outgoing interface
+            address = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def test_viewer_binds_loopback_by_default():
+    assert build_parser().parse_args(["view", "run"]).host == "127.0.0.1"
+    assert build_parser().parse_args(["train", "--view"]).host == "127.0.0.1"
+    assert ViewerOptions().host == "127.0.0.1"
+    viewer = Viewer(ModelHolder(), RunInfo(), ViewerOptions(port=0, verbose=False))
+    try:
+        port = viewer.server.get_port()
+        assert viewer.server.get_host() == "127.0.0.1"
+        assert _reachable("127.0.0.1", port)
+        other = _non_loopback_address()
+        if other is not None:  # a machine with another interface: the viewer must not answer there
+            assert not _reachable(other, port)
+        # the HTTP side serves viser's page and nothing from our folders
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/..%2F..%2F..%2Fpyproject.toml")
+    finally:
+        viewer.stop()
+
+
+# --- render worker -----------------------------------------------------------------------------------
+
+
+def test_worker_renders_the_latest_request_and_a_still_frame_when_it_rests():
+    rendered, delivered, done = [], [], threading.Event()
+
+    def render(camera, res):
+        time.sleep(0.05)
+        rendered.append((camera, res))
+        return (camera, res)
+
+    def deliver(image, still):
+        delivered.append((image, still))
+        if still:
+            done.set()
+
+    worker = LatestRenderWorker(render, deliver, lambda: (100, 400), rest_s=0.2)
+    try:
+        for i in range(50):  # a drag: far more requests than renders
+            worker.request(i)
+            time.sleep(0.002)
+        assert done.wait(5.0)
+    finally:
+        worker.stop()
+    assert len(rendered) < 20  # stale requests were dropped
+    assert delivered[-1] == ((49, 400), True)  # the last camera, at the still resolution
+    assert ((49, 100), False) in delivered  # after its preview
+
+
+# --- live training -----------------------------------------------------------------------------------
+
+
+def _tiny_trainer(scene_root, run_dir, iterations=40):
+    cfg = load_config(None, [*SMALL, f"data.path={scene_root}", f"train.iterations={iterations}"])
+    return start_or_resume(
+        cfg,
+        lambda c: load_colmap_scene(c.data.path, downscale=c.data.downscale, test_every=c.data.test_every),
+        run_dir,
+        resume=False,
+    )
+
+
+def test_training_snapshots_copy_the_model_between_steps(gt_test_scene, tmp_path):
+    trainer = _tiny_trainer(gt_test_scene, tmp_path / "run")
+    holder = ModelHolder()
+    watching = [False]
+    hook = TrainingSnapshots(holder, interval_s=0.0, watching=lambda: watching[0])
+    trainer.run(progress=False, stop_after=3, on_step=hook)
+    assert holder.get() is None  # nobody watching: no copies
+    watching[0] = True
+    trainer.run(progress=False, stop_after=5, on_step=hook)
+    snapshot = holder.get()
+    assert hook.snapshots == 5 and snapshot.info["iteration"] == 8 and snapshot.info["live"]
+    field = trainer.block.field
+    assert torch.equal(snapshot.field.features, field.features.detach())
+    assert snapshot.field.features.data_ptr() != field.features.data_ptr()  # a copy, not the live tensor
+    trainer.run(progress=False, stop_after=2)  # training on does not change the snapshot
+    assert not torch.equal(snapshot.field.features, trainer.block.field.features.detach())
+
+
+# --- packaging ---------------------------------------------------------------------------------------
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists packages explicitly (to install viewer/ as momentumgs_viewer): none may be missing."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert tool["package-dir"]["momentumgs_viewer"] == "viewer"
+    folders = {p.parent for p in (ROOT / "momentumgs").rglob("*.py") if "__pycache__" not in p.parts}
+    names = {".".join(f.relative_to(ROOT).parts) for f in folders}
+    assert names <= set(tool["packages"]), sorted(names - set(tool["packages"]))
+
+
+# --- the browser -------------------------------------------------------------------------------------
+
+
+class Chromium:
+    """Headless Debian chromium driven over the DevTools protocol (screenshots of the viewer's page)."""
+
+    FLAGS = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-unsafe-swiftshader",  # viser draws with WebGL: software GL, no GPU
+        "--remote-debugging-port=0",
+        "--window-size=1280,800",
+    ]
+
+    def __init__(self, url: str, profile: Path):
+        profile.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [str(CHROMIUM), *self.FLAGS, f"--user-data-dir={profile}", url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        port_file = profile / "DevToolsActivePort"
+        _wait_for(port_file.exists, 30, "chromium's DevTools port")
+        port = int(port_file.read_text().split()[0])
+        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
+        self.ws_url = next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"]
+
+    def screenshot(self) -> np.ndarray:
+        from PIL import Image
+        from websockets.sync.client import connect
+
+        with connect(self.ws_url, max_size=None) as ws:
+            ws.send(json.dumps({"id": 1, "method": "Page.captureScreenshot", "params": {"format": "png"}}))
+            while (reply := json.loads(ws.recv())).get("id") != 1:
+                pass
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(reply["result"]["data"]))).convert("RGB"))
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _wait_for(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _scene_region(image: np.ndarray) -> np.ndarray:
+    """A part of the page that only the scene covers: left of the control panel, below notifications,
+    right of the axes gizmo."""
+    h, w = image.shape[:2]
+    return image[int(0.4 * h) : int(0.9 * h), 100 : int(0.5 * w)].astype(np.float32)
+
+
+def _frame_as_page(frame: np.ndarray, page_shape) -> np.ndarray:
+    """The frame we sent, stretched over the page as the browser draws the background."""
+    from PIL import Image
+
+    h, w = page_shape[:2]
+    return np.asarray(Image.fromarray(frame).resize((w, h), Image.BILINEAR))
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+def test_browser_shows_the_render_and_follows_the_camera(gt_test_scene, tmp_path):
+    trainer = _tiny_trainer(gt_test_scene, tmp_path / "run")
+    trainer.run(progress=False, stop_after=30)
+    cameras = trainer.scene.train_cameras
+    viewer = Viewer(
+        ModelHolder(trainer.model()),
+        RunInfo(train_cameras=cameras),
+        ViewerOptions(port=0, max_res=160, still_res=320, rest_s=0.2, verbose=False),
+    )
+    for group in viewer.groups.values():  # frustums and boxes would cover the frame under test
+        group.visible = False
+    browser = Chromium(viewer.url, tmp_path / "profile")
+    try:
+        _wait_for(lambda: viewer.sessions, 60, "the page to connect")
+        session = next(iter(viewer.sessions.values()))
+        _wait_for(lambda: session.worker.rendered >= 2, 60, "a still frame")
+        time.sleep(1.5)  # let the browser draw it
+        first = browser.screenshot()
+        sent = _frame_as_page(session.last_image, first.shape)
+        page, frame = _scene_region(first), _scene_region(sent)
+        assert page.std() > 10  # not a blank page
+        assert np.abs(page - frame).mean() < 12  # it is the frame we rendered
+        assert np.abs(page - 255).mean() > 40  # and not viser's empty light background
+
+        # move the client's camera from the server: to another training camera, far from the first
+        far = max(cameras, key=lambda c: np.linalg.norm(c.center - cameras[0].center))
+        pose = scene_camera_pose(far)
+        count = session.worker.rendered
+        with session.client.atomic():
+            session.client.camera.position = pose.position
+            session.client.camera.look_at = pose.position + 2.0 * (far.viewmat[2, :3])
+        _wait_for(lambda: session.worker.rendered >= count + 2, 60, "frames of the new camera")
+        time.sleep(1.5)
+        second = browser.screenshot()
+        assert np.abs(_scene_region(second) - page).mean() > 15  # the page shows a different view
+        assert np.linalg.norm(np.array(session.camera.position) - pose.position) < 1e-3
+        from PIL import Image
+
+        Image.fromarray(first).save(tmp_path / "first.png")
+        Image.fromarray(second).save(tmp_path / "second.png")
+    finally:
+        browser.close()
+        viewer.stop()

@@ -1,0 +1,332 @@
+"""The viser server: each browser tab gets our rasterizer's render of its camera as the background image,
+plus the training cameras (click one to jump there), the block cells and a small control panel."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import viser
+
+from momentumgs.errors import UserError
+from momentumgs.io_utils import write_bytes_atomic
+
+from .camera import CameraPose, ClientCamera, client_view, move_client_to, scene_camera_pose
+from .models import ModelHolder, content_positions, content_summary, is_baked, render_rgb8
+from .run_info import RunInfo, metrics_markdown
+from .splats import bake_for_browser, browser_splat_arrays, export_available
+from .worker import LatestRenderWorker
+
+DEFAULT_HOST = "127.0.0.1"  # reachable from this machine only; --host opens it to others
+SERVER_MODE = "server: our rasterizer"
+BROWSER_MODE = "browser: baked splats"
+BLOCK_COLORS = [(230, 80, 60), (60, 160, 230), (90, 200, 90), (230, 190, 50), (170, 90, 220), (40, 200, 190)]
+
+
+@dataclass
+class ViewerOptions:
+    host: str = DEFAULT_HOST
+    port: int = 8080  # 0: any free port
+    max_res: int = 320  # longer side of the frames sent while the camera moves
+    still_res: int = 0  # ... once it rests; 0: twice max_res
+    screenshot_dir: Path = Path("screenshots")
+    device: str = "cpu"
+    rest_s: float = 0.4
+    verbose: bool = True
+    splats: bool = False  # start in the browser-splat mode (needs the exporter; not for live training)
+
+
+class ClientSession:
+    """One browser tab: its latest camera and its render worker."""
+
+    def __init__(self, client: viser.ClientHandle, viewer: Viewer):
+        self.client = client
+        self.viewer = viewer
+        self.camera: ClientCamera | None = None
+        self.last_image: np.ndarray | None = None  # the frame most recently sent
+        self.worker = LatestRenderWorker(
+            self.render, self.deliver, viewer.resolutions, viewer.options.rest_s, viewer.report_error
+        )
+        client.camera.on_update(self._camera_moved)
+
+    def _camera_moved(self, camera) -> None:
+        self.camera = ClientCamera.from_handle(camera)
+        self.rerender()
+
+    def rerender(self) -> None:
+        if self.camera is not None and self.viewer.mode == SERVER_MODE:
+            self.worker.request(self.camera)
+
+    def render(self, camera: ClientCamera, max_res: int) -> np.ndarray:
+        view = client_view(camera, max_res, self.viewer.options.device)
+        return render_rgb8(self.viewer.holder.get(), view)
+
+    def deliver(self, image: np.ndarray, still: bool) -> None:
+        self.last_image = image
+        self.client.scene.set_background_image(image, format="jpeg", jpeg_quality=self.viewer.jpeg_quality())
+        self.viewer.show_frame_stats(image, self.worker.last_seconds, still)
+
+
+class Viewer:
+    def __init__(self, holder: ModelHolder, info: RunInfo, options: ViewerOptions, title: str = "momentumgs"):
+        self.holder = holder
+        self.info = info
+        self.options = options
+        self.sessions: dict[int, ClientSession] = {}
+        self._lock = threading.Lock()
+        self.mode = SERVER_MODE
+        self._splats = None  # the scene node of browser splats, while shown
+        self._splats_count = 0
+        self._shot_numbers = itertools.count(1)
+        self.server = viser.ViserServer(
+            host=options.host, port=options.port, label=title, verbose=options.verbose
+        )
+        self.server.gui.configure_theme(control_width="large")
+        if info.up is not None:
+            self.server.scene.set_up_direction(tuple(float(v) for v in info.up))
+        # parent frames: hiding one hides its group
+        self.groups = {
+            name: self.server.scene.add_frame(name, show_axes=False) for name in ("/cameras", "/blocks")
+        }
+        self._add_gui()
+        self._add_cameras()
+        self._add_blocks()
+        self.server.on_client_connect(self._connect)
+        self.server.on_client_disconnect(self._disconnect)
+        holder.on_change(self._model_changed)
+        if options.splats:
+            self.set_mode(BROWSER_MODE)
+
+    # --- server ----------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.server.get_host()}:{self.server.get_port()}"
+
+    def watching(self) -> bool:
+        """Is any browser connected? (Live training copies the model only then.)"""
+        return bool(self.sessions)
+
+    def stop(self) -> None:
+        with self._lock:
+            sessions, self.sessions = list(self.sessions.values()), {}
+        for s in sessions:
+            s.worker.stop()
+        self.server.stop()
+
+    def _connect(self, client: viser.ClientHandle) -> None:
+        session = ClientSession(client, self)
+        with self._lock:
+            self.sessions[client.client_id] = session
+        start = self.start_pose()
+        if start is not None:
+            move_client_to(client, start, self.info.up, self.look_distance())
+
+    def _disconnect(self, client: viser.ClientHandle) -> None:
+        with self._lock:
+            session = self.sessions.pop(client.client_id, None)
+        if session is not None:
+            session.worker.stop()
+
+    def _model_changed(self) -> None:
+        with self._lock:
+            sessions = list(self.sessions.values())
+        for s in sessions:
+            s.rerender()
+        self._show_model_stats()
+
+    # --- camera placement ------------------------------------------------------------------------
+
+    def start_pose(self) -> CameraPose | None:
+        """Where a new tab starts: the first training camera, else looking at the model from above."""
+        if self.info.train_cameras:
+            return scene_camera_pose(self.info.train_cameras[0])
+        points = content_positions(self.holder.get())
+        return None if points is None else overview_pose(points, self.info.up)
+
+    def look_distance(self) -> float:
+        return 0.25 * scene_size(self.info, self.holder)
+
+    # --- scene decorations -----------------------------------------------------------------------
+
+    def _add_cameras(self) -> None:
+        scale = 0.03 * scene_size(self.info, self.holder)
+        for i, cam in enumerate(self.info.train_cameras):
+            pose = scene_camera_pose(cam)
+            frustum = self.server.scene.add_camera_frustum(
+                f"/cameras/{i:05d}",
+                fov=pose.fov,
+                aspect=pose.aspect,
+                scale=scale,
+                thickness=1.5,
+                thickness_units="screen",
+                color=(255, 160, 40),
+                wxyz=pose.wxyz,
+                position=pose.position,
+            )
+            frustum.on_click(self._jump_handler(pose))
+
+    def _jump_handler(self, pose: CameraPose):
+        def jump(event) -> None:
+            move_client_to(event.client, pose, self.info.up, self.look_distance())
+
+        return jump
+
+    def _add_blocks(self) -> None:
+        for box in self.info.blocks:
+            color = BLOCK_COLORS[box.index % len(BLOCK_COLORS)]
+            center = (box.world_min + box.world_max) / 2
+            self.server.scene.add_box(
+                f"/blocks/{box.index:03d}",
+                color=color,
+                dimensions=tuple(float(v) for v in box.world_max - box.world_min),
+                wireframe=True,
+                position=center,
+            )
+            self.server.scene.add_label(f"/blocks/{box.index:03d}/label", f"block {box.index}")
+
+    # --- control panel ---------------------------------------------------------------------------
+
+    def _add_gui(self) -> None:
+        gui = self.server.gui
+        o = self.options
+        with gui.add_folder("Rendering"):
+            self.preview_slider = gui.add_slider("preview px", 64, 1920, 16, o.max_res)
+            self.still_slider = gui.add_slider("still px", 64, 3840, 16, o.still_res or 2 * o.max_res)
+            self.quality_slider = gui.add_slider("JPEG quality", 30, 100, 1, 85)
+            if self.splat_mode_possible():
+                mode = gui.add_dropdown("renderer", (SERVER_MODE, BROWSER_MODE), initial_value=SERVER_MODE)
+                mode.on_update(lambda _: self.set_mode(mode.value))
+            self.frame_text = gui.add_markdown("no frame yet")
+            self.model_text = gui.add_markdown("")
+        self._show_model_stats()
+        with gui.add_folder("Screenshot"):
+            gui.add_button("Save screenshot").on_click(self._screenshot_clicked)
+            self.shot_text = gui.add_markdown(f"saved to `{o.screenshot_dir}`")
+        with gui.add_folder("Scene"):
+            cameras = gui.add_checkbox("training cameras", True)
+            cameras.on_update(lambda _: self._set_visible("/cameras", cameras.value))
+            blocks = gui.add_checkbox("block cells", True)
+            blocks.on_update(lambda _: self._set_visible("/blocks", blocks.value))
+        if self.info.block_metrics:
+            with gui.add_folder("Blocks"):
+                gui.add_markdown(metrics_markdown(self.info.block_metrics))
+
+    def _set_visible(self, group: str, visible: bool) -> None:
+        self.groups[group].visible = visible
+
+    def resolutions(self) -> tuple[int, int]:
+        preview = int(self.preview_slider.value)
+        return preview, max(preview, int(self.still_slider.value))
+
+    def jpeg_quality(self) -> int:
+        return int(self.quality_slider.value)
+
+    def show_frame_stats(self, image: np.ndarray, seconds: float, still: bool) -> None:
+        kind = "still" if still else "preview"
+        self.frame_text.content = (
+            f"{kind} {image.shape[1]}x{image.shape[0]} rendered in {seconds * 1000:.0f} ms"
+        )
+
+    def _show_model_stats(self) -> None:
+        self.model_text.content = content_summary(self.holder.get())
+
+    # --- renderer mode ---------------------------------------------------------------------------
+
+    def splat_mode_possible(self) -> bool:
+        """Browser splats need the exporter and a fixed model (a live one would need a bake per snapshot)."""
+        content = self.holder.get()
+        return export_available() and content is not None and not getattr(content, "info", {}).get("live")
+
+    def set_mode(self, mode: str) -> None:
+        """Server rendering (frames pushed as the background), or baked splats drawn by the browser."""
+        if mode == BROWSER_MODE and not self.splat_mode_possible():
+            raise UserError("browser splats need the exporter (momentumgs.export) and a trained model")
+        self.mode = mode
+        with self._lock:
+            sessions = list(self.sessions.values())
+        if mode == BROWSER_MODE:
+            self._show_splats()
+            for s in sessions:
+                s.client.scene.set_background_image(None)
+            self.frame_text.content = f"{self._splats_count} splats drawn by the browser"
+        else:
+            if self._splats is not None:
+                self._splats.remove()
+                self._splats = None
+            for s in sessions:
+                s.rerender()
+
+    def _show_splats(self) -> None:
+        content = self.holder.get()
+        baked = content if is_baked(content) else bake_for_browser(content, self.info.train_cameras)
+        arrays = browser_splat_arrays(baked)
+        self._splats_count = len(arrays["centers"])
+        self._splats = self.server.scene.add_gaussian_splats("/splats", **arrays)
+
+    def report_error(self, exc: BaseException) -> None:
+        self.frame_text.content = f"render failed: {type(exc).__name__}: {exc}"
+
+    # --- screenshots -----------------------------------------------------------------------------
+
+    def _screenshot_clicked(self, event) -> None:
+        session = self.sessions.get(event.client.client_id)
+        if session is None or session.camera is None:
+            return
+        try:
+            path = self.save_screenshot(session.camera)
+        except (UserError, OSError) as exc:
+            event.client.add_notification("No screenshot", str(exc), auto_close_seconds=8.0, color="red")
+            return
+        self.shot_text.content = f"saved `{path}`"
+        event.client.add_notification("Screenshot saved", str(path), auto_close_seconds=5.0)
+
+    def save_screenshot(self, camera: ClientCamera) -> Path:
+        """Render `camera` at the still resolution and write it as a PNG; -> its path."""
+        from PIL import Image
+
+        _, still = self.resolutions()
+        image = render_rgb8(self.holder.get(), client_view(camera, still, self.options.device))
+        if self.mode == BROWSER_MODE:
+            raise UserError("screenshots are rendered on the server: switch the renderer to the server mode")
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(self.options.screenshot_dir) / f"view-{stamp}-{next(self._shot_numbers):03d}.png"
+        write_bytes_atomic(path, buffer.getvalue())
+        return path.resolve()
+
+
+def scene_size(info: RunInfo, holder: ModelHolder) -> float:
+    """A length for frustum sizes and orbit distances: the extent of the cameras, else of the model."""
+    if len(info.train_cameras) > 1:
+        points = np.stack([c.center for c in info.train_cameras])
+    else:
+        model = holder.get()
+        if model is None or model.field.n_anchors < 2:
+            return 1.0
+        points = model.field.positions.detach().cpu().numpy()
+    lo, hi = np.percentile(points, [2, 98], axis=0)
+    return float(max(np.linalg.norm(hi - lo), 1e-3))
+
+
+def overview_pose(points: np.ndarray, up: np.ndarray | None, fov: float = 0.9) -> CameraPose:
+    """A camera above and beside the points' bounding box, looking at its centre."""
+    import viser.transforms as vtf
+
+    up = np.array([0.0, 0.0, 1.0]) if up is None else np.asarray(up, dtype=np.float64)
+    lo, hi = np.percentile(points, [2, 98], axis=0)
+    center, radius = (lo + hi) / 2, max(float(np.linalg.norm(hi - lo)) / 2, 1e-3)
+    side = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
+    position = center + radius * (1.2 * up + 1.6 * side / np.linalg.norm(side))
+    forward = (center - position) / np.linalg.norm(center - position)
+    right = np.cross(forward, up)
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    R_wc = np.stack([right, down, forward], axis=1)
+    return CameraPose(position, vtf.SO3.from_matrix(R_wc).wxyz, fov, 4 / 3)

@@ -1,0 +1,113 @@
+"""Show a model while it trains: the trainers call `on_step(trainer)` after every step; this hook copies
+their current anchors and decoder every few seconds, and only while a browser is connected.
+
+The copy is made on the training thread between two steps, so it never sees a half-updated model and the
+trainer needs no lock; rendering then works on the copy in the viewer's own threads. A multi-block run
+holds only its slot blocks in memory: each block is shown as it was when it was last in a slot (blocks not
+yet trained are missing), each cut to its own cell as the final merge does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from momentumgs.model.anchors import AnchorField
+from momentumgs.model.decoder import GaussianDecoder
+from momentumgs.model.store import AnchorModel, DecoderSpec
+
+from .models import ModelHolder
+
+
+def copy_field(field: AnchorField, keep: torch.Tensor | None = None) -> AnchorField:
+    """A detached copy of `field` (only the anchors in `keep` when given)."""
+
+    def take(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        return t[keep] if keep is not None else t.clone()
+
+    return AnchorField(
+        positions=take(field.positions),
+        features=nn.Parameter(take(field.features), requires_grad=False),
+        offsets=nn.Parameter(take(field.offsets), requires_grad=False),
+        log_scales=nn.Parameter(take(field.log_scales), requires_grad=False),
+        voxel_size=field.voxel_size,
+    )
+
+
+def copy_decoder(spec: DecoderSpec, decoder: GaussianDecoder) -> GaussianDecoder:
+    copy = spec.build().to(next(decoder.parameters()).device)
+    copy.load_state_dict(decoder.state_dict())
+    return copy.requires_grad_(False).eval()
+
+
+def concat_fields(fields: list[AnchorField]) -> AnchorField:
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(f, name).detach() for f in fields])
+
+    return AnchorField(
+        positions=cat("positions"),
+        features=nn.Parameter(cat("features"), requires_grad=False),
+        offsets=nn.Parameter(cat("offsets"), requires_grad=False),
+        log_scales=nn.Parameter(cat("log_scales"), requires_grad=False),
+        voxel_size=fields[0].voxel_size,
+    )
+
+
+class TrainingSnapshots:
+    """The `on_step` hook of a SingleBlockTrainer or MultiBlockTrainer."""
+
+    def __init__(
+        self, holder: ModelHolder, interval_s: float = 3.0, watching: Callable[[], bool] | None = None
+    ):
+        self.holder = holder
+        self.interval_s = interval_s
+        self.watching = watching or (lambda: True)  # () -> bool: is any client connected?
+        self._last = -float("inf")
+        self._blocks: dict[int, tuple[AnchorField, GaussianDecoder | None]] = {}
+        self.snapshots = 0
+        self.seconds = 0.0  # time spent copying, on the training thread
+
+    def __call__(self, trainer) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s or not self.watching():
+            return
+        self._last = now
+        with torch.no_grad():
+            model = self._snapshot(trainer)
+        self.holder.set(model)
+        self.snapshots += 1
+        self.seconds += time.monotonic() - now
+
+    def _snapshot(self, trainer) -> AnchorModel:
+        if hasattr(trainer, "resident"):  # MultiBlockTrainer
+            return self._multi_block(trainer)
+        info = {"iteration": trainer.block.iteration, "live": True}
+        return AnchorModel(
+            copy_field(trainer.block.field), copy_decoder(trainer.spec, trainer.decoder), trainer.spec, info
+        )
+
+    def _multi_block(self, trainer) -> AnchorModel:
+        shared = trainer.cfg.method.shared_decoder
+        for b, block in trainer.resident.values():
+            field = block.field
+            owner = trainer.partition.block_of_points(field.positions.detach().cpu().double().numpy())
+            keep = torch.from_numpy(owner == b).to(field.positions.device)
+            decoder = None if shared else copy_decoder(trainer.spec, trainer.decoder_of(b).module)
+            self._blocks[b] = (copy_field(field, keep), decoder)
+        ids = sorted(self._blocks)
+        fields = [self._blocks[b][0] for b in ids]
+        info = {"iteration": trainer.global_step, "live": True, "blocks_shown": ids}
+        model = AnchorModel(
+            concat_fields(fields), copy_decoder(trainer.spec, trainer.decoder), trainer.spec, info
+        )
+        if not shared:  # the ablation's independent decoders: each anchor decoded by its block's own
+            model.block_decoders = [self._blocks[b][1] for b in ids]
+            counts = torch.tensor([f.n_anchors for f in fields])
+            model.anchor_block = torch.repeat_interleave(torch.arange(len(ids)), counts).to(
+                fields[0].positions.device
+            )
+        return model
