@@ -344,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--lines", action="store_true", help="preview: join cameras to the other blocks they train"
     )
     p.set_defaults(func=cmd_partition)
+
+    from momentumgs.prepare.cli import add_prepare_parser
+
+    add_prepare_parser(sub)
     return parser
 
 
