@@ -263,6 +263,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from momentumgs.export.commands import cmd_export as run
+
+    return run(args)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from momentumgs.export.commands import cmd_render as run
+
+    return run(args)
+
+
 def _free_run_dir(base: str) -> str:
     """`base`, or `base-2`, `base-3`, ...: the demo never writes into an earlier run."""
     path, n = Path(base), 2
@@ -310,6 +322,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="bake a trained run into explicit Gaussians: PLY, .splat or SPZ")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", choices=["ply", "splat", "spz"], help="default: from --out's suffix, else ply")
+    p.add_argument("--out", help="output file (default RUN/export/model.<format>)")
+    p.add_argument("--sh-degree", type=int, default=3, choices=[0, 1, 2, 3], help="SH degree of the colours")
+    p.add_argument(
+        "--refine", type=int, default=0, metavar="STEPS", help="fit the bake to the model's renders"
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("render", help="render views of a run or of a baked .ply / .spz to PNG files")
+    p.add_argument("source", help="run folder, or a .ply / .spz file (cameras from its run or --scene)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--view", type=int, help="camera index in the scene")
+    which.add_argument("--all-test", action="store_true", help="every test view")
+    p.add_argument("--out", required=True, help="output folder for the PNG files")
+    p.add_argument("--scene", help="COLMAP scene for the cameras (default: the run's)")
+    p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("demo-scene", help="render the demo city and reconstruct it with SfM into OUT")
     p.add_argument("out", help="output folder (a COLMAP scene: images/, sparse/0, ground_truth/)")

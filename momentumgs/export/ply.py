@@ -129,7 +129,9 @@ def _from_columns(path: Path, data: dict[str, np.ndarray], degree: int) -> Baked
     if (log_scales > 80).any():  # exp overflows float32: a broken or foreign file, not a Gaussian
         raise UserError(f"{path}: log-scales above 80 (not a 3DGS PLY with log scales?)")
     dc = stack([f"f_dc_{i}" for i in range(3)])  # [M, 3]
-    rest = stack([f"f_rest_{i}" for i in range(3 * (b - 1))]).reshape(m, 3, b - 1).transpose(1, 2)
+    rest = torch.zeros(m, 0, 3)
+    if b > 1:
+        rest = stack([f"f_rest_{i}" for i in range(3 * (b - 1))]).reshape(m, 3, b - 1).transpose(1, 2)
     return BakedGaussians(
         means=stack(["x", "y", "z"]),
         quats=quats / norms[:, None],

@@ -1,0 +1,157 @@
+"""`momentumgs export` and `momentumgs render`: the command bodies (cli.py imports this module lazily)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from momentumgs.config import load_config
+from momentumgs.errors import UserError
+from momentumgs.export.bake import bake
+from momentumgs.export.gaussians import BakedGaussians, render_baked
+from momentumgs.export.ply import read_ply, write_ply
+from momentumgs.export.refine import refine_baked
+from momentumgs.export.splat import write_splat
+from momentumgs.export.spz import read_spz, write_spz
+from momentumgs.io_utils import write_bytes_atomic
+
+FORMATS = {"ply": write_ply, "splat": write_splat, "spz": write_spz}
+BAKED_SUFFIXES = (".ply", ".spz")
+
+
+def load_run(run_dir: str | Path, device: str = "cpu"):
+    """The trained model and config of a run folder. -> (AnchorModel, Config)"""
+    from momentumgs.model.store import load_model
+    from momentumgs.train.trainer import RunPaths
+
+    paths = RunPaths(Path(run_dir))
+    if not paths.root.is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
+    if not paths.config.is_file():
+        raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
+    if not paths.model.is_file():
+        raise UserError(f"{run_dir}: no trained model (expected {paths.model}); has training finished?")
+    return load_model(paths.model, device), load_config(paths.config)
+
+
+def _scene_or_none(cfg):
+    """The run's scene for its training cameras; None (with a warning) when it cannot be loaded."""
+    from momentumgs.cli import load_scene
+
+    try:
+        return load_scene(cfg)
+    except UserError as exc:
+        print(f"momentumgs: warning: {exc}; baking from sphere directions only", file=sys.stderr)
+        return None
+
+
+def export_run(
+    run_dir: str | Path,
+    fmt: str | None = None,
+    out: str | Path | None = None,
+    sh_degree: int = 3,
+    refine_steps: int = 0,
+) -> tuple[Path, BakedGaussians]:
+    """Bake the model of `run_dir` and write it as `fmt` (from `out`'s suffix when not given; default ply)
+    to `out` (default RUN/export/model.<ext>). -> (path written, the Gaussians)"""
+    if fmt is None:
+        suffix = Path(out).suffix.lstrip(".").lower() if out else ""
+        fmt = suffix if suffix in FORMATS else "ply"
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    model, cfg = load_run(run_dir)
+    scene = _scene_or_none(cfg)
+    baked = bake(model, scene, sh_degree=sh_degree)
+    if refine_steps > 0 and scene is not None:
+        baked = refine_baked(baked, model, scene, refine_steps)
+    path = Path(out) if out else Path(run_dir) / "export" / f"model.{fmt}"
+    try:
+        FORMATS[fmt](path, baked)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    return path, baked
+
+
+def cmd_export(args) -> int:
+    t0 = time.perf_counter()
+    path, baked = export_run(args.run, args.format, args.out, args.sh_degree, args.refine)
+    size_mb = path.stat().st_size / 1e6
+    print(
+        f"{baked.count} Gaussians (of {baked.info.get('slots')} neural Gaussian slots, SH degree "
+        f"{args.sh_degree}) -> {path} ({size_mb:.2f} MB) in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def read_baked(path: str | Path) -> BakedGaussians:
+    """A baked file: .ply (INRIA layout) or .spz."""
+    path = Path(path)
+    if path.suffix.lower() == ".spz":
+        return read_spz(path)
+    return read_ply(path)
+
+
+def _config_near(path: Path):
+    """The config.yaml of the run a baked file was exported from (RUN/export/model.ply), if any."""
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return load_config(folder / "config.yaml")
+    return None
+
+
+def cmd_render(args) -> int:
+    from momentumgs.cli import load_scene
+    from momentumgs.render.anchors import camera_view, render_model_view
+
+    source = Path(args.source)
+    if source.suffix.lower() in BAKED_SUFFIXES:
+        baked = read_baked(source)
+        cfg = _config_near(source)
+        if args.scene:
+            cfg = cfg or load_config(None)
+            cfg.data.path = args.scene
+        if cfg is None:
+            raise UserError(f"{source}: no run config beside it; pass --scene SCENE for the cameras")
+
+        def render(view):
+            return render_baked(baked, view)[0]
+    else:
+        model, cfg = load_run(source)
+        if args.scene:
+            cfg.data.path = args.scene
+
+        def render(view):
+            return render_model_view(model, view)
+
+    scene = load_scene(cfg)
+    ids = list(scene.test_ids) if args.all_test else [args.view]
+    for i in ids:
+        if not 0 <= i < len(scene.cameras):
+            raise UserError(f"--view {i}: the scene has views 0 to {len(scene.cameras) - 1}")
+    out_dir = Path(args.out)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i in ids:
+            cam = scene.cameras[i]
+            image = render(camera_view(cam, "cpu", i)).clamp(0.0, 1.0)
+            path = out_dir / f"{Path(cam.name).stem}.png"
+            write_png(path, image)
+    print(f"{len(ids)} view(s) rendered to {out_dir} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def write_png(path: Path, image: torch.Tensor) -> None:
+    """[H, W, 3] float in [0, 1] -> 8-bit PNG, written atomically."""
+    rgb = (image.detach().cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise UserError(f"{path}: PNG encoding failed")
+    try:
+        write_bytes_atomic(path, data.tobytes())
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from None
