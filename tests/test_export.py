@@ -456,3 +456,17 @@ def test_splat_transform_reads_our_ply_and_spz(tmp_path):
     assert (via_them.opacities - g.opacities).abs().max() <= 0.5 / 255 + 1e-6
     assert (via_them.sh[:, 0] - g.sh[:, 0]).abs().max() <= 0.5 / (0.15 * 255) + 1e-5
     assert (via_them.quats * g.quats).sum(dim=1).abs().min() > 0.99
+
+    # Our .splat -> their PLY: the same Gaussians (in the file's sorted order) within 8-bit colour / alpha.
+    print(_convert(exe, write_splat(tmp_path / "ours.splat", g), tmp_path / "from_splat.ply"))
+    from_splat = read_ply(tmp_path / "from_splat.ply")
+    assert from_splat.count == g.count
+    mine = g.means[:, 0].argsort()
+    theirs_order = from_splat.means[:, 0].argsort()
+    assert torch.equal(from_splat.means[theirs_order], g.means[mine])
+    assert torch.allclose(from_splat.scales[theirs_order], g.scales[mine], rtol=1e-4)
+    assert (from_splat.opacities[theirs_order] - g.opacities[mine]).abs().max() <= 1.5 / 255
+    rgb_theirs = 0.5 + SH_C0 * from_splat.sh[theirs_order, 0]
+    rgb_ours = (0.5 + SH_C0 * g.sh[mine, 0]).clamp(0, 1)
+    assert (rgb_theirs - rgb_ours).abs().max() <= 1.5 / 255
+    assert (from_splat.quats[theirs_order] * g.quats[mine]).sum(dim=1).abs().min() > 0.98
