@@ -19,6 +19,7 @@ from momentumgs.train.trainer import start_or_resume
 
 # 64x48 views (the 256x192 test city downscaled by 4), densification early and often.
 SMALL = [
+    "partition.block_dim=[1,1,1]",  # one block over the whole scene: the single-block trainer
     "data.downscale=4",
     "train.threads=1",
     "train.device=cpu",

@@ -30,12 +30,11 @@ from momentumgs.config import Config
 from momentumgs.data.scene import Scene
 from momentumgs.errors import UserError
 from momentumgs.io_utils import write_text_atomic
-from momentumgs.metrics import psnr, ssim
 from momentumgs.model.anchors import AnchorField, choose_voxel_size, init_anchors_from_points
 from momentumgs.model.decoder import GaussianDecoder, MomentumTeacher
 from momentumgs.model.store import AnchorModel, DecoderSpec, save_model
 from momentumgs.partition import Partition
-from momentumgs.render.anchors import camera_view, render_anchor_view
+from momentumgs.render.anchors import camera_view
 from momentumgs.train.block import Block, StepResult
 from momentumgs.train.block_store import BlockStore
 from momentumgs.train.comm import LocalComm, decoder_checksum
@@ -49,6 +48,7 @@ from momentumgs.train.trainer import (
     decoder_spec,
     gt_image,
     spatial_scale,
+    view_quality,
 )
 from momentumgs.train.weighting import BlockQuality, block_weights
 
@@ -311,14 +311,8 @@ class MultiBlockTrainer:
     def _measure_quality(self, block_id: int, block: Block) -> None:
         """PSNR / SSIM of the block on every `weighting_view_stride`-th of its training views."""
         ids = block.sampler.view_ids[:: self.cfg.method.weighting_view_stride]
-        values = []
-        for i in ids:
-            decoder = self.decoder_of(block_id).module
-            image = render_anchor_view(block.field, decoder, self.views[i]).image.clamp(0, 1)
-            gt = gt_image(self.scene, i, self.device)
-            values.append((float(psnr(image, gt)), float(ssim(image, gt))))
-        mean = np.asarray(values).mean(0)
-        self.qualities[block_id].update(float(mean[0]), float(mean[1]))
+        decoder = self.decoder_of(block_id).module
+        self.qualities[block_id].update(*view_quality(block.field, decoder, self.scene, self.views, ids))
 
     def _sync_weights(self) -> None:
         """Share every block's smoothed quality (each is known to its owner only), then reweight."""

@@ -26,7 +26,7 @@ from momentumgs.errors import UserError
 from momentumgs.io_utils import write_text_atomic
 from momentumgs.model.anchors import init_anchors_from_points
 from momentumgs.model.store import AnchorModel, DecoderSpec, save_model
-from momentumgs.render.anchors import camera_view, render_anchor_view
+from momentumgs.render.anchors import View, camera_view, render_anchor_view
 from momentumgs.train.block import Block, StepResult
 from momentumgs.train.optimizers import apply_schedules, decoder_optimizer, lr_schedules
 
@@ -68,6 +68,20 @@ def decoder_spec(cfg: Config, scene: Scene) -> DecoderSpec:
 
 def gt_image(scene: Scene, index: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(scene.load_image(index)).to(device=device, dtype=torch.float32) / 255.0
+
+
+@torch.no_grad()
+def view_quality(field, decoder, scene: Scene, views: list[View], ids: list[int]) -> tuple[float, float]:
+    """Mean PSNR and SSIM of the anchor model over the views `ids` (for logs and block weights)."""
+    from momentumgs.metrics import psnr, ssim
+
+    values = []
+    for i in ids:
+        image = render_anchor_view(field, decoder, views[i]).image.clamp(0, 1)
+        gt = gt_image(scene, i, views[i].viewmat.device)
+        values.append((float(psnr(image, gt)), float(ssim(image, gt))))
+    mean = np.asarray(values).mean(0)
+    return float(mean[0]), float(mean[1])
 
 
 class MetricsLog:
@@ -214,19 +228,12 @@ class SingleBlockTrainer:
     @torch.no_grad()
     def quick_eval(self, max_views: int = 0) -> dict:
         """Mean PSNR/SSIM on (a subset of) the test views, for the log."""
-        from momentumgs.metrics import psnr, ssim
-
         ids = self.scene.test_ids or self.scene.train_ids[::8]
         if max_views > 0:
             ids = ids[:: max(1, math.ceil(len(ids) / max_views))]
-        values = []
-        for i in ids:
-            image = render_anchor_view(self.block.field, self.decoder, self.views[i]).image.clamp(0, 1)
-            gt = gt_image(self.scene, i, self.device)
-            values.append((float(psnr(image, gt)), float(ssim(image, gt))))
-        arr = np.asarray(values)
+        mean_psnr, mean_ssim = view_quality(self.block.field, self.decoder, self.scene, self.views, ids)
         split = "test" if self.scene.test_ids else "train-subset"
-        return {f"{split}_psnr": float(arr[:, 0].mean()), f"{split}_ssim": float(arr[:, 1].mean())}
+        return {f"{split}_psnr": mean_psnr, f"{split}_ssim": mean_ssim}
 
     def run(self, progress: bool = True, stop_after: int | None = None, on_step=None) -> None:
         """Train until `cfg.train.iterations` (or `stop_after` more steps)."""
