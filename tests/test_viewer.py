@@ -143,6 +143,23 @@ def test_worker_renders_the_latest_request_and_a_still_frame_when_it_rests():
     assert ((49, 100), False) in delivered  # after its preview
 
 
+def test_worker_renders_only_a_preview_for_a_model_update():
+    delivered, done = [], threading.Event()
+
+    def deliver(image, still):
+        delivered.append(image)
+        done.set()
+
+    worker = LatestRenderWorker(lambda camera, res: res, deliver, lambda: (100, 400))
+    try:
+        worker.request("camera", refine=False)
+        assert done.wait(5.0)
+        time.sleep(0.6)  # longer than the rest delay: no still frame follows
+    finally:
+        worker.stop()
+    assert delivered == [100]
+
+
 # --- live training -----------------------------------------------------------------------------------
 
 
@@ -172,6 +189,33 @@ def test_training_snapshots_copy_the_model_between_steps(gt_test_scene, tmp_path
     assert snapshot.field.features.data_ptr() != field.features.data_ptr()  # a copy, not the live tensor
     trainer.run(progress=False, stop_after=2)  # training on does not change the snapshot
     assert not torch.equal(snapshot.field.features, trainer.block.field.features.detach())
+
+
+@pytest.fixture(scope="module")
+def tiny_trained(gt_test_scene, tmp_path_factory):
+    """A single-block trainer after 30 steps on the small demo city (64x48 views)."""
+    trainer = _tiny_trainer(gt_test_scene, tmp_path_factory.mktemp("viewer") / "run")
+    trainer.run(progress=False, stop_after=30)
+    return trainer
+
+
+def test_a_ply_of_baked_gaussians_is_viewed_and_rendered(tiny_trained, tmp_path):
+    from momentumgs_viewer import open_path
+    from momentumgs_viewer.models import render_rgb8
+
+    from momentumgs.export.bake import bake
+    from momentumgs.export.ply import write_ply
+
+    path = write_ply(tmp_path / "baked.ply", bake(tiny_trained.model(), tiny_trained.scene, sh_degree=1))
+    viewer = open_path(path, ViewerOptions(port=0, verbose=False))
+    try:
+        assert viewer.holder.get().count > 0
+        pose = viewer.start_pose()  # no cameras in a PLY: an overview of the Gaussians
+        camera = ClientCamera(tuple(pose.position), tuple(pose.wxyz), pose.fov, pose.aspect)
+        image = render_rgb8(viewer.holder.get(), client_view(camera, 96))
+        assert image.shape == (72, 96, 3) and (image.max(axis=2) > 20).mean() > 0.2  # Gaussians in view
+    finally:
+        viewer.stop()
 
 
 # --- packaging ---------------------------------------------------------------------------------------
@@ -262,9 +306,8 @@ def _frame_as_page(frame: np.ndarray, page_shape) -> np.ndarray:
 
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
-def test_browser_shows_the_render_and_follows_the_camera(gt_test_scene, tmp_path):
-    trainer = _tiny_trainer(gt_test_scene, tmp_path / "run")
-    trainer.run(progress=False, stop_after=30)
+def test_browser_shows_the_render_and_follows_the_camera(tiny_trained, tmp_path):
+    trainer = tiny_trained
     cameras = trainer.scene.train_cameras
     viewer = Viewer(
         ModelHolder(trainer.model()),

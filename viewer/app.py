@@ -58,9 +58,9 @@ class ClientSession:
         self.camera = ClientCamera.from_handle(camera)
         self.rerender()
 
-    def rerender(self) -> None:
+    def rerender(self, refine: bool = True) -> None:
         if self.camera is not None and self.viewer.mode == SERVER_MODE:
-            self.worker.request(self.camera)
+            self.worker.request(self.camera, refine)
 
     def render(self, camera: ClientCamera, max_res: int) -> np.ndarray:
         view = client_view(camera, max_res, self.viewer.options.device)
@@ -137,7 +137,7 @@ class Viewer:
         with self._lock:
             sessions = list(self.sessions.values())
         for s in sessions:
-            s.rerender()
+            s.rerender(refine=False)  # a live model: previews only, until the user moves the camera
         self._show_model_stats()
 
     # --- camera placement ------------------------------------------------------------------------
@@ -292,8 +292,6 @@ class Viewer:
 
         _, still = self.resolutions()
         image = render_rgb8(self.holder.get(), client_view(camera, still, self.options.device))
-        if self.mode == BROWSER_MODE:
-            raise UserError("screenshots are rendered on the server: switch the renderer to the server mode")
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG")
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -307,10 +305,9 @@ def scene_size(info: RunInfo, holder: ModelHolder) -> float:
     if len(info.train_cameras) > 1:
         points = np.stack([c.center for c in info.train_cameras])
     else:
-        model = holder.get()
-        if model is None or model.field.n_anchors < 2:
+        points = content_positions(holder.get())
+        if points is None or len(points) < 2:
             return 1.0
-        points = model.field.positions.detach().cpu().numpy()
     lo, hi = np.percentile(points, [2, 98], axis=0)
     return float(max(np.linalg.norm(hi - lo), 1e-3))
 

@@ -38,10 +38,11 @@ class LatestRenderWorker:
         self._thread = threading.Thread(target=self._loop, name="viewer-render", daemon=True)
         self._thread.start()
 
-    def request(self, camera: Any) -> None:
-        """Render `camera` next, replacing any request not yet started."""
+    def request(self, camera: Any, refine: bool = True) -> None:
+        """Render `camera` next, replacing any request not yet started. `refine=False` skips the still
+        frame (a live model changes every few seconds: its preview is enough, and cheaper for training)."""
         with self._wake:
-            self._pending = camera
+            self._pending = (camera, refine)
             self._wake.notify()
 
     def stop(self) -> None:
@@ -50,30 +51,31 @@ class LatestRenderWorker:
             self._wake.notify()
         self._thread.join(timeout=5)
 
-    def _next(self, timeout: float | None) -> Any:
-        """The newest request (taking it), or None after `timeout` seconds or on stop."""
+    def _next(self, timeout: float | None) -> tuple[Any, bool] | None:
+        """The newest request (camera, refine), taken, or None after `timeout` seconds or on stop."""
         with self._wake:
             if self._pending is None and not self._stopped:
                 self._wake.wait(timeout)
-            camera, self._pending = self._pending, None
-            return None if self._stopped else camera
+            request, self._pending = self._pending, None
+            return None if self._stopped else request
 
     def _loop(self) -> None:
         while True:
-            camera = self._next(None)
-            if camera is None:
+            request = self._next(None)
+            if request is None:
                 if self._stopped:
                     return
                 continue
             # preview, then (if the camera rests) still; a newer request restarts the cycle
-            while camera is not None:
+            while request is not None:
+                camera, refine = request
                 preview, still = self._resolutions()
                 self._render_and_deliver(camera, preview, still=False)
-                newer = self._next(self.rest_s)
-                if newer is None and not self._stopped and still > preview:
+                newer = self._next(self.rest_s if refine else 0)
+                if newer is None and refine and not self._stopped and still > preview:
                     self._render_and_deliver(camera, still, still=True)
                     newer = self._next(0)
-                camera = newer
+                request = newer
 
     def _render_and_deliver(self, camera: Any, max_res: int, still: bool) -> None:
         t0 = time.perf_counter()
