@@ -71,3 +71,15 @@ def test_exp_schedule_endpoints_and_log_linearity():
     assert delayed(0) == pytest.approx(1e-4)
     assert delayed(100) == pytest.approx(s(100))
     assert ExpSchedule(0.004, 0.004, 1000)(300) == 0.004
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    from momentumgs.io_utils import write_text_atomic
+
+    path = tmp_path / "f.txt"
+    write_text_atomic(path, "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~mask
