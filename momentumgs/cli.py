@@ -329,7 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file (default RUN/export/model.<format>)")
     p.add_argument("--sh-degree", type=int, default=3, choices=[0, 1, 2, 3], help="SH degree of the colours")
     p.add_argument(
-        "--refine", type=int, default=0, metavar="STEPS", help="fit the bake to the model's renders"
+        "--refine",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="then fit the Gaussians to the model's renders: passes over the training views (try 2)",
     )
     p.set_defaults(func=cmd_export)
 

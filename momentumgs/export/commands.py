@@ -55,10 +55,11 @@ def export_run(
     fmt: str | None = None,
     out: str | Path | None = None,
     sh_degree: int = 3,
-    refine_steps: int = 0,
+    refine_epochs: int = 0,
 ) -> tuple[Path, BakedGaussians]:
-    """Bake the model of `run_dir` and write it as `fmt` (from `out`'s suffix when not given; default ply)
-    to `out` (default RUN/export/model.<ext>). -> (path written, the Gaussians)"""
+    """Bake the model of `run_dir`, optionally refine it for `refine_epochs` passes over the training views,
+    and write it as `fmt` (from `out`'s suffix when not given; default ply) to `out` (default
+    RUN/export/model.<ext>). -> (path written, the Gaussians)"""
     if fmt is None:
         suffix = Path(out).suffix.lstrip(".").lower() if out else ""
         fmt = suffix if suffix in FORMATS else "ply"
@@ -67,8 +68,8 @@ def export_run(
     model, cfg = load_run(run_dir)
     scene = _scene_or_none(cfg)
     baked = bake(model, scene, sh_degree=sh_degree)
-    if refine_steps > 0 and scene is not None:
-        baked = refine_baked(baked, model, scene, refine_steps)
+    if refine_epochs > 0 and scene is not None:
+        baked = refine_baked(baked, model, scene, refine_epochs * len(scene.train_ids))
     path = Path(out) if out else Path(run_dir) / "export" / f"model.{fmt}"
     try:
         FORMATS[fmt](path, baked)
