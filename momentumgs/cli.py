@@ -316,7 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--view", action="store_true", help="serve a live viewer of the model while it trains")
+    _add_viewer_args(p, prefix="view-")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("view", help="browser viewer of a trained run or of baked Gaussians (.ply)")
+    p.add_argument("path", help="run folder, or a .ply file")
+    _add_viewer_args(p)
+    p.add_argument(
+        "--splats",
+        action="store_true",
+        help="send baked Gaussians to the browser's own splat renderer (no rendering on the server)",
+    )
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("eval", help="evaluate a trained run: PSNR, SSIM, LPIPS (raw and colour-corrected)")
     p.add_argument("run", help="run folder")
@@ -351,19 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="demo", choices=["demo", "test"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-sfm", action="store_true", help="write only the ground-truth model")
-    p.add_argument("--view", action="store_true", help="serve a live viewer of the model while it trains")
-    _add_viewer_args(p, prefix="view-")
     p.set_defaults(func=cmd_demo_scene)
-
-    p = sub.add_parser("view", help="browser viewer of a trained run or of baked Gaussians (.ply)")
-    p.add_argument("path", help="run folder, or a .ply file")
-    _add_viewer_args(p)
-    p.add_argument(
-        "--splats",
-        action="store_true",
-        help="send baked Gaussians to the browser's own splat renderer (no rendering on the server)",
-    )
-    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("info", help="load a COLMAP scene and print its summary")
     p.add_argument("scene", help="scene root holding sparse/0 and images/")
