@@ -432,7 +432,7 @@ class MultiBlockTrainer:
                     "psnr": r.psnr,
                     "consistency": r.consistency,
                     "gaussians": r.n_gaussians,
-                    "weight": self.weights[b],
+                    "weight": self.weights[b] if self.cfg.method.weighting else 1.0,
                 }
                 for b, r in results.items()
             },
