@@ -306,30 +306,17 @@ def ground_texture(p: CityParams, buildings: list[BoxSpec]) -> np.ndarray:
     # the two roads with their sidewalks: a strip along y (x near 0) and one along x (y near 0)
     half_road, g = p.road_width / 2, p.ground_half
     w = half_road + p.sidewalk
-    for x0, x1, y0, y1 in ((-w, w, -g, g), (-g, g, -w, w)):
-        paint(
-            x0,
-            x1,
-            y0,
-            y1,
-            lambda X, Y: np.ones(np.broadcast(X, Y).shape, bool),
-            (0.62, 0.6, 0.58),
-            0.1,
-            1.4,
-            (0.5, 0.8),
-        )
-    for x0, x1, y0, y1 in ((-half_road, half_road, -g, g), (-g, g, -half_road, half_road)):
-        paint(
-            x0,
-            x1,
-            y0,
-            y1,
-            lambda X, Y: np.ones(np.broadcast(X, Y).shape, bool),
-            (0.3, 0.3, 0.32),
-            0.1,
-            1.8,
-            (0.6, 1.0),
-        )
+
+    def everywhere(X, Y):
+        return np.ones(np.broadcast(X, Y).shape, bool)
+
+    # sidewalks first, then the asphalt over their middle; each as a strip along y and one along x
+    for half, color, *texture in (
+        (w, (0.62, 0.6, 0.58), 0.1, 1.4, (0.5, 0.8)),
+        (half_road, (0.3, 0.3, 0.32), 0.1, 1.8, (0.6, 1.0)),
+    ):
+        for x0, x1, y0, y1 in ((-half, half, -g, g), (-g, g, -half, half)):
+            paint(x0, x1, y0, y1, everywhere, color, *texture)
     # markings: dashed centre lines, edge lines, zebra crossings
     X, Y = coords[None, :], coords[:, None]
     near_x, near_y = np.abs(X) + 0 * Y, np.abs(Y) + 0 * X  # [n, n] distance from the road axes

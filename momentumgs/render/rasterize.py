@@ -62,49 +62,13 @@ def rasterize(
     SH colours, packing or distribution are refused, and `pair_budget` (kwarg) bounds the memory: the
     number of (Gaussian, pixel) pairs handled at once.
     """
+    gaussians = (means, quats, scales, opacities, colors, viewmats, Ks, width, height)
+    options = (near_plane, far_plane, backgrounds, eps2d, radius_clip, absgrad)
     if means.is_cuda:
-        return _rasterize_gsplat(
-            means,
-            quats,
-            scales,
-            opacities,
-            colors,
-            viewmats,
-            Ks,
-            width,
-            height,
-            near_plane,
-            far_plane,
-            backgrounds,
-            eps2d,
-            radius_clip,
-            absgrad,
-            packed,
-            render_mode,
-            rasterize_mode,
-            **kwargs,
-        )
+        return _rasterize_gsplat(*gaussians, *options, packed, render_mode, rasterize_mode, **kwargs)
     _check_cpu_options(packed, render_mode, rasterize_mode, kwargs)
-    return _rasterize_cpu(
-        means,
-        quats,
-        scales,
-        opacities,
-        colors,
-        viewmats,
-        Ks,
-        width,
-        height,
-        near_plane,
-        far_plane,
-        backgrounds,
-        eps2d,
-        radius_clip,
-        absgrad,
-        render_mode,
-        rasterize_mode,
-        kwargs.get("pair_budget", DEFAULT_PAIR_BUDGET),
-    )
+    pair_budget = kwargs.get("pair_budget", DEFAULT_PAIR_BUDGET)
+    return _rasterize_cpu(*gaussians, *options, render_mode, rasterize_mode, pair_budget)
 
 
 def _rasterize_gsplat(
