@@ -113,9 +113,11 @@ def render_anchor_view(
     return AnchorRender(image, alpha, anchors, gaussians, meta)
 
 
+@torch.no_grad()
 def render_model_view(model, view: View, background: torch.Tensor | None = None) -> torch.Tensor:
-    """The image [H, W, 3] of a trained `AnchorModel` (model/store.py) from `view`. Models with per-block
-    decoders (the independent-blocks ablation) decode each block's anchors with its own decoder."""
+    """The image [H, W, 3] of a trained `AnchorModel` (model/store.py) from `view`, without gradients (for
+    viewing, evaluation and export). Models with per-block decoders (the independent-blocks ablation)
+    decode each block's anchors with its own decoder."""
     if model.block_decoders is None:
         return render_anchor_view(model.field, model.decoder, view, background).image
     visible = visible_anchors(model.field, view)
