@@ -27,44 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
+from momentumgs.config import DensifyOptions  # the schedule lives with the configs (no torch needed there)
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import NeuralGaussians
 from momentumgs.model.optim import extend_params, keep_rows
-
-
-@dataclass
-class DensifyOptions:
-    """Momentum-GS defaults (Scaffold-GS defaults in comments). Iterations are absolute; a trainer
-    that runs fewer iterations scales them itself."""
-
-    start_iter: int = 500  # collect statistics after this iteration  [500]
-    end_iter: int = 30_000  # ... and before this one  [15000]
-    after_iter: int = 300  # adjust only after this iteration (and inside the window above)  [1500]
-    interval: int = 25  # adjust every `interval` iterations  [100]
-    success_threshold: float = 0.8
-    grad_threshold: float = 0.0002  # mean gradient norm, NDC units
-    min_opacity: float = 0.005
-    levels: int = 3  # update_depth
-    init_factor: int = 128  # growth cell of level 0 in voxels  [16]; cells 128, 32, 8 voxels
-    hierarchy_factor: int = 4  # cell shrink per level; the threshold grows by hierarchy_factor // 2
-    max_log_scale: float = 0.05  # clamp on l[3:6] after pruning
-
-    @property
-    def min_offset_visits(self) -> float:
-        """Slots must be visited more often than this to grow (10 with the defaults)."""
-        return self.interval * self.success_threshold * 0.5
-
-    @property
-    def min_anchor_visits(self) -> float:
-        """Anchors must be visited more often than this to be pruned (20 with the defaults)."""
-        return self.interval * self.success_threshold
-
-    def collects_stats(self, iteration: int) -> bool:
-        return self.start_iter < iteration < self.end_iter
-
-    def adjusts(self, iteration: int) -> bool:
-        due = iteration > self.after_iter and iteration % self.interval == 0
-        return due and self.collects_stats(iteration)
 
 
 class DensifyStats:
