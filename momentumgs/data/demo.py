@@ -40,10 +40,11 @@ MARKER = "demo_scene.json"
 
 
 def demo_sfm_options():
-    """SfM settings of the demo: the renders are distortion free, so a pinhole camera (f, cx, cy)."""
+    """SfM settings of the demo: the renders are distortion free, so a pinhole camera (f, cx, cy); one
+    matching thread, so that the demo's model repeats bit for bit on every machine."""
     from momentumgs.data.sfm import SfmOptions
 
-    return SfmOptions(camera_model="SIMPLE_PINHOLE")
+    return SfmOptions(camera_model="SIMPLE_PINHOLE", matching_threads=1)
 
 
 def image_name(i: int) -> str:

@@ -4,9 +4,9 @@
 .bin), the input every other stage reads. The model is in COLMAP's own similarity frame (arbitrary
 scale, rotation and origin): later stages must not assume metres or an up axis.
 
-Exhaustive matching costs O(n^2) pairs: fine for the demo and for up to a few hundred photos. With the
-default thread counts (one for extraction and mapping) and a fixed seed the model is repeatable bit for
-bit run to run on one machine.
+Exhaustive matching costs O(n^2) pairs: fine for the demo and for up to a few hundred photos. With one
+thread per stage (the demo's settings) and a fixed seed the model repeats bit for bit run to run; several
+matching threads (the default, for speed) may move poses by ~1e-5 of the scene size.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ class SfmOptions:
     single_camera: bool = True  # all photos share one camera (one drone, one lens)
     camera_params: tuple[float, ...] = ()  # optional initial intrinsics, e.g. (f, cx, cy); refined
     max_num_features: int = 4096
-    # threads per stage, -1 = all cores. Measured with pycolmap 4.2.1 on the demo: several extraction
-    # or mapping threads move poses by ~1e-4 of the scene size from run to run; matching threads alone
-    # gave bit-identical models
+    # threads per stage, -1 = all cores. Measured with pycolmap 4.2.1 on the demo: several extraction or
+    # mapping threads move poses by ~1e-4 of the scene size from run to run, and so, now and then, do
+    # several matching threads (a CI run saw 6e-5): where a model must repeat bit for bit (the demo), use
+    # one thread everywhere
     extraction_threads: int = 1
     matching_threads: int = -1
     mapping_threads: int = 1
