@@ -17,6 +17,7 @@ from momentumgs.model.decoder import (
 )
 from momentumgs.model.prefilter import anchor_radii, visible_anchor_mask
 from momentumgs.render.rasterize import rasterize
+from momentumgs.timing import phase
 
 NEAR_PLANE = 0.2
 
@@ -72,19 +73,20 @@ def rasterize_gaussians(
     background: torch.Tensor | None = None,  # [3]
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One view of explicit Gaussians. -> image [H, W, 3], alpha [H, W, 1], meta."""
-    image, alpha, meta = rasterize(
-        means,
-        quats,
-        scales,
-        opacities,
-        colors[None],
-        view.viewmat[None],
-        view.K[None],
-        view.width,
-        view.height,
-        near_plane=NEAR_PLANE,
-        backgrounds=None if background is None else background[None],
-    )
+    with phase("rasterize"):
+        image, alpha, meta = rasterize(
+            means,
+            quats,
+            scales,
+            opacities,
+            colors[None],
+            view.viewmat[None],
+            view.K[None],
+            view.width,
+            view.height,
+            near_plane=NEAR_PLANE,
+            backgrounds=None if background is None else background[None],
+        )
     return image[0], alpha[0], meta
 
 
@@ -96,11 +98,13 @@ def render_anchor_view(
     visible: torch.Tensor | None = None,
 ) -> AnchorRender:
     """Decode the anchors visible from `view` with `decoder` and rasterize their neural Gaussians."""
-    if visible is None:
-        visible = visible_anchors(field, view)
-    anchors = gather_anchors(field, visible)
+    with phase("prefilter"):
+        if visible is None:
+            visible = visible_anchors(field, view)
+        anchors = gather_anchors(field, visible)
     appearance_id = view.index if decoder.appearance is not None else None
-    gaussians = decode(decoder, anchors, view.center, appearance_id=appearance_id)
+    with phase("decode"):
+        gaussians = decode(decoder, anchors, view.center, appearance_id=appearance_id)
     image, alpha, meta = rasterize_gaussians(
         gaussians.means,
         gaussians.quats,

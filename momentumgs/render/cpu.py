@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from momentumgs.render.projection import ALPHA_THRESHOLD
+from momentumgs.timing import phase
 
 MAX_ALPHA = 0.999
 LOG_STOP_TRANSMITTANCE = math.log(1e-4)  # the pixel stops once T would fall to 1e-4
@@ -291,6 +292,11 @@ class _Blend(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, v_image, v_alphas):
+        with phase("rasterize_backward"):
+            return _Blend._backward(ctx, v_image, v_alphas)
+
+    @staticmethod
+    def _backward(ctx, v_image, v_alphas):
         means2d, conics, opacities, colors, backgrounds, flat_ids, pixel_ids, transmittance = (
             ctx.saved_tensors
         )

@@ -17,6 +17,7 @@ from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import GaussianDecoder, consistency_loss, decode
 from momentumgs.model.densify import AdjustReport, DensifyStats, adjust_anchors
 from momentumgs.render.anchors import View, render_anchor_view
+from momentumgs.timing import phase
 from momentumgs.train.losses import photometric_loss, volume_loss
 from momentumgs.train.optimizers import anchor_optimizer, apply_schedules, lr_schedules
 from momentumgs.train.sampler import ViewSampler
@@ -69,21 +70,26 @@ class Block:
         cfg = self.cfg
         apply_schedules(self.optimizer, self.schedules, self.iteration)
         render = render_anchor_view(self.field, decoder, view)
-        photo = photometric_loss(render.image, gt, cfg.lambda_dssim)
-        loss = photo.loss + cfg.lambda_volume * volume_loss(render.gaussians.scales)
+        with phase("loss"):
+            photo = photometric_loss(render.image, gt, cfg.lambda_dssim)
+            loss = photo.loss + cfg.lambda_volume * volume_loss(render.gaussians.scales)
         cons = torch.zeros(())
         if teacher is not None and lambda_consistency > 0:
-            target = decode(teacher, render.anchors, view.center, keep=render.gaussians.keep)
-            cons = consistency_loss(render.gaussians, target)
-            loss = loss + lambda_consistency * cons
+            with phase("teacher_decode"):
+                target = decode(teacher, render.anchors, view.center, keep=render.gaussians.keep)
+            with phase("consistency"):
+                cons = consistency_loss(render.gaussians, target)
+                loss = loss + lambda_consistency * cons
         loss = weight * loss
         finite = bool(torch.isfinite(loss))
         if finite:
-            loss.backward()
+            with phase("backward"):
+                loss.backward()
             if cfg.densify.collects_stats(self.iteration + 1) and render.gaussians.means.shape[0] > 0:
-                means2d = render.meta["means2d"]
-                visible = (render.meta["radii"][0] > 0).all(dim=-1)  # [M]
-                self.stats.add(render.gaussians, means2d.grad[0], visible, view.width, view.height)
+                with phase("densify"):
+                    means2d = render.meta["means2d"]
+                    visible = (render.meta["radii"][0] > 0).all(dim=-1)  # [M]
+                    self.stats.add(render.gaussians, means2d.grad[0], visible, view.width, view.height)
         with torch.no_grad():
             mse = (render.image.detach().clamp(0, 1) - gt).square().mean()
         return StepResult(
@@ -99,13 +105,16 @@ class Block:
 
     def step(self, finite: bool = True) -> AdjustReport | None:
         """Apply the anchor gradients (unless the loss was not finite), then grow/prune when due."""
-        if finite and self._grads_finite():
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with phase("optimizer"):
+            if finite and self._grads_finite():
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
         if self.cfg.densify.adjusts(self.iteration):
-            report = adjust_anchors(self.field, self.stats, self.optimizer, self.cfg.densify, self.generator)
-            return report
+            with phase("densify"):
+                return adjust_anchors(
+                    self.field, self.stats, self.optimizer, self.cfg.densify, self.generator
+                )
         return None
 
     def _grads_finite(self) -> bool:

@@ -35,6 +35,7 @@ from momentumgs.model.decoder import GaussianDecoder, MomentumTeacher
 from momentumgs.model.store import AnchorModel, DecoderSpec, save_model
 from momentumgs.partition import Partition
 from momentumgs.render.anchors import camera_view
+from momentumgs.timing import phase
 from momentumgs.train.block import Block, StepResult
 from momentumgs.train.block_store import BlockStore
 from momentumgs.train.comm import LocalComm, decoder_checksum
@@ -236,15 +237,17 @@ class MultiBlockTrainer:
     def train_step(self) -> dict[int, StepResult]:
         mc = self.cfg.method
         active = {w: self.schedule.current(w) for w in self.comm.local_workers()}
-        self._make_resident(active)
+        with phase("swap"):
+            self._make_resident(active)
         stepping = (
             self.decoders
             if mc.shared_decoder
             else [self.decoders[b] for b in active.values() if b is not None]
         )
-        for state in stepping:
-            if state.teacher is not None:
-                state.teacher.update(state.module, mc.momentum)  # before the forward pass
+        with phase("teacher_update"):
+            for state in stepping:
+                if state.teacher is not None:
+                    state.teacher.update(state.module, mc.momentum)  # before the forward pass
 
         results: dict[int, StepResult] = {}
         for w, b in active.items():
@@ -253,20 +256,24 @@ class MultiBlockTrainer:
             block, decoder = self.resident[w][1], self.decoder_of(b)
             index = block.sampler.next()
             weight = self.weights[b] if mc.weighting else 1.0
+            with phase("data"):
+                gt = gt_image(self.scene, index, self.device)
             results[b] = block.forward_backward(
                 decoder.module,
                 self.views[index],
-                gt_image(self.scene, index, self.device),
+                gt,
                 teacher=decoder.teacher.module if decoder.teacher is not None else None,
                 lambda_consistency=mc.lambda_consistency,
                 weight=weight,
             )
         if mc.shared_decoder:
-            finite = self._average_decoder_grads(results)
+            with phase("allreduce"):
+                finite = self._average_decoder_grads(results)
         else:  # independent decoders: each learns from its own block only; nothing crosses workers
             finite = all(r.finite for r in results.values())
-        for state in stepping:
-            state.step(self.global_step, finite)
+        with phase("optimizer"):
+            for state in stepping:
+                state.step(self.global_step, finite)
         if finite:
             self.bad_steps = 0
         else:
@@ -279,8 +286,10 @@ class MultiBlockTrainer:
             block = self.resident[w][1]
             block.step(finite)
             if block.iteration % mc.weighting_every == 0:
-                self._measure_quality(b, block)
-        self._sync_weights()
+                with phase("weighting"):
+                    self._measure_quality(b, block)
+        with phase("weighting"):
+            self._sync_weights()
         self.schedule.advance()
         self.global_step += 1
         if self.bad_steps >= MAX_BAD_STEPS:
@@ -414,7 +423,8 @@ class MultiBlockTrainer:
                 if mc.checksum_every > 0 and step % mc.checksum_every == 0:
                     self.check_replicas()
                 if tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0:
-                    self.save_checkpoint()
+                    with phase("checkpoint"):
+                        self.save_checkpoint()
         finally:
             bar.close()
         if self.schedule.finished:

@@ -27,6 +27,7 @@ from momentumgs.io_utils import write_text_atomic
 from momentumgs.model.anchors import init_anchors_from_points
 from momentumgs.model.store import AnchorModel, DecoderSpec, save_model
 from momentumgs.render.anchors import View, camera_view, render_anchor_view
+from momentumgs.timing import phase
 from momentumgs.train.block import Block, StepResult
 from momentumgs.train.optimizers import apply_schedules, decoder_optimizer, lr_schedules
 
@@ -204,19 +205,21 @@ class SingleBlockTrainer:
         block = self.block
         index = block.sampler.next()
         apply_schedules(self.decoder_optimizer, self.decoder_schedules, block.iteration)
-        result = block.forward_backward(
-            self.decoder, self.views[index], gt_image(self.scene, index, self.device)
-        )
-        finite = result.finite and all(
-            p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.decoder.parameters()
-        )
+        with phase("data"):
+            gt = gt_image(self.scene, index, self.device)
+        result = block.forward_backward(self.decoder, self.views[index], gt)
+        with phase("optimizer"):
+            finite = result.finite and all(
+                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.decoder.parameters()
+            )
+            if finite:
+                self.decoder_optimizer.step()
+            self.decoder_optimizer.zero_grad(set_to_none=True)
         if finite:
-            self.decoder_optimizer.step()
             self.bad_steps = 0
         else:
             self.skipped_steps += 1
             self.bad_steps += 1
-        self.decoder_optimizer.zero_grad(set_to_none=True)
         block.step(finite)
         if self.bad_steps >= MAX_BAD_STEPS:
             raise TrainingDiverged(
@@ -277,7 +280,8 @@ class SingleBlockTrainer:
                 if tc.eval_every > 0 and it % tc.eval_every == 0 and it < tc.iterations:
                     self.log.write({"iteration": it, **self.quick_eval(tc.eval_views)})
                 if tc.checkpoint_every > 0 and it % tc.checkpoint_every == 0:
-                    self.save_checkpoint()
+                    with phase("checkpoint"):
+                        self.save_checkpoint()
         finally:
             bar.close()
         if block.iteration >= tc.iterations:
