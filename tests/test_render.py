@@ -440,6 +440,46 @@ def test_means2d_grad_and_absgrad_are_populated():
     assert (absgrad >= grad.abs() - 1e-6).all() and (absgrad > grad.abs() + 1e-6).any()
 
 
+def test_projection_equals_gsplats_torch_helpers():
+    """Our per-component projection against gsplat's own batched-matrix helpers (values and gradients),
+    with several cameras, a skewed K and Gaussians inside the depth range."""
+    from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _world_to_cam
+
+    from momentumgs.render.projection import project_gaussians
+
+    scene = random_scene(5, n=300, cameras=3)
+    Ks = scene["Ks"].clone()
+    Ks[:, 0, 1] = 2.5  # skew
+    names = ("means", "quats", "scales")
+    weights = torch.rand(3, 300, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def outputs(mine: bool):
+        params = {k: scene[k].clone().requires_grad_(True) for k in names}
+        if mine:  # eps2d = 0: the conics are then the inverse of the plain 2D covariance
+            _, means2d, depths, conics, _ = project_gaussians(
+                *(params[k] for k in names), scene["opacities"], scene["viewmats"], Ks, 32, 24, eps2d=0.0
+            )
+        else:
+            covars, _ = _quat_scale_to_covar_preci(params["quats"], params["scales"], compute_preci=False)
+            means_c, covars_c = _world_to_cam(params["means"], covars, scene["viewmats"])
+            means2d, cov2d = _persp_proj(means_c, covars_c, Ks, 32, 24)
+            depths = means_c[..., 2]
+            inverse = torch.linalg.inv(cov2d)  # [C, N, 2, 2]
+            conics = torch.stack([inverse[..., 0, 0], inverse[..., 0, 1], inverse[..., 1, 1]], dim=-1)
+        out = torch.cat([means2d, depths[..., None], conics], dim=-1)  # [C, N, 6]
+        in_depth = (depths.detach() > 0.2)[..., None]
+        out = torch.where(in_depth, out, 0.0)
+        (out * weights).sum().backward()
+        return out.detach(), in_depth, {k: params[k].grad for k in names}
+
+    ours, in_depth, our_grads = outputs(mine=True)
+    theirs, _, their_grads = outputs(mine=False)
+    assert in_depth.float().mean() > 0.9
+    torch.testing.assert_close(ours, theirs)
+    for k in names:
+        torch.testing.assert_close(our_grads[k], their_grads[k])
+
+
 # --------------------------------------------------------------------------------------------------
 # (e) the CPU compositor against gsplat's CUDA kernels
 # --------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def run_one(config, sigma_px, repeats):
     import torch
 
     from momentumgs.render import rasterize
-    from momentumgs.render.cpu import contributing_pairs
+    from momentumgs.render.cpu import find_pairs
 
     size, n = config.split("/")
     width, height = (int(v) for v in size.split("x"))
@@ -80,7 +80,7 @@ def run_one(config, sigma_px, repeats):
     radii = meta["radii"][0].float()
     visible = (radii > 0).all(-1)
     m = meta
-    flat_ids, _, _ = contributing_pairs(
+    pairs = find_pairs(
         m["means2d"].detach(), m["conics"], m["opacities"], m["depths"], m["radii"], width, height
     )
     return {
@@ -92,7 +92,7 @@ def run_one(config, sigma_px, repeats):
         "threads": torch.get_num_threads(),
         "visible": int(visible.sum()),
         "median_radius_px": float(radii[visible].mean(-1).median()) if visible.any() else 0.0,
-        "pairs_composited": int(flat_ids.numel()),
+        "pairs_composited": int(pairs.gaussian.numel()),
         "mean_alpha": float(alpha.mean()),
         "forward_nograd_ms": round(fwd_nograd * 1e3, 1),
         "forward_backward_ms": round(fwd_bwd * 1e3, 1),

@@ -21,6 +21,7 @@ slower on the CPU. The test suite checks it with gradcheck and against a dense a
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -33,21 +34,24 @@ LOG_STOP_TRANSMITTANCE = math.log(1e-4)  # the pixel stops once T would fall to 
 DEFAULT_PAIR_BUDGET = 1_000_000  # (Gaussian, pixel) pairs enumerated at once in the first pass
 
 
-def segment_starts(sorted_keys: Tensor) -> Tensor:
-    """For keys sorted so that equal keys are adjacent: the index of each element's segment start [P]."""
-    is_start = torch.ones_like(sorted_keys, dtype=torch.bool)
-    is_start[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    starts = torch.nonzero(is_start).squeeze(1)  # [S]
-    lengths = torch.diff(starts, append=starts.new_tensor([sorted_keys.numel()]))
-    return torch.repeat_interleave(starts, lengths)
+def pixel_ends(pixel: Tensor, n_pixels: int) -> tuple[Tensor, Tensor]:
+    """For pixel ids [K] sorted so that each pixel's pairs are adjacent: per pixel [n_pixels], the index of
+    its first pair and one past its last (equal for pixels without pairs)."""
+    counts = torch.bincount(pixel, minlength=n_pixels)
+    ends = torch.cumsum(counts, 0)
+    return ends - counts, ends
 
 
-def segmented_log_transmittance(log_keep: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
-    """Exclusive and inclusive per-segment sums of log(1 - alpha) [P] (float64 in, float64 out)."""
+def segmented_log_transmittance(log_keep: Tensor, pixel: Tensor, n_pixels: int) -> tuple[Tensor, Tensor]:
+    """Exclusive and inclusive per-pixel sums of log(1 - alpha) [K] over pixel-sorted pairs (float64)."""
+    if pixel.numel() == 0:
+        return log_keep, log_keep
     inclusive_all = torch.cumsum(log_keep, dim=0)
-    exclusive_all = inclusive_all - log_keep
-    before_segment = exclusive_all.index_select(0, starts)
-    return exclusive_all - before_segment, inclusive_all - before_segment
+    first, _ = pixel_ends(pixel, n_pixels)
+    first = first.clamp(max=max(pixel.numel() - 1, 0))  # pixels without pairs: any index will do
+    before = inclusive_all.index_select(0, first) - log_keep.index_select(0, first)  # [n_pixels]
+    inclusive = inclusive_all - before.index_select(0, pixel)
+    return inclusive - log_keep, inclusive
 
 
 def _pixel_boxes(means2d: Tensor, radii: Tensor, width: int, height: int) -> tuple[Tensor, ...]:
@@ -88,6 +92,21 @@ def _reachable_columns(row_terms: Tensor, nx: Tensor) -> tuple[Tensor, Tensor]:
     return k_first.long(), count.long()
 
 
+@dataclass
+class PairSet:
+    """The (Gaussian, pixel) pairs that gsplat's rules composite, each pixel's pairs adjacent and front to
+    back, with what pass 1 learnt about them (so that the blend and its backward need not recompute it)."""
+
+    gaussian: Tensor  # [K] flat ids c * N + n
+    pixel: Tensor  # [K] flat pixel ids c * H * W + y * W + x
+    dx: Tensor  # [K] mean2d x minus the pixel centre's x
+    dy: Tensor  # [K]
+    raw_alpha: Tensor  # [K] opacity * exp(-sigma), before the 0.999 clamp
+    transmittance: Tensor  # [K] T in front of the pair
+    final_log_t: Tensor  # [C * H * W] float64 log T behind each pixel's last pair
+    chunk_sizes: list[int]  # consecutive chunks (bands of rows) that share no pixel
+
+
 def _band_pairs(
     boxes: tuple[Tensor, ...],  # x0, x1, y0, y1 [E]
     entry_camera: Tensor,  # [E]
@@ -96,17 +115,20 @@ def _band_pairs(
     row1: int,
     width: int,
     height: int,
-) -> tuple[Tensor, Tensor]:
-    """Contributing pairs of one band of rows [row0, row1), as entry indices [K] and pixel ids [K],
-    ordered by (camera, pixel, depth). Entries must come sorted by (camera, depth)."""
+) -> tuple[Tensor, ...]:
+    """Contributing pairs of one band of rows [row0, row1), ordered by (camera, pixel, depth): entry indices,
+    pixel ids, dx, dy, raw alpha, and log(1 - alpha) exclusive and inclusive sums per pixel [K] each.
+    Entries must come sorted by (camera, depth)."""
     x0, x1, y0, y1 = boxes
     y0 = y0.clamp(min=row0)
     ny = (y1.clamp(max=row1 - 1) - y0 + 1).clamp(min=0)
     nx = (x1 - x0 + 1).clamp(min=0)
     hit = torch.nonzero(nx * ny).squeeze(1)  # [E']
+    dtype = entry_params.dtype
     if hit.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=x0.device)
-        return empty, empty
+        index = torch.zeros(0, dtype=torch.long, device=x0.device)
+        value = torch.zeros(0, dtype=dtype, device=x0.device)
+        return index, index, value, value, value, value.double(), value.double()
 
     # Box rows first (R of them, about box-width times fewer than pairs): along a row dy is constant, so
     # sigma = (a/2 dx + b dy) dx + c/2 dy^2 with dx = dx0 - k at the k-th pixel of the row.
@@ -115,39 +137,54 @@ def _band_pairs(
     row = y0.index_select(0, entry) + row_in_box  # [R]
     x_first = x0.index_select(0, entry)  # [R]
     mx, my, a, b, c, opacity = entry_params.index_select(1, entry)  # [R] each
-    dtype = mx.dtype
     dy = my - (row.to(dtype) + 0.5)
     dx0 = mx - (x_first.to(dtype) + 0.5)
     row_terms = torch.stack([dx0, 0.5 * a, b * dy, 0.5 * c * dy * dy, opacity])  # [5, R]
     k_first, k_count = _reachable_columns(row_terms, nx.index_select(0, entry))  # [R]
-    row_pixel = (entry_camera.index_select(0, entry) * height + row) * width + x_first  # [R]
 
-    pair_row, k = _ranges(k_count)  # [P]
-    k = k + k_first.index_select(0, pair_row)
+    # The pairs: the reachable pixels of every row, row after row. With s = sum of the counts before a
+    # row, the i-th pair overall (i = s + j) is pixel k_first + j of its row, so per pair only row-constant
+    # offsets need gathering: k = i - (s - k_first) and dx = dx0 - k.
+    pair_row = torch.repeat_interleave(torch.arange(k_count.numel(), device=x0.device), k_count)  # [P]
+    shift = (torch.cumsum(k_count, 0) - k_count) - k_first  # [R] s - k_first
+    row_pixel = (entry_camera.index_select(0, entry) * height + row) * width + x_first  # [R]
+    i = torch.arange(pair_row.numel(), device=x0.device)
+    k = i - shift.index_select(0, pair_row)  # [P]
     dx0, half_a, b_dy, half_c_dy2, opacity = row_terms.index_select(1, pair_row)  # [P] each
     dx = dx0 - k.to(dtype)
     sigma = (half_a * dx + b_dy) * dx + half_c_dy2
-    alpha = torch.clamp(opacity * torch.exp(-sigma), max=MAX_ALPHA)
-    kept = torch.nonzero((sigma >= 0) & (alpha >= ALPHA_THRESHOLD)).squeeze(1)  # [K]
-    pair_row = pair_row.index_select(0, kept)
-    alpha = alpha.index_select(0, kept)
-    pixel = row_pixel.index_select(0, pair_row) + k.index_select(0, kept)  # [K]
+    raw_alpha = opacity * torch.exp(-sigma)
+    culled = (sigma < 0) | (raw_alpha < ALPHA_THRESHOLD)
 
     # Pairs were enumerated by (camera, depth); a stable sort by pixel makes them (camera, pixel, depth).
-    key = pixel.to(torch.int32) if pixel.numel() and int(pixel.max()) < 2**31 else pixel
-    order = torch.argsort(key, stable=True)
-    pair_row = pair_row.index_select(0, order)
+    # Culled pairs get a key past every pixel, so they sort to the end and are cut off.
+    pixel = row_pixel.index_select(0, pair_row) + k  # [P]
+    past_end = entry_camera.shape[0] and (int(entry_camera.max()) + 1) * height * width
+    key = torch.where(culled, past_end, pixel)
+    key = key.to(torch.int32) if past_end < 2**31 else key
+    n_kept = pair_row.numel() - int(culled.sum())
+    order = torch.argsort(key, stable=True)[:n_kept]  # [K]
     pixel = pixel.index_select(0, order)
-    alpha = alpha.index_select(0, order)
+    raw_alpha = raw_alpha.index_select(0, order)
 
-    log_keep = torch.log1p(-alpha.double())
-    _, inclusive = segmented_log_transmittance(log_keep, segment_starts(pixel))
-    alive = torch.nonzero(inclusive > LOG_STOP_TRANSMITTANCE).squeeze(1)
-    return entry.index_select(0, pair_row.index_select(0, alive)), pixel.index_select(0, alive)
+    log_keep = torch.log1p(-torch.clamp(raw_alpha, max=MAX_ALPHA)).double()
+    exclusive, inclusive = segmented_log_transmittance(log_keep, pixel, past_end)
+    alive = torch.nonzero(inclusive > LOG_STOP_TRANSMITTANCE).squeeze(1)  # [K'] a prefix of each pixel
+    order = order.index_select(0, alive)
+    pair_row = pair_row.index_select(0, order)
+    return (
+        entry.index_select(0, pair_row),
+        pixel.index_select(0, alive),
+        dx.index_select(0, order),
+        dy.index_select(0, pair_row),
+        raw_alpha.index_select(0, alive),
+        exclusive.index_select(0, alive),
+        log_keep.index_select(0, alive),
+    )
 
 
 @torch.no_grad()
-def contributing_pairs(
+def find_pairs(
     means2d: Tensor,  # [C, N, 2]
     conics: Tensor,  # [C, N, 3]
     opacities: Tensor,  # [C, N]
@@ -156,10 +193,8 @@ def contributing_pairs(
     width: int,
     height: int,
     pair_budget: int = DEFAULT_PAIR_BUDGET,
-) -> tuple[Tensor, Tensor, list[int]]:
-    """The (Gaussian, pixel) pairs that gsplat's rules composite: flat ids c * N + n [K] and pixel ids
-    c * H * W + y * W + x [K], each pixel's pairs adjacent and in front-to-back order; and the sizes of
-    the consecutive chunks (bands of rows) they came in, which share no pixel."""
+) -> PairSet:
+    """Pass 1: the pairs that composite, in bands of rows of at most about `pair_budget` box pixels."""
     C, N = depths.shape
     visible = torch.nonzero((radii > 0).all(dim=-1).reshape(-1)).squeeze(1)  # flat ids [E]
     # Order by (camera, depth): sort by depth, then stably by camera.
@@ -175,12 +210,25 @@ def contributing_pairs(
     total = int(((x1 - x0 + 1).clamp(min=0) * (y1 - y0 + 1).clamp(min=0)).sum()) if flat_ids.numel() else 0
     n_bands = max(1, min(height, math.ceil(total / pair_budget)))
     band_rows = math.ceil(height / n_bands)
-    entries, pixels = [], []
-    for row0 in range(0, height, band_rows):
-        entry, pixel = _band_pairs(boxes, camera, params, row0, min(height, row0 + band_rows), width, height)
-        entries.append(flat_ids[entry])
-        pixels.append(pixel)
-    return torch.cat(entries), torch.cat(pixels), [p.numel() for p in pixels]
+    bands = [
+        _band_pairs(boxes, camera, params, row0, min(height, row0 + band_rows), width, height)
+        for row0 in range(0, height, band_rows)
+    ]
+    entry, pixel, dx, dy, raw_alpha, exclusive, log_keep = (
+        torch.cat(parts) for parts in zip(*bands, strict=True)
+    )
+    final_log_t = torch.zeros(C * height * width, dtype=torch.float64, device=means2d.device)
+    final_log_t.index_add_(0, pixel, log_keep)
+    return PairSet(
+        gaussian=flat_ids.index_select(0, entry),
+        pixel=pixel,
+        dx=dx,
+        dy=dy,
+        raw_alpha=raw_alpha,
+        transmittance=torch.exp(exclusive).to(raw_alpha.dtype),
+        final_log_t=final_log_t,
+        chunk_sizes=[band[0].numel() for band in bands],
+    )
 
 
 def composite(
@@ -201,7 +249,7 @@ def composite(
     Differentiable w.r.t. means2d (in pixels), conics, opacities, colors and backgrounds. With absgrad,
     backward leaves the summed per-pixel absolute gradient of means2d in `means2d.absgrad` (as gsplat).
     """
-    flat_ids, pixel_ids, chunk_sizes = contributing_pairs(
+    pairs = find_pairs(
         means2d.detach(),
         conics.detach(),
         opacities.detach(),
@@ -213,27 +261,7 @@ def composite(
     )
     if backgrounds is None:
         backgrounds = colors.new_zeros(depths.shape[0], colors.shape[-1])
-    pairs = (flat_ids, pixel_ids, chunk_sizes)
     return _Blend.apply(means2d, conics, opacities, colors, backgrounds, pairs, width, height, absgrad)
-
-
-def _pair_geometry(table_t, flat_ids, pixel_ids, width, height):
-    """Per pair, from the per-Gaussian table [6, C*N] (x, y, conic a, b, c, opacity): dx, dy (mean minus
-    pixel centre), a, b, c, opacity and vis = exp(-sigma) [K] each."""
-    x, y, a, b, c, opacity = table_t.index_select(1, flat_ids)
-    local = pixel_ids % (height * width)
-    row = torch.div(local, width, rounding_mode="floor")
-    dx = x - ((local - row * width).to(x.dtype) + 0.5)
-    dy = y - (row.to(x.dtype) + 0.5)
-    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    return dx, dy, a, b, c, opacity, torch.exp(-sigma)
-
-
-def _gaussian_table(means2d: Tensor, conics: Tensor, opacities: Tensor) -> Tensor:
-    """[6, C*N]: gathering columns of this is much faster on the CPU than gathering rows of [C*N, 6]."""
-    C, N = opacities.shape
-    table = torch.cat([means2d.reshape(C * N, 2), conics.reshape(C * N, 3), opacities.reshape(C * N, 1)], 1)
-    return table.T.contiguous()
 
 
 def _scatter_rows(out: Tensor, index: Tensor, rows: Tensor) -> None:
@@ -243,49 +271,41 @@ def _scatter_rows(out: Tensor, index: Tensor, rows: Tensor) -> None:
 
 
 def _chunks(sizes: list[int]):
+    """(start, end) of each non-empty chunk."""
     start = 0
     for size in sizes:
-        yield start, start + size
+        if size > 0:
+            yield start, start + size
         start += size
 
 
 class _Blend(torch.autograd.Function):
-    """Front-to-back blending of given (Gaussian, pixel) pairs with a hand-written backward.
+    """Front-to-back blending of the pairs of pass 1 with a hand-written backward.
 
-    The backward follows gsplat's `rasterize_to_pixels_3dgs_bwd_kernel`: with w_k = alpha_k T_k,
+    The forward only weighs and adds the colours: alpha and T per pair come from pass 1. The backward follows
+    gsplat's `rasterize_to_pixels_3dgs_bwd_kernel`: with w_k = alpha_k T_k,
     dL/dalpha_k = T_k c_k.v - (sum_{j behind k} w_j c_j.v + T_final bg.v - T_final v_alpha) / (1 - alpha_k),
-    and no gradient through alpha where opacity * vis > 0.999 (the clamp). Both passes run chunk by chunk
-    (chunks share no pixel) so that the temporaries stay small; only ids and T per pair are kept.
+    and no gradient through alpha where opacity * vis > 0.999 (the clamp). Per pair it accumulates the
+    Gaussian's sums of dL/dsigma times dx, dy, dx^2, dx dy, dy^2; the conic then turns them into the
+    gradients of the mean and the conic once per Gaussian. Both passes run chunk by chunk (chunks share no
+    pixel) so that the temporaries stay small.
     """
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, colors, backgrounds, pairs, width, height, absgrad):
-        flat_ids, pixel_ids, chunk_sizes = pairs
+    def forward(ctx, means2d, conics, opacities, colors, backgrounds, pairs: PairSet, width, height, absgrad):
         C, N = opacities.shape
         D = colors.shape[-1]
-        n_pixels = C * height * width
-        table_t = _gaussian_table(means2d, conics, opacities)
         colors_t = colors.reshape(C * N, D).T.contiguous()  # [D, C*N]
-        image = colors.new_zeros(D, n_pixels)
-        log_final = torch.zeros(n_pixels, dtype=torch.float64, device=colors.device)
-        transmittance = colors.new_empty(flat_ids.numel())  # [K] T in front of each pair
-        for lo, hi in _chunks(chunk_sizes):
-            f, p = flat_ids[lo:hi], pixel_ids[lo:hi]
-            *_, opacity, vis = _pair_geometry(table_t, f, p, width, height)
-            alpha = torch.clamp(opacity * vis, max=MAX_ALPHA)
-            log_keep = torch.log1p(-alpha.double())
-            exclusive, _ = segmented_log_transmittance(log_keep, segment_starts(p))
-            t = torch.exp(exclusive).to(alpha.dtype)
-            transmittance[lo:hi] = t
-            _scatter_rows(image, p, colors_t.index_select(1, f) * (alpha * t))
-            log_final.index_add_(0, p, log_keep)
-        final_t = torch.exp(log_final).to(colors.dtype)  # [C*H*W]
+        image = colors.new_zeros(D, C * height * width)
+        for lo, hi in _chunks(pairs.chunk_sizes):
+            f, p = pairs.gaussian[lo:hi], pairs.pixel[lo:hi]
+            weight = torch.clamp(pairs.raw_alpha[lo:hi], max=MAX_ALPHA) * pairs.transmittance[lo:hi]
+            _scatter_rows(image, p, colors_t.index_select(1, f) * weight)
+        final_t = torch.exp(pairs.final_log_t).to(colors.dtype)  # [C*H*W]
 
         image = image.T.reshape(C, height * width, D) + final_t.reshape(C, -1, 1) * backgrounds[:, None, :]
-        ctx.save_for_backward(
-            means2d, conics, opacities, colors, backgrounds, flat_ids, pixel_ids, transmittance
-        )
-        ctx.blend = (chunk_sizes, final_t, width, height, absgrad)
+        ctx.save_for_backward(conics, opacities, colors, backgrounds)
+        ctx.blend = (pairs, final_t, width, height, absgrad, means2d)
         render_alphas = (1.0 - final_t).reshape(C, height, width, 1)
         return image.reshape(C, height, width, D), render_alphas
 
@@ -297,58 +317,59 @@ class _Blend(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, v_image, v_alphas):
-        means2d, conics, opacities, colors, backgrounds, flat_ids, pixel_ids, transmittance = (
-            ctx.saved_tensors
-        )
-        chunk_sizes, final_t, width, height, absgrad = ctx.blend
+        conics, opacities, colors, backgrounds = ctx.saved_tensors
+        pairs, final_t, width, height, absgrad, means2d = ctx.blend
         C, N = opacities.shape
         D = colors.shape[-1]
         n_pixels = C * height * width
         v_image = v_image.reshape(C, height * width, D)
         # Per pixel: what lies behind every pair through the background and the alpha output (1 - T_final).
         bg_dot_v = (v_image * backgrounds[:, None, :]).sum(-1).reshape(n_pixels)
-        tail = final_t * (bg_dot_v - v_alphas.reshape(n_pixels))  # [C*H*W]
+        tail = (final_t * (bg_dot_v - v_alphas.reshape(n_pixels))).double()  # [C*H*W]
         v_image_t = v_image.reshape(n_pixels, D).T.contiguous()  # [D, C*H*W]
-        table_t = _gaussian_table(means2d, conics, opacities)
         colors_t = colors.reshape(C * N, D).T.contiguous()  # [D, C*N]
         v_colors_t = colors.new_zeros(D, C * N)
-        v_table = colors.new_zeros(6, C * N)  # x, y, conic a, b, c, opacity
+        # per Gaussian: sums of v_sigma * (dx, dy, dx^2, dx dy, dy^2, 1)
+        moments = colors.new_zeros(6, C * N)
         v_abs = colors.new_zeros(2, C * N) if absgrad else None
-        pixel_total = torch.zeros(n_pixels, dtype=torch.float64, device=colors.device)
+        conic_t = conics.reshape(C * N, 3).T.contiguous() if absgrad else None  # [3, C*N]
 
-        for lo, hi in _chunks(chunk_sizes):
-            f, p, t = flat_ids[lo:hi], pixel_ids[lo:hi], transmittance[lo:hi]
-            dx, dy, a, b, c, opacity, vis = _pair_geometry(table_t, f, p, width, height)
-            raw_alpha = opacity * vis
+        for lo, hi in _chunks(pairs.chunk_sizes):
+            f, p, t = pairs.gaussian[lo:hi], pairs.pixel[lo:hi], pairs.transmittance[lo:hi]
+            dx, dy, raw_alpha = pairs.dx[lo:hi], pairs.dy[lo:hi], pairs.raw_alpha[lo:hi]
             alpha = torch.clamp(raw_alpha, max=MAX_ALPHA)
             weight = alpha * t
             v_pixel = v_image_t.index_select(1, p)  # [D, K]
             _scatter_rows(v_colors_t, f, v_pixel * weight)
 
-            # sum over the pairs behind this one (same pixel, later in order) of w_j c_j.v
+            # sum over the pairs behind this one (same pixel, later in order) of w_j c_j.v, plus the tail
             c_dot_v = (colors_t.index_select(1, f) * v_pixel).sum(0)  # [K]
             own = (weight * c_dot_v).double()  # [K]
             inclusive_all = torch.cumsum(own, 0)
-            inclusive = inclusive_all - (inclusive_all - own).index_select(0, segment_starts(p))
-            pixel_total.zero_().index_add_(0, p, own)
-            behind = (pixel_total.index_select(0, p) - inclusive).to(alpha.dtype) + tail.index_select(0, p)
+            _, ends = pixel_ends(p, n_pixels)
+            pixel_end = inclusive_all.index_select(0, (ends - 1).clamp(min=0)) + tail  # [C*H*W]
+            behind = (pixel_end.index_select(0, p) - inclusive_all).to(alpha.dtype)
             v_alpha = t * c_dot_v - behind / (1.0 - alpha)
 
-            v_raw = torch.where(raw_alpha <= MAX_ALPHA, v_alpha, 0.0)
-            v_sigma = -raw_alpha * v_raw
-            v_x = v_sigma * (a * dx + b * dy)
-            v_y = v_sigma * (b * dx + c * dy)
-            half_v_sigma = 0.5 * v_sigma
-            rows = [v_x, v_y, half_v_sigma * dx * dx, v_sigma * dx * dy, half_v_sigma * dy * dy, vis * v_raw]
-            _scatter_rows(v_table, f, torch.stack(rows))
+            v_sigma = -raw_alpha * torch.where(raw_alpha <= MAX_ALPHA, v_alpha, 0.0)
+            v_sigma_dx, v_sigma_dy = v_sigma * dx, v_sigma * dy
+            rows = [v_sigma_dx, v_sigma_dy, v_sigma_dx * dx, v_sigma_dx * dy, v_sigma_dy * dy, v_sigma]
+            _scatter_rows(moments, f, torch.stack(rows))
             if v_abs is not None:
+                a, b, c = conic_t.index_select(1, f)
+                v_x, v_y = a * v_sigma_dx + b * v_sigma_dy, b * v_sigma_dx + c * v_sigma_dy
                 _scatter_rows(v_abs, f, torch.stack([v_x.abs(), v_y.abs()]))
 
+        # sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, dx = mean x - pixel x: dsigma/dmean x = a dx + b dy, ...
+        a, b, c = conics.reshape(C * N, 3).T
+        s_dx, s_dy, s_dxdx, s_dxdy, s_dydy, s_1 = moments
+        v_means2d = torch.stack([a * s_dx + b * s_dy, b * s_dx + c * s_dy], dim=-1).reshape(C, N, 2)
+        v_conics = torch.stack([0.5 * s_dxdx, s_dxdy, 0.5 * s_dydy], dim=-1).reshape(C, N, 3)
+        # alpha = opacity * vis, so dL/dopacity = sum vis v_alpha = -sum v_sigma / opacity (Gaussians with
+        # pairs have opacity >= 1/255; the others have s_1 = 0)
+        v_opacities = -(s_1 / opacities.reshape(C * N).clamp(min=1e-30)).reshape(C, N)
         if v_abs is not None:
             means2d.absgrad = v_abs.T.reshape(C, N, 2)
-        v_means2d = v_table[0:2].T.reshape(C, N, 2)
-        v_conics = v_table[2:5].T.reshape(C, N, 3)
-        v_opacities = v_table[5].reshape(C, N)
         v_colors = v_colors_t.T.reshape(C, N, D)
         v_backgrounds = (v_image * final_t.reshape(C, -1, 1)).sum(1)  # [C, D]
         return v_means2d, v_conics, v_opacities, v_colors, v_backgrounds, None, None, None, None
