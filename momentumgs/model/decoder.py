@@ -105,10 +105,10 @@ def gather_anchors(field: AnchorField, visible: torch.Tensor | None = None) -> V
         ids = visible.long()
     return VisibleAnchors(
         ids=ids,
-        positions=field.positions[ids],
-        features=field.features[ids],
-        offsets=field.offsets[ids],
-        log_scales=field.log_scales[ids],
+        positions=field.positions.index_select(0, ids),
+        features=field.features.index_select(0, ids),
+        offsets=field.offsets.index_select(0, ids),
+        log_scales=field.log_scales.index_select(0, ids),
     )
 
 
@@ -162,18 +162,21 @@ def decode(
     v, k = raw.opacity.shape
     if keep is None:
         keep = (raw.opacity > 0).reshape(-1)  # [V*K]
-    parent = torch.arange(v, device=z.device).repeat_interleave(k)[keep]  # [M]
+    # index_select with the kept slots' indices: its backward (index_add) is much cheaper on the CPU than
+    # that of boolean-mask indexing
+    kept = keep.nonzero().squeeze(1)  # [M] v * K + j
+    parent = torch.div(kept, k, rounding_mode="floor")  # [M]
 
     offset_scale = torch.exp(anchors.log_scales[:, :3])  # [V, 3]
     gauss_scale = torch.exp(anchors.log_scales[:, 3:])  # [V, 3]
     means = anchors.positions[:, None, :] + anchors.offsets * offset_scale[:, None, :]  # [V, K, 3]
-    cov = raw.cov.reshape(v * k, 7)[keep]  # [M, 7]
+    cov = raw.cov.reshape(v * k, 7).index_select(0, kept)  # [M, 7]
     return NeuralGaussians(
-        means=means.reshape(v * k, 3)[keep],
+        means=means.reshape(v * k, 3).index_select(0, kept),
         quats=F.normalize(cov[:, 3:7], dim=-1),
-        scales=gauss_scale[parent] * torch.sigmoid(cov[:, :3]),
-        opacities=raw.opacity.reshape(-1)[keep],
-        colors=raw.color.reshape(v * k, 3)[keep],
+        scales=gauss_scale.index_select(0, parent) * torch.sigmoid(cov[:, :3]),
+        opacities=raw.opacity.reshape(-1).index_select(0, kept),
+        colors=raw.color.reshape(v * k, 3).index_select(0, kept),
         keep=keep,
         raw_opacity=raw.opacity,
         anchor_ids=anchors.ids,

@@ -146,10 +146,12 @@ def _band_pairs(
     # row, the i-th pair overall (i = s + j) is pixel k_first + j of its row, so per pair only row-constant
     # offsets need gathering: k = i - (s - k_first) and dx = dx0 - k.
     pair_row = torch.repeat_interleave(torch.arange(k_count.numel(), device=x0.device), k_count)  # [P]
-    shift = (torch.cumsum(k_count, 0) - k_count) - k_first  # [R] s - k_first
-    row_pixel = (entry_camera.index_select(0, entry) * height + row) * width + x_first  # [R]
-    i = torch.arange(pair_row.numel(), device=x0.device)
-    k = i - shift.index_select(0, pair_row)  # [P]
+    n_pixels = (int(entry_camera.max()) + 1) * height * width
+    # pixel ids in int32 where they fit: cheaper to gather, and the sort below is twice as fast
+    index_dtype = torch.int32 if n_pixels + pair_row.numel() < 2**31 else torch.long
+    shift = ((torch.cumsum(k_count, 0) - k_count) - k_first).to(index_dtype)  # [R] s - k_first
+    row_pixel = ((entry_camera.index_select(0, entry) * height + row) * width + x_first).to(index_dtype)
+    k = torch.arange(pair_row.numel(), device=x0.device, dtype=index_dtype) - shift.index_select(0, pair_row)
     dx0, half_a, b_dy, half_c_dy2, opacity = row_terms.index_select(1, pair_row)  # [P] each
     dx = dx0 - k.to(dtype)
     sigma = (half_a * dx + b_dy) * dx + half_c_dy2
@@ -158,17 +160,14 @@ def _band_pairs(
 
     # Pairs were enumerated by (camera, depth); a stable sort by pixel makes them (camera, pixel, depth).
     # Culled pairs get a key past every pixel, so they sort to the end and are cut off.
-    pixel = row_pixel.index_select(0, pair_row) + k  # [P]
-    past_end = entry_camera.shape[0] and (int(entry_camera.max()) + 1) * height * width
-    key = torch.where(culled, past_end, pixel)
-    key = key.to(torch.int32) if past_end < 2**31 else key
+    key = (row_pixel.index_select(0, pair_row) + k).masked_fill_(culled, n_pixels)  # [P]
     n_kept = pair_row.numel() - int(culled.sum())
     order = torch.argsort(key, stable=True)[:n_kept]  # [K]
-    pixel = pixel.index_select(0, order)
+    pixel = key.index_select(0, order).long()
     raw_alpha = raw_alpha.index_select(0, order)
 
     log_keep = torch.log1p(-torch.clamp(raw_alpha, max=MAX_ALPHA)).double()
-    exclusive, inclusive = segmented_log_transmittance(log_keep, pixel, past_end)
+    exclusive, inclusive = segmented_log_transmittance(log_keep, pixel, n_pixels)
     alive = torch.nonzero(inclusive > LOG_STOP_TRANSMITTANCE).squeeze(1)  # [K'] a prefix of each pixel
     order = order.index_select(0, alive)
     pair_row = pair_row.index_select(0, order)
