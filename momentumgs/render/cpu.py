@@ -263,9 +263,9 @@ def composite(
     return _Blend.apply(means2d, conics, opacities, colors, backgrounds, pairs, width, height, absgrad)
 
 
-def _scatter_rows(out: Tensor, index: Tensor, rows: Tensor) -> None:
+def _scatter_rows(out: Tensor, index: Tensor, rows: Tensor | list[Tensor]) -> None:
     """out[r].index_add_(0, index, rows[r]) for every row r: one 1D index_add per row is the fastest."""
-    for r in range(rows.shape[0]):
+    for r in range(len(rows)):
         out[r].index_add_(0, index, rows[r])
 
 
@@ -353,11 +353,11 @@ class _Blend(torch.autograd.Function):
             v_sigma = -raw_alpha * torch.where(raw_alpha <= MAX_ALPHA, v_alpha, 0.0)
             v_sigma_dx, v_sigma_dy = v_sigma * dx, v_sigma * dy
             rows = [v_sigma_dx, v_sigma_dy, v_sigma_dx * dx, v_sigma_dx * dy, v_sigma_dy * dy, v_sigma]
-            _scatter_rows(moments, f, torch.stack(rows))
+            _scatter_rows(moments, f, rows)
             if v_abs is not None:
                 a, b, c = conic_t.index_select(1, f)
                 v_x, v_y = a * v_sigma_dx + b * v_sigma_dy, b * v_sigma_dx + c * v_sigma_dy
-                _scatter_rows(v_abs, f, torch.stack([v_x.abs(), v_y.abs()]))
+                _scatter_rows(v_abs, f, [v_x.abs(), v_y.abs()])
 
         # sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, dx = mean x - pixel x: dsigma/dmean x = a dx + b dy, ...
         a, b, c = conics.reshape(C * N, 3).T
