@@ -92,7 +92,7 @@ def run_one(config, sigma_px, repeats):
         "threads": torch.get_num_threads(),
         "visible": int(visible.sum()),
         "median_radius_px": float(radii[visible].mean(-1).median()) if visible.any() else 0.0,
-        "pairs_composited": int(pairs.gaussian.numel()),
+        "pairs_composited": int((pairs.raw_alpha > 0).sum()),
         "mean_alpha": float(alpha.mean()),
         "forward_nograd_ms": round(fwd_nograd * 1e3, 1),
         "forward_backward_ms": round(fwd_bwd * 1e3, 1),

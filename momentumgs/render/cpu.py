@@ -12,12 +12,13 @@ It follows the per-pixel rules of gsplat 1.5.3's `rasterize_to_pixels_3dgs_fwd_k
 - front to back by depth; if T (1 - alpha) <= 1e-4 the pixel stops and that Gaussian is not added;
   colour += alpha T c; T *= 1 - alpha; background added as T_final * bg; render alpha = 1 - T_final.
 
-Two passes: the first (no gradient), in bands of rows to bound memory, enumerates the
-(Gaussian, pixel) pairs, drops the culled ones, orders them by (camera, pixel, depth) and applies the
-stop rule; the second recomputes alpha for the surviving pairs only and composites them with a
-segmented cumulative sum of log(1 - alpha) (in float64: the sum runs over a whole band). Its backward
-is written by hand after gsplat's backward kernel: autograd through the same steps was several times
-slower on the CPU. The test suite checks it with gradcheck and against a dense autograd reference.
+Two passes. The first (no gradient), in bands of rows to bound memory, enumerates the (Gaussian, pixel)
+pairs inside each box row's reachable columns, drops the culled ones, orders them by (camera, pixel, depth)
+with one stable sort, and computes T in front of each pair with a per-pixel cumulative sum of
+log(1 - alpha) (float64: the sum runs over a whole band); pairs past a pixel's stop are made inert
+(alpha 0). It keeps alpha, T, dx and dy per pair, so the second pass only weighs and adds the colours. Its
+backward is written by hand after gsplat's backward kernel (autograd through the same steps was several
+times slower on the CPU). The test suite checks both with gradcheck and against a dense reference.
 """
 
 import math
@@ -101,7 +102,7 @@ class PairSet:
     pixel: Tensor  # [K] flat pixel ids c * H * W + y * W + x
     dx: Tensor  # [K] mean2d x minus the pixel centre's x
     dy: Tensor  # [K]
-    raw_alpha: Tensor  # [K] opacity * exp(-sigma), before the 0.999 clamp
+    raw_alpha: Tensor  # [K] opacity * exp(-sigma), before the 0.999 clamp; 0 past a pixel's stop (inert)
     transmittance: Tensor  # [K] T in front of the pair
     final_log_t: Tensor  # [C * H * W] float64 log T behind each pixel's last pair
     chunk_sizes: list[int]  # consecutive chunks (bands of rows) that share no pixel
@@ -117,8 +118,8 @@ def _band_pairs(
     height: int,
 ) -> tuple[Tensor, ...]:
     """Contributing pairs of one band of rows [row0, row1), ordered by (camera, pixel, depth): entry indices,
-    pixel ids, dx, dy, raw alpha, and log(1 - alpha) exclusive and inclusive sums per pixel [K] each.
-    Entries must come sorted by (camera, depth)."""
+    pixel ids, dx, dy, raw alpha (0 for the pairs the stop rule removes), T in front of the pair and
+    log(1 - alpha) [K] each. Entries must come sorted by (camera, depth)."""
     x0, x1, y0, y1 = boxes
     y0 = y0.clamp(min=row0)
     ny = (y1.clamp(max=row1 - 1) - y0 + 1).clamp(min=0)
@@ -128,7 +129,7 @@ def _band_pairs(
     if hit.numel() == 0:
         index = torch.zeros(0, dtype=torch.long, device=x0.device)
         value = torch.zeros(0, dtype=dtype, device=x0.device)
-        return index, index, value, value, value, value.double(), value.double()
+        return index, index, value, value, value, value, value.double()
 
     # Box rows first (R of them, about box-width times fewer than pairs): along a row dy is constant, so
     # sigma = (a/2 dx + b dy) dx + c/2 dy^2 with dx = dx0 - k at the k-th pixel of the row.
@@ -162,24 +163,21 @@ def _band_pairs(
     # Culled pairs get a key past every pixel, so they sort to the end and are cut off.
     key = (row_pixel.index_select(0, pair_row) + k).masked_fill_(culled, n_pixels)  # [P]
     n_kept = pair_row.numel() - int(culled.sum())
-    order = torch.argsort(key, stable=True)[:n_kept]  # [K]
-    pixel = key.index_select(0, order).long()
+    pixel, order = torch.sort(key, stable=True)
+    pixel, order = pixel[:n_kept].long(), order[:n_kept]  # [K]
     raw_alpha = raw_alpha.index_select(0, order)
 
     log_keep = torch.log1p(-torch.clamp(raw_alpha, max=MAX_ALPHA)).double()
     exclusive, inclusive = segmented_log_transmittance(log_keep, pixel, n_pixels)
-    alive = torch.nonzero(inclusive > LOG_STOP_TRANSMITTANCE).squeeze(1)  # [K'] a prefix of each pixel
-    order = order.index_select(0, alive)
+    # The stop rule: pairs from where T would fall to 1e-4 on are not drawn. Rather than removed, they are
+    # made inert (alpha 0: no colour, no change of T, no gradient), which is cheaper than compacting.
+    stopped = inclusive <= LOG_STOP_TRANSMITTANCE
+    raw_alpha.masked_fill_(stopped, 0.0)
+    log_keep.masked_fill_(stopped, 0.0)
     pair_row = pair_row.index_select(0, order)
-    return (
-        entry.index_select(0, pair_row),
-        pixel.index_select(0, alive),
-        dx.index_select(0, order),
-        dy.index_select(0, pair_row),
-        raw_alpha.index_select(0, alive),
-        exclusive.index_select(0, alive),
-        log_keep.index_select(0, alive),
-    )
+    transmittance = torch.exp(exclusive).to(dtype)
+    entry, dx, dy = entry.index_select(0, pair_row), dx.index_select(0, order), dy.index_select(0, pair_row)
+    return entry, pixel, dx, dy, raw_alpha, transmittance, log_keep
 
 
 @torch.no_grad()
@@ -213,7 +211,7 @@ def find_pairs(
         _band_pairs(boxes, camera, params, row0, min(height, row0 + band_rows), width, height)
         for row0 in range(0, height, band_rows)
     ]
-    entry, pixel, dx, dy, raw_alpha, exclusive, log_keep = (
+    entry, pixel, dx, dy, raw_alpha, transmittance, log_keep = (
         torch.cat(parts) for parts in zip(*bands, strict=True)
     )
     final_log_t = torch.zeros(C * height * width, dtype=torch.float64, device=means2d.device)
@@ -224,7 +222,7 @@ def find_pairs(
         dx=dx,
         dy=dy,
         raw_alpha=raw_alpha,
-        transmittance=torch.exp(exclusive).to(raw_alpha.dtype),
+        transmittance=transmittance,
         final_log_t=final_log_t,
         chunk_sizes=[band[0].numel() for band in bands],
     )
