@@ -2,6 +2,7 @@
 to RAM/disk without changing the result, a multi-block run resumes bit-exactly, the merge keeps each block's
 own cell, and the momentum teacher is what its formula says."""
 
+import json
 import os
 import socket
 import subprocess
@@ -256,3 +257,15 @@ def test_killed_multi_block_run_resumes_from_the_cli_bit_exactly(gt_test_scene, 
     da = load_model(tmp_path / "a" / "model.ckpt").decoder.state_dict()
     db = load_model(run / "model.ckpt").decoder.state_dict()
     assert all(torch.equal(da[k], db[k]) for k in da)
+
+
+def test_weighting_off_measures_nothing_and_the_teacher_decodes_appearance(gt_test_scene, tmp_path):
+    """With method.weighting=false no block quality is measured (nothing uses it); with an appearance
+    embedding the teacher decodes with the view's embedding slot as the student does."""
+    over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting=false", "model.appearance_dim=4"]
+    trainer = start_or_resume_multi(load_config(None, over), _loader, tmp_path / "run", resume=False)
+    trainer.run(progress=False)
+    assert not any(q.measured for q in trainer.qualities)
+    assert trainer.decoder.appearance is not None
+    log = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if line]
+    assert any(b["consistency"] > 0 for line in log for b in json.loads(line).get("blocks", {}).values())

@@ -76,7 +76,10 @@ class Block:
         cons = torch.zeros(())
         if teacher is not None and lambda_consistency > 0:
             with phase("teacher_decode"):
-                target = decode(teacher, render.anchors, view.center, keep=render.gaussians.keep)
+                appearance_id = view.index if teacher.appearance is not None else None
+                target = decode(
+                    teacher, render.anchors, view.center, appearance_id, keep=render.gaussians.keep
+                )
             with phase("consistency"):
                 cons = consistency_loss(render.gaussians, target)
                 loss = loss + lambda_consistency * cons

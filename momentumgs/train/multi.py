@@ -285,11 +285,12 @@ class MultiBlockTrainer:
                 continue
             block = self.resident[w][1]
             block.step(finite)
-            if block.iteration % mc.weighting_every == 0:
+            if mc.weighting and block.iteration % mc.weighting_every == 0:  # only the weights use it
                 with phase("weighting"):
                     self._measure_quality(b, block)
-        with phase("weighting"):
-            self._sync_weights()
+        if mc.weighting:
+            with phase("weighting"):
+                self._sync_weights()
         self.schedule.advance()
         self.global_step += 1
         if self.bad_steps >= MAX_BAD_STEPS:
