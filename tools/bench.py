@@ -194,7 +194,13 @@ def child_main(spec: dict) -> None:
     for window in range(spec["windows"]):
         if spec["interactive"] and not sys.stdin.readline():
             break
-        row = {**info, "window": window, **time_window(trainer, spec["steps"], spec["device"], comm)}
+        variant = {}
+        if spec.get("variants"):  # the same trainer, its method switched between windows (fair A/B)
+            variant = spec["variants"][window % len(spec["variants"])]
+            for key, value in variant["method"].items():
+                setattr(trainer.cfg.method, key, value)
+        label = {"variant": variant["name"]} if variant else {}
+        row = {**info, **label, "window": window, **time_window(trainer, spec["steps"], spec["device"], comm)}
         if spec.get("state_bytes"):  # after the timing and the RSS: this reads spilled blocks back
             from momentumgs.train.block_store import tree_nbytes
 
@@ -240,8 +246,11 @@ def expect(proc: subprocess.Popen, what: str) -> dict | None:
     return None
 
 
-def run_children(specs: list[dict], trees: list, windows: int = 1, nproc: int = 0) -> list[dict]:
-    """Start the children (warming up together), time their windows in turn; each one's median window."""
+def run_children(
+    specs: list[dict], trees: list, windows: int = 1, nproc: int = 0, raw: bool = False
+) -> list[dict]:
+    """Start the children (warming up together), time their windows in turn; each one's median window (or,
+    with raw, every window of every child)."""
     procs, rows = [], [[] for _ in specs]
     with ExitStack() as stack:
         for spec, tree in zip(specs, trees, strict=True):
@@ -261,7 +270,7 @@ def run_children(specs: list[dict], trees: list, windows: int = 1, nproc: int = 
             if proc.stdin:
                 proc.stdin.close()
             expect(proc, "end")
-    return [median_window(out) for out in rows]
+    return [r for out in rows for r in out] if raw else [median_window(out) for out in rows]
 
 
 def median_window(rows: list[dict]) -> dict:
@@ -302,37 +311,38 @@ def section_step(args, tree: Path | None) -> None:
 
 
 def section_method(args) -> None:
+    """One trainer (one block in the multi-block trainer) whose windows alternate between the method off and
+    on: both variants time the same model, so the difference is the method's cost, not a different model's
+    (two separately trained models drift apart by thousands of Gaussians)."""
     steps, every = args.method_steps, args.weighting_every
     if steps % every:
         raise SystemExit("--method-steps must be a multiple of --weighting-every (amortised weighting)")
-    common = f"partition.block_dim=[1,1,1] method.workers=1 data.downscale={args.downscale} "
-    common += f"method.weighting_view_stride=5 train.iterations={args.warmup + args.repeats * steps + 1} "
-    common += f"method.weighting_every={every} "  # overridden by "off" below
-    variants = {  # the trainer measures block quality even with weighting off: off measures never
-        "off": "method.momentum=0 method.weighting=false method.weighting_every=1000000000",
-        "on": "method.momentum=0.9 method.lambda_consistency=50 method.weighting=true",
-    }
-    label = {"section": "method"}
-    specs = [
-        spec(args, {**label, "variant": k}, "multi", common + v, args.warmup, steps)
-        for k, v in variants.items()
+    windows = 2 * args.repeats
+    over = f"partition.block_dim=[1,1,1] method.workers=1 data.downscale={args.downscale} "
+    over += f"method.weighting_view_stride=5 train.iterations={args.warmup + windows * steps + 1} "
+    over += f"method.weighting_every={every} method.momentum=0.9 method.lambda_consistency=50 "
+    over += "method.weighting=true"
+    variants = [
+        {"name": "off", "method": {"lambda_consistency": 0.0, "weighting": False}},
+        {"name": "on", "method": {"lambda_consistency": 50.0, "weighting": True}},
     ]
-    off, on = run_children(specs, [None, None], args.repeats)
+    child = dict(spec(args, {"section": "method"}, "multi", over, args.warmup, steps), variants=variants)
+    rows = run_children([child], [None], windows, raw=True)
+    off, on = (median_window([r for r in rows if r["variant"] == v["name"]]) for v in variants)
     extras = sum(on.get(f"incl_ms_{p}", 0.0) for p in EXTRAS)  # inclusive: the measurement renders
     summary = {"section": "method", "variant": "overhead", "extras_ms_per_step": extras}
     summary["overhead_pct"] = 100 * (on["ms_per_step"] / off["ms_per_step"] - 1)
     summary["extras_pct_of_step"] = 100 * extras / on["ms_per_step"]
     summary["weighting_measurements_per_window"] = steps // every
-    cols = "variant resolution it_per_s ms_per_step ms_per_step_min ms_per_step_max anchors peak_rss_mb"
-    cols += " peak_cuda_mb"
+    cols = "variant resolution it_per_s ms_per_step ms_per_step_min ms_per_step_max gaussians_mean anchors"
+    cols += " peak_rss_mb peak_cuda_mb"
     report("method: Momentum-GS extras off vs on (1 block, multi-block trainer)", [off, on], cols)
     note = f"overhead (on - off) / off: {summary['overhead_pct']:+.1f} %; teacher_update + teacher_decode + "
     note += f"consistency + weighting (inclusive of its renders): {extras:.2f} ms per step = "
-    note += f"{summary['extras_pct_of_step']:.1f} % of the 'on' step. Each {steps}-step window holds "
-    note += (
-        f"{steps // every} quality measurement(s) (weighting_every={every}), as in training; 'off' measures "
-    )
-    note += f"none. Median of {args.repeats} interleaved windows per variant."
+    note += f"{summary['extras_pct_of_step']:.1f} % of the 'on' step (the teacher's share of the backward is "
+    note += f"not in it). Each {steps}-step window holds {steps // every} quality measurement(s) "
+    note += f"(weighting_every={every}); 'off' measures none. One trainer, {windows} windows alternating "
+    note += "off/on; median window per variant."
     print(textwrap.fill(note, 110))
     emit([summary])
 

@@ -246,7 +246,7 @@ class MultiBlockTrainer:
         )
         with phase("teacher_update"):
             for state in stepping:
-                if state.teacher is not None:
+                if state.teacher is not None and self.uses_teacher:
                     state.teacher.update(state.module, mc.momentum)  # before the forward pass
 
         results: dict[int, StepResult] = {}
