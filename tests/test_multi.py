@@ -269,3 +269,26 @@ def test_weighting_off_measures_nothing_and_the_teacher_decodes_appearance(gt_te
     assert trainer.decoder.appearance is not None
     log = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if line]
     assert any(b["consistency"] > 0 for line in log for b in json.loads(line).get("blocks", {}).values())
+
+
+@pytest.mark.parametrize("source", ["steps", "views"])
+def test_block_quality_sources(gt_test_scene, tmp_path, monkeypatch, source):
+    """'steps' takes the block quality from the training steps' own renders (no rendering), 'views' renders
+    the block's views; both measure every block and turn the qualities into weights."""
+    import momentumgs.train.multi as multi
+
+    renders = []
+    real = multi.view_quality
+    monkeypatch.setattr(multi, "view_quality", lambda *a: renders.append(1) or real(*a))
+    over = [*MULTI, f"data.path={gt_test_scene}", f"method.weighting_source={source}"]
+    trainer = start_or_resume_multi(load_config(None, over), _loader, tmp_path / "run", resume=False)
+    trainer.run(progress=False)
+    assert all(q.measured and 5.0 < q.psnr < 60.0 and 0.0 < q.ssim <= 1.0 for q in trainer.qualities)
+    assert (len(renders) > 0) == (source == "views")
+    assert len(set(trainer.weights)) > 1 and min(trainer.weights) >= 1.0
+
+
+def test_unknown_weighting_source_is_a_clear_error(gt_test_scene, tmp_path):
+    over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting_source=psnr"]
+    with pytest.raises(UserError, match="method.weighting_source='psnr'"):
+        start_or_resume_multi(load_config(None, over), _loader, tmp_path / "run", resume=False)

@@ -29,3 +29,14 @@ def test_quality_ema_and_weights_over_blocks():
     assert w[0] == 1.0 and w[2] == 1.0
     assert w[1] == pytest.approx(2 - math.exp(-(16 + 2.25) / 200))
     assert block_weights([BlockQuality(), BlockQuality()], 10.0) == [1.0, 1.0]
+
+
+def test_step_metrics_average_the_steps_since_the_last_take():
+    from momentumgs.train.weighting import StepMetrics
+
+    m = StepMetrics()
+    assert m.take_mean() is None
+    for psnr, ssim in ((20.0, 0.5), (22.0, 0.7), (math.inf, 1.0)):  # a perfect render is left out
+        m.add(psnr, ssim)
+    assert m.take_mean() == pytest.approx((21.0, 0.6))
+    assert m.take_mean() is None  # reset

@@ -51,7 +51,7 @@ from momentumgs.train.trainer import (
     spatial_scale,
     view_quality,
 )
-from momentumgs.train.weighting import BlockQuality, block_weights
+from momentumgs.train.weighting import SOURCES, BlockQuality, StepMetrics, block_weights
 
 MULTI_FORMAT = "momentumgs-multiblock-v1"
 
@@ -145,7 +145,10 @@ class MultiBlockTrainer:
         ]
         self.views = [camera_view(c, device, i) for i, c in enumerate(scene.cameras)]
 
+        if mc.weighting_source not in SOURCES:
+            raise UserError(f"method.weighting_source={mc.weighting_source!r}: must be one of {SOURCES}")
         self.qualities = [BlockQuality() for _ in range(n)]
+        self.step_metrics = [StepMetrics() for _ in range(n)]
         self.weights = [1.0] * n
         self.global_step = 0
         self.skipped_steps = 0
@@ -285,8 +288,11 @@ class MultiBlockTrainer:
                 continue
             block = self.resident[w][1]
             block.step(finite)
-            if mc.weighting and block.iteration % mc.weighting_every == 0:  # only the weights use it
-                with phase("weighting"):
+            if not mc.weighting:  # only the weights use the block quality
+                continue
+            with phase("weighting"):
+                self.step_metrics[b].add(results[b].psnr, results[b].ssim)
+                if block.iteration % mc.weighting_every == 0:
                     self._measure_quality(b, block)
         if mc.weighting:
             with phase("weighting"):
@@ -319,8 +325,15 @@ class MultiBlockTrainer:
 
     @torch.no_grad()
     def _measure_quality(self, block_id: int, block: Block) -> None:
-        """PSNR / SSIM of the block on every `weighting_view_stride`-th of its training views."""
-        ids = block.sampler.view_ids[:: self.cfg.method.weighting_view_stride]
+        """PSNR / SSIM of the block: the mean of its training steps since the last measurement, or
+        rendered on every `weighting_view_stride`-th of its training views."""
+        mc = self.cfg.method
+        steps = self.step_metrics[block_id].take_mean()
+        if mc.weighting_source == "steps":
+            if steps is not None:
+                self.qualities[block_id].update(*steps)
+            return
+        ids = block.sampler.view_ids[:: mc.weighting_view_stride]
         decoder = self.decoder_of(block_id).module
         self.qualities[block_id].update(*view_quality(block.field, decoder, self.scene, self.views, ids))
 
@@ -354,6 +367,7 @@ class MultiBlockTrainer:
             "schedule": self.schedule.state_dict(),
             "decoders": [d.state_dict() for d in self.decoders],
             "qualities": [[q.psnr, q.ssim] for q in self.qualities],
+            "step_metrics": [[m.psnr_sum, m.ssim_sum, m.count] for m in self.step_metrics],
             "skipped_steps": self.skipped_steps,
             "torch_rng": torch.get_rng_state(),
             "voxel_size": self.voxel_size,
@@ -385,6 +399,8 @@ class MultiBlockTrainer:
         for decoder, state in zip(self.decoders, shared["decoders"], strict=True):
             decoder.load_state_dict(state)
         self.qualities = [BlockQuality(p, s) for p, s in shared["qualities"]]
+        sums = shared.get("step_metrics", [[0.0, 0.0, 0]] * len(self.qualities))  # older checkpoints
+        self.step_metrics = [StepMetrics(p, s, int(c)) for p, s, c in sums]
         self.weights = block_weights(self.qualities, self.cfg.method.weighting_sigma)
         self.skipped_steps = int(shared["skipped_steps"])
         torch.set_rng_state(shared["torch_rng"])

@@ -1,8 +1,9 @@
 """Reconstruction-guided block weighting (DESIGN §4).
 
-Each block's PSNR and SSIM are measured every `every` iterations on every `view_stride`-th of its training
-views and smoothed by an EMA; the leading block sets the reference. A block that lags gets a larger loss
-weight:
+Each block's PSNR and SSIM are measured every `every` iterations, as the mean over those iterations of its
+own training renders (`source: steps`, free) or on every `view_stride`-th of its training views
+(`source: views`, a few % of a step), and smoothed by an EMA; the leading block sets the reference. A
+block that lags gets a larger loss weight:
 
     w_b = 2 - exp(-[(PSNR_max - PSNR_b)^2 + (10 SSIM_max - 10 SSIM_b)^2] / (2 sigma^2))
 
@@ -16,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 SMOOTHING = 0.9  # EMA: new = 0.9 * old + 0.1 * measured
+SOURCES = ("steps", "views")
 
 
 def block_weight(psnr: float, ssim: float, psnr_max: float, ssim_max: float, sigma: float) -> float:
@@ -50,3 +52,26 @@ def block_weights(qualities: list[BlockQuality], sigma: float) -> list[float]:
     psnr_max = max(q.psnr for q in measured)
     ssim_max = max(q.ssim for q in measured)
     return [block_weight(q.psnr, q.ssim, psnr_max, ssim_max, sigma) if q.measured else 1.0 for q in qualities]
+
+
+@dataclass
+class StepMetrics:
+    """Running sums of a block's training-step PSNR / SSIM since its last quality update."""
+
+    psnr_sum: float = 0.0
+    ssim_sum: float = 0.0
+    count: int = 0
+
+    def add(self, psnr: float, ssim: float) -> None:
+        if math.isfinite(psnr):  # a perfect render (inf dB) would swamp the mean
+            self.psnr_sum += psnr
+            self.ssim_sum += ssim
+            self.count += 1
+
+    def take_mean(self) -> tuple[float, float] | None:
+        """The means, and a reset; None if nothing was added."""
+        if self.count == 0:
+            return None
+        mean = (self.psnr_sum / self.count, self.ssim_sum / self.count)
+        self.psnr_sum, self.ssim_sum, self.count = 0.0, 0.0, 0
+        return mean
