@@ -272,6 +272,33 @@ def test_consistency_gradient_reaches_anchors_through_teacher():
     assert all(p.grad is None for p in teacher.module.parameters())
 
 
+def test_decode_targets_equal_the_teachers_full_decode_with_the_students_mask():
+    from momentumgs.model.decoder import decode_targets
+
+    dec, field = _tiny_setup(k=4, n=6)
+    teacher = MomentumTeacher(dec)
+    with torch.no_grad():
+        for p in teacher.module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cam = torch.tensor([0.3, -0.2, -5.0])
+    losses, grads = [], []
+    for slim in (False, True):
+        field.features.grad = None
+        anchors = gather_anchors(field)
+        student = decode(dec, anchors, cam)
+        if slim:
+            target = decode_targets(teacher.module, anchors, cam, student)
+        else:
+            target = decode(teacher.module, anchors, cam, keep=student.keep)
+        loss = consistency_loss(student, target)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(field.features.grad.clone())
+    assert 0 < student.kept.numel() < student.keep.numel()
+    assert torch.equal(losses[0], losses[1]) and losses[0] > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
 # --- prefilter ---------------------------------------------------------------------------------
 
 

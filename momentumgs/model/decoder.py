@@ -135,6 +135,7 @@ class NeuralGaussians:
     raw_opacity: torch.Tensor  # [V, K] tanh outputs of all slots (kept or not)
     anchor_ids: torch.Tensor  # [V] long, field indices of the decoded anchors
     parent: torch.Tensor  # [M] long, index into anchor_ids of each kept Gaussian
+    kept: torch.Tensor  # [M] long, slot v * K + j of each kept Gaussian
 
     @property
     def n_offsets(self) -> int:
@@ -144,8 +145,20 @@ class NeuralGaussians:
     def slot_ids(self) -> torch.Tensor:
         """Field-wide slot index anchor_id * K + j of each kept Gaussian. [M]"""
         k = self.n_offsets
-        local = self.keep.nonzero().squeeze(1)  # [M] v * K + j
-        return self.anchor_ids[local // k] * k + local % k
+        return self.anchor_ids[self.kept // k] * k + self.kept % k
+
+
+def _kept_attributes(raw: DecoderOutput, anchors: VisibleAnchors, kept: torch.Tensor, parent: torch.Tensor):
+    """Colours [M, 3], unit quaternions [M, 4] and scales [M, 3] of the kept slots `kept` [M] (v * K + j)."""
+    v, k = raw.opacity.shape
+    gauss_scale = torch.exp(anchors.log_scales[:, 3:])  # [V, 3]
+    cov = raw.cov.reshape(v * k, 7).index_select(0, kept)  # [M, 7]
+    colors = raw.color.reshape(v * k, 3).index_select(0, kept)
+    return (
+        colors,
+        F.normalize(cov[:, 3:7], dim=-1),
+        gauss_scale.index_select(0, parent) * torch.sigmoid(cov[:, :3]),
+    )
 
 
 def decode(
@@ -166,22 +179,46 @@ def decode(
     # that of boolean-mask indexing
     kept = keep.nonzero().squeeze(1)  # [M] v * K + j
     parent = torch.div(kept, k, rounding_mode="floor")  # [M]
-
+    colors, quats, scales = _kept_attributes(raw, anchors, kept, parent)
     offset_scale = torch.exp(anchors.log_scales[:, :3])  # [V, 3]
-    gauss_scale = torch.exp(anchors.log_scales[:, 3:])  # [V, 3]
     means = anchors.positions[:, None, :] + anchors.offsets * offset_scale[:, None, :]  # [V, K, 3]
-    cov = raw.cov.reshape(v * k, 7).index_select(0, kept)  # [M, 7]
     return NeuralGaussians(
         means=means.reshape(v * k, 3).index_select(0, kept),
-        quats=F.normalize(cov[:, 3:7], dim=-1),
-        scales=gauss_scale.index_select(0, parent) * torch.sigmoid(cov[:, :3]),
+        quats=quats,
+        scales=scales,
         opacities=raw.opacity.reshape(-1).index_select(0, kept),
-        colors=raw.color.reshape(v * k, 3).index_select(0, kept),
+        colors=colors,
         keep=keep,
         raw_opacity=raw.opacity,
         anchor_ids=anchors.ids,
         parent=parent,
+        kept=kept,
     )
+
+
+@dataclass
+class ConsistencyTargets:
+    """What the consistency loss compares, decoded by the teacher for the student's kept slots."""
+
+    colors: torch.Tensor  # [M, 3]
+    quats: torch.Tensor  # [M, 4]
+    scales: torch.Tensor  # [M, 3]
+    raw_opacity: torch.Tensor  # [V, K]
+    keep: torch.Tensor  # [V * K] the student's mask
+
+
+def decode_targets(
+    teacher: GaussianDecoder,
+    anchors: VisibleAnchors,
+    cam_center: torch.Tensor,
+    student: NeuralGaussians,
+    appearance_id: int | None = None,
+) -> ConsistencyTargets:
+    """The teacher's outputs for the student's kept slots: the part of `decode(teacher, ...,
+    keep=student.keep)` that the consistency loss reads (no means, the student's indices reused)."""
+    raw = teacher(decoder_input(anchors, cam_center, teacher.use_distance), appearance_id)
+    colors, quats, scales = _kept_attributes(raw, anchors, student.kept, student.parent)
+    return ConsistencyTargets(colors, quats, scales, raw.opacity, student.keep)
 
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -190,7 +227,7 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(a, b)
 
 
-def consistency_loss(student: NeuralGaussians, teacher: NeuralGaussians) -> torch.Tensor:
+def consistency_loss(student: NeuralGaussians, teacher: NeuralGaussians | ConsistencyTargets) -> torch.Tensor:
     """Sum of four MSEs (Momentum-GS): colour, unit quaternion and scale over the student's kept
     Gaussians, raw (tanh) opacity over all V*K slots. `teacher` must be decoded with
     keep=student.keep. Neither side is detached: the gradient reaches the anchors through both."""

@@ -14,7 +14,7 @@ import torch
 
 from momentumgs.config import TrainConfig
 from momentumgs.model.anchors import AnchorField
-from momentumgs.model.decoder import GaussianDecoder, consistency_loss, decode
+from momentumgs.model.decoder import GaussianDecoder, consistency_loss, decode_targets
 from momentumgs.model.densify import AdjustReport, DensifyStats, adjust_anchors
 from momentumgs.render.anchors import View, render_anchor_view
 from momentumgs.timing import phase
@@ -77,9 +77,7 @@ class Block:
         if teacher is not None and lambda_consistency > 0:
             with phase("teacher_decode"):
                 appearance_id = view.index if teacher.appearance is not None else None
-                target = decode(
-                    teacher, render.anchors, view.center, appearance_id, keep=render.gaussians.keep
-                )
+                target = decode_targets(teacher, render.anchors, view.center, render.gaussians, appearance_id)
             with phase("consistency"):
                 cons = consistency_loss(render.gaussians, target)
                 loss = loss + lambda_consistency * cons
