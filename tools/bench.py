@@ -247,10 +247,15 @@ def expect(proc: subprocess.Popen, what: str) -> dict | None:
 
 
 def run_children(
-    specs: list[dict], trees: list, windows: int = 1, nproc: int = 0, raw: bool = False
+    specs: list[dict],
+    trees: list,
+    windows: int = 1,
+    nproc: int = 0,
+    raw: bool = False,
+    together: bool = False,
 ) -> list[dict]:
-    """Start the children (warming up together), time their windows in turn; each one's median window (or,
-    with raw, every window of every child)."""
+    """Start the children (warming up together), time their windows in turn (or, with together, all at
+    once); each one's median window (or, with raw, every window of every child)."""
     procs, rows = [], [[] for _ in specs]
     with ExitStack() as stack:
         for spec, tree in zip(specs, trees, strict=True):
@@ -261,11 +266,12 @@ def run_children(
         for proc in procs if not nproc else []:
             expect(proc, "READY")
         for _ in range(windows):
-            for proc, out in zip(procs, rows, strict=True):
-                if not nproc:
+            for group in [procs] if together else [[proc] for proc in procs]:
+                for proc in group if not nproc else []:
                     proc.stdin.write("go\n")
                     proc.stdin.flush()
-                out.append(expect(proc, "JSON"))
+                for proc in group:
+                    rows[procs.index(proc)].append(expect(proc, "JSON"))
         for proc in procs:
             if proc.stdin:
                 proc.stdin.close()
@@ -362,14 +368,27 @@ def section_blocks(args) -> None:
 
 
 def section_workers(args) -> None:
+    """2 blocks on 1 worker vs 2 torchrun workers; and, as the machine's own ceiling, the speed-up of two
+    independent single-block trainers running at the same time over one running alone (no communication:
+    what is lost there is lost to shared caches and memory bandwidth, not to the method)."""
     w, s = args.worker_warmup, args.worker_steps
     over = f"partition.block_dim=[2,1,1] data.downscale={args.downscale} train.iterations={w + s + 251} "
     one = spec(args, {"section": "workers", "workers": 1}, "multi", over + "method.workers=1", 2 * w, 2 * s)
     two = spec(args, {"section": "workers", "workers": 2}, "multi", over + "method.workers=2", w, s)
     rows = run_children([one], [None]) + run_children([two], [None], nproc=2)
     rows[1]["speedup"] = rows[1]["it_per_s"] / rows[0]["it_per_s"]
-    cols = "workers processes block_iterations seconds it_per_s speedup peak_rss_mb peak_cuda_mb"
-    report("workers: 2 blocks, 1 process vs 2 torchrun processes, same block iterations", rows, cols)
+    solo_over = f"data.downscale={args.downscale} train.iterations={w + s + 1}"
+    solo = spec(args, {"section": "workers", "workers": "1 alone"}, "single", solo_over, w, s)
+    pair = [dict(solo, label={"section": "workers", "workers": f"independent {i + 1}/2"}) for i in range(2)]
+    alone = run_children([solo], [None])[0]
+    both = run_children(pair, [None, None], together=True)
+    ceiling = {"section": "workers", "workers": "ceiling", "it_per_s": sum(r["it_per_s"] for r in both)}
+    ceiling["speedup"] = ceiling["it_per_s"] / alone["it_per_s"]
+    rows[1]["speedup_of_ceiling"] = rows[1]["speedup"] / ceiling["speedup"]
+    rows += [alone, *both, ceiling]
+    cols = "workers processes block_iterations seconds it_per_s speedup speedup_of_ceiling peak_rss_mb"
+    title = "workers: 2 blocks, 1 process vs 2 torchrun processes; ceiling: 2 independent trainers at once"
+    report(title, rows, cols + " peak_cuda_mb")
 
 
 # --- output ------------------------------------------------------------------------------------------

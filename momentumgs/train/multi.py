@@ -252,6 +252,13 @@ class MultiBlockTrainer:
                 if state.teacher is not None and self.uses_teacher:
                     state.teacher.update(state.module, mc.momentum)  # before the forward pass
 
+        # Whether some block (of any worker) measures its quality at this step: only then do the block
+        # weights change and need sharing (every process knows the whole schedule)
+        measures = mc.weighting and any(
+            (self.schedule.done_iterations[b] + 1) % mc.weighting_every == 0
+            for b in map(self.schedule.current, range(self.comm.workers))
+            if b is not None
+        )
         results: dict[int, StepResult] = {}
         for w, b in active.items():
             if b is None:
@@ -294,7 +301,7 @@ class MultiBlockTrainer:
                 self.step_metrics[b].add(results[b].psnr, results[b].ssim)
                 if block.iteration % mc.weighting_every == 0:
                     self._measure_quality(b, block)
-        if mc.weighting:
+        if measures:
             with phase("weighting"):
                 self._sync_weights()
         self.schedule.advance()
@@ -310,13 +317,14 @@ class MultiBlockTrainer:
         """Sum the decoder gradients of all active workers everywhere, divide by their number."""
         params = list(self.decoder.parameters())
         local_ok = all(r.finite for r in results.values())
-        flags = torch.tensor([float(len(results)), 0.0 if local_ok else 1.0], dtype=torch.float64)
-        self.comm.sum_(flags)
-        active, bad = int(flags[0]), flags[1] > 0
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.flatten() for g in grads])
+        # one collective per step: the gradients, then the number of active workers and of failed ones
+        # (small integers, exact in float32)
+        flags = grads[0].new_tensor([float(len(results)), 0.0 if local_ok else 1.0])
+        flat = torch.cat([g.flatten() for g in grads] + [flags])
         self.comm.sum_(flat)
-        flat /= max(active, 1)
+        active, bad = int(flat[-2]), bool(flat[-1] > 0)
+        flat = flat[:-2] / max(active, 1)
         offset = 0
         for p in params:
             p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
