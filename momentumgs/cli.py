@@ -283,6 +283,48 @@ def _free_run_dir(base: str) -> str:
     return str(path)
 
 
+def demo_processes(cfg: Config, requested: int | None) -> int:
+    """How many processes train the demo: as asked, else one per worker where the CPU has a core for each
+    (two workers in two processes train about 1.8x as fast on two cores as in one), else one."""
+    import os
+
+    if requested is not None:
+        if requested < 1:
+            raise UserError(f"--processes {requested}: must be at least 1")
+        return requested
+    workers = cfg.method.workers
+    on_cpu = cfg.train.device == "cpu" or (cfg.train.device == "auto" and not _cuda_available())
+    if is_multi_block(cfg) and workers > 1 and on_cpu and (os.cpu_count() or 1) >= workers:
+        return workers
+    return 1
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def train_in_processes(cfg: Config, run_dir: str, processes: int, progress: bool = True) -> None:
+    """Train `cfg` with one worker per process under torchrun (this machine only), then return."""
+    import subprocess
+    import tempfile
+
+    from momentumgs.config import dump_config
+
+    with tempfile.TemporaryDirectory(prefix="momentumgs-") as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(dump_config(cfg))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        cmd += ["-m", "momentumgs.cli", "train", "-c", str(config), "--out", str(run_dir), "--no-eval"]
+        code = subprocess.run(cmd if progress else [*cmd, "--no-progress"]).returncode
+    if code != 0:
+        raise UserError(
+            f"{run_dir}: training in {processes} processes failed (exit {code}); resume it with "
+            f"`torchrun --nproc_per_node={processes} -m momentumgs.cli train --resume {run_dir}`"
+        )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _config(args, _default_demo_config())
     from momentumgs.data.demo import cached_demo_scene
@@ -292,7 +334,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg.data.path = str(root)
     print(f"demo scene ready in {time.perf_counter() - t0:.1f} s: {root}")
     run_dir = _free_run_dir(args.out or cfg.output)
-    _train(cfg, run_dir, False, [], progress=not args.no_progress)
+    processes = demo_processes(cfg, args.processes)
+    if processes > 1:
+        print(f"training in {processes} processes (torchrun, gloo; --processes 1 runs them in this one)")
+        train_in_processes(cfg, run_dir, processes, progress=not args.no_progress)
+    else:
+        _train(cfg, run_dir, False, [], progress=not args.no_progress)
     _evaluate_run(run_dir)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; the run is in {run_dir}")
     return 0
@@ -307,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", help="run folder (default: the config's output; never an existing run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--processes",
+        type=int,
+        help="worker processes (default: one per worker when training on a CPU with enough cores)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train on a COLMAP scene (or resume a run)")

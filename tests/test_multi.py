@@ -4,7 +4,6 @@ own cell, and the momentum teacher is what its formula says."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from momentumgs.checkpoint import load_checkpoint
+from momentumgs.cli import demo_processes, train_in_processes
 from momentumgs.config import load_config
 from momentumgs.data.colmap import load_colmap_scene
 from momentumgs.errors import UserError
@@ -59,12 +59,6 @@ def _set_args(items):
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _block_anchors(run, n=4):
     return [load_checkpoint(run / "blocks" / f"block_{b:03d}.ckpt")["anchors"] for b in range(n)]
 
@@ -81,10 +75,9 @@ def test_two_gloo_processes_equal_the_one_process_emulation(gt_test_scene, tmp_p
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = _set_args([*MULTI, f"data.path={gt_test_scene}"])
     cli = ["-m", "momentumgs.cli", "train", "--no-progress", "--no-eval"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2"]
-    torchrun += [f"--master_port={_free_port()}"]
     dist_run, local_run = tmp_path / "dist", tmp_path / "local"
-    subprocess.run([*torchrun, *cli, *args, "--out", str(dist_run)], check=True, env=env, timeout=600)
+    # two processes under torchrun, launched as `momentumgs demo` launches them
+    train_in_processes(load_config(None, [*MULTI, f"data.path={gt_test_scene}"]), dist_run, 2, progress=False)
     subprocess.run([sys.executable, *cli, *args, "--out", str(local_run)], check=True, env=env, timeout=600)
 
     # Tolerance: the decoder gradient of a step is the sum of two workers' gradients, added in the same
@@ -292,3 +285,16 @@ def test_unknown_weighting_source_is_a_clear_error(gt_test_scene, tmp_path):
     over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting_source=psnr"]
     with pytest.raises(UserError, match="method.weighting_source='psnr'"):
         start_or_resume_multi(load_config(None, over), _loader, tmp_path / "run", resume=False)
+
+
+def test_demo_trains_one_process_per_worker_on_a_cpu_with_the_cores(monkeypatch):
+    cfg = load_config(None, ["method.workers=2", "partition.block_dim=[2,2,1]", "train.device=cpu"])
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert demo_processes(cfg, None) == 2
+    assert demo_processes(cfg, 1) == 1  # asked for
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert demo_processes(cfg, None) == 1  # no core for the second worker
+    one_worker = load_config(None, ["method.workers=1", "partition.block_dim=[2,2,1]", "train.device=cpu"])
+    assert demo_processes(one_worker, None) == 1
+    with pytest.raises(UserError, match="--processes 0"):
+        demo_processes(cfg, 0)
