@@ -151,9 +151,9 @@ class MethodConfig:
     weighting: bool = True  # reconstruction-guided block weighting
     weighting_sigma: float = 10.0
     weighting_every: int = 1000  # measure a block's PSNR/SSIM every this many of its iterations
-    # "steps": the mean over those iterations of the block's own training renders (no extra rendering);
-    # "views": render every `weighting_view_stride`-th of its training views then (costs a few % of a step)
-    weighting_source: str = "steps"
+    # "views" (DESIGN, the paper): render every `weighting_view_stride`-th of its training views then;
+    # "steps": the mean over those iterations of the block's own training renders (free, an approximation)
+    weighting_source: str = "views"
     weighting_view_stride: int = 10
     shared_decoder: bool = True  # false: one decoder per block (the paper's "independent blocks" ablation)
     ram_budget_mb: float = 4096.0  # idle blocks kept in host RAM up to this, spilled to disk beyond

@@ -327,7 +327,7 @@ def section_method(args) -> None:
     over = f"partition.block_dim=[1,1,1] method.workers=1 data.downscale={args.downscale} "
     over += f"method.weighting_view_stride=5 train.iterations={args.warmup + windows * steps + 1} "
     over += f"method.weighting_every={every} method.momentum=0.9 method.lambda_consistency=50 "
-    over += "method.weighting=true"
+    over += f"method.weighting=true method.weighting_source={args.weighting_source}"
     variants = [
         {"name": "off", "method": {"lambda_consistency": 0.0, "weighting": False}},
         {"name": "on", "method": {"lambda_consistency": 50.0, "weighting": True}},
@@ -438,6 +438,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--baseline", metavar="GITREF", help="step section: also time this commit's code")
     p.add_argument("--voxel-scales", type=float, nargs="+", default=[1.0], help="step: voxel size factors")
     p.add_argument("--downscale", type=int, default=2, help="method, blocks, workers: data.downscale [2]")
+    p.add_argument("--weighting-source", default="views", choices=["views", "steps"], help="method [views]")
     p.add_argument("--ram-budget-mb", type=float, default=4.0, help="blocks: method.ram_budget_mb [4]")
     for name, (default, quick, text) in COUNTS.items():
         nargs = "+" if isinstance(default, list) else None

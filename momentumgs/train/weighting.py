@@ -1,9 +1,9 @@
 """Reconstruction-guided block weighting (DESIGN §4).
 
-Each block's PSNR and SSIM are measured every `every` iterations, as the mean over those iterations of its
-own training renders (`source: steps`, free) or on every `view_stride`-th of its training views
-(`source: views`, a few % of a step), and smoothed by an EMA; the leading block sets the reference. A
-block that lags gets a larger loss weight:
+Each block's PSNR and SSIM are measured every `every` iterations on every `view_stride`-th of its training
+views (`source: views`, the paper's; a few % of a step when frequent) or as the mean over those iterations of
+its own training renders (`source: steps`, free), and smoothed by an EMA; the leading block sets the
+reference. A block that lags gets a larger loss weight:
 
     w_b = 2 - exp(-[(PSNR_max - PSNR_b)^2 + (10 SSIM_max - 10 SSIM_b)^2] / (2 sigma^2))
 
