@@ -252,13 +252,11 @@ class MultiBlockTrainer:
                 if state.teacher is not None and self.uses_teacher:
                     state.teacher.update(state.module, mc.momentum)  # before the forward pass
 
-        # Whether some block (of any worker) measures its quality at this step: only then do the block
+        # The blocks (of all workers) that measure their quality after this step: only then do the block
         # weights change and need sharing (every process knows the whole schedule)
-        measures = mc.weighting and any(
-            (self.schedule.done_iterations[b] + 1) % mc.weighting_every == 0
-            for b in map(self.schedule.current, range(self.comm.workers))
-            if b is not None
-        )
+        done = self.schedule.done_iterations
+        current = [b for b in map(self.schedule.current, range(self.comm.workers)) if b is not None]
+        measuring = {b for b in current if (done[b] + 1) % mc.weighting_every == 0} if mc.weighting else set()
         results: dict[int, StepResult] = {}
         for w, b in active.items():
             if b is None:
@@ -295,13 +293,12 @@ class MultiBlockTrainer:
                 continue
             block = self.resident[w][1]
             block.step(finite)
-            if not mc.weighting:  # only the weights use the block quality
-                continue
             with phase("weighting"):
-                self.step_metrics[b].add(results[b].psnr, results[b].ssim)
-                if block.iteration % mc.weighting_every == 0:
+                if mc.weighting and mc.weighting_source == "steps":
+                    self.step_metrics[b].add(results[b].psnr, results[b].ssim)
+                if b in measuring:
                     self._measure_quality(b, block)
-        if measures:
+        if measuring:
             with phase("weighting"):
                 self._sync_weights()
         self.schedule.advance()
@@ -336,8 +333,8 @@ class MultiBlockTrainer:
         """PSNR / SSIM of the block: the mean of its training steps since the last measurement, or
         rendered on every `weighting_view_stride`-th of its training views."""
         mc = self.cfg.method
-        steps = self.step_metrics[block_id].take_mean()
         if mc.weighting_source == "steps":
+            steps = self.step_metrics[block_id].take_mean()
             if steps is not None:
                 self.qualities[block_id].update(*steps)
             return
