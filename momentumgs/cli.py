@@ -292,17 +292,13 @@ def demo_processes(cfg: Config, requested: int | None) -> int:
         if requested < 1:
             raise UserError(f"--processes {requested}: must be at least 1")
         return requested
+    from momentumgs.train.trainer import resolve_device
+
     workers = cfg.method.workers
-    on_cpu = cfg.train.device == "cpu" or (cfg.train.device == "auto" and not _cuda_available())
+    on_cpu = resolve_device(cfg.train.device).type == "cpu"
     if is_multi_block(cfg) and workers > 1 and on_cpu and (os.cpu_count() or 1) >= workers:
         return workers
     return 1
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def train_in_processes(cfg: Config, run_dir: str, processes: int, progress: bool = True) -> None:

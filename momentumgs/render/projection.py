@@ -111,7 +111,10 @@ def project_gaussians(
 
 
 def _rotation_scale(quats: Tensor, scales: Tensor) -> Tensor:
-    """M = R(q) diag(s), the covariance factor (covariance = M M^T), as [3, 3, N] (row, column, Gaussian)."""
+    """M = R(q) diag(s), the covariance factor (covariance = M M^T), as [3, 3, N] (row, column, Gaussian).
+
+    gsplat's `_quat_scale_to_matrix` is the same formula in the [N, 3, 3] layout; permuting its result cost
+    about 2 ms more per training step (forward + backward, 25k Gaussians, one core)."""
     w, x, y, z = F.normalize(quats, p=2, dim=-1).T  # [N] each
     sx, sy, sz = scales.T
     rows = [
