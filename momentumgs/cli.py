@@ -173,9 +173,10 @@ def _train(
 
 
 def _evaluate_run(run_dir: str | Path, split: str = "test") -> None:
+    from momentumgs.anchor_render import render_model_view
     from momentumgs.eval import evaluate, write_eval
     from momentumgs.model.store import load_model
-    from momentumgs.render.anchors import camera_view, render_model_view
+    from momentumgs.render.view import camera_view
     from momentumgs.train.trainer import RunPaths, resolve_device
 
     paths = RunPaths(Path(run_dir))

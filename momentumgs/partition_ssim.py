@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from momentumgs.anchor_render import render_anchor_view, visible_anchors
 from momentumgs.data.scene import Scene
 from momentumgs.metrics import ssim
 from momentumgs.model.store import load_model
 from momentumgs.partition import Partition
-from momentumgs.render.anchors import camera_view, render_anchor_view, visible_anchors
+from momentumgs.render.view import camera_view
 
 
 @torch.no_grad()

@@ -30,14 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from momentumgs.anchor_render import render_model_view, visible_anchors
 from momentumgs.cli import load_scene
 from momentumgs.config import load_config
 from momentumgs.eval import evaluate
 from momentumgs.model.decoder import decode, gather_anchors
 from momentumgs.model.store import load_model
 from momentumgs.partition import Partition, load_partition
-from momentumgs.render.anchors import View, camera_view, render_model_view, visible_anchors
 from momentumgs.render.rasterize import rasterize
+from momentumgs.render.view import View, camera_view
 from momentumgs.train.multi import start_or_resume_multi
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from momentumgs.anchor_render import render_anchor_view
 from momentumgs.cli import load_scene
 from momentumgs.config import load_config
 from momentumgs.eval import evaluate, peak_rss_mb
-from momentumgs.render.anchors import render_anchor_view
 from momentumgs.train.trainer import start_or_resume
 
 ROOT = Path(__file__).resolve().parent.parent

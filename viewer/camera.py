@@ -16,7 +16,7 @@ import torch
 import viser.transforms as vtf
 
 from momentumgs.data.scene import Camera
-from momentumgs.render.anchors import View
+from momentumgs.render.view import View
 
 
 @dataclass(frozen=True)

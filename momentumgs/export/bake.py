@@ -42,7 +42,7 @@ from momentumgs.export.gaussians import BakedGaussians
 from momentumgs.export.sh import fit_sh, sh_bases
 from momentumgs.model.decoder import DecoderOutput, GaussianDecoder
 from momentumgs.model.prefilter import anchor_radii, visible_anchor_mask
-from momentumgs.render.anchors import NEAR_PLANE
+from momentumgs.render.view import NEAR_PLANE
 
 OPACITY_MODES = ("weighted", "mean", "kept")
 SHAPE_MODES = ("central", "mean")

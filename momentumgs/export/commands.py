@@ -106,8 +106,9 @@ def _config_near(path: Path):
 
 
 def cmd_render(args) -> int:
+    from momentumgs.anchor_render import render_model_view
     from momentumgs.cli import load_scene
-    from momentumgs.render.anchors import camera_view, render_model_view
+    from momentumgs.render.view import camera_view
 
     source = Path(args.source)
     if source.suffix.lower() in BAKED_SUFFIXES:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from momentumgs.export.sh import degree_for_coeffs, eval_sh_colors
-from momentumgs.render.anchors import View, rasterize_gaussians
+from momentumgs.render.view import View, rasterize_gaussians
 
 
 @dataclass

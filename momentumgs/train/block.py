@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
+from momentumgs.anchor_render import render_anchor_view
 from momentumgs.config import TrainConfig
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import GaussianDecoder, consistency_loss, decode_targets
 from momentumgs.model.densify import AdjustReport, DensifyStats, adjust_anchors
-from momentumgs.render.anchors import View, render_anchor_view
+from momentumgs.render.view import View
 from momentumgs.timing import phase
 from momentumgs.train.losses import photometric_loss, volume_loss
 from momentumgs.train.optimizers import anchor_optimizer, apply_schedules, lr_schedules

@@ -34,7 +34,7 @@ from momentumgs.model.anchors import AnchorField, choose_voxel_size, init_anchor
 from momentumgs.model.decoder import GaussianDecoder, MomentumTeacher
 from momentumgs.model.store import AnchorModel, DecoderSpec, save_model
 from momentumgs.partition import Partition
-from momentumgs.render.anchors import camera_view
+from momentumgs.render.view import camera_view
 from momentumgs.timing import phase
 from momentumgs.train.block import Block, StepResult
 from momentumgs.train.block_store import BlockStore

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from momentumgs.anchor_render import render_anchor_view
 from momentumgs.checkpoint import load_checkpoint, save_checkpoint
 from momentumgs.config import Config, dump_config, load_config
 from momentumgs.data.scene import Scene
@@ -26,7 +27,7 @@ from momentumgs.errors import UserError
 from momentumgs.io_utils import write_text_atomic
 from momentumgs.model.anchors import init_anchors_from_points
 from momentumgs.model.store import AnchorModel, DecoderSpec, save_model
-from momentumgs.render.anchors import View, camera_view, render_anchor_view
+from momentumgs.render.view import View, camera_view
 from momentumgs.timing import phase
 from momentumgs.train.block import Block, StepResult
 from momentumgs.train.optimizers import apply_schedules, decoder_optimizer, lr_schedules
