@@ -15,6 +15,9 @@ outside). Differences from them, and why:
   in front of it. There is no occlusion test: a camera that looks at a block through a building still
   counts, which errs on the side of more views per block. CityGaussian's SSIM test on a rendered coarse
   model is `assign: ssim` (momentumgs/partition_ssim.py; it needs a trained model of the whole scene).
+- The camera assignment is an object the caller may inject (`CameraAssigner`): this module holds the
+  centre and visibility rules, which need nothing but the scene; the SSIM rule loads a model and renders
+  on a device, so it lives in partition_ssim.py and is handed in (`partition_ssim.make_assigner`).
 - Each block starts from the points of its cell plus a margin, not the whole cloud.
 """
 
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 import base64
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -327,30 +332,105 @@ def sample_ids(ids: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(ids, size=k, replace=False))
 
 
-def assign_cameras(
-    scene: Scene, part: Partition, expanded: list[np.ndarray], cfg, device
-) -> list[np.ndarray]:
-    """Train camera ids [C_b] per block: the centre's block, plus every block the camera sees enough of:
-    visibility: >= cfg.visibility_threshold of the block's margin-expanded points in its image;
-    ssim: 1 - SSIM > cfg.ssim_threshold when the block is removed from the coarse model's render."""
+class CameraAssigner(ABC):
+    """Which train cameras train each block: called once the blocks' cells and point ids are known.
+
+    An object rather than a mode string so that a rule needing more than the scene (a model, a device)
+    is built by the caller and handed to `partition_scene`, which then depends on none of it."""
+
+    name: ClassVar[str]  # recorded as the partition's `assign`
+
+    @abstractmethod
+    def assign(self, scene: Scene, part: Partition) -> list[np.ndarray]:
+        """Train camera ids [C_b] (sorted int64) for each block of `part`, in block order. The blocks'
+        `point_ids` (cell plus margin) are set; their `camera_ids` are not yet."""
+
+
+def home_cameras(scene: Scene, part: Partition) -> list[set[int]]:
+    """Per block, the train cameras whose centre lies in its cell: every rule keeps these."""
     train = np.asarray(scene.train_ids, dtype=np.int64)
     centres = np.stack([scene.cameras[i].center for i in train]) if len(train) else np.zeros((0, 3))
     home = part.block_of_points(centres)  # [T]
-    chosen = [set(train[home == b.index].tolist()) for b in part.blocks]
-    if part.assign == "visibility":
-        points = np.asarray(scene.points, dtype=np.float64)
-        for b, ids in zip(part.blocks, expanded, strict=True):
-            sample = points[sample_ids(ids, MAX_VISIBILITY_POINTS, seed=b.index)]
-            for cam_id in train:
-                if visible_fraction(scene, cam_id, sample) >= cfg.visibility_threshold:
-                    chosen[b.index].add(int(cam_id))
-    elif part.assign == "ssim":
-        from momentumgs.partition_ssim import ssim_losses
+    return [set(train[home == b.index].tolist()) for b in part.blocks]
 
-        losses = ssim_losses(scene, part, cfg.coarse_model, device)  # [T, B]
-        for row, b in zip(*np.nonzero(losses > cfg.ssim_threshold), strict=True):
-            chosen[b].add(int(train[row]))
+
+def sorted_ids(chosen: list[set[int]]) -> list[np.ndarray]:
     return [np.array(sorted(c), dtype=np.int64) for c in chosen]
+
+
+def check_visibility_threshold(value: float) -> float:
+    if not 0 < value <= 1:
+        raise PartitionError(f"partition.visibility_threshold: expected a fraction in (0, 1], got {value}")
+    return value
+
+
+def check_ssim_options(coarse_model: str | Path, threshold: float) -> None:
+    """The options of assign "ssim" (the rule itself is in partition_ssim.py)."""
+    if not coarse_model:
+        raise PartitionError("partition.assign=ssim needs partition.coarse_model (a trained model.ckpt)")
+    if not 0 < threshold < 2:
+        raise PartitionError(f"partition.ssim_threshold: expected a value in (0, 2), got {threshold}")
+
+
+@dataclass(frozen=True)
+class CenterAssigner(CameraAssigner):
+    """A camera trains only the block its centre lies in."""
+
+    name: ClassVar[str] = "center"
+
+    def assign(self, scene: Scene, part: Partition) -> list[np.ndarray]:
+        return sorted_ids(home_cameras(scene, part))
+
+
+@dataclass(frozen=True)
+class VisibilityAssigner(CameraAssigner):
+    """The centre's block, plus every block of which at least `threshold` of the (margin-expanded) points
+    project into the camera's image, in front of it."""
+
+    threshold: float = 0.25
+    name: ClassVar[str] = "visibility"
+
+    def __post_init__(self):
+        check_visibility_threshold(self.threshold)
+
+    def assign(self, scene: Scene, part: Partition) -> list[np.ndarray]:
+        chosen = home_cameras(scene, part)
+        points = np.asarray(scene.points, dtype=np.float64)  # [P, 3]
+        for b in part.blocks:
+            sample = points[sample_ids(b.point_ids, MAX_VISIBILITY_POINTS, seed=b.index)]  # [<=20000, 3]
+            for cam_id in scene.train_ids:
+                if visible_fraction(scene, cam_id, sample) >= self.threshold:
+                    chosen[b.index].add(int(cam_id))
+        return sorted_ids(chosen)
+
+
+def check_partition_config(cfg) -> tuple[int, int, int]:
+    """The checks of a PartitionConfig that need no scene, in the order the user meets them.
+    -> the block_dim"""
+    if cfg.assign not in ASSIGN_MODES:
+        modes = ", ".join(ASSIGN_MODES)
+        raise PartitionError(f"partition.assign: expected one of {modes}, got {cfg.assign!r}")
+    if not 0 <= cfg.margin < 1:
+        raise PartitionError(f"partition.margin: expected a fraction of the cell in [0, 1), got {cfg.margin}")
+    check_visibility_threshold(cfg.visibility_threshold)
+    if cfg.assign == "ssim":
+        check_ssim_options(cfg.coarse_model, cfg.ssim_threshold)
+    return check_block_dim(cfg.block_dim)
+
+
+def default_assigner(cfg) -> CameraAssigner:
+    """The assigner `cfg.assign` names, for the rules that need nothing but the scene."""
+    if cfg.assign == "center":
+        return CenterAssigner()
+    if cfg.assign == "visibility":
+        return VisibilityAssigner(cfg.visibility_threshold)
+    if cfg.assign == "ssim":
+        raise PartitionError(
+            "partition.assign=ssim renders a coarse model: pass partition_scene an assigner, "
+            "momentumgs.partition_ssim.make_assigner(cfg.partition, device)"
+        )
+    modes = ", ".join(ASSIGN_MODES)
+    raise PartitionError(f"partition.assign: expected one of {modes}, got {cfg.assign!r}")
 
 
 def check_cameras_inside(scene: Scene, aabb: np.ndarray, up: str) -> None:
@@ -382,26 +462,16 @@ def check_blocks(part: Partition) -> None:
             )
 
 
-def partition_scene(scene: Scene, cfg, device="cpu") -> Partition:
+def partition_scene(scene: Scene, cfg, assigner: CameraAssigner | None = None) -> Partition:
     """Split `scene` as `cfg` (a PartitionConfig) asks. Raises PartitionError on bad input or empty blocks.
 
-    `device` is where assign "ssim" renders its coarse model."""
-    if cfg.assign not in ASSIGN_MODES:
-        modes = ", ".join(ASSIGN_MODES)
-        raise PartitionError(f"partition.assign: expected one of {modes}, got {cfg.assign!r}")
-    if not 0 <= cfg.margin < 1:
-        raise PartitionError(f"partition.margin: expected a fraction of the cell in [0, 1), got {cfg.margin}")
-    if not 0 < cfg.visibility_threshold <= 1:
-        raise PartitionError(
-            f"partition.visibility_threshold: expected a fraction in (0, 1], got {cfg.visibility_threshold}"
-        )
-    if cfg.assign == "ssim" and not cfg.coarse_model:
-        raise PartitionError("partition.assign=ssim needs partition.coarse_model (a trained model.ckpt)")
-    if cfg.assign == "ssim" and not 0 < cfg.ssim_threshold < 2:
-        raise PartitionError(
-            f"partition.ssim_threshold: expected a value in (0, 2), got {cfg.ssim_threshold}"
-        )
-    block_dim = check_block_dim(cfg.block_dim)
+    `assigner` chooses each block's cameras; None builds the one `cfg.assign` names, which must then be
+    "center" or "visibility" ("ssim" needs a model and a device: see partition_ssim.make_assigner)."""
+    block_dim = check_partition_config(cfg)
+    if assigner is None:
+        assigner = default_assigner(cfg)
+    elif not isinstance(assigner, CameraAssigner):  # e.g. a device, the third parameter before assigners
+        raise TypeError(f"partition_scene: expected a CameraAssigner, got {assigner!r}")
     if not scene.train_ids:
         raise PartitionError("partition: the scene has no train views")
     if cfg.up_axis.strip().lower() == "auto":
@@ -419,13 +489,12 @@ def partition_scene(scene: Scene, cfg, device="cpu") -> Partition:
         up_axis=up,
         block_dim=block_dim,
         margin=float(cfg.margin),
-        assign=cfg.assign,
+        assign=assigner.name,
         num_points=len(scene.points),
         camera_names=[c.name for c in scene.cameras],
     )
     y = contract(scene.points, aabb)  # [P, 3]
     owner = block_of_contracted(y, part.grid_shape, part.axes, block_dim)  # [P]
-    expanded = []
     for index, grid_index in enumerate(np.ndindex(*block_dim)):
         lo, hi = cell_bounds(grid_index, part.axes, block_dim)
         pad = cfg.margin * (hi - lo)
@@ -435,10 +504,13 @@ def partition_scene(scene: Scene, cfg, device="cpu") -> Partition:
         part.blocks.append(
             Block(index, tuple(grid_index), lo, hi, w_lo, w_hi, np.zeros(0, np.int64), ids, n_cell)
         )
-        expanded.append(ids)
-    cameras = assign_cameras(scene, part, expanded, cfg, device)
+    cameras = assigner.assign(scene, part)
+    if len(cameras) != len(part.blocks):
+        raise ValueError(
+            f"{type(assigner).__name__} gave cameras for {len(cameras)} of {len(part.blocks)} blocks"
+        )
     for b, cams in zip(part.blocks, cameras, strict=True):
-        b.camera_ids = cams
+        b.camera_ids = np.asarray(cams, dtype=np.int64)
     check_blocks(part)
     return part
 

@@ -4,11 +4,16 @@ threshold. This is CityGaussian's `block_partitioning` (data_partition.py), whic
 there the block's Gaussians are those of its contracted cell; here the anchors of its half-open cell, the
 same cells `merge` crops to. It needs a trained model (model.ckpt) in the scene's own world frame, and
 costs one render per train view plus one per (view, block) whose anchors the view can see.
+
+`make_assigner` builds the camera assigner of any `partition.assign` mode; the callers that partition (the
+CLI, a run) use it, so that `momentumgs.partition` itself never loads or renders a model.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -17,12 +22,22 @@ from momentumgs.anchor_render import render_anchor_view, visible_anchors
 from momentumgs.data.scene import Scene
 from momentumgs.metrics import ssim
 from momentumgs.model.store import load_model
-from momentumgs.partition import Partition
+from momentumgs.partition import (
+    CameraAssigner,
+    Partition,
+    check_partition_config,
+    check_ssim_options,
+    default_assigner,
+    home_cameras,
+    sorted_ids,
+)
 from momentumgs.render.view import camera_view
 
 
 @torch.no_grad()
-def ssim_losses(scene: Scene, part: Partition, model_path: str | Path, device="cpu") -> np.ndarray:
+def ssim_losses(
+    scene: Scene, part: Partition, model_path: str | Path, device: torch.device | str
+) -> np.ndarray:
     """1 - SSIM of each train view's render without each block's anchors against its full render.
 
     -> [T, B] float64 over scene.train_ids x part.blocks; 0 where the view sees none of a block's anchors
@@ -45,3 +60,33 @@ def ssim_losses(scene: Scene, part: Partition, model_path: str | Path, device="c
             without = render_anchor_view(field, decoder, view, visible=visible & ~in_block).image
             losses[row, b.index] = 1.0 - float(ssim(without, full))
     return losses
+
+
+@dataclass(frozen=True)
+class SSIMAssigner(CameraAssigner):
+    """The centre's block, plus every block whose removal from the coarse model at `coarse_model` changes
+    the camera's render by 1 - SSIM > `threshold`. Loads the model and renders on `device`."""
+
+    coarse_model: str | Path
+    threshold: float
+    device: torch.device | str
+    name: ClassVar[str] = "ssim"
+
+    def __post_init__(self):
+        check_ssim_options(self.coarse_model, self.threshold)
+
+    def assign(self, scene: Scene, part: Partition) -> list[np.ndarray]:
+        chosen = home_cameras(scene, part)
+        losses = ssim_losses(scene, part, self.coarse_model, self.device)  # [T, B]
+        for row, b in zip(*np.nonzero(losses > self.threshold), strict=True):
+            chosen[b].add(int(scene.train_ids[row]))
+        return sorted_ids(chosen)
+
+
+def make_assigner(cfg, device: torch.device | str) -> CameraAssigner:
+    """The camera assigner `cfg.assign` names (cfg: a PartitionConfig); "ssim" renders on `device`.
+    Checks `cfg` first, so its errors come in the order `partition_scene` gives them."""
+    check_partition_config(cfg)
+    if cfg.assign == "ssim":
+        return SSIMAssigner(cfg.coarse_model, cfg.ssim_threshold, device)
+    return default_assigner(cfg)

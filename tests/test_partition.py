@@ -13,7 +13,10 @@ from momentumgs.config import PartitionConfig
 from momentumgs.data.colmap import load_colmap_scene
 from momentumgs.data.scene import Scene
 from momentumgs.partition import (
+    CameraAssigner,
+    CenterAssigner,
     PartitionError,
+    VisibilityAssigner,
     blocks_per_camera,
     contract,
     detect_up_axis,
@@ -253,25 +256,34 @@ def test_cli_error_is_one_line(gt_test_scene, capsys):
     assert rc == 2 and err.startswith("momentumgs: error: partition: block 0") and "\n" not in err
 
 
-def test_ssim_assignment_with_a_coarse_model(scene, tmp_path, monkeypatch):
-    """The paper's rule on a stand-in coarse model (anchors from the SfM points, a seeded untrained decoder):
-    views whose render changes when a block is removed train it, on top of the views standing in it."""
+@pytest.fixture(scope="module")
+def coarse_model(scene, tmp_path_factory):
+    """A stand-in coarse model: anchors from the SfM points, a seeded untrained decoder. -> its path"""
     torch = pytest.importorskip("torch")
-    from momentumgs import partition_ssim
     from momentumgs.model.anchors import init_anchors_from_points
     from momentumgs.model.store import AnchorModel, DecoderSpec, save_model
+
+    torch.manual_seed(0)
+    spec = DecoderSpec()
+    path = tmp_path_factory.mktemp("coarse") / "model.ckpt"
+    save_model(path, AnchorModel(init_anchors_from_points(scene.points), spec.build(), spec, {}))
+    return path
+
+
+def test_ssim_assignment_with_a_coarse_model(scene, coarse_model, monkeypatch):
+    """The paper's rule on a stand-in coarse model: views whose render changes when a block is removed train
+    it, on top of the views standing in it."""
+    from momentumgs import partition_ssim
 
     measured = []  # the losses partition_scene acts on, kept to check its decisions against
     real = partition_ssim.ssim_losses
     monkeypatch.setattr(
         partition_ssim, "ssim_losses", lambda *a, **k: measured.append(real(*a, **k)) or measured[0]
     )
-    torch.manual_seed(0)
-    spec = DecoderSpec()
-    path = tmp_path / "model.ckpt"
-    save_model(path, AnchorModel(init_anchors_from_points(scene.points), spec.build(), spec, {}))
-    cfg = PartitionConfig(block_dim=[2, 1, 1], assign="ssim", coarse_model=str(path), ssim_threshold=0.05)
-    part = partition_scene(scene, cfg)
+    cfg = PartitionConfig(
+        block_dim=[2, 1, 1], assign="ssim", coarse_model=str(coarse_model), ssim_threshold=0.05
+    )
+    part = partition_scene(scene, cfg, partition_ssim.make_assigner(cfg, "cpu"))
     centre = partition_scene(scene, PartitionConfig(block_dim=[2, 1, 1], assign="center"))
     (losses,) = measured  # [T, B]
     assert losses.shape == (len(scene.train_ids), 2) and (losses >= 0).all()
@@ -279,6 +291,76 @@ def test_ssim_assignment_with_a_coarse_model(scene, tmp_path, monkeypatch):
         seen = {scene.train_ids[i] for i in np.flatnonzero(losses[:, b.index] > 0.05)}
         assert set(b.camera_ids) == set(c.camera_ids) | seen
     assert sum(len(b.camera_ids) for b in part.blocks) > sum(len(b.camera_ids) for b in centre.blocks)
+    assert part.assign == "ssim"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_ssim_assigner_loads_and_renders_on_its_device(scene, coarse_model, monkeypatch, device):
+    torch = pytest.importorskip("torch")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from momentumgs import partition_ssim
+
+    loaded_on, rendered_on = [], []  # the device asked of load_model; the devices of each render's inputs
+    real_load, real_render = partition_ssim.load_model, partition_ssim.render_anchor_view
+
+    def load(path, dev):
+        loaded_on.append(dev)
+        return real_load(path, dev)
+
+    def render(field, decoder, view, **kwargs):
+        rendered_on.extend(
+            {field.positions.device.type, view.viewmat.device.type, kwargs["visible"].device.type}
+        )
+        return real_render(field, decoder, view, **kwargs)
+
+    monkeypatch.setattr(partition_ssim, "load_model", load)
+    monkeypatch.setattr(partition_ssim, "render_anchor_view", render)
+    cfg = PartitionConfig(block_dim=[2, 1, 1], assign="ssim", coarse_model=str(coarse_model))
+    assigner = partition_ssim.make_assigner(cfg, device)
+    part = partition_scene(scene, PartitionConfig(block_dim=[2, 1, 1], assign="center"))
+    two_views = dataclasses.replace(scene, train_ids=scene.train_ids[:2])  # two views keep the test cheap
+    cameras = assigner.assign(two_views, part)
+    assert loaded_on == [device] and rendered_on and set(rendered_on) == {device}
+    assert len(cameras) == 2 and all(c.dtype == np.int64 for c in cameras)
+
+
+def test_partition_uses_the_injected_assigner(scene):
+    """Any CameraAssigner decides the cameras; the partition records its name."""
+
+    class EveryCamera(CameraAssigner):
+        name = "every-camera"
+
+        def assign(self, scene, part):
+            return [np.array(scene.train_ids, dtype=np.int64) for _ in part.blocks]
+
+    cfg = PartitionConfig(block_dim=[2, 1, 1], assign="center")
+    part = partition_scene(scene, cfg, EveryCamera())
+    centre = partition_scene(scene, cfg)
+    assert part.assign == "every-camera" and centre.assign == "center"
+    assert all(b.camera_ids.tolist() == sorted(scene.train_ids) for b in part.blocks)
+    assert [b.point_ids.tolist() for b in part.blocks] == [b.point_ids.tolist() for b in centre.blocks]
+
+
+def test_ssim_needs_an_injected_assigner(scene, tmp_path):
+    cfg = PartitionConfig(assign="ssim", coarse_model=str(tmp_path / "model.ckpt"))
+    with pytest.raises(PartitionError, match="partition.assign=ssim renders a coarse model: pass") as info:
+        partition_scene(scene, cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_make_assigner_builds_the_configured_rule():
+    from momentumgs.partition_ssim import SSIMAssigner, make_assigner
+
+    assert make_assigner(PartitionConfig(assign="center"), "cpu") == CenterAssigner()
+    visibility = make_assigner(PartitionConfig(visibility_threshold=0.5), "cpu")
+    assert visibility == VisibilityAssigner(0.5)
+    ssim = make_assigner(PartitionConfig(assign="ssim", coarse_model="m.ckpt", ssim_threshold=0.1), "cuda:1")
+    assert ssim == SSIMAssigner("m.ckpt", 0.1, "cuda:1")
+    with pytest.raises(PartitionError, match="partition.assign: expected one of visibility, center, ssim"):
+        make_assigner(PartitionConfig(assign="nearest"), "cpu")
+    with pytest.raises(PartitionError, match="partition.visibility_threshold: expected a fraction"):
+        VisibilityAssigner(0.0)
 
 
 # --- CLI -----------------------------------------------------------------------------------------
