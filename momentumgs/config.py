@@ -41,7 +41,7 @@ class DemoConfig:
 
 @dataclass
 class ModelConfig:
-    """Anchor field and Gaussian decoder (DESIGN §3)."""
+    """Anchor field and Gaussian decoder (docs/method.md, Representation)."""
 
     voxel_size: float = 0.0  # 0 = choose from the point cloud
     feat_dim: int = 32
@@ -88,8 +88,9 @@ class DensifyOptions:
 
 @dataclass
 class OptimConfig:
-    """Adam learning rates (DESIGN §3; decoder rates as Scaffold-GS). `*_final` is reached at the end of the
-    run along a log-linear decay; the offsets' rates are multiplied by the scene's spatial scale."""
+    """Adam learning rates (docs/method.md, Representation and Training schedule; decoder rates as
+    Scaffold-GS). `*_final` is reached at the end of the run along a log-linear decay; the offsets' rates are
+    multiplied by the scene's spatial scale."""
 
     features: float = 0.0075
     offsets_init: float = 0.01
@@ -107,7 +108,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation of one block (DESIGN §3, §4)."""
+    """Optimisation of each block (docs/method.md, Loss and Densification)."""
 
     iterations: int = 30_000
     seed: int = 0
@@ -125,7 +126,7 @@ class TrainConfig:
 
 @dataclass
 class PartitionConfig:
-    """Scene partitioning into blocks (DESIGN §5, momentumgs/partition.py)."""
+    """Scene partitioning into blocks (docs/method.md, Partitioning and merging; momentumgs/partition.py)."""
 
     aabb: list[float] = field(default_factory=list)  # [] = estimate; else min x, y, z, then max x, y, z
     # cells per axis in (horizontal 1, horizontal 2, up) order: the ground axes are the world axes other than
@@ -142,7 +143,8 @@ class PartitionConfig:
 
 @dataclass
 class MethodConfig:
-    """Momentum-GS across blocks (DESIGN §4, §6). The switches double as the ablation's."""
+    """Momentum-GS across blocks (docs/method.md: Momentum teacher, Block weighting, Training schedule).
+    The switches double as the ablation's."""
 
     workers: int = 1  # k worker slots (<= blocks); with torchrun the world size sets it
     slot_iterations: int = 500  # a worker switches to its next block after this many steps
@@ -151,7 +153,8 @@ class MethodConfig:
     weighting: bool = True  # reconstruction-guided block weighting
     weighting_sigma: float = 10.0
     weighting_every: int = 1000  # measure a block's PSNR/SSIM every this many of its iterations
-    # "views" (DESIGN, the paper): render every `weighting_view_stride`-th of its training views then;
+    # "views" (the paper's; docs/method.md, Block weighting): render every `weighting_view_stride`-th of its
+    # training views then;
     # "steps": the mean over those iterations of the block's own training renders (free, an approximation)
     weighting_source: str = "views"
     weighting_view_stride: int = 10

@@ -1,5 +1,6 @@
 """Evaluation: PSNR, SSIM and LPIPS (VGG, AlexNet) on the test views, with and without the per-image colour
-correction of the paper's protocol (DESIGN §8), plus rendering speed and peak memory.
+correction of the paper's protocol (docs/rendering.md, Evaluation protocol), plus rendering speed and
+peak memory.
 
 The evaluator takes any `render_fn(camera) -> [H, W, 3] float tensor in [0, 1]`: the anchor model of a run, a
 merged model or a baked PLY all evaluate the same way.

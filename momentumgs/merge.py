@@ -1,5 +1,6 @@
 """Merge trained blocks into one model: each block keeps the anchors inside its own (half-open) cell, the
-blocks are concatenated, and the shared student decoder decodes them all (DESIGN §5)."""
+blocks are concatenated, and the shared student decoder decodes them all (docs/method.md, Partitioning and
+merging)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Scene partitioning (DESIGN §5): scene bounds, space contraction, a grid of blocks, and which cameras and
-SfM points each block trains from.
+"""Scene partitioning (docs/method.md, Partitioning and merging): scene bounds, space contraction, a grid
+of blocks, and which cameras and SfM points each block trains from.
 
 The rules follow CityGaussian's `data_partition.py` and Momentum-GS's code that reuses it: the AABB is
 mapped to [0.25, 0.75]^3 and the unbounded outside to the rest of [0, 1]^3, and [0, 1]^3 is split by a
@@ -150,7 +150,7 @@ def check_aabb(values) -> np.ndarray:
 def estimate_aabb(scene: Scene, up: str) -> np.ndarray:
     """Scene bounds [6] (min xyz, max xyz) from the SfM points and the camera centres.
 
-    DESIGN §5 suggests centre = the point the camera axes focus on, extent = the median camera distance
+    The paper's rule takes centre = the point the camera axes focus on, extent = the median camera distance
     per axis. On aerial captures that box is too small in the ground plane (cameras look at far more than
     their median spacing) and too tall (it reaches up to the flight altitude, so a vertical split falls
     above every roof). So: in the ground plane the 2%..98% quantiles of the SfM points, widened to the
@@ -181,7 +181,7 @@ def contract(x: np.ndarray, aabb: np.ndarray) -> np.ndarray:
     """World points [..., 3] -> [0, 1]^3: the AABB to [0.25, 0.75]^3, the unbounded outside to the rest.
 
     u = 2(x - a_min)/(a_max - a_min) - 1; if |u|_inf > 1: u <- (2 - 1/|u|_inf) u/|u|_inf; x' = u/4 + 0.5
-    (CityGaussian's `contract_to_unisphere` with the infinity norm, DESIGN §5).
+    (CityGaussian's `contract_to_unisphere` with the infinity norm; docs/method.md, Partitioning and merging).
     """
     a_min, a_max = aabb[:3], aabb[3:]
     u = 2 * (np.asarray(x, dtype=np.float64) - a_min) / (a_max - a_min) - 1  # [..., 3]

@@ -1,4 +1,5 @@
-"""momentumgs' interactive viewer on viser (DESIGN §9): `momentumgs view RUN` and `momentumgs train --view`.
+"""momentumgs' interactive viewer on viser (docs/rendering.md, Viewer): `momentumgs view RUN` and
+`momentumgs train --view`.
 
 Installed as the package `momentumgs_viewer` (from the top-level folder viewer/).
 """

@@ -1,4 +1,4 @@
-"""Bake an anchor model into explicit Gaussians with SH colour (DESIGN §9).
+"""Bake an anchor model into explicit Gaussians with SH colour (docs/formats.md, Exported Gaussians).
 
 The decoder makes every neural Gaussian's colour, opacity and shape depend on the view direction
 dhat = (x_v - c) / |x_v - c| (and which of the K slots exist: alpha > 0). A static 3DGS file has one opacity

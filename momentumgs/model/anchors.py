@@ -1,5 +1,6 @@
-"""The anchor field of one block (DESIGN §3): frozen voxel-centre positions with learnable features,
-offsets and log-scales, from which the shared decoder spawns k neural Gaussians per anchor.
+"""The anchor field of one block (docs/method.md, Representation): frozen voxel-centre positions with
+learnable features, offsets and log-scales, from which the shared decoder spawns k neural Gaussians per
+anchor.
 
 Initialisation follows Scaffold-GS (Lu et al. 2024, `create_from_pcd`) as used by Momentum-GS:
 voxelise the SfM points at `voxel_size`, features and offsets zero, log-scale the log of the anchor's

@@ -1,5 +1,5 @@
 """The shared Gaussian decoder (three small MLPs), its momentum teacher and the consistency loss
-(DESIGN §3, §4).
+(docs/method.md, Representation and Momentum teacher).
 
 Formulas follow Scaffold-GS's `generate_neural_gaussians` and Momentum-GS's
 `generate_neural_gaussians_and_momentum_gaussians` / `render_with_consistency_loss`:

@@ -1,6 +1,6 @@
-"""Anchor growing and pruning (DESIGN §3), after Scaffold-GS's `training_statis`, `anchor_growing`
-and `adjust_anchor`, with Momentum-GS's schedule (statistics from 500 to 30000, adjust every 25,
-growth cell factor 128).
+"""Anchor growing and pruning (docs/method.md, Densification), after Scaffold-GS's `training_statis`,
+`anchor_growing` and `adjust_anchor`, with Momentum-GS's schedule (statistics from 500 to 30000, adjust
+every 25, growth cell factor 128).
 
 Statistics per neural-Gaussian slot (anchor * K + j): sum of the screen-space mean-gradient norm
 (NDC units) and visit count. Per anchor: sum of clamp(alpha, 0) over its K slots and visit count.

@@ -1,4 +1,4 @@
-"""View-frustum prefilter: which anchors a camera can see, before decoding (DESIGN §3, §7).
+"""View-frustum prefilter: which anchors a camera can see, before decoding (docs/method.md, Representation).
 
 Scaffold-GS / Momentum-GS `prefilter_voxel` rasterise each anchor as a Gaussian of scale
 exp(l[0:3]) and keep those with a non-zero screen radius. We test the anchor centre directly:

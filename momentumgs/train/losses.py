@@ -1,5 +1,6 @@
-"""Training losses (DESIGN §4): 0.8 L1 + 0.2 (1 - SSIM) on the image, a volume regulariser on the kept
-neural Gaussians, and (in multi-block training) the momentum consistency term from the model package."""
+"""Training losses (docs/method.md, Loss): 0.8 L1 + 0.2 (1 - SSIM) on the image, a volume regulariser on
+the kept neural Gaussians, and (in multi-block training) the momentum consistency term from the model
+package."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Which block each of the k workers trains at each step: the paper's slot rotation (DESIGN §6).
+"""Which block each of the k workers trains at each step: the paper's slot rotation
+(docs/method.md, Training schedule).
 
 The n blocks are dealt to the workers round-robin (worker w gets blocks w, w + k, w + 2k, ...). A worker
 trains its current block for `slot_iterations` steps, then moves on to its next block that still has

@@ -1,4 +1,4 @@
-"""Reconstruction-guided block weighting (DESIGN §4).
+"""Reconstruction-guided block weighting (docs/method.md, Block weighting).
 
 Each block's PSNR and SSIM are measured every `every` iterations on every `view_stride`-th of its training
 views (`source: views`, the paper's; a few % of a step when frequent) or as the mean over those iterations of
