@@ -41,7 +41,7 @@ def _default_demo_config() -> str | None:
 
 
 def cmd_demo_scene(args: argparse.Namespace) -> int:
-    from momentumgs.data.demo import build_demo_scene
+    from momentumgs.demo import build_demo_scene
 
     t0 = time.perf_counter()
     out = build_demo_scene(args.out, size=args.size, seed=args.seed, sfm=not args.no_sfm)
@@ -49,23 +49,9 @@ def cmd_demo_scene(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_scene(cfg: Config):
-    """The COLMAP scene a config names (data.path)."""
-    from momentumgs.data.colmap import load_colmap_scene
-
-    if not cfg.data.path:
-        raise UserError("data.path: no scene given (pass --scene PATH or --set data.path=PATH)")
-    return load_colmap_scene(
-        cfg.data.path,
-        images=cfg.data.images,
-        downscale=cfg.data.downscale,
-        test_every=cfg.data.test_every,
-        split_file=cfg.data.split_file or None,
-        image_cache_mb=cfg.data.image_cache_mb,
-    )
-
-
 def cmd_info(args: argparse.Namespace) -> int:
+    from momentumgs.run import load_scene
+
     cfg = _config(args)
     cfg.data.path = args.scene
     print(load_scene(cfg).summary())
@@ -73,17 +59,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
-    from momentumgs.partition import partition_scene, save_partition
+    from momentumgs.partition import save_partition
+    from momentumgs.run import load_scene, make_partition, resolve_device
 
     cfg = _config(args)
     cfg.data.path = args.scene
     scene = load_scene(cfg)
-    device = "cpu"
-    if cfg.partition.assign == "ssim":  # renders the coarse model
-        from momentumgs.train.trainer import resolve_device
-
-        device = resolve_device(cfg.train.device)
-    part = partition_scene(scene, cfg.partition, device)
+    part = make_partition(scene, cfg, resolve_device(cfg.train.device))
     print(part.summary())
     for b in part.blocks:
         if len(b.camera_ids) < cfg.partition.min_views:
@@ -103,33 +85,19 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
-def is_multi_block(cfg: Config) -> bool:
-    """Several cells in the partition grid (or several workers) select the Momentum-GS multi-block trainer;
-    a 1x1x1 grid trains one block over the whole scene."""
-    cells = 1
-    for n in cfg.partition.block_dim:
-        cells *= n
-    return cells > 1 or cfg.method.workers > 1
+def _train(cfg: Config | None, run_dir: str, resume: bool, overrides: list[str], progress: bool, view=None):
+    """Train (or resume) `run_dir` in this process, with a live viewer when `view` holds its options."""
+    from momentumgs.run import open_training, plan_text
 
+    trainer = open_training(cfg, run_dir, resume, overrides)
+    viewer, hook = None, None
+    if view is not None and trainer.comm.is_main:
+        from momentumgs_viewer import start_training_viewer
 
-def _run_config(run_dir: str) -> Config:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
-    return load_config(path)
-
-
-def _start_training_viewer(trainer, view):
-    """`train --view`: serve the model as it trains; -> (viewer, the trainer's on_step hook)."""
-    from momentumgs_viewer import start_training_viewer
-
-    viewer, hook = start_training_viewer(trainer, view)
-    print(f"viewer: {viewer.url} (shows the model while a browser is connected)")
-    return viewer, hook
-
-
-def _run_trainer(trainer, progress: bool, view) -> None:
-    viewer, hook = _start_training_viewer(trainer, view) if view is not None else (None, None)
+        viewer, hook = start_training_viewer(trainer, view)
+        print(f"viewer: {viewer.url} (shows the model while a browser is connected)")
+    if trainer.comm.is_main:
+        print(plan_text(trainer, run_dir))
     try:
         trainer.run(progress=progress, on_step=hook)
     finally:
@@ -137,83 +105,26 @@ def _run_trainer(trainer, progress: bool, view) -> None:
             viewer.stop()
 
 
-def _train(
-    cfg: Config | None, run_dir: str, resume: bool, overrides: list[str], progress: bool = True, view=None
-):
-    from momentumgs.train.comm import init_from_env, launched_by_torchrun
-    from momentumgs.train.multi import start_or_resume_multi
-    from momentumgs.train.trainer import resolve_device, start_or_resume
-
-    probe = _run_config(run_dir) if resume else cfg
-    assert probe is not None
-    if not (is_multi_block(probe) or launched_by_torchrun()):
-        trainer = start_or_resume(cfg, load_scene, run_dir, resume, overrides)
-        print(trainer.scene.summary())
-        print(
-            f"training one block of {trainer.block.field.n_anchors} anchors on {trainer.device} "
-            f"({len(trainer.scene.train_ids)} views, {trainer.cfg.train.iterations} iterations) -> {run_dir}"
-        )
-        _run_trainer(trainer, progress, view)
-        return trainer
-
-    comm, device = None, None
-    if launched_by_torchrun():
-        device = resolve_device(probe.train.device)
-        comm = init_from_env(device)
-    trainer = start_or_resume_multi(cfg, load_scene, run_dir, resume, overrides, comm=comm, device=device)
-    if trainer.comm.is_main:
-        print(trainer.scene.summary())
-        print(trainer.partition.summary())
-        print(
-            f"training {len(trainer.partition.blocks)} blocks on {trainer.comm.workers} workers "
-            f"({trainer.cfg.train.iterations} iterations per block, device {trainer.device}) -> {run_dir}"
-        )
-    _run_trainer(trainer, progress, view if trainer.comm.is_main else None)
-    return trainer
-
-
-def _evaluate_run(run_dir: str | Path, split: str = "test") -> None:
-    from momentumgs.anchor_render import render_model_view
-    from momentumgs.eval import evaluate, write_eval
-    from momentumgs.model.store import load_model
-    from momentumgs.render.view import camera_view
-    from momentumgs.train.trainer import RunPaths, resolve_device
-
-    paths = RunPaths(Path(run_dir))
-    if not paths.model.is_file():
-        raise UserError(f"{run_dir}: no trained model (expected {paths.model}); has training finished?")
-    cfg = load_config(paths.config)
-    device = resolve_device(cfg.train.device)
-    model = load_model(paths.model, device)
-    scene = load_scene(cfg)
-    ids = scene.test_ids if split == "test" else scene.train_ids
-    if not ids:
-        raise UserError(f"{cfg.data.path}: the scene has no {split} views to evaluate")
-    index_of = {id(cam): i for i, cam in enumerate(scene.cameras)}
-
-    def render(cam):
-        view = camera_view(cam, device, index_of[id(cam)])
-        return render_model_view(model, view)
-
-    result = evaluate(render, scene, ids, device=device, progress=True)
-    result.extra.update({"split": split, "model": str(paths.model), "iteration": model.info.get("iteration")})
-    csv_path, json_path = write_eval(result, paths.eval_dir, stem=f"eval_{split}")
-    print(result.format())
-    print(f"per-image metrics: {csv_path}\nsummary: {json_path}")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    from momentumgs.run import evaluate_run, is_main_process
+
     if args.resume:
-        run_dir = args.resume
-        _train(None, run_dir, True, args.overrides, progress=not args.no_progress, view=_view_options(args))
+        run_dir, cfg = args.resume, None
     else:
         cfg = _config(args)
         if args.scene:
             cfg.data.path = args.scene
         run_dir = args.out or cfg.output
-        _train(cfg, run_dir, False, [], progress=not args.no_progress, view=_view_options(args))
-    if not args.no_eval and _is_main_process():
-        _evaluate_run(run_dir)
+    _train(
+        cfg,
+        run_dir,
+        bool(args.resume),
+        args.overrides if args.resume else [],
+        not args.no_progress,
+        _view_options(args),
+    )
+    if not args.no_eval and is_main_process():
+        evaluate_run(run_dir)
     return 0
 
 
@@ -223,7 +134,7 @@ def _view_options(args: argparse.Namespace):
         return None
     from momentumgs_viewer import ViewerOptions
 
-    from momentumgs.train.trainer import resolve_device
+    from momentumgs.run import resolve_device
 
     return ViewerOptions(
         host=args.host,
@@ -253,14 +164,10 @@ def _add_viewer_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     )
 
 
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    _evaluate_run(args.run, args.split)
+    from momentumgs.run import evaluate_run
+
+    evaluate_run(args.run, args.split)
     return 0
 
 
@@ -276,68 +183,23 @@ def cmd_render(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _free_run_dir(base: str) -> str:
-    """`base`, or `base-2`, `base-3`, ...: the demo never writes into an earlier run."""
-    path, n = Path(base), 2
-    while path.exists() and any(path.iterdir()):
-        path, n = Path(f"{base}-{n}"), n + 1
-    return str(path)
-
-
-def demo_processes(cfg: Config, requested: int | None) -> int:
-    """How many processes train the demo: as asked, else one per worker where the CPU has a core for each
-    (two workers in two processes train about 1.8x as fast on two cores as in one), else one."""
-    import os
-
-    if requested is not None:
-        if requested < 1:
-            raise UserError(f"--processes {requested}: must be at least 1")
-        return requested
-    from momentumgs.train.trainer import resolve_device
-
-    workers = cfg.method.workers
-    on_cpu = resolve_device(cfg.train.device).type == "cpu"
-    if is_multi_block(cfg) and workers > 1 and on_cpu and (os.cpu_count() or 1) >= workers:
-        return workers
-    return 1
-
-
-def train_in_processes(cfg: Config, run_dir: str, processes: int, progress: bool = True) -> None:
-    """Train `cfg` with one worker per process under torchrun (this machine only), then return."""
-    import subprocess
-    import tempfile
-
-    from momentumgs.config import dump_config
-
-    with tempfile.TemporaryDirectory(prefix="momentumgs-") as tmp:
-        config = Path(tmp) / "config.yaml"
-        config.write_text(dump_config(cfg))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-        cmd += ["-m", "momentumgs.cli", "train", "-c", str(config), "--out", str(run_dir), "--no-eval"]
-        code = subprocess.run(cmd if progress else [*cmd, "--no-progress"]).returncode
-    if code != 0:
-        raise UserError(
-            f"{run_dir}: training in {processes} processes failed (exit {code}); resume it with "
-            f"`torchrun --nproc_per_node={processes} -m momentumgs.cli train --resume {run_dir}`"
-        )
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    cfg = _config(args, _default_demo_config())
-    from momentumgs.data.demo import cached_demo_scene
+    from momentumgs.demo import cached_demo_scene
+    from momentumgs.run import default_processes, evaluate_run, free_run_dir, train_in_processes
 
+    cfg = _config(args, _default_demo_config())
     t0 = time.perf_counter()
     root = cached_demo_scene(size=cfg.demo.size, seed=cfg.demo.seed, cache_dir=cfg.demo.cache_dir or None)
     cfg.data.path = str(root)
     print(f"demo scene ready in {time.perf_counter() - t0:.1f} s: {root}")
-    run_dir = _free_run_dir(args.out or cfg.output)
-    processes = demo_processes(cfg, args.processes)
+    run_dir = free_run_dir(args.out or cfg.output)
+    processes = default_processes(cfg, args.processes)
     if processes > 1:
         print(f"training in {processes} processes (torchrun, gloo; --processes 1 runs them in this one)")
         train_in_processes(cfg, run_dir, processes, progress=not args.no_progress)
     else:
         _train(cfg, run_dir, False, [], progress=not args.no_progress)
-    _evaluate_run(run_dir)
+    evaluate_run(run_dir)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; the run is in {run_dir}")
     return 0
 

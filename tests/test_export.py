@@ -333,8 +333,8 @@ def test_bad_spz_files_give_one_line_errors(tmp_path):
 @pytest.fixture
 def tiny_run(gt_test_scene, tmp_path):
     """A run folder: a random tiny model over the small demo city and a config pointing at the scene."""
-    from momentumgs.cli import load_scene
     from momentumgs.config import load_config
+    from momentumgs.run import load_scene
 
     cfg = load_config(None, [f"data.path={gt_test_scene}"])
     scene = load_scene(cfg)

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from momentumgs.checkpoint import load_checkpoint
-from momentumgs.cli import demo_processes, train_in_processes
 from momentumgs.config import load_config
 from momentumgs.data.colmap import load_colmap_scene
 from momentumgs.errors import UserError
@@ -24,7 +23,8 @@ from momentumgs.model.decoder import (
     gather_anchors,
 )
 from momentumgs.model.store import load_model
-from momentumgs.train.multi import start_or_resume_multi
+from momentumgs.run import default_processes, start_or_resume, train_in_processes
+from momentumgs.train.metrics_log import read_metrics
 
 # 4 blocks (2x2) on 2 workers, 40x30 views, slots of 4 steps, densification and weighting inside the run.
 MULTI = [
@@ -96,13 +96,21 @@ def test_two_gloo_processes_equal_the_one_process_emulation(gt_test_scene, tmp_p
         teacher = load_checkpoint(dist_dir / f"shared_rank{rank}.ckpt")["decoders"][0]["teacher"]
         _assert_same_tensors(teacher, local_teacher, atol)
     assert dist_model.field.n_anchors == local_model.field.n_anchors > 0
+    # every process's blocks are logged, as in the emulation (not only the main process's)
+    dist_log, local_log = (read_metrics(run / "metrics.jsonl", kind="train") for run in (dist_run, local_run))
+    assert len(dist_log) == len(local_log) > 0
+    for d, loc in zip(dist_log, local_log, strict=True):
+        assert d["blocks"].keys() == loc["blocks"].keys() and len(d["blocks"]) == 2
+        for b, record in d["blocks"].items():
+            assert record["iteration"] == loc["blocks"][b]["iteration"]
+            assert record["psnr"] == pytest.approx(loc["blocks"][b]["psnr"], abs=1e-4)
 
 
 def test_tiny_ram_budget_spills_and_trains_the_same(gt_test_scene, tmp_path):
     results = {}
     for name, budget in (("ram", "4096"), ("disk", "0.01")):
         cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", f"method.ram_budget_mb={budget}"])
-        trainer = start_or_resume_multi(cfg, _loader, tmp_path / name, resume=False)
+        trainer = start_or_resume(cfg, _loader, tmp_path / name, resume=False)
         stats = trainer.store.stats
         trainer.run(progress=False)
         results[name] = (_block_anchors(tmp_path / name), stats)
@@ -116,17 +124,17 @@ def test_tiny_ram_budget_spills_and_trains_the_same(gt_test_scene, tmp_path):
 
 def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path):
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}"])
-    unbroken = start_or_resume_multi(cfg, _loader, tmp_path / "a", resume=False)
+    unbroken = start_or_resume(cfg, _loader, tmp_path / "a", resume=False)
     unbroken.run(progress=False)
 
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}"])
-    first = start_or_resume_multi(cfg, _loader, tmp_path / "b", resume=False)
+    first = start_or_resume(cfg, _loader, tmp_path / "b", resume=False)
     first.run(progress=False, stop_after=10)  # mid-slot, after densification and a weighting measurement
     first.save_checkpoint()
     assert any(q.measured for q in first.qualities)
     del first
     torch.manual_seed(12345)  # a different process state: the checkpoint must restore everything
-    resumed = start_or_resume_multi(None, _loader, tmp_path / "b", resume=True)
+    resumed = start_or_resume(None, _loader, tmp_path / "b", resume=True)
     assert resumed.global_step == 10
     resumed.run(progress=False)
     for a, b in zip(_block_anchors(tmp_path / "a"), _block_anchors(tmp_path / "b"), strict=True):
@@ -140,7 +148,7 @@ def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path):
 
 def test_merge_keeps_each_blocks_own_cell(gt_test_scene, tmp_path):
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", "train.iterations=2"])
-    trainer = start_or_resume_multi(cfg, _loader, tmp_path / "run", resume=False)
+    trainer = start_or_resume(cfg, _loader, tmp_path / "run", resume=False)
     trainer.run(progress=False)
     model = load_model(tmp_path / "run" / "model.ckpt")
     owner = trainer.partition.block_of_points(model.field.positions.double().numpy())
@@ -157,7 +165,7 @@ def test_merge_keeps_each_blocks_own_cell(gt_test_scene, tmp_path):
 def test_more_workers_than_blocks_is_a_clear_error(gt_test_scene, tmp_path):
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", "method.workers=5"])
     with pytest.raises(UserError, match="method.workers=5 is more than the 4 blocks"):
-        start_or_resume_multi(cfg, _loader, tmp_path / "run", resume=False)
+        start_or_resume(cfg, _loader, tmp_path / "run", resume=False)
 
 
 def test_teacher_is_the_ema_of_the_student_and_m0_copies_it():
@@ -197,7 +205,7 @@ def test_independent_decoders_ablation_trains_and_renders(gt_test_scene, tmp_pat
     cfg = load_config(
         None, [*MULTI, f"data.path={gt_test_scene}", "train.iterations=4", "method.shared_decoder=false"]
     )
-    trainer = start_or_resume_multi(cfg, _loader, tmp_path / "run", resume=False)
+    trainer = start_or_resume(cfg, _loader, tmp_path / "run", resume=False)
     trainer.run(progress=False)
     model = load_model(tmp_path / "run" / "model.ckpt")
     assert model.block_decoders is not None and len(model.block_decoders) == 4
@@ -215,7 +223,6 @@ def test_independent_decoders_ablation_trains_and_renders(gt_test_scene, tmp_pat
 def test_killed_multi_block_run_resumes_from_the_cli_bit_exactly(gt_test_scene, tmp_path):
     """SIGKILL a 4-block run after its first complete checkpoint, resume it with `train --resume`, and get
     the blocks and decoder of an unbroken run."""
-    import json
     import signal
     import time
 
@@ -256,25 +263,25 @@ def test_weighting_off_measures_nothing_and_the_teacher_decodes_appearance(gt_te
     """With method.weighting=false no block quality is measured (nothing uses it); with an appearance
     embedding the teacher decodes with the view's embedding slot as the student does."""
     over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting=false", "model.appearance_dim=4"]
-    trainer = start_or_resume_multi(load_config(None, over), _loader, tmp_path / "run", resume=False)
+    trainer = start_or_resume(load_config(None, over), _loader, tmp_path / "run", resume=False)
     trainer.run(progress=False)
     assert not any(q.measured for q in trainer.qualities)
     assert trainer.decoder.appearance is not None
-    log = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if line]
-    assert any(b["consistency"] > 0 for line in log for b in json.loads(line).get("blocks", {}).values())
+    log = read_metrics(tmp_path / "run" / "metrics.jsonl", kind="train")
+    assert any(b["consistency"] > 0 for record in log for b in record["blocks"].values())
 
 
 @pytest.mark.parametrize("source", ["steps", "views"])
 def test_block_quality_sources(gt_test_scene, tmp_path, monkeypatch, source):
     """'steps' takes the block quality from the training steps' own renders (no rendering), 'views' renders
     the block's views; both measure every block and turn the qualities into weights."""
-    import momentumgs.train.multi as multi
+    import momentumgs.train.trainer as trainer_module
 
     renders = []
-    real = multi.view_quality
-    monkeypatch.setattr(multi, "view_quality", lambda *a: renders.append(1) or real(*a))
+    real = trainer_module.view_quality
+    monkeypatch.setattr(trainer_module, "view_quality", lambda *a: renders.append(1) or real(*a))
     over = [*MULTI, f"data.path={gt_test_scene}", f"method.weighting_source={source}"]
-    trainer = start_or_resume_multi(load_config(None, over), _loader, tmp_path / "run", resume=False)
+    trainer = start_or_resume(load_config(None, over), _loader, tmp_path / "run", resume=False)
     trainer.run(progress=False)
     assert all(q.measured and 5.0 < q.psnr < 60.0 and 0.0 < q.ssim <= 1.0 for q in trainer.qualities)
     assert (len(renders) > 0) == (source == "views")
@@ -284,17 +291,38 @@ def test_block_quality_sources(gt_test_scene, tmp_path, monkeypatch, source):
 def test_unknown_weighting_source_is_a_clear_error(gt_test_scene, tmp_path):
     over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting_source=psnr"]
     with pytest.raises(UserError, match="method.weighting_source='psnr'"):
-        start_or_resume_multi(load_config(None, over), _loader, tmp_path / "run", resume=False)
+        start_or_resume(load_config(None, over), _loader, tmp_path / "run", resume=False)
 
 
-def test_demo_trains_one_process_per_worker_on_a_cpu_with_the_cores(monkeypatch):
+def test_one_process_per_worker_on_a_cpu_with_the_cores(monkeypatch):
     cfg = load_config(None, ["method.workers=2", "partition.block_dim=[2,2,1]", "train.device=cpu"])
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert demo_processes(cfg, None) == 2
-    assert demo_processes(cfg, 1) == 1  # asked for
+    assert default_processes(cfg, None) == 2
+    assert default_processes(cfg, 1) == 1  # asked for
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert demo_processes(cfg, None) == 1  # no core for the second worker
+    assert default_processes(cfg, None) == 1  # no core for the second worker
     one_worker = load_config(None, ["method.workers=1", "partition.block_dim=[2,2,1]", "train.device=cpu"])
-    assert demo_processes(one_worker, None) == 1
+    assert default_processes(one_worker, None) == 1
     with pytest.raises(UserError, match="--processes 0"):
-        demo_processes(cfg, 0)
+        default_processes(cfg, 0)
+
+
+def test_eval_every_and_one_metrics_schema_in_multi_block_runs(gt_test_scene, tmp_path):
+    """`train.eval_every` evaluates every block on the test views in its cell, gathered over all blocks;
+    the records have the schema of a one-block run (read by the same reader)."""
+    over = [*MULTI, f"data.path={gt_test_scene}", "train.eval_every=8"]
+    trainer = start_or_resume(load_config(None, over), _loader, tmp_path / "run", resume=False)
+    trainer.run(progress=False)
+    evals = read_metrics(tmp_path / "run" / "metrics.jsonl", kind="eval")
+    assert [r["step"] for r in evals] == [8, 16]  # 24 global steps: the last is the final evaluation's
+    n_test = len(trainer.scene.test_ids)
+    for record in evals:
+        assert record["split"] == "test" and record["views"] == n_test
+        assert sum(b["views"] for b in record["blocks"].values()) == n_test
+        assert 5.0 < record["psnr"] < 60.0
+    train = read_metrics(tmp_path / "run" / "metrics.jsonl", kind="train")
+    assert [r["step"] for r in train] == list(range(4, 25, 4))
+    keys = {"iteration", "loss", "l1", "ssim", "psnr", "consistency", "anchors", "gaussians", "weight"}
+    assert all(set(b) == keys for r in train for b in r["blocks"].values())
+    # both workers' blocks are in every record (2 workers: two blocks train at each step)
+    assert all(len(r["blocks"]) == 2 for r in train)

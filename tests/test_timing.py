@@ -8,8 +8,8 @@ import torch
 
 from momentumgs.config import load_config
 from momentumgs.data.colmap import load_colmap_scene
+from momentumgs.run import start_or_resume
 from momentumgs.timing import PhaseTimer, phase
-from momentumgs.train.trainer import start_or_resume
 
 
 def _busy(seconds: float) -> None:

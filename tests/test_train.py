@@ -1,5 +1,7 @@
-"""Training one block on the CPU: it learns, it resumes bit-exactly after SIGKILL, and it guards its files."""
+"""Training one block over the whole scene (n = k = 1 of the one trainer) on the CPU: it learns, it runs the
+method's code path, it resumes bit-exactly after SIGKILL, and it guards its files."""
 
+import json
 import os
 import signal
 import subprocess
@@ -15,11 +17,12 @@ from momentumgs.config import load_config
 from momentumgs.data.colmap import load_colmap_scene
 from momentumgs.errors import UserError
 from momentumgs.model.store import load_model
-from momentumgs.train.trainer import start_or_resume
+from momentumgs.run import start_or_resume
+from momentumgs.train.metrics_log import read_metrics
 
 # 64x48 views (the 256x192 test city downscaled by 4), densification early and often.
 SMALL = [
-    "partition.block_dim=[1,1,1]",  # one block over the whole scene: the single-block trainer
+    "partition.block_dim=[1,1,1]",  # one block over the whole scene
     "data.downscale=4",
     "train.threads=1",
     "train.device=cpu",
@@ -36,20 +39,69 @@ def _scene_loader(cfg):
     return load_colmap_scene(cfg.data.path, downscale=cfg.data.downscale, test_every=cfg.data.test_every)
 
 
+def _anchor_count(trainer) -> int:
+    (_, field), *_ = trainer.block_fields()
+    return field.n_anchors
+
+
 def test_training_raises_test_psnr(gt_test_scene, tmp_path):
     cfg = load_config(None, [*SMALL, f"data.path={gt_test_scene}", "train.iterations=250"])
     trainer = start_or_resume(cfg, _scene_loader, tmp_path / "run", resume=False)
-    before = trainer.quick_eval()["test_psnr"]
-    n_before = trainer.block.field.n_anchors
+    assert len(trainer.partition.blocks) == 1
+    assert len(trainer.partition.blocks[0].camera_ids) == len(trainer.scene.train_ids)  # every train view
+    before = trainer.evaluate_blocks()
+    assert before["split"] == "test" and before["views"] == len(trainer.scene.test_ids)
+    n_before = _anchor_count(trainer)
     trainer.run(progress=False)
-    after = trainer.quick_eval()["test_psnr"]
-    assert after > before + 5.0, (before, after)
-    assert after > 20.0, after
+    after = trainer.evaluate_blocks()
+    assert after["psnr"] > before["psnr"] + 5.0, (before, after)
+    assert after["psnr"] > 20.0, after
     # densification ran: growing or pruning changed the anchor count, and the model file is complete
-    assert trainer.block.field.n_anchors != n_before
+    assert _anchor_count(trainer) != n_before
     model = load_model(tmp_path / "run" / "model.ckpt")
-    assert model.field.n_anchors == trainer.block.field.n_anchors
-    assert torch.equal(model.field.features, trainer.block.field.features.detach())
+    (_, field), *_ = trainer.block_fields()
+    assert model.field.n_anchors == field.n_anchors
+    assert torch.equal(model.field.features, field.features.detach())
+
+
+def test_one_block_runs_the_method(gt_test_scene, tmp_path):
+    """A 1x1x1 grid is not a separate trainer: the momentum teacher and its consistency loss act on it, and
+    `method.*` keys are honoured (here: no teacher when momentum is 0)."""
+    base = [*SMALL, f"data.path={gt_test_scene}", "train.iterations=30", "train.log_every=10"]
+    trainer = start_or_resume(load_config(None, base), _scene_loader, tmp_path / "with", resume=False)
+    trainer.run(progress=False)
+    teacher = trainer.decoders[0].teacher
+    assert teacher is not None
+    student = dict(trainer.decoder.named_parameters())
+    assert any(
+        not torch.equal(p, student[n]) for n, p in teacher.module.named_parameters()
+    )  # an EMA, not a copy
+    records = read_metrics(tmp_path / "with" / "metrics.jsonl", kind="train")
+    assert [r["step"] for r in records] == [10, 20, 30]
+    assert all(r["blocks"]["0"]["consistency"] > 0 and r["blocks"]["0"]["weight"] == 1.0 for r in records)
+
+    off = load_config(None, [*base, "method.momentum=0"])
+    plain = start_or_resume(off, _scene_loader, tmp_path / "without", resume=False)
+    plain.run(progress=False)
+    assert plain.decoders[0].teacher is None
+    records = read_metrics(tmp_path / "without" / "metrics.jsonl", kind="train")
+    assert all(r["blocks"]["0"]["consistency"] == 0 for r in records)
+
+
+def test_eval_every_logs_test_metrics(gt_test_scene, tmp_path):
+    over = [
+        *SMALL,
+        f"data.path={gt_test_scene}",
+        "train.iterations=20",
+        "train.eval_every=10",
+        "train.eval_views=2",
+    ]
+    trainer = start_or_resume(load_config(None, over), _scene_loader, tmp_path / "run", resume=False)
+    trainer.run(progress=False)
+    evals = read_metrics(tmp_path / "run" / "metrics.jsonl", kind="eval")
+    assert [r["step"] for r in evals] == [10]  # the last step is left to the final evaluation
+    assert evals[0]["split"] == "test" and evals[0]["views"] == 2 and evals[0]["blocks"]["0"]["views"] == 2
+    assert 5.0 < evals[0]["psnr"] < 60.0
 
 
 def _train_cmd(*args):
@@ -82,7 +134,7 @@ def test_killed_run_resumes_bit_identically(gt_test_scene, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    ckpt = broken / "checkpoints" / "last.ckpt"
+    ckpt = broken / "checkpoints" / "latest.json"
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -91,19 +143,21 @@ def test_killed_run_resumes_bit_identically(gt_test_scene, tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (broken / "model.ckpt").exists()
-    killed_at = load_checkpoint(ckpt)["block"]["iteration"]
+    killed_at = json.loads(ckpt.read_text())["step"]
     assert 0 < killed_at < iterations
 
-    subprocess.run(_train_cmd("--resume", str(broken)), check=True, env=env)
+    resumed = subprocess.run(
+        _train_cmd("--resume", str(broken)), check=True, env=env, capture_output=True, text=True
+    )
+    assert f"resuming at step {killed_at} " in resumed.stdout  # not silently restarted from 0
     a, b = _model_state(unbroken), _model_state(broken)
     for name in ("features", "offsets", "log_scales", "positions"):
         assert torch.equal(a["anchors"][name], b["anchors"][name]), name
     for name, value in a["decoder"].items():
         assert torch.equal(value, b["decoder"][name]), name
     # the metrics log holds each iteration once (lines past the checkpoint were dropped on resume)
-    lines = (broken / "metrics.jsonl").read_text().splitlines()
-    its = [int(line.split('"iteration": ')[1].split(",")[0].rstrip("}")) for line in lines]
-    assert its == sorted(set(its))
+    steps = [r["step"] for r in read_metrics(broken / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == iterations
 
 
 class _Unpicklable:
@@ -117,7 +171,7 @@ def test_corrupt_checkpoint_is_refused_and_left_alone(gt_test_scene, tmp_path):
     trainer = start_or_resume(cfg, _scene_loader, run, resume=False)
     trainer.run(progress=False, stop_after=10)
     trainer.save_checkpoint()
-    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt = run / "checkpoints" / "step_00000010" / "block_000.ckpt"
     good = ckpt.read_bytes()
 
     ckpt.write_bytes(good[: len(good) - 100])
@@ -131,7 +185,7 @@ def test_corrupt_checkpoint_is_refused_and_left_alone(gt_test_scene, tmp_path):
         save_checkpoint(ckpt, {"bad": _Unpicklable()})
     assert ckpt.read_bytes() == good
     resumed = start_or_resume(None, _scene_loader, run, resume=True)
-    assert resumed.block.iteration == 10
+    assert resumed.global_step == 10 and resumed.schedule.done_iterations == [10]
 
 
 def test_new_run_refuses_a_non_empty_folder(gt_test_scene, tmp_path):

@@ -23,7 +23,7 @@ from momentumgs.cli import build_parser
 from momentumgs.config import load_config
 from momentumgs.data.colmap import load_colmap_scene
 from momentumgs.data.scene import Camera
-from momentumgs.train.trainer import start_or_resume
+from momentumgs.run import start_or_resume
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -184,11 +184,12 @@ def test_training_snapshots_copy_the_model_between_steps(gt_test_scene, tmp_path
     trainer.run(progress=False, stop_after=5, on_step=hook)
     snapshot = holder.get()
     assert hook.snapshots == 5 and snapshot.info["iteration"] == 8 and snapshot.info["live"]
-    field = trainer.block.field
+    ((_, block),) = trainer.resident_blocks()
+    field = block.field
     assert torch.equal(snapshot.field.features, field.features.detach())
     assert snapshot.field.features.data_ptr() != field.features.data_ptr()  # a copy, not the live tensor
     trainer.run(progress=False, stop_after=2)  # training on does not change the snapshot
-    assert not torch.equal(snapshot.field.features, trainer.block.field.features.detach())
+    assert not torch.equal(snapshot.field.features, block.field.features.detach())
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +207,9 @@ def test_a_ply_of_baked_gaussians_is_viewed_and_rendered(tiny_trained, tmp_path)
     from momentumgs.export.bake import bake
     from momentumgs.export.ply import write_ply
 
-    path = write_ply(tmp_path / "baked.ply", bake(tiny_trained.model(), tiny_trained.scene, sh_degree=1))
+    path = write_ply(
+        tmp_path / "baked.ply", bake(tiny_trained.current_model(), tiny_trained.scene, sh_degree=1)
+    )
     viewer = open_path(path, ViewerOptions(port=0, verbose=False))
     try:
         assert viewer.holder.get().count > 0
@@ -310,7 +313,7 @@ def test_browser_shows_the_render_and_follows_the_camera(tiny_trained, tmp_path)
     trainer = tiny_trained
     cameras = trainer.scene.train_cameras
     viewer = Viewer(
-        ModelHolder(trainer.model()),
+        ModelHolder(trainer.current_model()),
         RunInfo(train_cameras=cameras),
         ViewerOptions(port=0, max_res=160, still_res=320, rest_s=0.2, verbose=False),
     )

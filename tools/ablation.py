@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 
 from momentumgs.anchor_render import render_model_view, visible_anchors
-from momentumgs.cli import load_scene
 from momentumgs.config import load_config
 from momentumgs.eval import evaluate
 from momentumgs.model.decoder import decode, gather_anchors
@@ -39,7 +38,7 @@ from momentumgs.model.store import load_model
 from momentumgs.partition import Partition, load_partition
 from momentumgs.render.rasterize import rasterize
 from momentumgs.render.view import View, camera_view
-from momentumgs.train.multi import start_or_resume_multi
+from momentumgs.run import load_scene, start_or_resume
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,7 +89,7 @@ def masked_psnr(image: torch.Tensor, gt: torch.Tensor, mask: np.ndarray) -> floa
 def train_variant(config: str, common: list[str], name: str, out_root: Path) -> float:
     cfg = load_config(config, [*common, *VARIANTS[name]])
     t0 = time.perf_counter()
-    trainer = start_or_resume_multi(cfg, load_scene, out_root / name, resume=False)
+    trainer = start_or_resume(cfg, load_scene, out_root / name, resume=False)
     trainer.run(progress=True)
     seconds = time.perf_counter() - t0
     (out_root / name / "train_seconds.txt").write_text(f"{seconds}\n")
@@ -140,7 +139,7 @@ def main() -> None:
 
     scene_path = args.scene
     if not scene_path:
-        from momentumgs.data.demo import cached_demo_scene
+        from momentumgs.demo import cached_demo_scene
 
         scene_path = str(cached_demo_scene(size="demo", seed=0))
     # Densification and weighting measured on the block's own clock, scaled to the run's length.

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from momentumgs.anchor_render import render_model_view
-from momentumgs.cli import load_scene
 from momentumgs.eval import evaluate
 from momentumgs.export import bake, read_ply, read_spz, render_baked, write_ply, write_splat, write_spz
 from momentumgs.export.commands import load_run
 from momentumgs.export.refine import refine_baked
 from momentumgs.metrics import psnr
 from momentumgs.render.view import camera_view
+from momentumgs.run import load_scene
 
 
 def parse_variant(text: str) -> dict:

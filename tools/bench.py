@@ -44,9 +44,9 @@ if TREE:  # (the editable install's finder would serve modules missing there fro
     ]
 
 import momentumgs  # noqa: E402
-from momentumgs.cli import load_scene  # noqa: E402
 from momentumgs.config import load_config  # noqa: E402
 from momentumgs.eval import peak_rss_mb  # noqa: E402
+from momentumgs.run import load_scene  # noqa: E402
 
 try:
     from momentumgs.timing import PhaseTimer
@@ -104,30 +104,22 @@ def build_trainer(spec: dict):
         from momentumgs.model.anchors import choose_voxel_size
 
         cfg.model.voxel_size = spec["voxel_scale"] * (cfg.model.voxel_size or choose_voxel_size(scene.points))
-    if spec["trainer"] == "single":
-        from momentumgs.train.trainer import start_or_resume
-
-        return start_or_resume(cfg, lambda _: scene, spec["run_dir"], resume=False), None
+    from momentumgs.run import start_or_resume
     from momentumgs.train.comm import init_from_env, launched_by_torchrun
-    from momentumgs.train.multi import start_or_resume_multi
 
     device = torch.device(spec["device"])
     comm = init_from_env(device) if launched_by_torchrun() else None
-    return start_or_resume_multi(cfg, lambda _: scene, spec["run_dir"], False, comm=comm, device=device), comm
+    return start_or_resume(cfg, lambda _: scene, spec["run_dir"], False, comm=comm, device=device), comm
 
 
 def train_step(trainer) -> tuple[int, int, int]:
-    """One step -> (block iterations, neural Gaussians rasterized, anchors of the blocks trained)."""
-    if not hasattr(trainer, "schedule"):
-        return 1, trainer.train_step().n_gaussians, trainer.block.field.n_anchors
-    results = trainer.train_step()  # multi-block: one global step, one block step per worker of this process
-    held = sum(block.field.n_anchors for _, block in trainer.resident.values())
+    """One global step -> (block iterations, neural Gaussians rasterized, anchors of the blocks trained)."""
+    results = trainer.train_step()  # one block step per worker of this process
+    held = sum(block.field.n_anchors for _, block in trainer.resident_blocks())
     return len(results), sum(r.n_gaussians for r in results.values()), held
 
 
 def store_stats(trainer) -> dict:
-    if not hasattr(trainer, "store"):
-        return {}
     s = trainer.store.stats
     swap = s.put_seconds + s.take_seconds + s.prefetch_seconds
     return {"store_swap_s": swap, "spills": s.spills, "loads": s.loads, "take_disk_reads": s.take_disk_reads}
@@ -208,8 +200,7 @@ def child_main(spec: dict) -> None:
             row["block_states_mb"] = sum(tree_nbytes(s) for _, s in trainer.block_states()) / 2**20
         if comm is None or comm.is_main:
             print("JSON " + json.dumps(row), flush=True)
-    if hasattr(trainer, "store"):
-        trainer.store.close()
+    trainer.store.close()
     if comm is not None:
         torch.distributed.destroy_process_group()
 
@@ -456,7 +447,7 @@ def main() -> None:
     if args.child:
         return child_main(json.loads(args.child))
     if not args.scene:
-        from momentumgs.data.demo import cached_demo_scene
+        from momentumgs.demo import cached_demo_scene
 
         demo = load_config(ROOT / MULTI).demo
         args.scene = str(cached_demo_scene(size=demo.size, seed=demo.seed))

@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 
 from momentumgs.anchor_render import render_anchor_view
-from momentumgs.cli import load_scene
 from momentumgs.config import load_config
 from momentumgs.eval import evaluate, peak_rss_mb
-from momentumgs.train.trainer import start_or_resume
+from momentumgs.run import load_scene, start_or_resume
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,17 +45,26 @@ def main() -> None:
     if args.scene:
         cfg.data.path = args.scene
     else:
-        from momentumgs.data.demo import cached_demo_scene
+        from momentumgs.demo import cached_demo_scene
 
         cfg.data.path = str(cached_demo_scene(size=cfg.demo.size, seed=cfg.demo.seed))
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = start_or_resume(cfg, load_scene, Path(tmp) / "run", resume=False)
+        if len(trainer.partition.blocks) != 1:
+            raise SystemExit(
+                f"{args.config}: tools/bench_train.py trains one block (partition.block_dim [1,1,1])"
+            )
+
+        def field():
+            ((_, anchors),) = trainer.block_fields()
+            return anchors
+
         scene = trainer.scene
         w, h = scene.cameras[0].width, scene.cameras[0].height
         print(
             f"scene {cfg.data.path}: {len(scene.train_ids)} train / {len(scene.test_ids)} test views at "
-            f"{w}x{h}, {trainer.block.field.n_anchors} initial anchors, device {trainer.device}, "
+            f"{w}x{h}, {field().n_anchors} initial anchors, device {trainer.device}, "
             f"{args.threads} thread(s)"
         )
         header = (
@@ -69,11 +77,11 @@ def main() -> None:
             t0 = time.perf_counter()
             trainer.run(progress=False, stop_after=count - done)
             train_seconds += time.perf_counter() - t0
-            done = trainer.block.iteration
+            done = trainer.global_step
 
             def render(cam, trainer=trainer):
                 index = scene.cameras.index(cam)
-                return render_anchor_view(trainer.block.field, trainer.decoder, trainer.views[index]).image
+                return render_anchor_view(field(), trainer.decoder, trainer.views[index]).image
 
             result = evaluate(render, scene, scene.test_ids, device=trainer.device)
             m = result.means
@@ -81,7 +89,7 @@ def main() -> None:
                 "iteration": done,
                 "train_seconds": train_seconds,
                 "it_per_s": done / train_seconds,
-                "anchors": trainer.block.field.n_anchors,
+                "anchors": field().n_anchors,
                 "peak_rss_mb": peak_rss_mb(),
                 "fps": result.fps,
                 "resolution": f"{w}x{h}",

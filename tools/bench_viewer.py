@@ -22,9 +22,8 @@ from momentumgs_viewer.camera import ClientCamera, client_view, scene_camera_pos
 from momentumgs_viewer.models import render_rgb8
 from momentumgs_viewer.worker import LatestRenderWorker
 
-from momentumgs.cli import load_scene
 from momentumgs.config import load_config
-from momentumgs.train.multi import start_or_resume_multi
+from momentumgs.run import load_scene, start_or_resume
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +46,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = load_config(ROOT / "configs" / "demo.yaml", [f"data.path={args.scene}", "train.checkpoint_every=0"])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = start_or_resume_multi(cfg, load_scene, Path(tmp) / "run", resume=False)
+        trainer = start_or_resume(cfg, load_scene, Path(tmp) / "run", resume=False)
         pose = scene_camera_pose(trainer.scene.train_cameras[0])
         camera = ClientCamera(tuple(pose.position), tuple(pose.wxyz), pose.fov, pose.aspect)
         holder = ModelHolder()

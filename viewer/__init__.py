@@ -36,7 +36,7 @@ __all__ = [
 def open_run(run_dir: str | Path, options: ViewerOptions) -> Viewer:
     """A viewer of a trained run folder (model.ckpt, and its cameras, blocks and metrics when present)."""
     from momentumgs.model.store import load_model
-    from momentumgs.train.trainer import RunPaths
+    from momentumgs.train.paths import RunPaths
 
     paths = RunPaths(Path(run_dir))
     if not paths.model.is_file():
@@ -74,9 +74,9 @@ def serve_forever(path: str | Path, options: ViewerOptions) -> None:
 def start_training_viewer(
     trainer, options: ViewerOptions, interval_s: float = 3.0
 ) -> tuple[Viewer, TrainingSnapshots]:
-    """A viewer of a training in this process (SingleBlockTrainer or MultiBlockTrainer): pass the returned
+    """A viewer of a training in this process (a `Trainer`): pass the returned
     hook to the trainer's run(on_step=...); it copies the model every `interval_s` while a browser watches."""
     holder = ModelHolder()
-    info = training_run_info(trainer.scene, getattr(trainer, "partition", None))
+    info = training_run_info(trainer.scene, trainer.partition)
     viewer = Viewer(holder, info, options, title=f"momentumgs: training {Path(trainer.paths.root).name}")
     return viewer, TrainingSnapshots(holder, interval_s, watching=viewer.watching)

@@ -1,5 +1,5 @@
-"""Show a model while it trains: the trainers call `on_step(trainer)` after every step; this hook copies
-their current anchors and decoder every few seconds, and only while a browser is connected.
+"""Show a model while it trains: the trainer calls `on_step(trainer)` after every step; this hook copies
+its current anchors and decoder every few seconds, and only while a browser is connected.
 
 The copy is made on the training thread between two steps, so it never sees a half-updated model and the
 trainer needs no lock; rendering then works on the copy in the viewer's own threads. A multi-block run
@@ -18,6 +18,7 @@ from torch import nn
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import GaussianDecoder
 from momentumgs.model.store import AnchorModel, DecoderSpec
+from momentumgs.train.trainer import Trainer
 
 from .models import ModelHolder
 
@@ -58,7 +59,7 @@ def concat_fields(fields: list[AnchorField]) -> AnchorField:
 
 
 class TrainingSnapshots:
-    """The `on_step` hook of a SingleBlockTrainer or MultiBlockTrainer."""
+    """The `on_step` hook of a `Trainer`."""
 
     def __init__(
         self, holder: ModelHolder, interval_s: float = 3.0, watching: Callable[[], bool] | None = None
@@ -71,7 +72,7 @@ class TrainingSnapshots:
         self.snapshots = 0
         self.seconds = 0.0  # time spent copying, on the training thread
 
-    def __call__(self, trainer) -> None:
+    def __call__(self, trainer: Trainer) -> None:
         now = time.monotonic()
         if now - self._last < self.interval_s or not self.watching():
             return
@@ -82,17 +83,9 @@ class TrainingSnapshots:
         self.snapshots += 1
         self.seconds += time.monotonic() - now
 
-    def _snapshot(self, trainer) -> AnchorModel:
-        if hasattr(trainer, "resident"):  # MultiBlockTrainer
-            return self._multi_block(trainer)
-        info = {"iteration": trainer.block.iteration, "live": True}
-        return AnchorModel(
-            copy_field(trainer.block.field), copy_decoder(trainer.spec, trainer.decoder), trainer.spec, info
-        )
-
-    def _multi_block(self, trainer) -> AnchorModel:
+    def _snapshot(self, trainer: Trainer) -> AnchorModel:
         shared = trainer.cfg.method.shared_decoder
-        for b, block in trainer.resident.values():
+        for b, block in trainer.resident_blocks():
             field = block.field
             owner = trainer.partition.block_of_points(field.positions.detach().cpu().double().numpy())
             keep = torch.from_numpy(owner == b).to(field.positions.device)

@@ -14,6 +14,7 @@ import numpy as np
 from momentumgs.data.scene import Camera, Scene
 from momentumgs.errors import UserError
 from momentumgs.partition import Partition, load_partition, parse_up_axis
+from momentumgs.train.metrics_log import read_metrics
 
 
 @dataclass
@@ -48,17 +49,11 @@ def block_boxes(partition: Partition) -> list[BlockBox]:
 
 
 def last_train_records(metrics_path: Path) -> dict[int, dict]:
-    """Block id -> its last logged training record in metrics.jsonl (multi-block runs)."""
+    """Block id -> its last logged training record in metrics.jsonl."""
     records: dict[int, dict] = {}
-    if not metrics_path.is_file():
-        return records
-    for line in metrics_path.read_text().splitlines():
-        try:
-            blocks = json.loads(line).get("blocks", {})
-        except json.JSONDecodeError:
-            continue  # a line cut by an interrupted run
-        for b, record in blocks.items():
-            records[int(b)] = record
+    for record in read_metrics(metrics_path, kind="train"):
+        for b, block in record["blocks"].items():
+            records[int(b)] = block
     return records
 
 
@@ -119,8 +114,8 @@ def metrics_markdown(rows: list[dict]) -> str:
 
 def load_run_scene(run_dir: Path) -> Scene | None:
     """The run's scene (cameras only are needed), or None with a warning when it cannot be loaded."""
-    from momentumgs.cli import load_scene
     from momentumgs.config import load_config
+    from momentumgs.run import load_scene
 
     try:
         return load_scene(load_config(run_dir / "config.yaml"))

@@ -27,7 +27,7 @@ BAKED_SUFFIXES = (".ply", ".spz")
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """The trained model and config of a run folder. -> (AnchorModel, Config)"""
     from momentumgs.model.store import load_model
-    from momentumgs.train.trainer import RunPaths
+    from momentumgs.train.paths import RunPaths
 
     paths = RunPaths(Path(run_dir))
     if not paths.root.is_dir():
@@ -41,7 +41,7 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
 
 def _scene_or_none(cfg):
     """The run's scene for its training cameras; None (with a warning) when it cannot be loaded."""
-    from momentumgs.cli import load_scene
+    from momentumgs.run import load_scene
 
     try:
         return load_scene(cfg)
@@ -107,8 +107,8 @@ def _config_near(path: Path):
 
 def cmd_render(args) -> int:
     from momentumgs.anchor_render import render_model_view
-    from momentumgs.cli import load_scene
     from momentumgs.render.view import camera_view
+    from momentumgs.run import load_scene
 
     source = Path(args.source)
     if source.suffix.lower() in BAKED_SUFFIXES:

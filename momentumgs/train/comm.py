@@ -37,6 +37,10 @@ class LocalComm:
     def gather_checksums(self, value: float) -> list[float]:
         return [value]
 
+    def gather_objects(self, value):
+        """`value` of every process, in rank order (picklable objects)."""
+        return [value]
+
     def barrier(self) -> None:
         pass
 
@@ -72,9 +76,13 @@ class DistComm:
         return self._reduce(tensor, dist.ReduceOp.MAX)
 
     def gather_checksums(self, value: float) -> list[float]:
+        return [float(v) for v in self.gather_objects(value)]
+
+    def gather_objects(self, value):
+        """`value` of every process, in rank order (picklable objects)."""
         out = [None] * self.world_size
         dist.all_gather_object(out, value)
-        return [float(v) for v in out]
+        return out
 
     def barrier(self) -> None:
         dist.barrier()

@@ -1,38 +1,54 @@
-"""Single-block training run: the loop, its run folder, checkpoints, logging and periodic evaluation.
+"""The training loop: n blocks on k workers with a shared decoder and its momentum teacher.
 
-Run folder layout:
-    config.yaml          the resolved config of the run
-    checkpoints/last.ckpt  complete state (anchors, decoder, optimizers, RNGs, iteration), atomic
-    metrics.jsonl        one JSON object per logged iteration / evaluation
-    model.ckpt           the trained model (anchors + decoder), written at the end
-    eval/                per-image metrics of the final evaluation
+Every global step, each active worker trains its current block (slot rotation, `slots.py`) for one view: the
+block's anchors and the one shared student decoder get gradients from that block's loss, weighted by the
+block weight, plus the consistency loss against the momentum teacher. The decoder's gradients are averaged
+over the active workers (all-reduce across processes, or a sum inside this process when it emulates them),
+then the decoder takes one step; each block's own Adam steps its anchors. The teacher follows the student by
+EMA before every forward pass. Blocks that are not in a slot wait in the `BlockStore` (host RAM within a
+budget, disk beyond it). See docs/method.md (Training schedule, Momentum teacher, Block weighting).
+
+One block on one worker (a 1x1x1 grid) is the case n = k = 1 of the same loop: every `train.*` and
+`method.*` key means the same there (block weighting is neutral with one block, so nothing is measured for
+it). `train.log_every`, `eval_every` and `checkpoint_every` count global steps; with one worker a global
+step is one iteration of the block it trains. The run folder's layout is `paths.py`'s, the metrics schema
+`metrics_log.py`'s.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from momentumgs.anchor_render import render_anchor_view
 from momentumgs.checkpoint import load_checkpoint, save_checkpoint
-from momentumgs.config import Config, dump_config, load_config
+from momentumgs.config import Config
 from momentumgs.data.scene import Scene
 from momentumgs.errors import UserError
 from momentumgs.io_utils import write_text_atomic
-from momentumgs.model.anchors import init_anchors_from_points
-from momentumgs.model.store import AnchorModel, DecoderSpec, save_model
-from momentumgs.render.view import View, camera_view
+from momentumgs.model.anchors import AnchorField, choose_voxel_size, init_anchors_from_points
+from momentumgs.model.decoder import GaussianDecoder
+from momentumgs.model.store import AnchorModel, save_model
+from momentumgs.partition import Partition
+from momentumgs.render.view import camera_view
 from momentumgs.timing import phase
 from momentumgs.train.block import Block, StepResult
-from momentumgs.train.optimizers import apply_schedules, decoder_optimizer, lr_schedules
+from momentumgs.train.block_store import BlockStore
+from momentumgs.train.comm import LocalComm, decoder_checksum
+from momentumgs.train.decoder_state import DecoderState, decoder_spec
+from momentumgs.train.measure import gt_image, spatial_scale, view_metrics, view_quality
+from momentumgs.train.metrics_log import MetricsLog
+from momentumgs.train.paths import RunPaths
+from momentumgs.train.slots import SlotSchedule
+from momentumgs.train.weighting import SOURCES, BlockQuality, StepMetrics, block_weights
 
-RUN_FORMAT = "momentumgs-run-v1"
+RUN_FORMAT = "momentumgs-multiblock-v1"
 MAX_BAD_STEPS = 20  # consecutive non-finite steps before the run stops (the last checkpoint stays intact)
 
 
@@ -40,280 +56,506 @@ class TrainingDiverged(UserError):
     pass
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device={name}: CUDA is not available on this machine")
-    return device
-
-
-def spatial_scale(scene: Scene, view_ids: list[int]) -> float:
-    """3DGS's scene extent: 1.1 x the largest distance of a training camera from their mean centre."""
-    centers = np.stack([scene.cameras[i].center for i in view_ids])
-    radius = float(np.linalg.norm(centers - centers.mean(0), axis=1).max())
-    return 1.1 * max(radius, 1e-6)
-
-
-def decoder_spec(cfg: Config, scene: Scene) -> DecoderSpec:
-    mc = cfg.model
-    return DecoderSpec(
-        feat_dim=mc.feat_dim,
-        n_offsets=mc.n_offsets,
-        hidden_dim=mc.hidden_dim,
-        use_distance=mc.use_distance,
-        appearance_dim=mc.appearance_dim,
-        appearance_count=len(scene.cameras) if mc.appearance_dim > 0 else 0,
-    )
-
-
-def gt_image(scene: Scene, index: int, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(scene.load_image(index)).to(device=device, dtype=torch.float32) / 255.0
-
-
-@torch.no_grad()
-def view_quality(field, decoder, scene: Scene, views: list[View], ids: list[int]) -> tuple[float, float]:
-    """Mean PSNR and SSIM of the anchor model over the views `ids` (for logs and block weights)."""
-    from momentumgs.metrics import psnr, ssim
-
-    values = []
-    for i in ids:
-        image = render_anchor_view(field, decoder, views[i]).image.clamp(0, 1)
-        gt = gt_image(scene, i, views[i].viewmat.device)
-        values.append((float(psnr(image, gt)), float(ssim(image, gt))))
-    mean = np.asarray(values).mean(0)
-    return float(mean[0]), float(mean[1])
-
-
-class MetricsLog:
-    """Append-only JSON lines; on resume, lines past the checkpoint's iteration are dropped."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def truncate_after(self, iteration: int) -> None:
-        if not self.path.exists():
-            return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("iteration", 0) <= iteration
-        ]
-        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-@dataclass
-class RunPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoints" / "last.ckpt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model.ckpt"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.root / "eval"
-
-
-def prepare_run_dir(paths: RunPaths, resume: bool) -> None:
-    """Refuse to start a new run over an existing one; refuse to resume what is not a run."""
-    if resume:
-        if not paths.checkpoint.is_file():
-            raise UserError(f"{paths.root}: no checkpoint to resume (expected {paths.checkpoint})")
-        return
-    if paths.root.exists() and any(paths.root.iterdir()):
-        raise UserError(
-            f"{paths.root}: output folder is not empty; resume it with `momentumgs train --resume "
-            f"{paths.root}` or choose another with --set output=..."
-        )
-    paths.root.mkdir(parents=True, exist_ok=True)
-
-
-class SingleBlockTrainer:
-    """Trains one anchor field and its decoder on all training views of a scene."""
-
-    def __init__(self, cfg: Config, scene: Scene, run_dir: str | Path, device: torch.device):
-        self.cfg = cfg
-        self.scene = scene
-        self.device = device
+class Trainer:
+    def __init__(
+        self,
+        cfg: Config,
+        scene: Scene,
+        partition: Partition,
+        run_dir: str | Path,
+        device: torch.device,
+        comm=None,
+    ):
+        self.cfg, self.scene, self.partition, self.device = cfg, scene, partition, device
         self.paths = RunPaths(Path(run_dir))
-        self.log = MetricsLog(self.paths.metrics)
-        tc = cfg.train
-        torch.manual_seed(tc.seed)  # decoder initialisation
-        if len(scene.points) == 0:
-            raise UserError(f"{scene.root}: the scene has no SfM points to initialise anchors from")
-        mc = cfg.model
-        self.spec = decoder_spec(cfg, scene)
-        self.decoder = self.spec.build().to(device)
-        self.decoder_optimizer = decoder_optimizer(self.decoder, tc.lr)
-        self.decoder_schedules = lr_schedules(tc.lr, tc.iterations, 1.0)
-        field = init_anchors_from_points(
-            scene.points, mc.voxel_size, mc.n_offsets, mc.feat_dim, device=device
-        )
-        self.block = Block(field, scene.train_ids, tc, spatial_scale(scene, scene.train_ids), tc.seed)
-        self.views = [camera_view(c, device, i) for i, c in enumerate(scene.cameras)]
-        self.bad_steps = 0
-        self.skipped_steps = 0
-
-    # --- state ------------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict:
-        return {
-            "format": RUN_FORMAT,
-            "block": self.block.state_dict(),
-            "decoder": self.decoder.state_dict(),
-            "decoder_optimizer": self.decoder_optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "skipped_steps": self.skipped_steps,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != RUN_FORMAT:
-            raise UserError(f"{self.paths.checkpoint}: not a single-block run checkpoint")
-        self.block.load_state_dict(state["block"])
-        self.decoder.load_state_dict(state["decoder"])
-        self.decoder_optimizer.load_state_dict(state["decoder_optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        self.skipped_steps = int(state["skipped_steps"])
-
-    def save_checkpoint(self) -> None:
-        save_checkpoint(self.paths.checkpoint, self.state_dict())
-
-    def model(self) -> AnchorModel:
-        info = {"iteration": self.block.iteration, "scene": str(self.scene.root)}
-        return AnchorModel(self.block.field, self.decoder, self.spec, info)
-
-    # --- loop -------------------------------------------------------------------------------------
-
-    def train_step(self) -> StepResult:
-        block = self.block
-        index = block.sampler.next()
-        apply_schedules(self.decoder_optimizer, self.decoder_schedules, block.iteration)
-        with phase("data"):
-            gt = gt_image(self.scene, index, self.device)
-        result = block.forward_backward(self.decoder, self.views[index], gt)
-        with phase("optimizer"):
-            finite = result.finite and all(
-                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.decoder.parameters()
+        mc, tc = cfg.method, cfg.train
+        n = len(partition.blocks)
+        self.comm = comm if comm is not None else LocalComm(mc.workers)
+        if self.comm.workers > n:
+            raise UserError(
+                f"method.workers={self.comm.workers} is more than the {n} blocks of the partition"
             )
-            if finite:
-                self.decoder_optimizer.step()
-            self.decoder_optimizer.zero_grad(set_to_none=True)
+        self.schedule = SlotSchedule(n, self.comm.workers, mc.slot_iterations, tc.iterations)
+        self.log = MetricsLog(self.paths.metrics)
+        self.spatial_scale = spatial_scale(scene, scene.train_ids)
+
+        self.spec = decoder_spec(cfg, scene)
+        # one shared student decoder, or one per block for the "independent blocks" ablation
+        count = 1 if mc.shared_decoder else n
+        self.decoders = [
+            DecoderState(self.spec, cfg, self.schedule.total_steps, device, self.uses_teacher)
+            for _ in range(count)
+        ]
+        self.views = [camera_view(c, device, i) for i, c in enumerate(scene.cameras)]
+
+        if mc.weighting_source not in SOURCES:
+            raise UserError(f"method.weighting_source={mc.weighting_source!r}: must be one of {SOURCES}")
+        self.qualities = [BlockQuality() for _ in range(n)]
+        self.step_metrics = [StepMetrics() for _ in range(n)]
+        self.weights = [1.0] * n
+        self.global_step = 0
+        self.skipped_steps = 0
+        self.bad_steps = 0
+        self.store = BlockStore(int(mc.ram_budget_mb * (1 << 20)), self.paths.spill)
+        self.resident: dict[int, tuple[int, Block]] = {}  # worker -> (block id, block)
+        self.owned = [b for b in range(n) if b % self.comm.workers in self.comm.local_workers()]
+        self.voxel_size = cfg.model.voxel_size or choose_voxel_size(scene.points)
+
+    def decoder_of(self, block_id: int) -> DecoderState:
+        return self.decoders[0] if self.cfg.method.shared_decoder else self.decoders[block_id]
+
+    @property
+    def decoder(self) -> GaussianDecoder:
+        """The shared student decoder."""
+        return self.decoders[0].module
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.cfg.method.momentum > 0 and self.cfg.method.lambda_consistency > 0
+
+    @property
+    def uses_weighting(self) -> bool:
+        """Block weights compare blocks: with one block every weight is 1, so nothing is measured."""
+        return self.cfg.method.weighting and len(self.partition.blocks) > 1
+
+    # --- blocks -----------------------------------------------------------------------------------
+
+    def _new_block(self, block_id: int, field: AnchorField) -> Block:
+        views = [int(i) for i in self.partition.blocks[block_id].camera_ids]
+        seed = self.cfg.train.seed + 1000 * (block_id + 1)
+        return Block(field, views, self.cfg.train, self.spatial_scale, seed)
+
+    def _block_from_state(self, block_id: int, state: dict) -> Block:
+        block = self._new_block(block_id, AnchorField.from_state_dict(state["anchors"]).to(self.device))
+        block.load_state_dict(state)
+        return block
+
+    def init_blocks(self) -> None:
+        """Each owned block's anchors from its points (cell + margin), straight into the store."""
+        mc = self.cfg.model
+        for b in self.owned:
+            points = self.scene.points[self.partition.blocks[b].point_ids]
+            if len(points) == 0:
+                raise UserError(f"partition block {b}: no SfM points to initialise anchors from")
+            field = init_anchors_from_points(points, self.voxel_size, mc.n_offsets, mc.feat_dim, self.device)
+            self.store.put(b, self._new_block(b, field).state_dict())
+
+    def resident_blocks(self) -> list[tuple[int, Block]]:
+        """(block id, block) of the blocks this process holds in its workers' slots now."""
+        return list(self.resident.values())
+
+    def _make_resident(self, active: dict[int, int | None]) -> None:
+        """Swap blocks so that each local worker holds its current block; prefetch the next ones."""
+        for w, b in active.items():
+            held = self.resident.get(w)
+            if held is not None and held[0] == b:
+                continue
+            if held is not None:
+                self.store.put(held[0], held[1].state_dict())
+                del self.resident[w]
+            if b is not None:
+                self.resident[w] = (b, self._block_from_state(b, self.store.take(b, self.device)))
+        upcoming = [self._next_block(w) for w in active]
+        upcoming = [b for b in upcoming if b is not None and b in self.store]
+        self.store.hint_next(upcoming)
+        for b in upcoming:
+            self.store.prefetch(b)
+
+    def _next_block(self, worker: int) -> int | None:
+        """The block worker `worker` will hold after its current slot."""
+        s = self.schedule
+        blocks = s.blocks_of[worker]
+        current = s.current(worker)
+        if current is None or len(blocks) == 1:
+            return None
+        start = blocks.index(current)
+        for shift in range(1, len(blocks)):
+            b = blocks[(start + shift) % len(blocks)]
+            if s.done_iterations[b] < s.iterations:
+                return b
+        return None
+
+    def block_states(self) -> Iterator[tuple[int, dict]]:
+        """(block id, state) of every owned block, one at a time, so that host RAM stays within the store's
+        budget: resident blocks are copied, stored ones are read and put back after use."""
+        resident = dict(self.resident_blocks())
+        for b in self.owned:
+            if b in resident:
+                yield b, resident[b].state_dict()
+            else:
+                state = self.store.take(b, "cpu")
+                yield b, state
+                self.store.put(b, state)
+
+    def block_fields(self) -> Iterator[tuple[int, AnchorField]]:
+        """(block id, anchors on the device) of every owned block, one at a time, as `block_states`."""
+        resident = dict(self.resident_blocks())
+        for b in self.owned:
+            if b in resident:
+                yield b, resident[b].field
+            else:
+                state = self.store.take(b, "cpu")
+                yield b, AnchorField.from_state_dict(state["anchors"]).to(self.device)
+                self.store.put(b, state)
+
+    # --- one global step --------------------------------------------------------------------------
+
+    def train_step(self) -> dict[int, StepResult]:
+        mc = self.cfg.method
+        active = {w: self.schedule.current(w) for w in self.comm.local_workers()}
+        with phase("swap"):
+            self._make_resident(active)
+        stepping = (
+            self.decoders
+            if mc.shared_decoder
+            else [self.decoders[b] for b in active.values() if b is not None]
+        )
+        with phase("teacher_update"):
+            for state in stepping:
+                if state.teacher is not None and self.uses_teacher:
+                    state.teacher.update(state.module, mc.momentum)  # before the forward pass
+
+        # The blocks (of all workers) that measure their quality after this step: only then do the block
+        # weights change and need sharing (every process knows the whole schedule)
+        done = self.schedule.done_iterations
+        current = [b for b in map(self.schedule.current, range(self.comm.workers)) if b is not None]
+        measuring = {b for b in current if (done[b] + 1) % mc.weighting_every == 0}
+        measuring = measuring if self.uses_weighting else set()
+        results: dict[int, StepResult] = {}
+        for w, b in active.items():
+            if b is None:
+                continue
+            block, decoder = self.resident[w][1], self.decoder_of(b)
+            index = block.sampler.next()
+            weight = self.weights[b] if self.uses_weighting else 1.0
+            with phase("data"):
+                gt = gt_image(self.scene, index, self.device)
+            results[b] = block.forward_backward(
+                decoder.module,
+                self.views[index],
+                gt,
+                teacher=decoder.teacher.module if decoder.teacher is not None else None,
+                lambda_consistency=mc.lambda_consistency,
+                weight=weight,
+            )
+        if mc.shared_decoder:
+            with phase("allreduce"):
+                finite = self._average_decoder_grads(results)
+        else:  # independent decoders: each learns from its own block only; nothing crosses workers
+            finite = all(r.finite for r in results.values())
+        with phase("optimizer"):
+            for state in stepping:
+                state.step(self.global_step, finite)
         if finite:
             self.bad_steps = 0
         else:
             self.skipped_steps += 1
             self.bad_steps += 1
-        block.step(finite)
+
+        for w, b in active.items():
+            if b is None:
+                continue
+            block = self.resident[w][1]
+            block.step(finite)
+            with phase("weighting"):
+                if self.uses_weighting and mc.weighting_source == "steps":
+                    self.step_metrics[b].add(results[b].psnr, results[b].ssim)
+                if b in measuring:
+                    self._measure_quality(b, block)
+        if measuring:
+            with phase("weighting"):
+                self._sync_weights()
+        self.schedule.advance()
+        self.global_step += 1
         if self.bad_steps >= MAX_BAD_STEPS:
             raise TrainingDiverged(
-                f"{self.paths.root}: {self.bad_steps} consecutive non-finite losses at iteration "
-                f"{block.iteration}; stopped, the last checkpoint is intact"
+                f"{self.paths.root}: {self.bad_steps} consecutive non-finite steps at global step "
+                f"{self.global_step}; stopped, the last checkpoint is intact"
             )
-        return result
+        return results
+
+    def _average_decoder_grads(self, results: dict[int, StepResult]) -> bool:
+        """Sum the decoder gradients of all active workers everywhere, divide by their number."""
+        params = list(self.decoder.parameters())
+        local_ok = all(r.finite for r in results.values())
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        # one collective per step: the gradients, then the number of active workers and of failed ones
+        # (small integers, exact in float32)
+        flags = grads[0].new_tensor([float(len(results)), 0.0 if local_ok else 1.0])
+        flat = torch.cat([g.flatten() for g in grads] + [flags])
+        self.comm.sum_(flat)
+        active, bad = int(flat[-2]), bool(flat[-1] > 0)
+        flat = flat[:-2] / max(active, 1)
+        offset = 0
+        for p in params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        return not bad and bool(torch.isfinite(flat).all())
 
     @torch.no_grad()
-    def quick_eval(self, max_views: int = 0) -> dict:
-        """Mean PSNR/SSIM on (a subset of) the test views, for the log."""
-        ids = self.scene.test_ids or self.scene.train_ids[::8]
-        if max_views > 0:
-            ids = ids[:: max(1, math.ceil(len(ids) / max_views))]
-        mean_psnr, mean_ssim = view_quality(self.block.field, self.decoder, self.scene, self.views, ids)
-        split = "test" if self.scene.test_ids else "train-subset"
-        return {f"{split}_psnr": mean_psnr, f"{split}_ssim": mean_ssim}
+    def _measure_quality(self, block_id: int, block: Block) -> None:
+        """PSNR / SSIM of the block: the mean of its training steps since the last measurement, or
+        rendered on every `weighting_view_stride`-th of its training views."""
+        mc = self.cfg.method
+        if mc.weighting_source == "steps":
+            steps = self.step_metrics[block_id].take_mean()
+            if steps is not None:
+                self.qualities[block_id].update(*steps)
+            return
+        ids = block.sampler.view_ids[:: mc.weighting_view_stride]
+        decoder = self.decoder_of(block_id).module
+        self.qualities[block_id].update(*view_quality(block.field, decoder, self.scene, self.views, ids))
 
-    def run(self, progress: bool = True, stop_after: int | None = None, on_step=None) -> None:
-        """Train until `cfg.train.iterations` (or `stop_after` more steps)."""
+    def _sync_weights(self) -> None:
+        """Share every block's smoothed quality (each is known to its owner only), then reweight."""
+        if self.comm.world_size > 1:
+            q = torch.full((len(self.qualities), 2), -math.inf, dtype=torch.float64)
+            for b in self.owned:
+                if self.qualities[b].measured:
+                    q[b, 0], q[b, 1] = self.qualities[b].psnr, self.qualities[b].ssim
+            self.comm.max_(q)
+            for b, (p, s) in enumerate(q.tolist()):
+                if math.isfinite(p):
+                    self.qualities[b] = BlockQuality(p, s)
+        self.weights = block_weights(self.qualities, self.cfg.method.weighting_sigma)
+
+    def check_replicas(self) -> None:
+        """All workers must hold the same decoder (their gradients were averaged): compare checksums."""
+        if not self.cfg.method.shared_decoder:
+            return
+        sums = self.comm.gather_checksums(decoder_checksum(self.decoder))
+        if max(sums) != min(sums):
+            raise RuntimeError(f"decoder replicas differ across workers at step {self.global_step}: {sums}")
+
+    # --- periodic evaluation ----------------------------------------------------------------------
+
+    def eval_view_ids(self) -> tuple[str, list[int]]:
+        """The split and views of the periodic evaluation: the test views (every 8th train view when the
+        scene has none), thinned to at most `train.eval_views`."""
+        tc = self.cfg.train
+        split = "test" if self.scene.test_ids else "train-subset"
+        ids = list(self.scene.test_ids or self.scene.train_ids[::8])
+        if tc.eval_views > 0:
+            ids = ids[:: max(1, math.ceil(len(ids) / tc.eval_views))]
+        return split, ids
+
+    @torch.no_grad()
+    def evaluate_blocks(self) -> dict:
+        """PSNR / SSIM of each block on the evaluation views whose camera centre lies in its cell (each block
+        renders with all its anchors, margin included), gathered from every process. -> an eval record."""
+        split, ids = self.eval_view_ids()
+        n = len(self.partition.blocks)
+        owner = self.partition.block_of_points(np.stack([self.scene.cameras[i].center for i in ids]))  # [V]
+        sums = torch.zeros((n, 3), dtype=torch.float64)  # [B, (psnr sum, ssim sum, views)]
+        for b, field in self.block_fields():
+            mine = [i for i, o in zip(ids, owner, strict=True) if o == b]
+            if mine:
+                values = view_metrics(field, self.decoder_of(b).module, self.scene, self.views, mine)
+                sums[b] = torch.tensor([*values.sum(0), len(mine)], dtype=torch.float64)
+        self.comm.sum_(sums)
+        total = sums.sum(0)
+        blocks = {
+            str(b): {"psnr": p / v, "ssim": s / v, "views": int(v)}
+            for b, (p, s, v) in enumerate(sums.tolist())
+            if v > 0
+        }
+        views = max(float(total[2]), 1.0)
+        return {
+            "kind": "eval",
+            "step": self.global_step,
+            "split": split,
+            "psnr": float(total[0]) / views,
+            "ssim": float(total[1]) / views,
+            "views": int(total[2]),
+            "blocks": blocks,
+        }
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def shared_state(self) -> dict:
+        return {
+            "format": RUN_FORMAT,
+            "global_step": self.global_step,
+            "schedule": self.schedule.state_dict(),
+            "decoders": [d.state_dict() for d in self.decoders],
+            "qualities": [[q.psnr, q.ssim] for q in self.qualities],
+            "step_metrics": [[m.psnr_sum, m.ssim_sum, m.count] for m in self.step_metrics],
+            "skipped_steps": self.skipped_steps,
+            "torch_rng": torch.get_rng_state(),
+            "voxel_size": self.voxel_size,
+        }
+
+    def save_checkpoint(self) -> None:
+        """All processes write their files into a new step folder; then `latest.json` names it."""
+        step_dir = self.paths.step_dir(self.global_step)
+        for b, state in self.block_states():
+            save_checkpoint(step_dir / f"block_{b:03d}.ckpt", state)
+        save_checkpoint(step_dir / f"shared_rank{self.comm.rank}.ckpt", self.shared_state())
+        self.comm.barrier()
+        if self.comm.is_main:
+            write_text_atomic(self.paths.latest, json.dumps({"step": self.global_step, "dir": step_dir.name}))
+            for old in self.paths.checkpoints.glob("step_*"):
+                if old != step_dir:
+                    shutil.rmtree(old, ignore_errors=True)
+        self.comm.barrier()
+
+    def load_checkpoint(self) -> None:
+        if not self.paths.latest.is_file():
+            raise UserError(f"{self.paths.root}: no checkpoint to resume (expected {self.paths.latest})")
+        step_dir = self.paths.checkpoints / json.loads(self.paths.latest.read_text())["dir"]
+        shared = load_checkpoint(step_dir / f"shared_rank{self.comm.rank}.ckpt", map_location=self.device)
+        if shared.get("format") != RUN_FORMAT:
+            raise UserError(f"{step_dir}: not a momentumgs run checkpoint")
+        self.global_step = int(shared["global_step"])
+        self.schedule.load_state_dict(shared["schedule"])
+        for decoder, state in zip(self.decoders, shared["decoders"], strict=True):
+            decoder.load_state_dict(state)
+        self.qualities = [BlockQuality(p, s) for p, s in shared["qualities"]]
+        sums = shared.get("step_metrics", [[0.0, 0.0, 0]] * len(self.qualities))  # older checkpoints
+        self.step_metrics = [StepMetrics(p, s, int(c)) for p, s, c in sums]
+        self.weights = block_weights(self.qualities, self.cfg.method.weighting_sigma)
+        self.skipped_steps = int(shared["skipped_steps"])
+        torch.set_rng_state(shared["torch_rng"])
+        self.voxel_size = float(shared["voxel_size"])
+        for b in self.owned:
+            self.store.put(b, load_checkpoint(step_dir / f"block_{b:03d}.ckpt"))
+        self.log.truncate_after(self.global_step)
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(
+        self,
+        progress: bool = True,
+        stop_after: int | None = None,
+        on_step: Callable[[Trainer], None] | None = None,
+    ) -> None:
+        """Train until every block has `train.iterations` iterations (or for `stop_after` more steps)."""
         from tqdm import tqdm
 
-        tc = self.cfg.train
-        block = self.block
-        end = tc.iterations if stop_after is None else min(tc.iterations, block.iteration + stop_after)
+        tc, mc = self.cfg.train, self.cfg.method
+        total = self.schedule.total_steps
+        end = total if stop_after is None else min(total, self.global_step + stop_after)
+        n = len(self.partition.blocks)
         bar = tqdm(
-            total=tc.iterations,
-            initial=block.iteration,
-            disable=not progress,
-            desc="train",
+            total=total,
+            initial=self.global_step,
+            disable=not (progress and self.comm.is_main),
+            desc="train" if n == 1 else f"train {n} blocks on {self.comm.workers} workers",
             dynamic_ncols=True,
         )
-        t0, it0 = time.perf_counter(), block.iteration
+        t0, step0 = time.perf_counter(), self.global_step
         try:
-            while block.iteration < end:
-                result = self.train_step()
+            while self.global_step < end and not self.schedule.finished:
+                results = self.train_step()
                 if on_step is not None:  # e.g. the viewer's snapshots (momentumgs train --view)
                     on_step(self)
-                it = block.iteration
-                if it % tc.log_every == 0 or it == end:
-                    rate = (it - it0) / max(time.perf_counter() - t0, 1e-9)
-                    record = {
-                        "iteration": it,
-                        "loss": result.loss,
-                        "psnr": result.psnr,
-                        "l1": result.l1,
-                        "ssim": result.ssim,
-                        "anchors": block.field.n_anchors,
-                        "gaussians": result.n_gaussians,
-                        "it_per_s": rate,
-                        "skipped": self.skipped_steps,
-                    }
-                    self.log.write(record)
-                    bar.set_postfix(
-                        loss=f"{result.loss:.4f}", psnr=f"{result.psnr:.2f}", anchors=block.field.n_anchors
+                step = self.global_step
+                if step % tc.log_every == 0 or step == end:
+                    record = self._train_record(
+                        results, step, (step - step0) / max(time.perf_counter() - t0, 1e-9)
                     )
+                    if self.comm.is_main:
+                        self.log.write(record)
+                        psnrs = [r["psnr"] for r in record["blocks"].values()]
+                        if psnrs:
+                            bar.set_postfix(
+                                psnr=f"{np.mean(psnrs):.2f}", blocks=sorted(map(int, record["blocks"]))
+                            )
                 bar.update(1)
-                if tc.eval_every > 0 and it % tc.eval_every == 0 and it < tc.iterations:
-                    self.log.write({"iteration": it, **self.quick_eval(tc.eval_views)})
-                if tc.checkpoint_every > 0 and it % tc.checkpoint_every == 0:
+                if tc.eval_every > 0 and step % tc.eval_every == 0 and step < total:
+                    record = self.evaluate_blocks()
+                    if self.comm.is_main:
+                        self.log.write(record)
+                if mc.checksum_every > 0 and step % mc.checksum_every == 0:
+                    self.check_replicas()
+                if tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0:
                     with phase("checkpoint"):
                         self.save_checkpoint()
         finally:
             bar.close()
-        if block.iteration >= tc.iterations:
+        if self.schedule.finished:
             self.save_checkpoint()
-            save_model(self.paths.model, self.model())
+            self.finish()
 
+    def _train_record(self, results: dict[int, StepResult], step: int, rate: float) -> dict:
+        """The training record of this step with the blocks of every process (a collective)."""
+        resident = dict(self.resident_blocks())
+        blocks = {
+            str(b): {
+                "iteration": self.schedule.done_iterations[b],
+                "loss": r.loss,
+                "l1": r.l1,
+                "ssim": r.ssim,
+                "psnr": r.psnr,
+                "consistency": r.consistency,
+                "anchors": resident[b].field.n_anchors,
+                "gaussians": r.n_gaussians,
+                "weight": self.weights[b] if self.uses_weighting else 1.0,
+            }
+            for b, r in results.items()
+        }
+        for other in self.comm.gather_objects(blocks):
+            blocks.update(other)
+        return {
+            "kind": "train",
+            "step": step,
+            "steps_per_s": rate,
+            "skipped": self.skipped_steps,
+            "swap_seconds": self.store.stats.put_seconds + self.store.stats.take_seconds,
+            "blocks": dict(sorted(blocks.items(), key=lambda item: int(item[0]))),
+        }
 
-# --- entry points used by the CLI ---------------------------------------------------------------------
+    def finish(self) -> None:
+        """Write each owned block's final anchors; the main process merges them into model.ckpt."""
+        shared = self.cfg.method.shared_decoder
+        for b, state in self.block_states():
+            final = {"anchors": state["anchors"]}
+            if not shared:
+                final["decoder"] = self.decoder_of(b).module.state_dict()
+            save_checkpoint(self.paths.block_file(b), final)
+        self.comm.barrier()
+        if self.comm.is_main:
+            n = len(self.partition.blocks)
+            finals = [load_checkpoint(self.paths.block_file(b)) for b in range(n)]
+            fields = {b: AnchorField.from_state_dict(final["anchors"]) for b, final in enumerate(finals)}
+            decoders = None if shared else [final["decoder"] for final in finals]
+            save_model(self.paths.model, self._merged_model(fields, decoders, self.cfg.train.iterations))
+        self.comm.barrier()
+        self.store.close()
 
+    def current_model(self) -> AnchorModel:
+        """The blocks as they are now, merged, on the CPU (for tools and tests: every block must live in this
+        process)."""
+        if len(self.owned) != len(self.partition.blocks):
+            raise RuntimeError("current_model needs every block in this process (one-process runs)")
+        fields = {
+            b: AnchorField.from_state_dict({k: v.cpu() for k, v in f.state_dict().items()})
+            for b, f in self.block_fields()
+        }
+        shared = self.cfg.method.shared_decoder
+        decoders = None if shared else [self.decoder_of(b).module.state_dict() for b in sorted(fields)]
+        return self._merged_model(fields, decoders, self.global_step)
 
-def start_or_resume(
-    cfg: Config | None, scene_loader, run_dir: str | Path, resume: bool, overrides: list[str] = ()
-) -> SingleBlockTrainer:
-    """Build a trainer for a new run in `run_dir`, or restore the one saved there.
+    def _merged_model(
+        self, fields: dict[int, AnchorField], block_decoders: list[dict] | None, iteration: int
+    ):
+        """Each block's anchors in its own cell, concatenated, with the shared decoder (and, for the
+        independent-blocks ablation, each anchor's block decoder)."""
+        from momentumgs.merge import merge_blocks
 
-    `scene_loader(cfg) -> Scene` loads the scene the config names (kept outside so tests can inject one).
-    """
-    paths = RunPaths(Path(run_dir))
-    prepare_run_dir(paths, resume)
-    if resume:
-        cfg = load_config(paths.config, overrides)
-    assert cfg is not None
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    scene = scene_loader(cfg)
-    trainer = SingleBlockTrainer(cfg, scene, paths.root, device)
-    if resume:
-        state = load_checkpoint(paths.checkpoint, map_location=device)
-        trainer.load_state_dict(state)
-        trainer.log.truncate_after(trainer.block.iteration)
-    else:
-        write_text_atomic(paths.config, dump_config(cfg))
-    return trainer
+        n = len(self.partition.blocks)
+        field, counts = merge_blocks(fields, self.partition)
+        info = {
+            "iteration": iteration,
+            "blocks": n,
+            "anchors_per_block": counts,
+            "scene": str(self.scene.root),
+        }
+        model = AnchorModel(field, self.spec.build(), self.spec, info)
+        model.decoder.load_state_dict({k: v.cpu() for k, v in self.decoder.state_dict().items()})
+        if block_decoders is not None:
+            model.block_decoders = [self.spec.build() for _ in range(n)]
+            for decoder, state in zip(model.block_decoders, block_decoders, strict=True):
+                decoder.load_state_dict({k: v.cpu() for k, v in state.items()})
+            model.anchor_block = torch.repeat_interleave(torch.arange(n), torch.tensor(counts))
+        return model

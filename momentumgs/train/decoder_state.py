@@ -1,0 +1,53 @@
+"""The shared decoder as the trainer holds it: the student, its Adam and schedules, its momentum teacher."""
+
+from __future__ import annotations
+
+import torch
+
+from momentumgs.config import Config
+from momentumgs.data.scene import Scene
+from momentumgs.model.decoder import GaussianDecoder, MomentumTeacher
+from momentumgs.model.store import DecoderSpec
+from momentumgs.train.optimizers import apply_schedules, decoder_optimizer, lr_schedules
+
+
+def decoder_spec(cfg: Config, scene: Scene) -> DecoderSpec:
+    mc = cfg.model
+    return DecoderSpec(
+        feat_dim=mc.feat_dim,
+        n_offsets=mc.n_offsets,
+        hidden_dim=mc.hidden_dim,
+        use_distance=mc.use_distance,
+        appearance_dim=mc.appearance_dim,
+        appearance_count=len(scene.cameras) if mc.appearance_dim > 0 else 0,
+    )
+
+
+class DecoderState:
+    """A student decoder with its Adam, its learning-rate schedules and (optionally) its momentum teacher."""
+
+    def __init__(self, spec: DecoderSpec, cfg: Config, total_steps: int, device: torch.device, teacher: bool):
+        torch.manual_seed(cfg.train.seed)  # every replica (and every independent decoder) starts the same
+        self.module: GaussianDecoder = spec.build().to(device)
+        self.optimizer = decoder_optimizer(self.module, cfg.train.lr)
+        self.schedules = lr_schedules(cfg.train.lr, total_steps, 1.0)
+        self.teacher = MomentumTeacher(self.module) if teacher else None
+
+    def step(self, global_step: int, finite: bool) -> None:
+        if finite:
+            apply_schedules(self.optimizer, self.schedules, global_step)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {
+            "decoder": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else {},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["decoder"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
