@@ -34,6 +34,7 @@ from momentumgs.model import (
     voxelize,
 )
 from momentumgs.model.decoder import VisibleAnchors
+from momentumgs.model.densify import AnchorDensifier, ScaffoldDensifier
 
 
 def _field(positions, features=None, offsets=None, log_scales=None, k=4, feat_dim=8, voxel=1.0):
@@ -552,3 +553,99 @@ def test_extend_params_then_step_is_bit_exact_on_old_rows():
     assert torch.equal(ob.state[pb2]["exp_avg_sq"][:6], oa.state[pa]["exp_avg_sq"])
     assert torch.allclose(ob.state[pb2]["exp_avg"][6:], 0.1 * grad_new)  # (1 - beta1) * g from zero
     assert not torch.equal(pb2.detach()[6:], new_rows)  # the new rows are optimised too
+
+
+def _adjustable_field_and_stats():
+    """The growth field with statistics that make one adjustment grow an anchor and prune one."""
+    field = _growth_field()
+    stats = _growth_stats(field)
+    stats.anchor_count[:] = 30
+    stats.opacity_sum[:] = 1.0
+    stats.opacity_sum[4] = 0.0
+    return field, stats
+
+
+def test_scaffold_densifier_adjusts_on_its_schedule_as_adjust_anchors_does():
+    options = DensifyOptions(levels=1, init_factor=1)  # adjusts at multiples of 25 after 300
+    field, stats = _adjustable_field_and_stats()
+    densifier = ScaffoldDensifier(options, field, seed=0)
+    densifier.stats = stats
+    expected_field, expected_stats = _adjustable_field_and_stats()
+    expected = adjust_anchors(expected_field, expected_stats, None, options, torch.Generator().manual_seed(0))
+
+    assert densifier.after_step(510, field, None) is None and field.n_anchors == 5  # not due
+    assert densifier.after_step(525, field, None) == expected
+    assert torch.equal(field.positions, expected_field.positions)
+    assert densifier.stats.state_dict().keys() == expected_stats.state_dict().keys()
+    for name, value in densifier.stats.state_dict().items():
+        assert torch.equal(value, getattr(expected_stats, name))
+
+
+def test_scaffold_densifier_state_round_trips_under_the_block_checkpoint_keys():
+    field, stats = _adjustable_field_and_stats()
+    densifier = ScaffoldDensifier(DensifyOptions(), field, seed=5)
+    densifier.stats = stats
+    torch.rand(3, generator=densifier.generator)  # a used generator
+    state = densifier.state_dict()
+    assert state.keys() == {"densify_stats", "densify_rng"}  # the keys of block checkpoints before densifiers
+    again = ScaffoldDensifier(DensifyOptions(), _growth_field(), seed=0)
+    again.load_state_dict({"iteration": 7, **state})  # a block's state holds other keys too
+    assert torch.equal(again.generator.get_state(), densifier.generator.get_state())
+    for name, value in stats.state_dict().items():
+        assert torch.equal(getattr(again.stats, name), value)
+
+
+class RecordingDensifier(AnchorDensifier):
+    """Records how a block calls it and changes nothing."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.loaded: dict | None = None
+
+    def after_backward(self, iteration, gaussians, meta, width, height):
+        self.calls.append(("after_backward", iteration, meta["means2d"].grad is not None, (width, height)))
+
+    def after_step(self, iteration, field, optimizer):
+        self.calls.append(("after_step", iteration, optimizer.param_groups[0]["params"][0] is field.features))
+        return None
+
+    def state_dict(self):
+        return {"densify_calls": len(self.calls)}
+
+    def load_state_dict(self, state):
+        self.loaded = state
+
+
+def test_block_uses_the_injected_densifier():
+    from momentumgs.config import TrainConfig
+    from momentumgs.render.view import View
+    from momentumgs.train.block import Block
+
+    torch.manual_seed(0)
+    points = torch.rand(64, 3) - 0.5 + torch.tensor([0.0, 0.0, 3.0])  # [64, 3] in front of the camera
+    field = init_anchors_from_points(points, voxel_size=0.1, n_offsets=4, feat_dim=8)
+    decoder = GaussianDecoder(feat_dim=8, n_offsets=4, hidden_dim=16)
+    K = torch.tensor([[20.0, 0, 16], [0, 20.0, 12], [0, 0, 1]])
+    view = View(viewmat=torch.eye(4), K=K, center=torch.zeros(3), width=32, height=24)
+    densifier = RecordingDensifier()
+    block = Block(field, [0], TrainConfig(), spatial_scale=1.0, seed=0, densifier=densifier)
+
+    block.forward_backward(decoder, view, torch.full((24, 32, 3), 0.5))
+    assert block.step() is None
+    assert densifier.calls == [("after_backward", 1, True, (32, 24)), ("after_step", 1, True)]
+    state = block.state_dict()
+    assert state["densify_calls"] == 2 and "densify_stats" not in state
+    block.load_state_dict(state)
+    assert densifier.loaded is state
+
+    default = Block(field, [0], TrainConfig(), spatial_scale=1.0, seed=0)
+    assert isinstance(default.densifier, ScaffoldDensifier)
+    assert default.state_dict().keys() == {
+        "iteration",
+        "spatial_scale",
+        "anchors",
+        "optimizer",
+        "densify_stats",
+        "densify_rng",
+        "sampler",
+    }

@@ -18,11 +18,16 @@ Differences from the reference code, on purpose:
 - Random keep masks come from a caller-given torch.Generator, so a run is reproducible.
 - the reference accumulates gradients from the original rasterizer (NDC units); gsplat's means2d
   gradient is in pixels, so `DensifyStats.add` scales it by (W/2, H/2) like gsplat's DefaultStrategy.
+
+A training block reaches all this through one small object, an `AnchorDensifier` (as gsplat's training
+loop reaches its densification through a strategy): `ScaffoldDensifier` is the rule above with its
+schedule, statistics and random generator; another rule can be handed to a block instead.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +36,7 @@ from momentumgs.config import DensifyOptions  # the schedule lives with the conf
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import NeuralGaussians
 from momentumgs.model.optim import extend_params, keep_rows
+from momentumgs.timing import phase
 
 
 class DensifyStats:
@@ -252,3 +258,68 @@ def adjust_anchors(
         stats.keep(~remove)
     field.log_scales.data[:, 3:].clamp_(max=options.max_log_scale)
     return AdjustReport(grown=new.count, pruned=int(remove.sum()))
+
+
+# --- the interface a training block uses ------------------------------------------------------------
+
+
+class AnchorDensifier(ABC):
+    """How one block's anchors grow and shrink while it trains. One object per block: it holds its
+    schedule and its running state, and the block calls it at two points of every step."""
+
+    @abstractmethod
+    def after_backward(
+        self, iteration: int, gaussians: NeuralGaussians, meta: dict, width: int, height: int
+    ) -> None:
+        """Step `iteration` (1-based) backpropagated a finite loss through a render of `gaussians`;
+        `meta` is the rasterizer's (its "means2d" holds the gradient, "radii" the footprints)."""
+
+    @abstractmethod
+    def after_step(
+        self, iteration: int, field: AnchorField, optimizer: torch.optim.Optimizer
+    ) -> AdjustReport | None:
+        """Step `iteration` is complete (the optimizer stepped). Change the anchors if due, keeping the
+        optimizer's state row-aligned with `field`. -> what changed, None when nothing was due."""
+
+    @abstractmethod
+    def state_dict(self) -> dict:
+        """The running state. Its keys start with "densify_": they sit beside the block's own."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from a block's state (which holds this densifier's keys among others)."""
+
+
+class ScaffoldDensifier(AnchorDensifier):
+    """Scaffold-GS growing and pruning on the schedule of `options` (the functions above)."""
+
+    def __init__(self, options: DensifyOptions, field: AnchorField, seed: int):
+        self.options = options
+        self.stats = DensifyStats(field.n_anchors, field.n_offsets, device=field.positions.device)
+        # its own CPU generator: the growth decisions do not depend on the device or on other draws
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def after_backward(
+        self, iteration: int, gaussians: NeuralGaussians, meta: dict, width: int, height: int
+    ) -> None:
+        # an empty render has no means2d gradient to read
+        if not self.options.collects_stats(iteration) or gaussians.means.shape[0] == 0:
+            return
+        with phase("densify"):
+            visible = (meta["radii"][0] > 0).all(dim=-1)  # [M]
+            self.stats.add(gaussians, meta["means2d"].grad[0], visible, width, height)
+
+    def after_step(
+        self, iteration: int, field: AnchorField, optimizer: torch.optim.Optimizer
+    ) -> AdjustReport | None:
+        if not self.options.adjusts(iteration):
+            return None
+        with phase("densify"):
+            return adjust_anchors(field, self.stats, optimizer, self.options, self.generator)
+
+    def state_dict(self) -> dict:
+        return {"densify_stats": self.stats.state_dict(), "densify_rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stats.load_state_dict(state["densify_stats"])
+        self.generator.set_state(state["densify_rng"])

@@ -1,8 +1,9 @@
 """One block's trainable state and one training step on it.
 
-A `Block` owns its anchors, their Adam optimizer, the densification statistics, its view sampler, its RNG
-and its iteration count (each block follows its own schedules). The decoder is not part of a block: it is
-shared, and the caller steps its optimizer (after averaging gradients across workers in multi-block runs).
+A `Block` owns its anchors, their Adam optimizer, its densifier (anchor growing and pruning, with its
+statistics and RNG), its view sampler and its iteration count (each block follows its own schedules). The
+decoder is not part of a block: it is shared, and the caller steps its optimizer (after averaging gradients
+across workers in multi-block runs).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from momentumgs.anchor_render import render_anchor_view
 from momentumgs.config import TrainConfig
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import GaussianDecoder, consistency_loss, decode_targets
-from momentumgs.model.densify import AdjustReport, DensifyStats, adjust_anchors
+from momentumgs.model.densify import AdjustReport, AnchorDensifier, ScaffoldDensifier
 from momentumgs.render.view import View
 from momentumgs.timing import phase
 from momentumgs.train.losses import photometric_loss, volume_loss
@@ -44,15 +45,15 @@ class Block:
         cfg: TrainConfig,
         spatial_scale: float,
         seed: int,
+        densifier: AnchorDensifier | None = None,  # None: Scaffold-GS growing/pruning on cfg.densify
     ):
         self.field = field
         self.cfg = cfg
         self.spatial_scale = spatial_scale
         self.optimizer = anchor_optimizer(field, cfg.lr, spatial_scale)
         self.schedules = lr_schedules(cfg.lr, cfg.iterations, spatial_scale)
-        self.stats = DensifyStats(field.n_anchors, field.n_offsets, device=field.positions.device)
+        self.densifier = ScaffoldDensifier(cfg.densify, field, seed + 1) if densifier is None else densifier
         self.sampler = ViewSampler(view_ids, seed)
-        self.generator = torch.Generator().manual_seed(seed + 1)  # densification's random keep masks
         self.iteration = 0  # completed steps
 
     # --- one step ---------------------------------------------------------------------------------
@@ -87,11 +88,9 @@ class Block:
         if finite:
             with phase("backward"):
                 loss.backward()
-            if cfg.densify.collects_stats(self.iteration + 1) and render.gaussians.means.shape[0] > 0:
-                with phase("densify"):
-                    means2d = render.meta["means2d"]
-                    visible = (render.meta["radii"][0] > 0).all(dim=-1)  # [M]
-                    self.stats.add(render.gaussians, means2d.grad[0], visible, view.width, view.height)
+            self.densifier.after_backward(
+                self.iteration + 1, render.gaussians, render.meta, view.width, view.height
+            )
         with torch.no_grad():
             mse = (render.image.detach().clamp(0, 1) - gt).square().mean()
         return StepResult(
@@ -112,12 +111,7 @@ class Block:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
-        if self.cfg.densify.adjusts(self.iteration):
-            with phase("densify"):
-                return adjust_anchors(
-                    self.field, self.stats, self.optimizer, self.cfg.densify, self.generator
-                )
-        return None
+        return self.densifier.after_step(self.iteration, self.field, self.optimizer)
 
     def _grads_finite(self) -> bool:
         return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.field.params().values())
@@ -130,8 +124,7 @@ class Block:
             "spatial_scale": self.spatial_scale,
             "anchors": self.field.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "densify_stats": self.stats.state_dict(),
-            "densify_rng": self.generator.get_state(),
+            **self.densifier.state_dict(),  # "densify_stats", "densify_rng" for the default densifier
             "sampler": self.sampler.state_dict(),
         }
 
@@ -143,6 +136,5 @@ class Block:
         self.optimizer = anchor_optimizer(self.field, self.cfg.lr, self.spatial_scale)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedules = lr_schedules(self.cfg.lr, self.cfg.iterations, self.spatial_scale)
-        self.stats.load_state_dict(state["densify_stats"])
-        self.generator.set_state(state["densify_rng"])
+        self.densifier.load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])
