@@ -1,0 +1,140 @@
+"""The package's shape: no import cycles, and every import between parts of the package points down the data
+flow (data -> partition -> model/render -> anchor_render -> train -> eval -> run -> export/view -> cli).
+docs/architecture.md draws the same layers."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = {"momentumgs": "momentumgs", "viewer": "momentumgs_viewer"}  # folder -> import name
+
+# Each part of the package and its layer: a part may import only parts of lower layers.
+LAYERS = {
+    "errors": 0,
+    "timing": 0,
+    "metrics": 0,
+    "io_utils": 1,
+    "config": 1,
+    "lpips": 1,
+    "checkpoint": 2,
+    "data": 2,
+    "partition": 3,
+    "model": 3,
+    "render": 3,
+    "partition_preview": 4,
+    "anchor_render": 4,
+    "merge": 4,
+    "partition_ssim": 5,
+    "train": 5,
+    "eval": 6,
+    "run": 7,
+    "prepare": 7,
+    "export": 8,
+    "demo": 8,
+    "viewer": 9,
+    "cli": 10,
+}
+
+
+def modules() -> dict[str, Path]:
+    """Import name -> file, for every module of the package and the viewer."""
+    found = {}
+    for folder, name in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = [name, *path.relative_to(ROOT / folder).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The package's modules that `name` imports, at the top or inside functions."""
+    out = set()
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            candidates = [base, *(f"{base}.{a.name}" for a in node.names)]
+        else:
+            continue
+        out |= {c for c in candidates if c in known and c != name}
+    return out
+
+
+def part_of(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "momentumgs_viewer":
+        return "viewer"
+    return parts[1] if len(parts) > 1 else "momentumgs"
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports(name, path, known) for name, path in known.items()}
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules, or None."""
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycles():
+    assert find_cycle(graph()) is None, " -> ".join(find_cycle(graph()) or [])
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_every_import_points_down_the_layers():
+    edges = graph()
+    parts = {part_of(m) for m in edges} - {"momentumgs"}
+    assert parts <= LAYERS.keys(), f"parts without a layer: {sorted(parts - LAYERS.keys())}"
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in edges.items()
+        for target in targets
+        if part_of(module) != part_of(target)
+        and part_of(module) != "momentumgs"
+        and LAYERS[part_of(target)] >= LAYERS[part_of(module)]
+    )
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_reference_to_a_document_outside_the_repository():
+    files = [
+        p for folder in (*PACKAGES, "docs", "tools", "tests", "configs") for p in (ROOT / folder).rglob("*")
+    ]
+    files += [ROOT / "README.md"]
+    outside = "DESIGN" + ".md"  # spelt in two parts so that this file does not match itself
+    hits = [
+        str(p)
+        for p in files
+        if p.is_file() and p.suffix in (".py", ".md", ".yaml") and outside in p.read_text()
+    ]
+    assert not hits, hits
