@@ -32,7 +32,7 @@ class DataConfig:
 
 @dataclass
 class DemoConfig:
-    """The embedded demo city (momentumgs/data/demo.py)."""
+    """The embedded demo city (momentumgs/demo/)."""
 
     size: str = "demo"  # "demo" (README scene) or "test" (small scene for tests)
     seed: int = 0
@@ -138,6 +138,9 @@ class PartitionConfig:
     coarse_model: str = ""  # assign ssim: a trained model.ckpt of the whole scene (same world frame)
     ssim_threshold: float = 0.05  # assign ssim: 1 - SSIM drop when the block is removed (paper 0.03..0.05)
     margin: float = 0.1  # fraction of the cell size added around a block for its points and visibility test
+    # the SfM points each block starts from: cell (its cell + margin), coverage (also every point its cameras
+    # see), all (the whole cloud); anchors outside the cell are dropped at the merge
+    block_points: str = "cell"
     min_views: int = 5  # warn about blocks trained by fewer views
 
 

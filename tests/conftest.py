@@ -18,7 +18,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def gt_test_scene(tmp_path_factory):
     """The small demo city with its exact (ground-truth) COLMAP model: no SfM, built once per session."""
-    from momentumgs.data.demo import cached_demo_scene
+    from momentumgs.demo import cached_demo_scene
 
     cache = tmp_path_factory.getbasetemp() / "momentumgs-cache"
     return cached_demo_scene(size="test", seed=0, cache_dir=cache, sfm=False, log=lambda _: None)

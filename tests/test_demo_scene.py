@@ -14,9 +14,8 @@ import numpy as np
 import pycolmap
 import pytest
 
-from momentumgs.data import city, raycast
-from momentumgs.data.align import camera_centers, pose_errors, umeyama
-from momentumgs.data.demo import MARKER, build_demo_scene, cached_demo_scene
+from momentumgs.demo import MARKER, build_demo_scene, cached_demo_scene, city, raycast
+from momentumgs.demo.align import camera_centers, pose_errors, umeyama
 from momentumgs.errors import UserError
 
 
@@ -216,7 +215,7 @@ def test_build_refuses_a_foreign_folder_and_an_unknown_size(tmp_path):
 def test_two_processes_share_one_build(tmp_path):
     """Two processes ask for the same uncached scene at once: one builds, the other waits and reuses."""
     code = (
-        "import sys; from momentumgs.data.demo import cached_demo_scene; "
+        "import sys; from momentumgs.demo import cached_demo_scene; "
         "print('PATH', cached_demo_scene(size='test', seed=3, cache_dir=sys.argv[1], sfm=False))"
     )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
@@ -241,12 +240,11 @@ def test_two_processes_share_one_build(tmp_path):
 
 
 def test_sfm_is_repeatable(sfm_scene, tmp_path):
-    """The same photos give the same model bit for bit (default thread counts, fixed seed)."""
-    from momentumgs.data.demo import demo_sfm_options
-    from momentumgs.data.sfm import run_sfm
+    """The same photos give the same model bit for bit (the demo's thread counts, fixed seed)."""
+    from momentumgs.demo.build import run_demo_sfm
 
-    result = run_sfm(sfm_scene / "images", tmp_path / "sparse", demo_sfm_options(), log=lambda _: None)
-    assert result.num_registered == result.num_images == 24
+    stats = run_demo_sfm(sfm_scene / "images", tmp_path / "sparse", log=lambda _: None)
+    assert stats["registered"] == stats["images"] == 24
     again = viewmats_by_name(pycolmap.Reconstruction(tmp_path / "sparse"))
     cached = viewmats_by_name(pycolmap.Reconstruction(sfm_scene / "sparse" / "0"))
     assert again.keys() == cached.keys()

@@ -20,8 +20,8 @@ import pycolmap
 import pytest
 
 from momentumgs.cli import main
-from momentumgs.data.align import pose_errors, rotation_angle_deg
 from momentumgs.data.colmap import load_colmap_scene
+from momentumgs.demo.align import pose_errors, rotation_angle_deg
 
 RDF_TO_DRB = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 

@@ -1,5 +1,6 @@
-"""The embedded demo scene: render the synthetic city (momentumgs/data/city.py) and reconstruct it with
-real SfM (momentumgs/data/sfm.py), so that the README's command works with nothing downloaded.
+"""The embedded demo scene: render the synthetic city (momentumgs/demo/city.py) and reconstruct it with
+real SfM (the pipeline of `prepare colmap`, momentumgs/prepare/photos.py), so that the README's command
+works with nothing downloaded.
 
 Output folder (a normal COLMAP scene):
 
@@ -12,7 +13,7 @@ Output folder (a normal COLMAP scene):
     OUT/demo_scene.json                     what was built and the SfM figures; written last
 
 The SfM model is deliberately not aligned to the ground truth: later stages must handle any frame.
-`momentumgs.data.align.pose_errors` compares the two.
+`momentumgs.demo.align.pose_errors` compares the two.
 """
 
 from __future__ import annotations
@@ -31,20 +32,47 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from momentumgs.data.city import CityParams, build_world, camera_poses, city_params, intrinsics
-from momentumgs.data.raycast import GROUND, MISS, Boxes, Render, World, any_box_hit, box_surface, render
+from momentumgs.demo.city import CityParams, build_world, camera_poses, city_params, intrinsics
+from momentumgs.demo.raycast import GROUND, MISS, Boxes, Render, World, any_box_hit, box_surface, render
 from momentumgs.errors import UserError
+from momentumgs.prepare.images import list_image_names
+from momentumgs.prepare.photos import PhotoOptions, prepare_colmap
 
 GENERATOR_VERSION = 2  # bump when the rendered images or models change for the same parameters
 MARKER = "demo_scene.json"
 
 
-def demo_sfm_options():
-    """SfM settings of the demo: the renders are distortion free, so a pinhole camera (f, cx, cy); one
-    matching thread, so that the demo's model repeats bit for bit on every machine."""
-    from momentumgs.data.sfm import SfmOptions
+def demo_sfm_options(num_views: int) -> PhotoOptions:
+    """`prepare colmap`'s options as the demo sets them: the renders are distortion free, so a pinhole
+    camera (f, cx, cy) and no undistortion; all views in one extraction call; exhaustive matching on one
+    thread, so that the demo's model repeats bit for bit on every machine; no progress bars."""
+    return PhotoOptions(
+        camera_model="SIMPLE_PINHOLE",
+        matcher="exhaustive",
+        matching_threads=1,
+        extraction_batch=num_views,
+        undistort=False,
+        progress=False,
+    )
 
-    return SfmOptions(camera_model="SIMPLE_PINHOLE", matching_threads=1)
+
+def run_demo_sfm(images: Path, model: Path, log: Callable[[str], None] = print) -> dict:
+    """Reconstruct the views in `images` with `prepare colmap`'s pipeline in a scratch folder; the
+    largest model goes to `model`. Returns the SfM figures that the marker file records."""
+    opts = demo_sfm_options(len(list_image_names(images)))
+    with tempfile.TemporaryDirectory(prefix="momentumgs-sfm-") as work:
+        result = prepare_colmap(images, work, opts, log=lambda line: log("  sfm: " + line))
+        shutil.copytree(Path(work) / "distorted" / "sparse" / "0", model)
+    log("  " + result.summary().replace("\n", "\n  "))
+    report = result.report
+    return {
+        "registered": report["registered"],
+        "images": report["images"],
+        "points": report["points"],
+        "mean_reprojection_error": report["mean_reprojection_error"],
+        "seconds": {stage: st["seconds"] for stage, st in report["stages"].items()},
+        "unregistered": [f["name"] for f in report["failed"]],
+    }
 
 
 def image_name(i: int) -> str:
@@ -203,19 +231,8 @@ def _write_scene(root: Path, p: CityParams, sfm: bool, log: Callable[[str], None
     stats["ground_truth_seconds"] = time.perf_counter() - t0
 
     if sfm:
-        from momentumgs.data.sfm import run_sfm
-
         log("  running SfM (pycolmap) ...")
-        result = run_sfm(root / "images", root / "sparse" / "0", demo_sfm_options(), log=log)
-        log("  " + result.summary())
-        stats["sfm"] = {
-            "registered": result.num_registered,
-            "images": result.num_images,
-            "points": result.num_points,
-            "mean_reprojection_error": result.mean_reprojection_error,
-            "seconds": result.seconds,
-            "unregistered": result.unregistered,
-        }
+        stats["sfm"] = run_demo_sfm(root / "images", root / "sparse" / "0", log=log)
     else:
         shutil.copytree(gt_dir / "sparse" / "0", root / "sparse" / "0")
     return stats

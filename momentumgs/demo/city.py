@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from momentumgs.data.raycast import Boxes, Texture, World
+from momentumgs.demo.raycast import Boxes, Texture, World
 
 # bundled with scikit-image (skimage/data/*.png|jpg): loading them never downloads anything
 COLOR_PHOTOS = (

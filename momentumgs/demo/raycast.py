@@ -1,6 +1,6 @@
 """A small numpy ray caster for scenes made of a textured ground plane (z = 0) and yawed boxes.
 
-Used by the demo-city generator (momentumgs/data/demo.py). Rays are processed in groups (an image
+Used by the demo-city generator (momentumgs/demo/build.py). Rays are processed in groups (an image
 tile, or a run of nearby segments): a group is tested only against the boxes whose xy bounds overlap
 the group's xy bounds within the height slab that holds the boxes, so the cost follows what a ray can
 actually hit rather than rays x boxes. World z is up; the ground is the plane z = 0.

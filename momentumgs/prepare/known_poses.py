@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from momentumgs.data.sfm import _quiet_colmap
 from momentumgs.errors import UserError
 from momentumgs.io_utils import write_text_atomic
 from momentumgs.prepare.images import read_header
+from momentumgs.prepare.photos import quiet_colmap
 
 MARKER = "converted.json"
 
@@ -186,7 +186,7 @@ def triangulate(
             names = [im.name for im, cid in zip(images, camera_ids, strict=True) if cid == cam.camera_id]
             reader = pycolmap.ImageReaderOptions(camera_model="PINHOLE", existing_camera_id=cam.camera_id)
             for k in range(0, len(names), 32):
-                with _quiet_colmap(pycolmap):
+                with quiet_colmap(pycolmap):
                     pycolmap.extract_features(
                         database,
                         image_dir,
@@ -207,7 +207,7 @@ def triangulate(
     t1 = time.perf_counter()
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.random_seed = opts.seed
-    with _quiet_colmap(pycolmap):
+    with quiet_colmap(pycolmap):
         pycolmap.match_image_pairs(
             database,
             matching_options=pycolmap.FeatureMatchingOptions(num_threads=opts.matching_threads),
@@ -235,7 +235,7 @@ def triangulate(
     t2 = time.perf_counter()
     model_dir.mkdir(parents=True, exist_ok=True)
     pycolmap.set_random_seed(opts.seed)
-    with _quiet_colmap(pycolmap):
+    with quiet_colmap(pycolmap):
         rec = pycolmap.triangulate_points(rec, database, image_dir, model_dir)
     stats = {
         "points": rec.num_points3D(),

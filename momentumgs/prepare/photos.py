@@ -19,12 +19,18 @@ Matching (`matcher="auto"`): spatial when every photo carries GPS EXIF (COLMAP s
 during extraction), exhaustive up to `exhaustive_max_images` photos, sequential (video frames, neighbours
 by file order) beyond. No vocabulary tree: it needs a downloaded tree file.
 
-Reuses `momentumgs.data.sfm` (its options, image listing and log quieting); the staging, resume and report
-live here because `run_sfm` is the one-shot, all-in-a-temporary-folder path of the demo scene.
+The model is in COLMAP's own similarity frame (arbitrary scale, rotation and origin): later stages must not
+assume metres or an up axis. With one thread per stage and a fixed seed it repeats bit for bit run to run
+(`PhotoOptions` says what more threads cost).
+
+This is the one SfM pipeline of the project: the demo scene (momentumgs/demo/build.py) runs it too, in a
+scratch folder, with its own options (`demo_sfm_options`: one matching thread, all views in one
+extraction call, no undistortion).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sqlite3
@@ -34,7 +40,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from momentumgs.data.sfm import SfmOptions, _quiet_colmap
 from momentumgs.errors import UserError
 from momentumgs.io_utils import write_text_atomic
 from momentumgs.prepare.images import describe_sizes, list_image_names, scan_folder, size_counts
@@ -49,7 +54,20 @@ MAX_IMAGE_ID = 2147483647  # COLMAP's pair_id = id1 * 2147483647 + id2 (database
 
 
 @dataclass
-class PhotoOptions(SfmOptions):
+class PhotoOptions:
+    camera_model: str = "SIMPLE_RADIAL"  # SIMPLE_PINHOLE for distortion-free (synthetic) images
+    single_camera: bool = True  # all photos share one camera (one drone, one lens)
+    camera_params: tuple[float, ...] = ()  # optional initial intrinsics, e.g. (f, cx, cy); refined
+    max_num_features: int = 4096
+    # threads per stage, -1 = all cores. Measured with pycolmap 4.2.1 on the demo: several extraction or
+    # mapping threads move poses by ~1e-4 of the scene size from run to run, and so, now and then, do
+    # several matching threads (a CI run saw 6e-5): where a model must repeat bit for bit (the demo), use
+    # one thread everywhere
+    extraction_threads: int = 1
+    matching_threads: int = -1
+    mapping_threads: int = 1
+    seed: int = 0
+    min_registered_fraction: float = 0.5  # below this the result is an error, not a model
     matcher: str = "auto"  # auto | exhaustive | sequential | spatial
     mapper: str = "incremental"  # incremental | global (GLOMAP inside pycolmap 4.2)
     exhaustive_max_images: int = 300  # auto: exhaustive up to this many photos (n^2/2 pairs)
@@ -142,7 +160,18 @@ def _save_state(out: Path, state: dict) -> None:
     write_text_atomic(out / STATE_FILE, json.dumps(state, indent=1))
 
 
-# --- progress -----------------------------------------------------------------------------------
+# --- progress and logs --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quiet_colmap(pycolmap):
+    """Silence COLMAP's INFO log lines (they go to stderr by the thousand); warnings still show."""
+    old = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 1
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = old
 
 
 def _bar(opts: PhotoOptions, total: int | None, desc: str, initial: int = 0, unit: str = "img"):
@@ -232,7 +261,7 @@ def extract_stage(photos: Path, database: Path, names: list[str], opts: PhotoOpt
             batch = todo[i : i + opts.extraction_batch]
             if opts.single_camera:  # later batches join the camera the first batch created
                 reader.existing_camera_id = _shared_camera_id(database) if database.is_file() else -1
-            with _quiet_colmap(pycolmap):
+            with quiet_colmap(pycolmap):
                 pycolmap.extract_features(
                     database,
                     photos,
@@ -266,8 +295,8 @@ def match_stage(database: Path, n_images: int, matcher: str, opts: PhotoOptions,
     log(f"matching: {matcher}" + (f", {total} pairs" if total else ""))
     with (
         _bar(opts, total, "matching", unit="pair") as bar,
-        _PairPoller(database, bar),
-        _quiet_colmap(pycolmap),
+        _PairPoller(database, bar) if opts.progress else contextlib.nullcontext(),
+        quiet_colmap(pycolmap),
     ):
         if matcher == "exhaustive":
             pycolmap.match_exhaustive(database, **common)
@@ -296,7 +325,7 @@ def map_stage(photos: Path, database: Path, model_root: Path, opts: PhotoOptions
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     pycolmap.set_random_seed(opts.seed)
-    with _bar(opts, None, f"mapping ({opts.mapper})") as bar, _quiet_colmap(pycolmap):
+    with _bar(opts, None, f"mapping ({opts.mapper})") as bar, quiet_colmap(pycolmap):
         if opts.mapper == "incremental":
             mapping = pycolmap.IncrementalPipelineOptions(
                 num_threads=opts.mapping_threads, random_seed=opts.seed
@@ -331,7 +360,7 @@ def undistort_stage(photos: Path, model: Path, out: Path, log) -> dict:
     t0 = time.perf_counter()
     work = out / "undistort.tmp"
     shutil.rmtree(work, ignore_errors=True)
-    with _quiet_colmap(pycolmap):
+    with quiet_colmap(pycolmap):
         pycolmap.undistort_images(work, model, photos)
     for name in ("images", "sparse"):
         shutil.rmtree(out / name, ignore_errors=True)
