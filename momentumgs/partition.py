@@ -40,6 +40,7 @@ PARTITION_FORMAT = "momentumgs-partition"
 PARTITION_VERSION = 1
 AXIS_NAMES = "xyz"
 ASSIGN_MODES = ("visibility", "center", "ssim")
+BLOCK_POINTS = ("cell", "coverage", "all")  # what each block starts from: start_point_ids
 
 UP_AXIS_MIN_COS = 0.9  # detected up must lie within ~26 degrees of a world axis
 UP_AXIS_MIN_GAP = 0.05  # second-smallest eigenvalue of the camera x-axis scatter (trace 1) for a clear up
@@ -215,8 +216,8 @@ class Block:
     world_min: np.ndarray | None  # [3] the cell's part inside the AABB, in world; None if it has none
     world_max: np.ndarray | None  # [3]
     camera_ids: np.ndarray  # [C] int64 scene camera indices (train views only) that train this block
-    point_ids: np.ndarray  # [Q] int64 indices into scene.points: the cell plus the margin
-    n_cell_points: int  # how many of point_ids lie in the cell itself
+    point_ids: np.ndarray  # [Q] int64 indices into scene.points the block starts from (see block_points)
+    n_cell_points: int  # how many of the scene's points lie in the cell itself
 
 
 @dataclass
@@ -227,6 +228,7 @@ class Partition:
     margin: float
     assign: str
     blocks: list[Block] = field(default_factory=list)
+    block_points: str = "cell"  # which points each block starts from: one of BLOCK_POINTS
     num_points: int = 0  # size of the point cloud the point ids index
     camera_names: list[str] = field(default_factory=list)  # the scene's cameras, for a consistency check
 
@@ -258,15 +260,16 @@ class Partition:
         a = self.aabb
         lines = [
             f"partition: {len(self.blocks)} blocks, block_dim {list(self.block_dim)} along {names} "
-            f"(up {self.up_axis}), assign {self.assign}, margin {self.margin:g}",
+            f"(up {self.up_axis}), assign {self.assign}, margin {self.margin:g}, "
+            f"block points {self.block_points}",
             f"  aabb: [{a[0]:.2f}, {a[1]:.2f}, {a[2]:.2f}] .. [{a[3]:.2f}, {a[4]:.2f}, {a[5]:.2f}]",
-            "  block  grid       cameras  points(cell)  points(+margin)",
+            "  block  grid       cameras  points(cell)  points(start)",
         ]
         for b in self.blocks:
             grid = "(" + ",".join(map(str, b.grid_index)) + ")"
             lines.append(
                 f"  {b.index:5d}  {grid:9s}  {len(b.camera_ids):7d}  {b.n_cell_points:12d}  "
-                f"{len(b.point_ids):15d}"
+                f"{len(b.point_ids):13d}"
             )
         return "\n".join(lines)
 
@@ -313,17 +316,144 @@ def points_in_box(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return ((y >= lo) & (y <= hi)).all(axis=1)
 
 
+def points_in_view(scene: Scene, cam_id: int, points: np.ndarray) -> np.ndarray:
+    """Which world points [P, 3] project into camera `cam_id`'s image, in front of it. -> [P] bool"""
+    cam = scene.cameras[cam_id]
+    uv, depth = cam.project(points)  # [P, 2], [P]
+    in_x = (uv[:, 0] >= 0) & (uv[:, 0] < cam.width)
+    return (depth > 1e-6) & in_x & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height)
+
+
+def blocks_per_camera(part: Partition, n_cameras: int) -> np.ndarray:
+    """How many blocks each scene camera trains. -> [n_cameras] int"""
+    counts = np.zeros(n_cameras, dtype=np.int64)
+    for b in part.blocks:
+        np.add.at(counts, b.camera_ids, 1)
+    return counts
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def _encode_ids(ids: np.ndarray) -> str:
+    """int ids -> base64 of little-endian int32 (compact: point ids run to millions)."""
+    return base64.b64encode(np.asarray(ids, dtype="<i4").tobytes()).decode("ascii")
+
+
+def _decode_ids(text: str, count: int) -> np.ndarray:
+    ids = np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), dtype="<i4")
+    if len(ids) != count:
+        raise ValueError(f"expected {count} ids, found {len(ids)}")
+    return ids.astype(np.int64)
+
+
+def _list(v: np.ndarray | None):
+    return None if v is None else [float(x) for x in v]
+
+
+def partition_to_dict(p: Partition) -> dict:
+    return {
+        "format": PARTITION_FORMAT,
+        "version": PARTITION_VERSION,
+        "aabb": _list(p.aabb),
+        "up_axis": p.up_axis,
+        "block_dim": list(p.block_dim),
+        "margin": p.margin,
+        "assign": p.assign,
+        "block_points": p.block_points,
+        "num_points": p.num_points,
+        "camera_names": p.camera_names,
+        "blocks": [
+            {
+                "index": b.index,
+                "grid_index": list(b.grid_index),
+                "cell_min": _list(b.cell_min),
+                "cell_max": _list(b.cell_max),
+                "world_min": _list(b.world_min),
+                "world_max": _list(b.world_max),
+                "camera_ids": [int(i) for i in b.camera_ids],
+                "num_point_ids": len(b.point_ids),
+                "point_ids_int32_b64": _encode_ids(b.point_ids),
+                "n_cell_points": b.n_cell_points,
+            }
+            for b in p.blocks
+        ],
+    }
+
+
+def _array(v) -> np.ndarray | None:
+    return None if v is None else np.asarray(v, dtype=np.float64)
+
+
+def partition_from_dict(d: dict) -> Partition:
+    if d.get("format") != PARTITION_FORMAT:
+        raise ValueError(f"not a partition file (format {d.get('format')!r})")
+    if d.get("version") != PARTITION_VERSION:
+        raise ValueError(f"partition format version {d.get('version')!r}, expected {PARTITION_VERSION}")
+    part = Partition(
+        aabb=check_aabb(d["aabb"]),
+        up_axis=format_up_axis(*parse_up_axis(d["up_axis"])),
+        block_dim=check_block_dim(d["block_dim"]),
+        margin=float(d["margin"]),
+        assign=str(d["assign"]),
+        block_points=str(d.get("block_points", "cell")),  # files written before the option: their cells
+        num_points=int(d["num_points"]),
+        camera_names=[str(n) for n in d["camera_names"]],
+    )
+    for b in d["blocks"]:
+        point_ids = _decode_ids(b["point_ids_int32_b64"], int(b["num_point_ids"]))
+        camera_ids = np.asarray(b["camera_ids"], dtype=np.int64)
+        if (point_ids < 0).any() or (point_ids >= part.num_points).any():
+            raise ValueError(f"block {b['index']}: point ids outside the cloud of {part.num_points}")
+        if (camera_ids < 0).any() or (camera_ids >= len(part.camera_names)).any():
+            raise ValueError(f"block {b['index']}: camera ids outside the {len(part.camera_names)} cameras")
+        part.blocks.append(
+            Block(
+                index=int(b["index"]),
+                grid_index=tuple(int(i) for i in b["grid_index"]),
+                cell_min=_array(b["cell_min"]),
+                cell_max=_array(b["cell_max"]),
+                world_min=_array(b["world_min"]),
+                world_max=_array(b["world_max"]),
+                camera_ids=camera_ids,
+                point_ids=point_ids,
+                n_cell_points=int(b["n_cell_points"]),
+            )
+        )
+    if [b.index for b in part.blocks] != list(range(int(np.prod(part.block_dim)))):
+        raise ValueError(f"expected blocks 0..{int(np.prod(part.block_dim)) - 1} in order")
+    return part
+
+
+def save_partition(path: str | Path, p: Partition) -> None:
+    """Write `p` as JSON, atomically (a crash leaves the old file or the new one)."""
+    write_text_atomic(path, json.dumps(partition_to_dict(p), indent=1) + "\n")
+
+
+def load_partition(path: str | Path) -> Partition:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PartitionError(f"{path}: partition file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PartitionError(f"{path}: not a readable partition file ({exc})") from None
+    try:
+        return partition_from_dict(data)
+    except PartitionError as exc:
+        raise PartitionError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise PartitionError(f"{path}: malformed partition file ({detail})") from None
+
+
 def visible_fraction(scene: Scene, cam_id: int, points: np.ndarray) -> float:
     """Fraction of world points [Q, 3] that project into camera `cam_id`'s image, in front of it.
 
     No occlusion test: a block seen through a building still counts (more views rather than fewer)."""
     if len(points) == 0:
         return 0.0
-    cam = scene.cameras[cam_id]
-    uv, depth = cam.project(points)  # [Q, 2], [Q]
-    in_x = (uv[:, 0] >= 0) & (uv[:, 0] < cam.width)
-    inside = (depth > 1e-6) & in_x & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height)
-    return float(inside.mean())
+    return float(points_in_view(scene, cam_id, points).mean())
 
 
 def sample_ids(ids: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -412,6 +542,9 @@ def check_partition_config(cfg) -> tuple[int, int, int]:
         raise PartitionError(f"partition.assign: expected one of {modes}, got {cfg.assign!r}")
     if not 0 <= cfg.margin < 1:
         raise PartitionError(f"partition.margin: expected a fraction of the cell in [0, 1), got {cfg.margin}")
+    if cfg.block_points not in BLOCK_POINTS:
+        choices = ", ".join(BLOCK_POINTS)
+        raise PartitionError(f"partition.block_points: expected one of {choices}, got {cfg.block_points!r}")
     check_visibility_threshold(cfg.visibility_threshold)
     if cfg.assign == "ssim":
         check_ssim_options(cfg.coarse_model, cfg.ssim_threshold)
@@ -512,125 +645,26 @@ def partition_scene(scene: Scene, cfg, assigner: CameraAssigner | None = None) -
     for b, cams in zip(part.blocks, cameras, strict=True):
         b.camera_ids = np.asarray(cams, dtype=np.int64)
     check_blocks(part)
-    return part
-
-
-def blocks_per_camera(part: Partition, n_cameras: int) -> np.ndarray:
-    """How many blocks each scene camera trains. -> [n_cameras] int"""
-    counts = np.zeros(n_cameras, dtype=np.int64)
+    part.block_points = cfg.block_points
     for b in part.blocks:
-        np.add.at(counts, b.camera_ids, 1)
-    return counts
-
-
-# --- files ---------------------------------------------------------------------------------------
-
-
-def _encode_ids(ids: np.ndarray) -> str:
-    """int ids -> base64 of little-endian int32 (compact: point ids run to millions)."""
-    return base64.b64encode(np.asarray(ids, dtype="<i4").tobytes()).decode("ascii")
-
-
-def _decode_ids(text: str, count: int) -> np.ndarray:
-    ids = np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), dtype="<i4")
-    if len(ids) != count:
-        raise ValueError(f"expected {count} ids, found {len(ids)}")
-    return ids.astype(np.int64)
-
-
-def _list(v: np.ndarray | None):
-    return None if v is None else [float(x) for x in v]
-
-
-def partition_to_dict(p: Partition) -> dict:
-    return {
-        "format": PARTITION_FORMAT,
-        "version": PARTITION_VERSION,
-        "aabb": _list(p.aabb),
-        "up_axis": p.up_axis,
-        "block_dim": list(p.block_dim),
-        "margin": p.margin,
-        "assign": p.assign,
-        "num_points": p.num_points,
-        "camera_names": p.camera_names,
-        "blocks": [
-            {
-                "index": b.index,
-                "grid_index": list(b.grid_index),
-                "cell_min": _list(b.cell_min),
-                "cell_max": _list(b.cell_max),
-                "world_min": _list(b.world_min),
-                "world_max": _list(b.world_max),
-                "camera_ids": [int(i) for i in b.camera_ids],
-                "num_point_ids": len(b.point_ids),
-                "point_ids_int32_b64": _encode_ids(b.point_ids),
-                "n_cell_points": b.n_cell_points,
-            }
-            for b in p.blocks
-        ],
-    }
-
-
-def _array(v) -> np.ndarray | None:
-    return None if v is None else np.asarray(v, dtype=np.float64)
-
-
-def partition_from_dict(d: dict) -> Partition:
-    if d.get("format") != PARTITION_FORMAT:
-        raise ValueError(f"not a partition file (format {d.get('format')!r})")
-    if d.get("version") != PARTITION_VERSION:
-        raise ValueError(f"partition format version {d.get('version')!r}, expected {PARTITION_VERSION}")
-    part = Partition(
-        aabb=check_aabb(d["aabb"]),
-        up_axis=format_up_axis(*parse_up_axis(d["up_axis"])),
-        block_dim=check_block_dim(d["block_dim"]),
-        margin=float(d["margin"]),
-        assign=str(d["assign"]),
-        num_points=int(d["num_points"]),
-        camera_names=[str(n) for n in d["camera_names"]],
-    )
-    for b in d["blocks"]:
-        point_ids = _decode_ids(b["point_ids_int32_b64"], int(b["num_point_ids"]))
-        camera_ids = np.asarray(b["camera_ids"], dtype=np.int64)
-        if (point_ids < 0).any() or (point_ids >= part.num_points).any():
-            raise ValueError(f"block {b['index']}: point ids outside the cloud of {part.num_points}")
-        if (camera_ids < 0).any() or (camera_ids >= len(part.camera_names)).any():
-            raise ValueError(f"block {b['index']}: camera ids outside the {len(part.camera_names)} cameras")
-        part.blocks.append(
-            Block(
-                index=int(b["index"]),
-                grid_index=tuple(int(i) for i in b["grid_index"]),
-                cell_min=_array(b["cell_min"]),
-                cell_max=_array(b["cell_max"]),
-                world_min=_array(b["world_min"]),
-                world_max=_array(b["world_max"]),
-                camera_ids=camera_ids,
-                point_ids=point_ids,
-                n_cell_points=int(b["n_cell_points"]),
-            )
-        )
-    if [b.index for b in part.blocks] != list(range(int(np.prod(part.block_dim)))):
-        raise ValueError(f"expected blocks 0..{int(np.prod(part.block_dim)) - 1} in order")
+        b.point_ids = start_point_ids(scene, b, cfg.block_points)
     return part
 
 
-def save_partition(path: str | Path, p: Partition) -> None:
-    """Write `p` as JSON, atomically (a crash leaves the old file or the new one)."""
-    write_text_atomic(path, json.dumps(partition_to_dict(p), indent=1) + "\n")
+def start_point_ids(scene: Scene, block: Block, mode: str) -> np.ndarray:
+    """The SfM points a block's anchors start from. -> [Q] int64 sorted ids into scene.points
 
-
-def load_partition(path: str | Path) -> Partition:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PartitionError(f"{path}: partition file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PartitionError(f"{path}: not a readable partition file ({exc})") from None
-    try:
-        return partition_from_dict(data)
-    except PartitionError as exc:
-        raise PartitionError(f"{path}: {exc}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise PartitionError(f"{path}: malformed partition file ({detail})") from None
+    cell: its cell plus the margin (the least memory; its views show much that no anchor can explain);
+    coverage: those plus every point one of its cameras sees (in the image, in front; no occlusion test), as
+      VastGaussian's coverage-based selection: the block can explain its views, memory grows with them;
+    all: the whole cloud, as the Momentum-GS code does.
+    Anchors outside the cell only serve training: the merge keeps each block's own cell."""
+    if mode == "cell":
+        return block.point_ids
+    if mode == "all":
+        return np.arange(len(scene.points), dtype=np.int64)
+    seen = np.zeros(len(scene.points), dtype=bool)
+    seen[block.point_ids] = True
+    for cam_id in block.camera_ids:
+        seen |= points_in_view(scene, int(cam_id), scene.points)
+    return np.flatnonzero(seen)

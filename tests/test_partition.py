@@ -186,6 +186,40 @@ def test_margin_gives_overlapping_point_sets(scene, part):
     assert all(len(a) > t for a, t in zip(ids, sizes, strict=True))
 
 
+def test_block_points_cell_coverage_all(scene, part):
+    """coverage = the cell (+ margin) and every point one of the block's cameras sees; all = the cloud."""
+    cover = partition_scene(scene, PartitionConfig(block_points="coverage"))
+    whole = partition_scene(scene, PartitionConfig(block_points="all"))
+    assert cover.block_points == "coverage" and part.block_points == "cell"
+    for cell_b, cover_b, whole_b in zip(part.blocks, cover.blocks, whole.blocks, strict=True):
+        assert np.array_equal(cell_b.camera_ids, cover_b.camera_ids)  # the cameras do not change
+        assert np.array_equal(whole_b.point_ids, np.arange(len(scene.points)))
+        cell_ids, cover_ids = set(cell_b.point_ids), set(cover_b.point_ids)
+        assert cell_ids < cover_ids  # strictly more: the views see beyond the cell
+        # every added point projects into one of the block's cameras, in front of it
+        added = np.array(sorted(cover_ids - cell_ids))
+        seen = np.zeros(len(added), dtype=bool)
+        for cam_id in cover_b.camera_ids:
+            uv, depth = scene.cameras[cam_id].project(scene.points[added])
+            w, h = scene.cameras[cam_id].width, scene.cameras[cam_id].height
+            seen |= (depth > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+        assert seen.all()
+        # and what no camera of the block sees is left out
+        assert len(cover_ids) < len(scene.points) or len(cover_b.camera_ids) == len(scene.train_ids)
+
+
+def test_block_points_round_trip_and_bad_value(tmp_path, scene):
+    cover = partition_scene(scene, PartitionConfig(block_points="coverage"))
+    save_partition(tmp_path / "p.json", cover)
+    loaded = load_partition(tmp_path / "p.json")
+    assert loaded.block_points == "coverage"
+    assert all(
+        np.array_equal(a.point_ids, b.point_ids) for a, b in zip(cover.blocks, loaded.blocks, strict=True)
+    )
+    with pytest.raises(PartitionError, match="partition.block_points: expected one of cell, coverage, all"):
+        partition_scene(scene, PartitionConfig(block_points="everything"))
+
+
 def test_save_load_round_trip(tmp_path, part):
     path = tmp_path / "sub" / "partition.json"
     save_partition(path, part)
