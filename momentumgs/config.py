@@ -153,6 +153,11 @@ class MethodConfig:
     slot_iterations: int = 500  # a worker switches to its next block after this many steps
     momentum: float = 0.9  # teacher EMA m; 0 disables the teacher and the consistency loss
     lambda_consistency: float = 50.0
+    # lambda_consistency ramps linearly from 0 to its value between these fractions of a block's iterations
+    # ([0, 0]: from the first iteration, as the paper)
+    consistency_ramp: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    # the opacity term over "all" V*K slots (the paper) or only the "kept" ones (alpha > 0 in the student)
+    consistency_opacity: str = "all"
     weighting: bool = True  # reconstruction-guided block weighting
     weighting_sigma: float = 10.0
     weighting_every: int = 1000  # measure a block's PSNR/SSIM every this many of its iterations

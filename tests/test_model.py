@@ -254,6 +254,44 @@ def test_consistency_loss_zero_for_equal_positive_otherwise():
         consistency_loss(s, decode(teacher.module, anchors, cam, keep=~s.keep))
 
 
+def test_consistency_opacity_over_kept_slots_ignores_dropped_ones():
+    dec, field = _tiny_setup()
+    teacher = MomentumTeacher(dec)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    anchors, cam = gather_anchors(field), torch.tensor([0.0, 0.0, -5.0])
+    s = decode(dec, anchors, cam)
+    t = decode(teacher.module, anchors, cam, keep=s.keep)
+    kept = consistency_loss(s, t, opacity_slots="kept")
+    want = sum(
+        ((a - b) ** 2).mean() for a, b in [(s.colors, t.colors), (s.quats, t.quats), (s.scales, t.scales)]
+    )
+    want = want + ((s.raw_opacity.view(-1)[s.keep] - t.raw_opacity.view(-1)[s.keep]) ** 2).mean()
+    assert 0 < s.kept.numel() < s.keep.numel()
+    assert torch.allclose(kept, want)
+    # a teacher that differs only on a dropped slot changes the paper's loss, not this one
+    dropped = int((~s.keep).nonzero()[0, 0])
+    raw = t.raw_opacity.detach().clone().view(-1)
+    raw[dropped] += 0.5
+    t2 = dataclasses.replace(t, raw_opacity=raw.view_as(t.raw_opacity))
+    assert torch.equal(consistency_loss(s, t2, opacity_slots="kept"), kept)
+    with pytest.raises(ValueError, match="opacity_slots"):
+        consistency_loss(s, t, opacity_slots="some")
+
+
+def test_consistency_weight_ramps_over_the_blocks_iterations():
+    from types import SimpleNamespace
+
+    from momentumgs.train.losses import consistency_weight
+
+    paper = SimpleNamespace(lambda_consistency=50.0, consistency_ramp=[0.0, 0.0])
+    assert [consistency_weight(i, 1000, paper) for i in (0, 1, 999)] == [50.0, 50.0, 50.0]
+    ramp = SimpleNamespace(lambda_consistency=10.0, consistency_ramp=[0.2, 0.6])  # 0 until 200, full from 600
+    got = [consistency_weight(i, 1000, ramp) for i in (0, 199, 200, 300, 500, 600, 999)]
+    assert got == pytest.approx([0.0, 0.0, 0.0, 2.5, 7.5, 10.0, 10.0])
+
+
 def test_consistency_gradient_reaches_anchors_through_teacher():
     dec, field = _tiny_setup()
     teacher = MomentumTeacher(dec)

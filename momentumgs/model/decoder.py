@@ -227,17 +227,29 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(a, b)
 
 
-def consistency_loss(student: NeuralGaussians, teacher: NeuralGaussians | ConsistencyTargets) -> torch.Tensor:
+OPACITY_SLOTS = ("all", "kept")
+
+
+def consistency_loss(
+    student: NeuralGaussians, teacher: NeuralGaussians | ConsistencyTargets, opacity_slots: str = "all"
+) -> torch.Tensor:
     """Sum of four MSEs (Momentum-GS): colour, unit quaternion and scale over the student's kept
-    Gaussians, raw (tanh) opacity over all V*K slots. `teacher` must be decoded with
-    keep=student.keep. Neither side is detached: the gradient reaches the anchors through both."""
+    Gaussians, raw (tanh) opacity over all V*K slots (`opacity_slots="all"`, the paper) or over the kept
+    ones only ("kept": a lagging teacher then cannot hold back slots that are turning on). `teacher` must
+    be decoded with keep=student.keep. Neither side is detached: the gradient reaches the anchors through
+    both."""
     if not torch.equal(student.keep, teacher.keep):
         raise ValueError("teacher must be decoded with the student's keep mask")
+    if opacity_slots not in OPACITY_SLOTS:
+        raise ValueError(f"opacity_slots: expected one of {OPACITY_SLOTS}, got {opacity_slots!r}")
+    s_opacity, t_opacity = student.raw_opacity, teacher.raw_opacity  # [V, K]
+    if opacity_slots == "kept":
+        s_opacity, t_opacity = s_opacity.reshape(-1)[student.keep], t_opacity.reshape(-1)[student.keep]  # [M]
     return (
         _mse(student.colors, teacher.colors)
         + _mse(student.quats, teacher.quats)
         + _mse(student.scales, teacher.scales)
-        + _mse(student.raw_opacity, teacher.raw_opacity)
+        + _mse(s_opacity, t_opacity)
     )
 
 

@@ -65,6 +65,7 @@ class Block:
         gt: torch.Tensor,  # [H, W, 3] in [0, 1]
         teacher: GaussianDecoder | None = None,
         lambda_consistency: float = 0.0,
+        opacity_slots: str = "all",
         weight: float = 1.0,
     ) -> StepResult:
         """Render `view`, compute the block's loss, backpropagate (gradients accumulate into the anchors and
@@ -81,7 +82,7 @@ class Block:
                 appearance_id = view.index if teacher.appearance is not None else None
                 target = decode_targets(teacher, render.anchors, view.center, render.gaussians, appearance_id)
             with phase("consistency"):
-                cons = consistency_loss(render.gaussians, target)
+                cons = consistency_loss(render.gaussians, target, opacity_slots)
                 loss = loss + lambda_consistency * cons
         loss = weight * loss
         finite = bool(torch.isfinite(loss))

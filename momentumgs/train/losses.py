@@ -26,6 +26,18 @@ def photometric_loss(image: torch.Tensor, gt: torch.Tensor, lambda_dssim: float)
     return PhotometricLoss(loss, float(l1.detach()), float(s.detach()))
 
 
+def consistency_weight(iteration: int, iterations: int, method) -> float:
+    """lambda_c at a block's `iteration` (of `iterations`): 0 before the ramp's start, its full value
+    (`method.lambda_consistency`) after the ramp's end, linear between (`method.consistency_ramp`, fractions
+    of the block's iterations)."""
+    start, end = (f * iterations for f in method.consistency_ramp)
+    if iteration >= end:
+        return method.lambda_consistency
+    if iteration < start:
+        return 0.0
+    return method.lambda_consistency * (iteration - start) / (end - start)
+
+
 def volume_loss(scales: torch.Tensor) -> torch.Tensor:
     """Mean product of the three scales of the kept Gaussians [M, 3] (0 when none is kept)."""
     if scales.shape[0] == 0:

@@ -42,6 +42,7 @@ from momentumgs.train.block import Block, StepResult
 from momentumgs.train.block_store import BlockStore
 from momentumgs.train.comm import LocalComm, decoder_checksum
 from momentumgs.train.decoder_state import DecoderState, decoder_spec
+from momentumgs.train.losses import consistency_weight
 from momentumgs.train.measure import gt_image, spatial_scale, view_metrics, view_quality
 from momentumgs.train.metrics_log import MetricsLog
 from momentumgs.train.paths import RunPaths
@@ -235,7 +236,8 @@ class Trainer:
                 self.views[index],
                 gt,
                 teacher=decoder.teacher.module if decoder.teacher is not None else None,
-                lambda_consistency=mc.lambda_consistency,
+                lambda_consistency=consistency_weight(done[b], self.cfg.train.iterations, mc),
+                opacity_slots=mc.consistency_opacity,
                 weight=weight,
             )
         if mc.shared_decoder:
