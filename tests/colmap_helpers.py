@@ -10,20 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pycolmap
-
-
-def look_at(center: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """World -> camera 4x4 (OpenCV axes: x right, y down, z forward) of a camera at `center`."""
-    z = target - center
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, np.asarray(up, dtype=np.float64))
-    x = x / np.linalg.norm(x)
-    y = np.cross(z, x)
-    R = np.stack([x, y, z])  # rows: camera axes in world coordinates
-    viewmat = np.eye(4)
-    viewmat[:3, :3] = R
-    viewmat[:3, 3] = -R @ center
-    return viewmat
+from helpers import look_at
 
 
 @dataclass
@@ -154,3 +141,14 @@ def listing(*folders: Path) -> dict[str, tuple[int, int]]:
 def copy_scene(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def viewmats_by_name(rec: pycolmap.Reconstruction) -> dict[str, np.ndarray]:
+    """World -> camera 4x4 of every posed image in `rec`, by image name."""
+    out = {}
+    for img in rec.images.values():
+        if img.has_pose:
+            m = np.eye(4)
+            m[:3, :4] = img.cam_from_world().matrix()
+            out[img.name] = m
+    return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,12 +14,12 @@ from colmap_helpers import (
     blob_image,
     build_reconstruction,
     listing,
-    look_at,
     make_scene,
     ring_spec,
     write_images,
     write_model,
 )
+from helpers import cli_cmd, look_at
 
 from momentumgs.data import colmap
 from momentumgs.data.colmap import load_colmap_scene, validate_images
@@ -422,7 +421,7 @@ def test_error_wrong_image_size(tmp_path, cache_dir):
 
 def test_cli_info_bad_path(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "momentumgs.cli", "info", str(tmp_path / "BADPATH")],
+        cli_cmd("info", tmp_path / "BADPATH"),
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,7 +1,7 @@
 import subprocess
-import sys
 
 import pytest
+from helpers import cli_cmd
 
 from momentumgs.config import Config, dump_config, load_config
 from momentumgs.errors import ConfigError
@@ -72,7 +72,7 @@ def test_shipped_configs_load():
 
 def test_cli_reports_bad_key_in_one_line():
     proc = subprocess.run(
-        [sys.executable, "-m", "momentumgs.cli", "demo", "--set", "train.nope=1"],
+        cli_cmd("demo", "--set", "train.nope=1"),
         capture_output=True,
         text=True,
     )

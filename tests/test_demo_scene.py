@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pycolmap
 import pytest
+from colmap_helpers import viewmats_by_name
 
 from momentumgs.demo import MARKER, build_demo_scene, cached_demo_scene, city, raycast
 from momentumgs.demo.align import camera_centers, pose_errors, umeyama
@@ -24,16 +25,6 @@ def sfm_scene(tmp_path_factory) -> Path:
     """The `test` city with real SfM, built once per session into the session's cache folder."""
     cache = tmp_path_factory.getbasetemp() / "momentumgs-cache"
     return cached_demo_scene(size="test", seed=0, cache_dir=cache, sfm=True, log=lambda _: None)
-
-
-def viewmats_by_name(rec: pycolmap.Reconstruction) -> dict[str, np.ndarray]:
-    out = {}
-    for img in rec.images.values():
-        if img.has_pose:
-            m = np.eye(4)
-            m[:3, :4] = img.cam_from_world().matrix()
-            out[img.name] = m
-    return out
 
 
 def test_sfm_registers_every_view_and_matches_ground_truth(sfm_scene):

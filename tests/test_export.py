@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import look_at
 from plyfile import PlyData, PlyElement
 
 from momentumgs.anchor_render import render_model_view
@@ -41,19 +42,6 @@ INRIA_PROPERTIES_DEGREE_3 = (
     + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
 )
 SPLAT_TRANSFORM = "@playcanvas/splat-transform@2.7.1"  # the newest release that runs on Node 18-20
-
-
-def look_at(center, target=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """World -> camera 4x4 (OpenCV axes: x right, y down, z forward), world z up."""
-    center, target = np.asarray(center, float), np.asarray(target, float)
-    fwd = (target - center) / np.linalg.norm(target - center)
-    right = np.cross(fwd, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    down = np.cross(fwd, right)
-    R = np.stack([right, down, fwd])
-    viewmat = np.eye(4)
-    viewmat[:3, :3], viewmat[:3, 3] = R, -R @ center
-    return viewmat
 
 
 def ring_cameras(n: int = 8, w: int = 48, h: int = 36) -> list[Camera]:

@@ -5,15 +5,22 @@ own cell, and the momentum teacher is what its formula says."""
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    MULTI,
+    block_anchors,
+    kill_once_written,
+    one_thread_env,
+    scene_loader,
+    set_args,
+    train_cmd,
+)
 
 from momentumgs.checkpoint import load_checkpoint
 from momentumgs.config import load_config
-from momentumgs.data.colmap import load_colmap_scene
 from momentumgs.errors import UserError
 from momentumgs.model.decoder import (
     GaussianDecoder,
@@ -26,42 +33,6 @@ from momentumgs.model.store import load_model
 from momentumgs.run import default_processes, start_or_resume, train_in_processes
 from momentumgs.train.metrics_log import read_metrics
 
-# 4 blocks (2x2) on 2 workers, 40x30 views, slots of 4 steps, densification and weighting inside the run.
-MULTI = [
-    "data.downscale=8",
-    "train.threads=1",
-    "train.device=cpu",
-    "train.eval_every=0",
-    "train.log_every=4",
-    "train.iterations=12",
-    "train.checkpoint_every=0",
-    "train.densify.start_iter=2",
-    "train.densify.after_iter=2",
-    "train.densify.interval=4",
-    "train.densify.end_iter=1000",
-    "partition.block_dim=[2,2,1]",
-    "method.workers=2",
-    "method.slot_iterations=4",
-    "method.weighting_every=4",
-    "method.weighting_view_stride=4",
-    "method.checksum_every=4",
-]
-
-
-def _loader(cfg):
-    return load_colmap_scene(cfg.data.path, downscale=cfg.data.downscale, test_every=cfg.data.test_every)
-
-
-def _set_args(items):
-    out = []
-    for item in items:
-        out += ["--set", item]
-    return out
-
-
-def _block_anchors(run, n=4):
-    return [load_checkpoint(run / "blocks" / f"block_{b:03d}.ckpt")["anchors"] for b in range(n)]
-
 
 def _assert_same_tensors(a: dict, b: dict, atol: float):
     assert a.keys() == b.keys()
@@ -71,20 +42,30 @@ def _assert_same_tensors(a: dict, b: dict, atol: float):
             assert torch.allclose(a[key], b[key], rtol=0, atol=atol), (key, (a[key] - b[key]).abs().max())
 
 
+def _assert_same_blocks_and_decoder(run_a, run_b):
+    """Two runs' block anchors and shared decoders are bit-identical."""
+    for a, b in zip(block_anchors(run_a), block_anchors(run_b), strict=True):
+        for key in a:
+            if torch.is_tensor(a[key]):
+                assert torch.equal(a[key], b[key]), key
+    da = load_model(run_a / "model.ckpt").decoder.state_dict()
+    db = load_model(run_b / "model.ckpt").decoder.state_dict()
+    assert all(torch.equal(da[k], db[k]) for k in da)
+
+
 def test_two_gloo_processes_equal_the_one_process_emulation(gt_test_scene, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = _set_args([*MULTI, f"data.path={gt_test_scene}"])
-    cli = ["-m", "momentumgs.cli", "train", "--no-progress", "--no-eval"]
+    env = one_thread_env()
+    args = set_args([*MULTI, f"data.path={gt_test_scene}"])
     dist_run, local_run = tmp_path / "dist", tmp_path / "local"
     # two processes under torchrun, launched as `momentumgs demo` launches them
     train_in_processes(load_config(None, [*MULTI, f"data.path={gt_test_scene}"]), dist_run, 2, progress=False)
-    subprocess.run([sys.executable, *cli, *args, "--out", str(local_run)], check=True, env=env, timeout=600)
+    subprocess.run(train_cmd(*args, "--out", str(local_run)), check=True, env=env, timeout=600)
 
     # Tolerance: the decoder gradient of a step is the sum of two workers' gradients, added in the same
     # order by autograd (emulation) and gloo's all-reduce (two processes), so the runs agree bit for bit
     # on this machine; 1e-6 leaves room for a reduction order that differs on other gloo builds.
     atol = 1e-6
-    for a, b in zip(_block_anchors(dist_run), _block_anchors(local_run), strict=True):
+    for a, b in zip(block_anchors(dist_run), block_anchors(local_run), strict=True):
         _assert_same_tensors(a, b, atol)
     dist_model, local_model = load_model(dist_run / "model.ckpt"), load_model(local_run / "model.ckpt")
     _assert_same_tensors(dist_model.decoder.state_dict(), local_model.decoder.state_dict(), atol)
@@ -110,10 +91,10 @@ def test_tiny_ram_budget_spills_and_trains_the_same(gt_test_scene, tmp_path):
     results = {}
     for name, budget in (("ram", "4096"), ("disk", "0.01")):
         cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", f"method.ram_budget_mb={budget}"])
-        trainer = start_or_resume(cfg, _loader, tmp_path / name, resume=False)
+        trainer = start_or_resume(cfg, scene_loader, tmp_path / name, resume=False)
         stats = trainer.store.stats
         trainer.run(progress=False)
-        results[name] = (_block_anchors(tmp_path / name), stats)
+        results[name] = (block_anchors(tmp_path / name), stats)
     assert results["disk"][1].spills > 0 and results["disk"][1].loads > 0
     assert results["ram"][1].spills == 0
     for a, b in zip(results["ram"][0], results["disk"][0], strict=True):
@@ -124,31 +105,25 @@ def test_tiny_ram_budget_spills_and_trains_the_same(gt_test_scene, tmp_path):
 
 def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path):
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}"])
-    unbroken = start_or_resume(cfg, _loader, tmp_path / "a", resume=False)
+    unbroken = start_or_resume(cfg, scene_loader, tmp_path / "a", resume=False)
     unbroken.run(progress=False)
 
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}"])
-    first = start_or_resume(cfg, _loader, tmp_path / "b", resume=False)
+    first = start_or_resume(cfg, scene_loader, tmp_path / "b", resume=False)
     first.run(progress=False, stop_after=10)  # mid-slot, after densification and a weighting measurement
     first.save_checkpoint()
     assert any(q.measured for q in first.qualities)
     del first
     torch.manual_seed(12345)  # a different process state: the checkpoint must restore everything
-    resumed = start_or_resume(None, _loader, tmp_path / "b", resume=True)
+    resumed = start_or_resume(None, scene_loader, tmp_path / "b", resume=True)
     assert resumed.global_step == 10
     resumed.run(progress=False)
-    for a, b in zip(_block_anchors(tmp_path / "a"), _block_anchors(tmp_path / "b"), strict=True):
-        for key in a:
-            if torch.is_tensor(a[key]):
-                assert torch.equal(a[key], b[key]), key
-    da = load_model(tmp_path / "a" / "model.ckpt").decoder.state_dict()
-    db = load_model(tmp_path / "b" / "model.ckpt").decoder.state_dict()
-    assert all(torch.equal(da[k], db[k]) for k in da)
+    _assert_same_blocks_and_decoder(tmp_path / "a", tmp_path / "b")
 
 
 def test_merge_keeps_each_blocks_own_cell(gt_test_scene, tmp_path):
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", "train.iterations=2"])
-    trainer = start_or_resume(cfg, _loader, tmp_path / "run", resume=False)
+    trainer = start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
     trainer.run(progress=False)
     model = load_model(tmp_path / "run" / "model.ckpt")
     owner = trainer.partition.block_of_points(model.field.positions.double().numpy())
@@ -158,14 +133,14 @@ def test_merge_keeps_each_blocks_own_cell(gt_test_scene, tmp_path):
     expected = np.repeat(np.arange(len(counts)), counts)
     assert np.array_equal(owner, expected)
     # the blocks overlapped (margins): merging dropped the anchors outside each cell
-    total = sum(a["positions"].shape[0] for a in _block_anchors(tmp_path / "run"))
+    total = sum(a["positions"].shape[0] for a in block_anchors(tmp_path / "run"))
     assert total > model.field.n_anchors
 
 
 def test_more_workers_than_blocks_is_a_clear_error(gt_test_scene, tmp_path):
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", "method.workers=5"])
     with pytest.raises(UserError, match="method.workers=5 is more than the 4 blocks"):
-        start_or_resume(cfg, _loader, tmp_path / "run", resume=False)
+        start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
 
 
 def test_teacher_is_the_ema_of_the_student_and_m0_copies_it():
@@ -205,7 +180,7 @@ def test_independent_decoders_ablation_trains_and_renders(gt_test_scene, tmp_pat
     cfg = load_config(
         None, [*MULTI, f"data.path={gt_test_scene}", "train.iterations=4", "method.shared_decoder=false"]
     )
-    trainer = start_or_resume(cfg, _loader, tmp_path / "run", resume=False)
+    trainer = start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
     trainer.run(progress=False)
     model = load_model(tmp_path / "run" / "model.ckpt")
     assert model.block_decoders is not None and len(model.block_decoders) == 4
@@ -224,46 +199,31 @@ def test_killed_multi_block_run_resumes_from_the_cli_bit_exactly(gt_test_scene, 
     """SIGKILL a 4-block run after its first complete checkpoint, resume it with `train --resume`, and get
     the blocks and decoder of an unbroken run."""
     import signal
-    import time
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = one_thread_env()
     items = [i for i in MULTI if not i.startswith(("train.iterations", "train.checkpoint_every"))]
-    args = _set_args(
-        [*items, f"data.path={gt_test_scene}", "train.iterations=24", "train.checkpoint_every=6"]
-    )
-    cli = [sys.executable, "-m", "momentumgs.cli", "train", "--no-progress", "--no-eval"]
-    subprocess.run([*cli, *args, "--out", str(tmp_path / "a")], check=True, env=env, timeout=600)
+    args = set_args([*items, f"data.path={gt_test_scene}", "train.iterations=24", "train.checkpoint_every=6"])
+    subprocess.run(train_cmd(*args, "--out", str(tmp_path / "a")), check=True, env=env, timeout=600)
 
     run = tmp_path / "b"
     proc = subprocess.Popen(
-        [*cli, *args, "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        train_cmd(*args, "--out", str(run)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     latest = run / "checkpoints" / "latest.json"
-    deadline = time.time() + 300
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_written(proc, latest, settle_s=0.5)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (run / "model.ckpt").exists()
     assert 0 < json.loads(latest.read_text())["step"] < 48  # 4 blocks x 24 iterations on 2 workers
 
-    subprocess.run([*cli, "--resume", str(run)], check=True, env=env, timeout=600)
-    for a, b in zip(_block_anchors(tmp_path / "a"), _block_anchors(run), strict=True):
-        for key in a:
-            if torch.is_tensor(a[key]):
-                assert torch.equal(a[key], b[key]), key
-    da = load_model(tmp_path / "a" / "model.ckpt").decoder.state_dict()
-    db = load_model(run / "model.ckpt").decoder.state_dict()
-    assert all(torch.equal(da[k], db[k]) for k in da)
+    subprocess.run(train_cmd("--resume", str(run)), check=True, env=env, timeout=600)
+    _assert_same_blocks_and_decoder(tmp_path / "a", run)
 
 
 def test_weighting_off_measures_nothing_and_the_teacher_decodes_appearance(gt_test_scene, tmp_path):
     """With method.weighting=false no block quality is measured (nothing uses it); with an appearance
     embedding the teacher decodes with the view's embedding slot as the student does."""
     over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting=false", "model.appearance_dim=4"]
-    trainer = start_or_resume(load_config(None, over), _loader, tmp_path / "run", resume=False)
+    trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
     trainer.run(progress=False)
     assert not any(q.measured for q in trainer.qualities)
     assert trainer.decoder.appearance is not None
@@ -281,7 +241,7 @@ def test_block_quality_sources(gt_test_scene, tmp_path, monkeypatch, source):
     real = trainer_module.view_quality
     monkeypatch.setattr(trainer_module, "view_quality", lambda *a: renders.append(1) or real(*a))
     over = [*MULTI, f"data.path={gt_test_scene}", f"method.weighting_source={source}"]
-    trainer = start_or_resume(load_config(None, over), _loader, tmp_path / "run", resume=False)
+    trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
     trainer.run(progress=False)
     assert all(q.measured and 5.0 < q.psnr < 60.0 and 0.0 < q.ssim <= 1.0 for q in trainer.qualities)
     assert (len(renders) > 0) == (source == "views")
@@ -291,7 +251,7 @@ def test_block_quality_sources(gt_test_scene, tmp_path, monkeypatch, source):
 def test_unknown_weighting_source_is_a_clear_error(gt_test_scene, tmp_path):
     over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting_source=psnr"]
     with pytest.raises(UserError, match="method.weighting_source='psnr'"):
-        start_or_resume(load_config(None, over), _loader, tmp_path / "run", resume=False)
+        start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
 
 
 def test_one_process_per_worker_on_a_cpu_with_the_cores(monkeypatch):
@@ -311,7 +271,7 @@ def test_eval_every_and_one_metrics_schema_in_multi_block_runs(gt_test_scene, tm
     """`train.eval_every` evaluates every block on the test views in its cell, gathered over all blocks;
     the records have the schema of a one-block run (read by the same reader)."""
     over = [*MULTI, f"data.path={gt_test_scene}", "train.eval_every=8"]
-    trainer = start_or_resume(load_config(None, over), _loader, tmp_path / "run", resume=False)
+    trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
     trainer.run(progress=False)
     evals = read_metrics(tmp_path / "run" / "metrics.jsonl", kind="eval")
     assert [r["step"] for r in evals] == [8, 16]  # 24 global steps: the last is the final evaluation's

@@ -1,11 +1,11 @@
 import dataclasses
 import json
 import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
+from helpers import cli_cmd, set_args
 from scipy.spatial.transform import Rotation
 
 from momentumgs import cli
@@ -280,10 +280,7 @@ def test_cli_error_is_one_line(gt_test_scene, capsys):
         [
             "partition",
             str(gt_test_scene),
-            "--set",
-            "partition.block_dim=[4,2,1]",
-            "--set",
-            "partition.assign=center",
+            *set_args(["partition.block_dim=[4,2,1]", "partition.assign=center"]),
         ]
     )
     err = capsys.readouterr().err.strip()
@@ -402,22 +399,8 @@ def test_make_assigner_builds_the_configured_rule():
 
 def test_cli_prints_counts_and_writes_preview(gt_test_scene, tmp_path, scene, part):
     out, png = tmp_path / "p.json", tmp_path / "p.png"
-    cmd = [
-        sys.executable,
-        "-m",
-        "momentumgs.cli",
-        "partition",
-        str(gt_test_scene),
-        "--set",
-        "data.downscale=4",
-        "--set",
-        "partition.min_views=19",
-        "--out",
-        str(out),
-        "--preview",
-        str(png),
-        "--lines",
-    ]
+    sets = set_args(["data.downscale=4", "partition.min_views=19"])
+    cmd = cli_cmd("partition", gt_test_scene, *sets, "--out", out, "--preview", png, "--lines")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]

@@ -10,7 +10,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import cv2
 import numpy as np
 import pycolmap
 import pytest
+from colmap_helpers import viewmats_by_name
+from helpers import cli_cmd, one_thread_env
 
 from momentumgs.cli import main
 from momentumgs.data.colmap import load_colmap_scene
@@ -27,13 +28,8 @@ RDF_TO_DRB = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 
 
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "momentumgs.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
+        cli_cmd(*args), capture_output=True, text=True, timeout=timeout, env=one_thread_env()
     )
 
 
@@ -47,17 +43,6 @@ def gt_views(scene: Path) -> dict[str, tuple[np.ndarray, np.ndarray, int, int]]:
         vm[:3] = im.cam_from_world().matrix()
         out[im.name] = (cam.calibration_matrix(), vm, cam.width, cam.height)
     return dict(sorted(out.items()))
-
-
-def model_viewmats(model_dir: Path) -> dict[str, np.ndarray]:
-    rec = pycolmap.Reconstruction(model_dir)
-    out = {}
-    for im in rec.images.values():
-        if im.has_pose:
-            vm = np.eye(4)
-            vm[:3] = im.cam_from_world().matrix()
-            out[im.name] = vm
-    return out
 
 
 def keypoint_rows(database: Path) -> list[tuple]:
@@ -87,18 +72,10 @@ def one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
 def test_photos_to_colmap_killed_during_matching_resumes_and_matches_ground_truth(gt_test_scene, tmp_path):
     photos, out = tmp_path / "photos", tmp_path / "out"
     shutil.copytree(gt_test_scene / "images", photos)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "momentumgs.cli",
-        "prepare",
-        "colmap",
-        str(photos),
-        str(out),
-        "--no-progress",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    cmd = cli_cmd("prepare", "colmap", photos, out, "--no-progress")
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=one_thread_env()
+    )
     for line in proc.stdout:  # wait for the matching stage, then for its first verified pairs
         if line.startswith("matching:"):
             break
@@ -128,7 +105,7 @@ def test_photos_to_colmap_killed_during_matching_resumes_and_matches_ground_trut
     print(f"resumed run {resume_seconds:.1f} s, stages {report['stages']}")
 
     gt = gt_views(gt_test_scene)
-    est = model_viewmats(out / "sparse" / "0")
+    est = viewmats_by_name(pycolmap.Reconstruction(out / "sparse" / "0"))
     assert sorted(est) == sorted(gt)
     centre_err, rot_err = pose_errors(np.stack([est[n] for n in gt]), np.stack([gt[n][1] for n in gt]))
     print(f"pose errors: centres max {centre_err.max():.3f} m, rotations max {rot_err.max():.3f} deg")

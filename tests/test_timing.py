@@ -5,9 +5,9 @@ import time
 
 import pytest
 import torch
+from helpers import scene_loader
 
 from momentumgs.config import load_config
-from momentumgs.data.colmap import load_colmap_scene
 from momentumgs.run import start_or_resume
 from momentumgs.timing import PhaseTimer, phase
 
@@ -64,11 +64,7 @@ def test_a_training_step_reports_its_phases(gt_test_scene, tmp_path):
             "train.iterations=20",
         ],
     )
-
-    def loader(c):
-        return load_colmap_scene(c.data.path, downscale=c.data.downscale, test_every=c.data.test_every)
-
-    trainer = start_or_resume(cfg, loader, tmp_path / "run", resume=False)
+    trainer = start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
     trainer.train_step()  # warm-up
     t0 = time.perf_counter()
     with PhaseTimer() as timer:

@@ -2,41 +2,20 @@
 method's code path, it resumes bit-exactly after SIGKILL, and it guards its files."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import ONE_BLOCK, kill_once_written, one_thread_env, scene_loader, set_args, train_cmd
 
 from momentumgs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from momentumgs.config import load_config
-from momentumgs.data.colmap import load_colmap_scene
 from momentumgs.errors import UserError
 from momentumgs.model.store import load_model
 from momentumgs.run import start_or_resume
 from momentumgs.train.metrics_log import read_metrics
-
-# 64x48 views (the 256x192 test city downscaled by 4), densification early and often.
-SMALL = [
-    "partition.block_dim=[1,1,1]",  # one block over the whole scene
-    "data.downscale=4",
-    "train.threads=1",
-    "train.device=cpu",
-    "train.eval_every=0",
-    "train.log_every=5",
-    "train.densify.start_iter=10",
-    "train.densify.after_iter=10",
-    "train.densify.interval=10",
-    "train.densify.end_iter=1000",
-]
-
-
-def _scene_loader(cfg):
-    return load_colmap_scene(cfg.data.path, downscale=cfg.data.downscale, test_every=cfg.data.test_every)
 
 
 def _anchor_count(trainer) -> int:
@@ -45,8 +24,8 @@ def _anchor_count(trainer) -> int:
 
 
 def test_training_raises_test_psnr(gt_test_scene, tmp_path):
-    cfg = load_config(None, [*SMALL, f"data.path={gt_test_scene}", "train.iterations=250"])
-    trainer = start_or_resume(cfg, _scene_loader, tmp_path / "run", resume=False)
+    cfg = load_config(None, [*ONE_BLOCK, f"data.path={gt_test_scene}", "train.iterations=250"])
+    trainer = start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
     assert len(trainer.partition.blocks) == 1
     assert len(trainer.partition.blocks[0].camera_ids) == len(trainer.scene.train_ids)  # every train view
     before = trainer.evaluate_blocks()
@@ -67,8 +46,8 @@ def test_training_raises_test_psnr(gt_test_scene, tmp_path):
 def test_one_block_runs_the_method(gt_test_scene, tmp_path):
     """A 1x1x1 grid is not a separate trainer: the momentum teacher and its consistency loss act on it, and
     `method.*` keys are honoured (here: no teacher when momentum is 0)."""
-    base = [*SMALL, f"data.path={gt_test_scene}", "train.iterations=30", "train.log_every=10"]
-    trainer = start_or_resume(load_config(None, base), _scene_loader, tmp_path / "with", resume=False)
+    base = [*ONE_BLOCK, f"data.path={gt_test_scene}", "train.iterations=30", "train.log_every=10"]
+    trainer = start_or_resume(load_config(None, base), scene_loader, tmp_path / "with", resume=False)
     trainer.run(progress=False)
     teacher = trainer.decoders[0].teacher
     assert teacher is not None
@@ -81,7 +60,7 @@ def test_one_block_runs_the_method(gt_test_scene, tmp_path):
     assert all(r["blocks"]["0"]["consistency"] > 0 and r["blocks"]["0"]["weight"] == 1.0 for r in records)
 
     off = load_config(None, [*base, "method.momentum=0"])
-    plain = start_or_resume(off, _scene_loader, tmp_path / "without", resume=False)
+    plain = start_or_resume(off, scene_loader, tmp_path / "without", resume=False)
     plain.run(progress=False)
     assert plain.decoders[0].teacher is None
     records = read_metrics(tmp_path / "without" / "metrics.jsonl", kind="train")
@@ -90,13 +69,13 @@ def test_one_block_runs_the_method(gt_test_scene, tmp_path):
 
 def test_eval_every_logs_test_metrics(gt_test_scene, tmp_path):
     over = [
-        *SMALL,
+        *ONE_BLOCK,
         f"data.path={gt_test_scene}",
         "train.iterations=20",
         "train.eval_every=10",
         "train.eval_views=2",
     ]
-    trainer = start_or_resume(load_config(None, over), _scene_loader, tmp_path / "run", resume=False)
+    trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
     trainer.run(progress=False)
     evals = read_metrics(tmp_path / "run" / "metrics.jsonl", kind="eval")
     assert [r["step"] for r in evals] == [10]  # the last step is left to the final evaluation
@@ -104,15 +83,10 @@ def test_eval_every_logs_test_metrics(gt_test_scene, tmp_path):
     assert 5.0 < evals[0]["psnr"] < 60.0
 
 
-def _train_cmd(*args):
-    return [sys.executable, "-m", "momentumgs.cli", "train", "--no-progress", "--no-eval", *args]
-
-
 def _run_args(scene, iterations):
-    args = []
-    for item in [*SMALL, f"data.path={scene}", f"train.iterations={iterations}", "train.checkpoint_every=10"]:
-        args += ["--set", item]
-    return args
+    return set_args(
+        [*ONE_BLOCK, f"data.path={scene}", f"train.iterations={iterations}", "train.checkpoint_every=10"]
+    )
 
 
 def _model_state(run: Path) -> dict:
@@ -120,34 +94,29 @@ def _model_state(run: Path) -> dict:
 
 
 def test_killed_run_resumes_bit_identically(gt_test_scene, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = one_thread_env()
     iterations = 70
     unbroken = tmp_path / "unbroken"
     subprocess.run(
-        _train_cmd(*_run_args(gt_test_scene, iterations), "--out", str(unbroken)), check=True, env=env
+        train_cmd(*_run_args(gt_test_scene, iterations), "--out", str(unbroken)), check=True, env=env
     )
 
     broken = tmp_path / "broken"
     proc = subprocess.Popen(
-        _train_cmd(*_run_args(gt_test_scene, iterations), "--out", str(broken)),
+        train_cmd(*_run_args(gt_test_scene, iterations), "--out", str(broken)),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     ckpt = broken / "checkpoints" / "latest.json"
-    deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)  # let it run on past the checkpoint before the kill
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_written(proc, ckpt, settle_s=0.3)  # let it run on past the checkpoint before the kill
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (broken / "model.ckpt").exists()
     killed_at = json.loads(ckpt.read_text())["step"]
     assert 0 < killed_at < iterations
 
     resumed = subprocess.run(
-        _train_cmd("--resume", str(broken)), check=True, env=env, capture_output=True, text=True
+        train_cmd("--resume", str(broken)), check=True, env=env, capture_output=True, text=True
     )
     assert f"resuming at step {killed_at} " in resumed.stdout  # not silently restarted from 0
     a, b = _model_state(unbroken), _model_state(broken)
@@ -166,9 +135,9 @@ class _Unpicklable:
 
 
 def test_corrupt_checkpoint_is_refused_and_left_alone(gt_test_scene, tmp_path):
-    cfg = load_config(None, [*SMALL, f"data.path={gt_test_scene}", "train.iterations=20"])
+    cfg = load_config(None, [*ONE_BLOCK, f"data.path={gt_test_scene}", "train.iterations=20"])
     run = tmp_path / "run"
-    trainer = start_or_resume(cfg, _scene_loader, run, resume=False)
+    trainer = start_or_resume(cfg, scene_loader, run, resume=False)
     trainer.run(progress=False, stop_after=10)
     trainer.save_checkpoint()
     ckpt = run / "checkpoints" / "step_00000010" / "block_000.ckpt"
@@ -176,7 +145,7 @@ def test_corrupt_checkpoint_is_refused_and_left_alone(gt_test_scene, tmp_path):
 
     ckpt.write_bytes(good[: len(good) - 100])
     with pytest.raises(CheckpointError, match="truncated"):
-        start_or_resume(None, _scene_loader, run, resume=True)
+        start_or_resume(None, scene_loader, run, resume=True)
     assert ckpt.read_bytes() == good[: len(good) - 100]  # the loader never rewrites what it refused
 
     # a failed save (here: unserialisable state) leaves the previous good checkpoint intact
@@ -184,7 +153,7 @@ def test_corrupt_checkpoint_is_refused_and_left_alone(gt_test_scene, tmp_path):
     with pytest.raises(RuntimeError, match="cannot serialise"):
         save_checkpoint(ckpt, {"bad": _Unpicklable()})
     assert ckpt.read_bytes() == good
-    resumed = start_or_resume(None, _scene_loader, run, resume=True)
+    resumed = start_or_resume(None, scene_loader, run, resume=True)
     assert resumed.global_step == 10 and resumed.schedule.done_iterations == [10]
 
 
@@ -192,9 +161,9 @@ def test_new_run_refuses_a_non_empty_folder(gt_test_scene, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "precious.txt").write_text("keep me")
-    cfg = load_config(None, [*SMALL, f"data.path={gt_test_scene}"])
+    cfg = load_config(None, [*ONE_BLOCK, f"data.path={gt_test_scene}"])
     with pytest.raises(UserError, match="not empty"):
-        start_or_resume(cfg, _scene_loader, run, resume=False)
+        start_or_resume(cfg, scene_loader, run, resume=False)
     with pytest.raises(UserError, match="no checkpoint to resume"):
-        start_or_resume(None, _scene_loader, run, resume=True)
+        start_or_resume(None, scene_loader, run, resume=True)
     assert [p.name for p in run.iterdir()] == ["precious.txt"]

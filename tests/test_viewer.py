@@ -15,19 +15,18 @@ import numpy as np
 import pytest
 import tomllib
 import torch
+from helpers import SMALL, scene_loader
 from momentumgs_viewer import ModelHolder, RunInfo, TrainingSnapshots, Viewer, ViewerOptions
 from momentumgs_viewer.camera import ClientCamera, capped_size, client_view, scene_camera_pose
 from momentumgs_viewer.worker import LatestRenderWorker
 
 from momentumgs.cli import build_parser
 from momentumgs.config import load_config
-from momentumgs.data.colmap import load_colmap_scene
 from momentumgs.data.scene import Camera
 from momentumgs.run import start_or_resume
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
-SMALL = ["data.downscale=4", "train.threads=1", "train.device=cpu", "train.eval_every=0", "train.log_every=5"]
 
 
 def _project(view, point) -> np.ndarray:
@@ -165,12 +164,7 @@ def test_worker_renders_only_a_preview_for_a_model_update():
 
 def _tiny_trainer(scene_root, run_dir, iterations=40):
     cfg = load_config(None, [*SMALL, f"data.path={scene_root}", f"train.iterations={iterations}"])
-    return start_or_resume(
-        cfg,
-        lambda c: load_colmap_scene(c.data.path, downscale=c.data.downscale, test_every=c.data.test_every),
-        run_dir,
-        resume=False,
-    )
+    return start_or_resume(cfg, scene_loader, run_dir, resume=False)
 
 
 def test_training_snapshots_copy_the_model_between_steps(gt_test_scene, tmp_path):
@@ -194,7 +188,7 @@ def test_training_snapshots_copy_the_model_between_steps(gt_test_scene, tmp_path
 
 @pytest.fixture(scope="module")
 def tiny_trained(gt_test_scene, tmp_path_factory):
-    """A single-block trainer after 30 steps on the small demo city (64x48 views)."""
+    """A single-block trainer after 30 steps on the small demo city (80x60 views)."""
     trainer = _tiny_trainer(gt_test_scene, tmp_path_factory.mktemp("viewer") / "run")
     trainer.run(progress=False, stop_after=30)
     return trainer
