@@ -191,6 +191,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 def test_rss_stays_bounded(tmp_path):
     """20 blocks of 20 MB (400 MB) through a 50 MB budget. Legitimately resident: the budget (two blocks),
     one block in transit to disk, the block the test holds (~80 MB); slack for allocator pages and

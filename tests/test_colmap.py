@@ -419,6 +419,7 @@ def test_error_wrong_image_size(tmp_path, cache_dir):
     _expect_error(root, cache_dir, "img_000.png", "is 32x24 but the model expects 64x48")
 
 
+@pytest.mark.slow
 def test_cli_info_bad_path(tmp_path):
     out = subprocess.run(
         cli_cmd("info", tmp_path / "BADPATH"),

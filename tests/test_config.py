@@ -70,6 +70,7 @@ def test_shipped_configs_load():
         load_config(path)
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_key_in_one_line():
     proc = subprocess.run(
         cli_cmd("demo", "--set", "train.nope=1"),

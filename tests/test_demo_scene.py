@@ -27,6 +27,7 @@ def sfm_scene(tmp_path_factory) -> Path:
     return cached_demo_scene(size="test", seed=0, cache_dir=cache, sfm=True, log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_sfm_registers_every_view_and_matches_ground_truth(sfm_scene):
     sfm = pycolmap.Reconstruction(sfm_scene / "sparse" / "0")
     gt = pycolmap.Reconstruction(sfm_scene / "ground_truth" / "sparse" / "0")
@@ -50,6 +51,7 @@ def test_sfm_registers_every_view_and_matches_ground_truth(sfm_scene):
     assert stats["registered"] == n_images and stats["unregistered"] == []
 
 
+@pytest.mark.slow
 def test_generator_is_deterministic(sfm_scene):
     p0 = city.city_params("test", seed=0)
     world, _ = city.build_world(p0)
@@ -68,6 +70,7 @@ def test_generator_is_deterministic(sfm_scene):
     assert [b.center for b in specs0] != [b.center for b in specs1]
 
 
+@pytest.mark.slow
 def test_images_are_richly_textured(sfm_scene):
     sift = cv2.SIFT_create()
     counts = []
@@ -82,6 +85,7 @@ def test_images_are_richly_textured(sfm_scene):
     assert min(counts) > 400, counts
 
 
+@pytest.mark.slow
 def test_cache_is_reused_without_rewriting(sfm_scene):
     files = sorted(p for p in sfm_scene.rglob("*") if p.is_file())
     stamps = [p.stat().st_mtime_ns for p in files]
@@ -107,6 +111,7 @@ def _geometry_world(city_json: dict) -> raycast.World:
     return raycast.World(geometry, blank, blank, tuple(city_json["ground_rect"]), np.array(city_json["sun"]))
 
 
+@pytest.mark.slow
 def test_ground_truth_points_are_seen_where_recorded(sfm_scene):
     gt = pycolmap.Reconstruction(sfm_scene / "ground_truth" / "sparse" / "0")
     city_json = json.loads((sfm_scene / "ground_truth" / "city.json").read_text())
@@ -143,6 +148,7 @@ def test_ground_truth_points_are_seen_where_recorded(sfm_scene):
     np.testing.assert_array_less(np.abs(hits.t - dist), 0.02)
 
 
+@pytest.mark.slow
 def test_buildings_fill_a_two_by_two_block_grid(sfm_scene):
     city_json = json.loads((sfm_scene / "ground_truth" / "city.json").read_text())
     centres = camera_centers(np.array([c["viewmat"] for c in city_json["cameras"]]))
@@ -153,6 +159,7 @@ def test_buildings_fill_a_two_by_two_block_grid(sfm_scene):
     assert len(cells) == 4
 
 
+@pytest.mark.slow
 def test_loader_agrees_with_ground_truth(sfm_scene):
     colmap = pytest.importorskip("momentumgs.data.colmap")
     scene = colmap.load_colmap_scene(sfm_scene, test_every=0)
@@ -203,6 +210,7 @@ def test_build_refuses_a_foreign_folder_and_an_unknown_size(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_build(tmp_path):
     """Two processes ask for the same uncached scene at once: one builds, the other waits and reuses."""
     code = (
@@ -230,6 +238,7 @@ def test_two_processes_share_one_build(tmp_path):
     assert [p.name for p in root.parent.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_sfm_is_repeatable(sfm_scene, tmp_path):
     """The same photos give the same model bit for bit (the demo's thread counts, fixed seed)."""
     from momentumgs.demo.build import run_demo_sfm

@@ -405,6 +405,7 @@ def _convert(exe: Path, src: Path, dst: Path) -> str:
     return done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_splat_transform_reads_our_ply_and_spz(tmp_path):
     exe = _splat_transform()
     model = tiny_model(seed=5)

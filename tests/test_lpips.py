@@ -62,7 +62,7 @@ def test_lpips_is_zero_for_identical_images(net):
             assert d[1].item() > 0.1
 
 
-@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("net", ["alex", pytest.param("vgg", marks=pytest.mark.slow)])
 def test_lpips_grows_with_blur_and_with_noise(net):
     x = _photo()  # [1, 3, H, W]
     photo = x[0].permute(1, 2, 0).numpy()

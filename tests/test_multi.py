@@ -53,6 +53,7 @@ def _assert_same_blocks_and_decoder(run_a, run_b):
     assert all(torch.equal(da[k], db[k]) for k in da)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_the_one_process_emulation(gt_test_scene, tmp_path):
     env = one_thread_env()
     args = set_args([*MULTI, f"data.path={gt_test_scene}"])
@@ -87,6 +88,7 @@ def test_two_gloo_processes_equal_the_one_process_emulation(gt_test_scene, tmp_p
             assert record["psnr"] == pytest.approx(loc["blocks"][b]["psnr"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_tiny_ram_budget_spills_and_trains_the_same(gt_test_scene, tmp_path):
     results = {}
     for name, budget in (("ram", "4096"), ("disk", "0.01")):
@@ -103,6 +105,7 @@ def test_tiny_ram_budget_spills_and_trains_the_same(gt_test_scene, tmp_path):
                 assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path):
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}"])
     unbroken = start_or_resume(cfg, scene_loader, tmp_path / "a", resume=False)
@@ -121,6 +124,7 @@ def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path):
     _assert_same_blocks_and_decoder(tmp_path / "a", tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_merge_keeps_each_blocks_own_cell(gt_test_scene, tmp_path):
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", "train.iterations=2"])
     trainer = start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
@@ -174,6 +178,7 @@ def test_teacher_is_the_ema_of_the_student_and_m0_copies_it():
     assert float(consistency_loss(mine, target).detach()) == 0.0
 
 
+@pytest.mark.slow
 def test_independent_decoders_ablation_trains_and_renders(gt_test_scene, tmp_path):
     from momentumgs.anchor_render import render_model_view
 
@@ -195,6 +200,7 @@ def test_independent_decoders_ablation_trains_and_renders(gt_test_scene, tmp_pat
     assert not torch.allclose(image, shared_only)
 
 
+@pytest.mark.slow
 def test_killed_multi_block_run_resumes_from_the_cli_bit_exactly(gt_test_scene, tmp_path):
     """SIGKILL a 4-block run after its first complete checkpoint, resume it with `train --resume`, and get
     the blocks and decoder of an unbroken run."""
@@ -219,6 +225,7 @@ def test_killed_multi_block_run_resumes_from_the_cli_bit_exactly(gt_test_scene, 
     _assert_same_blocks_and_decoder(tmp_path / "a", run)
 
 
+@pytest.mark.slow
 def test_weighting_off_measures_nothing_and_the_teacher_decodes_appearance(gt_test_scene, tmp_path):
     """With method.weighting=false no block quality is measured (nothing uses it); with an appearance
     embedding the teacher decodes with the view's embedding slot as the student does."""
@@ -231,6 +238,7 @@ def test_weighting_off_measures_nothing_and_the_teacher_decodes_appearance(gt_te
     assert any(b["consistency"] > 0 for record in log for b in record["blocks"].values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["steps", "views"])
 def test_block_quality_sources(gt_test_scene, tmp_path, monkeypatch, source):
     """'steps' takes the block quality from the training steps' own renders (no rendering), 'views' renders
@@ -267,6 +275,7 @@ def test_one_process_per_worker_on_a_cpu_with_the_cores(monkeypatch):
         default_processes(cfg, 0)
 
 
+@pytest.mark.slow
 def test_eval_every_and_one_metrics_schema_in_multi_block_runs(gt_test_scene, tmp_path):
     """`train.eval_every` evaluates every block on the test views in its cell, gathered over all blocks;
     the records have the schema of a one-block run (read by the same reader)."""

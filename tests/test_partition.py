@@ -301,6 +301,7 @@ def coarse_model(scene, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_ssim_assignment_with_a_coarse_model(scene, coarse_model, monkeypatch):
     """The paper's rule on a stand-in coarse model: views whose render changes when a block is removed train
     it, on top of the views standing in it."""
@@ -397,6 +398,7 @@ def test_make_assigner_builds_the_configured_rule():
 # --- CLI -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_prints_counts_and_writes_preview(gt_test_scene, tmp_path, scene, part):
     out, png = tmp_path / "p.json", tmp_path / "p.png"
     sets = set_args(["data.downscale=4", "partition.min_views=19"])

@@ -69,6 +69,7 @@ def one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
 # --- photos -> COLMAP ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_photos_to_colmap_killed_during_matching_resumes_and_matches_ground_truth(gt_test_scene, tmp_path):
     photos, out = tmp_path / "photos", tmp_path / "out"
     shutil.copytree(gt_test_scene / "images", photos)
@@ -115,6 +116,7 @@ def test_photos_to_colmap_killed_during_matching_resumes_and_matches_ground_trut
     assert (out / "images" / "0000.png").is_file()
 
 
+@pytest.mark.slow
 def test_photos_bad_inputs_are_one_line_errors(tmp_path, gt_test_scene):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -200,6 +202,7 @@ def converted_vs_gt(out: Path, gt_scene: Path, names: list[str]) -> tuple[float,
     return dt, dr, dk
 
 
+@pytest.mark.slow
 def test_meganerf_converter_recovers_ground_truth_and_triangulates(gt_test_scene, tmp_path):
     src, out = tmp_path / "meganerf", tmp_path / "converted"
     names = write_meganerf(gt_test_scene, src)
@@ -313,6 +316,7 @@ def test_matrixcity_converter_recovers_ground_truth(gt_test_scene, tmp_path):
     assert matrixcity_vs_gt(tmp_path / "out3", gt_test_scene)[1] > 90.0
 
 
+@pytest.mark.slow
 def test_matrixcity_raw_rot_mat_and_bad_files(gt_test_scene, tmp_path):
     from momentumgs.prepare.matrixcity import read_transforms
 
@@ -372,6 +376,7 @@ def test_downsample_is_cached_and_used_by_the_loader(gt_test_scene, tmp_path):
         main(["prepare", "downsample", str(scene), "--factor", "3"])
 
 
+@pytest.mark.slow
 def test_scan_demo_city_report_and_warnings(gt_test_scene, tmp_path):
     result = cli(
         "prepare",

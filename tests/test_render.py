@@ -248,6 +248,7 @@ def test_antialiased_and_expected_depth_match_reference():
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_gradcheck_tiny_scene():
     scene = random_scene(5, n=5, cameras=1, width=10, height=8, opacity=(0.3, 0.9))
     scene["scales"] = scene["scales"] * 2  # big enough to overlap on the tiny image

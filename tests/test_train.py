@@ -23,6 +23,7 @@ def _anchor_count(trainer) -> int:
     return field.n_anchors
 
 
+@pytest.mark.slow
 def test_training_raises_test_psnr(gt_test_scene, tmp_path):
     cfg = load_config(None, [*ONE_BLOCK, f"data.path={gt_test_scene}", "train.iterations=250"])
     trainer = start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
@@ -43,6 +44,7 @@ def test_training_raises_test_psnr(gt_test_scene, tmp_path):
     assert torch.equal(model.field.features, field.features.detach())
 
 
+@pytest.mark.slow
 def test_one_block_runs_the_method(gt_test_scene, tmp_path):
     """A 1x1x1 grid is not a separate trainer: the momentum teacher and its consistency loss act on it, and
     `method.*` keys are honoured (here: no teacher when momentum is 0)."""
@@ -67,6 +69,7 @@ def test_one_block_runs_the_method(gt_test_scene, tmp_path):
     assert all(r["blocks"]["0"]["consistency"] == 0 for r in records)
 
 
+@pytest.mark.slow
 def test_eval_every_logs_test_metrics(gt_test_scene, tmp_path):
     over = [
         *ONE_BLOCK,
@@ -93,6 +96,7 @@ def _model_state(run: Path) -> dict:
     return load_checkpoint(run / "model.ckpt")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identically(gt_test_scene, tmp_path):
     env = one_thread_env()
     iterations = 70
@@ -134,6 +138,7 @@ class _Unpicklable:
         raise RuntimeError("cannot serialise")
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_refused_and_left_alone(gt_test_scene, tmp_path):
     cfg = load_config(None, [*ONE_BLOCK, f"data.path={gt_test_scene}", "train.iterations=20"])
     run = tmp_path / "run"

@@ -194,6 +194,7 @@ def tiny_trained(gt_test_scene, tmp_path_factory):
     return trainer
 
 
+@pytest.mark.slow
 def test_a_ply_of_baked_gaussians_is_viewed_and_rendered(tiny_trained, tmp_path):
     from momentumgs_viewer import open_path
     from momentumgs_viewer.models import render_rgb8
@@ -301,6 +302,7 @@ def _frame_as_page(frame: np.ndarray, page_shape) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((w, h), Image.BILINEAR))
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
 def test_browser_shows_the_render_and_follows_the_camera(tiny_trained, tmp_path):
