@@ -1,29 +1,63 @@
-"""Momentum-GS ablation: the method's variants trained on one scene at equal iterations per block, one table.
+"""Momentum-GS ablation over seeds: each variant trained with several seeds on one scene, its mean ± spread,
+and the paired differences between variants, so that a gap can be told from seed noise.
 
-    python tools/ablation.py                                   # demo city, 8 blocks (4x2), 2 workers emulated
-    python tools/ablation.py --iterations 600 --downscale 2 --variants independent shared momentum full
-    python tools/ablation.py --scene path/to/scene --block-dim 2 4 1 --workers 2
+    python tools/ablation.py --jobs 2                        # every variant x 3 seeds, demo city (~50 min)
+    python tools/ablation.py --jobs 2 --out runs/ablation    # keep the runs; the same command again continues
+    python tools/ablation.py --jobs 2 --variants full single-wall   # the method vs one block (~15 min)
+    python tools/ablation.py --variants full single-wall --seeds 5 --variant-set full:method.momentum=0.99
+    python tools/ablation.py --variants full --define coverage:partition.block_points=coverage
+    python tools/ablation.py --scene path/to/scene --block-dim 2 4 1 --workers 2 --iterations 2000
 
-Variants (as in the paper's ablation on Building: 8 independent blocks 23.23, + momentum 23.56, + weighting
-23.65 PSNR):
-    independent  one decoder per block, no teacher, no weighting
-    shared       one shared decoder (gradients averaged over the workers), no teacher, no weighting
-    momentum     shared decoder + momentum teacher (m = 0.9) and consistency loss
-    full         shared decoder + momentum teacher + block weighting (the method)
+Defaults are the demo's (configs/demo.yaml): the cached demo city at downscale 2, 2x2x1 blocks, 2 workers,
+1000 iterations per block, 3 seeds (train.seed = 0, 1, 2; the scene and its partition stay the same).
 
-For each variant: PSNR / SSIM / LPIPS (VGG) on the test views, raw and colour-corrected, and PSNR on the
-pixels near block borders vs. the interiors (the seams; pixels get a block by back-projecting the rendered
-depth of the first variant's model, one mask for all variants). One JSON line per variant, then the table.
+Variants (the paper's ablation on Building: 8 independent blocks 23.23, + momentum 23.56, + weighting 23.65
+PSNR), all on the `--block-dim` partition with `--workers` workers unless they say otherwise:
+    independent   one decoder per block, no teacher, no weighting
+    shared        one shared decoder (gradients averaged over the workers), no teacher, no weighting
+    momentum      shared decoder + momentum teacher (m = 0.9) and consistency loss
+    full          shared decoder + momentum teacher + block weighting (the method)
+    single-total  one block over the whole scene (1x1x1, one worker), plain (no teacher, no weighting), for
+                  the partitioned runs' total iterations: n blocks x iterations per block
+    single-wall   the same single block for the partitioned runs' global steps: a worker trains its blocks one
+                  after another, so k workers take ceil(n / k) x iterations steps (n x iterations / k when k
+                  divides n). Equal steps are equal wall time when the k workers run in parallel processes
+                  (`--worker-processes`, or torchrun), not when one process emulates them
+    NAME          a `--define NAME:key=value,...` variant: full's settings plus these (run besides --variants)
+Each run's densification window, slot length and weighting period are scaled to its own iteration count
+(at 1000 iterations exactly the demo's). `--variant-set NAME:key=value,...` adds settings to one variant,
+after its own; `--set key=value` applies to every run before the variants' settings.
+
+Reported per run and per variant (mean, sample std, min..max over the seeds): PSNR / SSIM / LPIPS (VGG) on
+the test views, raw and colour-corrected, the PSNR of the pixels near block borders ("border", the seams) and
+of the rest ("interior"), and the training seconds (loading and partitioning the scene included). Border
+pixels lie within `--seam-radius` of a pixel owned by another block, a pixel's block found by back-projecting
+the rendered depth of the first partitioned variant's first run into its partition; the same masks serve
+every run, the single-block ones included (no partitioned variant: no seam values). Then the paired
+differences (per seed, then mean ± std over the seeds): full - independent, momentum - shared, full -
+single-wall, full - single-total and each defined variant - full. Output: one `JSON {...}` line per run, per
+variant and per difference, then two Markdown tables.
+
+Time: every variant x 3 seeds (the default) takes about 50 min with --jobs 2 on a 2-core CPU (two runs at
+once, one process each). A partitioned demo run (4 blocks x 1000 iterations) takes about 5 min on one core,
+so the 4 partitioned variants x 3 seeds make 60 core-min; a whole-scene block iteration costs about 1.1 times
+a block iteration of `full` (measured at 100 iterations per block), so single-total (4000 iterations, ~5.5
+min) and single-wall (2000, ~2.8 min) add 25 core-min; two runs at once run ~10% slower each, and start-up
+and evaluation add ~3 min. The longest runs start first, so that the jobs end close together.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,40 +65,336 @@ import torch
 import torch.nn.functional as F
 
 from momentumgs.anchor_render import render_model_view, visible_anchors
-from momentumgs.config import load_config
+from momentumgs.config import Config, config_to_dict, load_config
+from momentumgs.errors import UserError
 from momentumgs.eval import evaluate
 from momentumgs.model.decoder import decode, gather_anchors
 from momentumgs.model.store import load_model
 from momentumgs.partition import Partition, load_partition
 from momentumgs.render.rasterize import rasterize
 from momentumgs.render.view import View, camera_view
-from momentumgs.run import load_scene, start_or_resume
+from momentumgs.run import load_scene, start_or_resume, train_in_processes
+from momentumgs.train.paths import RunPaths
+from momentumgs.train.slots import SlotSchedule
 
 ROOT = Path(__file__).resolve().parent.parent
 
-VARIANTS = {
-    "independent": ["method.shared_decoder=false", "method.momentum=0", "method.weighting=false"],
-    "shared": ["method.shared_decoder=true", "method.momentum=0", "method.weighting=false"],
-    "momentum": ["method.shared_decoder=true", "method.momentum=0.9", "method.weighting=false"],
-    "full": ["method.shared_decoder=true", "method.momentum=0.9", "method.weighting=true"],
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    settings: tuple[str, ...]
+    # its iterations: "per-block" (--iterations), "total" (n x it), "wall" (the partitioned global steps)
+    budget: str = "per-block"
+
+
+ONE_BLOCK = ("partition.block_dim=[1,1,1]", "method.workers=1")
+PLAIN = ("method.shared_decoder=true", "method.momentum=0", "method.weighting=false")
+FULL = ("method.shared_decoder=true", "method.momentum=0.9", "method.weighting=true")
+BUILTIN = {
+    v.name: v
+    for v in (
+        Variant(
+            "independent", ("method.shared_decoder=false", "method.momentum=0", "method.weighting=false")
+        ),
+        Variant("shared", PLAIN),
+        Variant("momentum", ("method.shared_decoder=true", "method.momentum=0.9", "method.weighting=false")),
+        Variant("full", FULL),
+        Variant("single-total", ONE_BLOCK + PLAIN, budget="total"),
+        Variant("single-wall", ONE_BLOCK + PLAIN, budget="wall"),
+    )
 }
+DEFAULT_VARIANTS = list(BUILTIN)
+# (a, b): the differences a - b that the table reports, when both ran
+COMPARISONS = [
+    ("full", "independent"),
+    ("momentum", "shared"),
+    ("full", "single-wall"),
+    ("full", "single-total"),
+]
+# per-variant columns: key, table heading, cell format
+COLUMNS = [
+    ("psnr", "PSNR", ".2f"),
+    ("ssim", "SSIM", ".4f"),
+    ("lpips_vgg", "LPIPS", ".4f"),
+    ("psnr_cc", "PSNR cc", ".2f"),
+    ("psnr_border", "border", ".2f"),
+    ("psnr_interior", "interior", ".2f"),
+    ("train_seconds", "seconds", ".0f"),
+]
+SUMMARY_KEYS = [*(c[0] for c in COLUMNS[:4]), "ssim_cc", "lpips_vgg_cc", *(c[0] for c in COLUMNS[4:])]
+# a run's test-view metrics, in its folder, so that a reused run is not evaluated again
+METRICS_FILE = "ablation_metrics.json"
+SECONDS_FILE = "train_seconds.txt"
+
+
+@dataclass(frozen=True)
+class Run:
+    variant: str
+    seed: int
+    cfg: Config
+    dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant} seed {self.seed}"
+
+
+# --- the plan: variants, their settings, the runs -----------------------------------------------------------
+
+# settings are separated by the commas that start a new `key=`, so that values may hold commas ([2,2,1])
+SETTING_SEPARATOR = re.compile(r",(?=\s*[A-Za-z_][\w.]*\s*=)")
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_][\w-]*")
+
+
+def parse_named_settings(text: str, flag: str) -> tuple[str, list[str]]:
+    """'NAME:key=value,key=value' -> (NAME, ['key=value', 'key=value'])."""
+    name, sep, rest = text.partition(":")
+    settings = [s.strip() for s in SETTING_SEPARATOR.split(rest) if s.strip()]
+    if not sep or not VARIANT_NAME.fullmatch(name) or not settings or not all("=" in s for s in settings):
+        raise UserError(f"{flag} {text!r}: expected NAME:key=value[,key=value...]")
+    return name, settings
+
+
+def known_variants(defines: list[str]) -> dict[str, Variant]:
+    """The built-in variants and the `--define` ones (full's settings plus their own)."""
+    variants = dict(BUILTIN)
+    for text in defines:
+        name, settings = parse_named_settings(text, "--define")
+        if name in variants:
+            raise UserError(f"--define {name}: a variant of that name exists already")
+        variants[name] = Variant(name, (*FULL, *settings))
+    return variants
+
+
+def chosen_variants(args, variants: dict[str, Variant]) -> list[str]:
+    """--variants in their order, then the defined variants not named there."""
+    unknown = [n for n in args.variants if n not in variants]
+    if unknown:
+        raise UserError(f"--variants: unknown {unknown}; known: {list(variants)}")
+    defined = [n for n in variants if n not in BUILTIN and n not in args.variants]
+    return list(dict.fromkeys([*args.variants, *defined]))
+
+
+def extra_settings(args, variants: dict[str, Variant]) -> dict[str, list[str]]:
+    """--variant-set settings by variant."""
+    extra: dict[str, list[str]] = {}
+    for text in args.variant_sets:
+        name, settings = parse_named_settings(text, "--variant-set")
+        if name not in variants:
+            raise UserError(f"--variant-set {name}: no such variant; known: {list(variants)}")
+        extra.setdefault(name, []).extend(settings)
+    return extra
+
+
+def variant_iterations(variant: Variant, per_block: int, n_blocks: int, workers: int) -> int:
+    if variant.budget == "total":
+        return n_blocks * per_block
+    if variant.budget == "wall":  # the slot schedule's global steps: the busiest worker's blocks in a row
+        return SlotSchedule(n_blocks, workers, per_block, per_block).total_steps
+    return per_block
+
+
+def schedule_settings(iterations: int) -> list[str]:
+    """Densification and the block clocks scaled to a run of `iterations` (the demo's at 1000)."""
+    tenth, quarter = max(iterations // 10, 1), max(iterations // 4, 1)
+    return [
+        f"train.iterations={iterations}",
+        f"train.densify.start_iter={tenth}",
+        f"train.densify.after_iter={tenth}",
+        f"train.densify.end_iter={int(iterations * 0.85)}",
+        f"method.slot_iterations={quarter}",
+        f"method.weighting_every={quarter}",
+    ]
+
+
+def run_settings(args, scene_path: str, variant: Variant, extra: list[str], seed: int) -> list[str]:
+    """Every override of one run, later ones winning: the tool's, --set, the variant's, --variant-set, the
+    seed (so --set cannot undo a variant, and the seed is always the tool's)."""
+    n_blocks = math.prod(args.block_dim)
+    iterations = variant_iterations(variant, args.iterations, n_blocks, args.workers)
+    return [
+        f"data.path={scene_path}",
+        f"data.downscale={args.downscale}",
+        f"partition.block_dim=[{','.join(map(str, args.block_dim))}]",
+        f"method.workers={args.workers}",
+        "train.device=cpu",
+        f"train.threads={args.threads}",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        *schedule_settings(iterations),
+        *args.overrides,
+        *variant.settings,
+        *extra,
+        f"train.seed={seed}",
+    ]
+
+
+def plan_runs(args, scene_path: str, out_root: Path) -> list[Run]:
+    """Every (variant, seed) run with its config, in report order; bad settings fail here, before training."""
+    variants = known_variants(args.defines)
+    extra = extra_settings(args, variants)
+    if args.workers > math.prod(args.block_dim):
+        raise UserError(f"--workers {args.workers}: more than the {math.prod(args.block_dim)} blocks")
+    runs = []
+    for name in chosen_variants(args, variants):
+        for seed in range(args.seeds):
+            settings = run_settings(args, scene_path, variants[name], extra.get(name, []), seed)
+            cfg = load_config(args.config, settings)
+            runs.append(Run(name, seed, cfg, out_root / name / f"seed-{seed}"))
+    return runs
+
+
+# --- training -----------------------------------------------------------------------------------------------
+
+
+def config_differences(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    fa, fb = flat(config_to_dict(a)), flat(config_to_dict(b))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
+def reusable(run: Run) -> bool:
+    """Whether `run.dir` holds this run finished (model.ckpt). An unfinished one is cleared: the tool writes
+    no checkpoints along the way (they would cost time and leave the seconds partial), so it starts again."""
+    paths = RunPaths(run.dir)
+    if paths.model.is_file():
+        differing = config_differences(load_config(paths.config), run.cfg)
+        if differing:
+            raise UserError(f"{run.dir}: a finished run with other settings ({', '.join(differing)})")
+        return True
+    if run.dir.exists():
+        if any(run.dir.iterdir()) and not paths.config.is_file():
+            raise UserError(f"{run.dir}: not empty and not a run folder; choose another --out")
+        shutil.rmtree(run.dir)
+    return False
+
+
+def train_run(run: Run, worker_processes: bool, progress: bool) -> None:
+    """Train one run in this process (workers emulated) or in one process per worker; write its seconds."""
+    t0 = time.perf_counter()
+    if worker_processes and run.cfg.method.workers > 1:
+        train_in_processes(run.cfg, run.dir, run.cfg.method.workers, progress)
+    else:
+        start_or_resume(run.cfg, load_scene, run.dir, resume=False).run(progress=progress)
+    (run.dir / SECONDS_FILE).write_text(f"{time.perf_counter() - t0}\n")
+
+
+def eval_metrics(run: Run) -> dict[str, float]:
+    """evaluate()'s means on the test views (psnr, ssim, lpips_vgg, ..., *_cc), kept in the run folder."""
+    path = run.dir / METRICS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    scene = load_scene(run.cfg)
+    model = load_model(RunPaths(run.dir).model)
+    means = evaluate(model_renderer(model, scene), scene, scene.test_ids).means
+    path.write_text(json.dumps(means))
+    return means
+
+
+def train_and_measure(run: Run, worker_processes: bool, progress: bool) -> None:
+    train_run(run, worker_processes, progress)
+    eval_metrics(run)  # here, so that --jobs evaluates in parallel too
+
+
+def train_in_children(args, runs: list[Run], out_root: Path) -> None:
+    """Train `runs`, `args.jobs` at a time, each in its own process that repeats our arguments."""
+    pending, running = list(runs), {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            run = pending.pop(0)
+            # the child repeats our arguments; the ones appended last win
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--out", str(out_root)]
+            cmd += ["--train-run", f"{run.variant}:{run.seed}"]
+            running[subprocess.Popen(cmd)] = run
+            print(f"training {run.label} -> {run.dir}", flush=True)
+        time.sleep(1)
+        for proc in [p for p in running if p.poll() is not None]:
+            run = running.pop(proc)
+            if proc.returncode != 0:
+                for other in running:
+                    other.terminate()
+                raise UserError(f"training {run.label} failed (exit {proc.returncode})")
+            print(f"finished {run.label}", flush=True)
+
+
+def block_iterations(run: Run) -> int:
+    """The run's training work: iterations of all its blocks."""
+    return math.prod(run.cfg.partition.block_dim) * run.cfg.train.iterations
+
+
+def train_missing(args, runs: list[Run], out_root: Path) -> None:
+    """Train the runs that `--out` does not hold finished yet."""
+    # longest first, so that the last runs of --jobs end together
+    todo = sorted((r for r in runs if not reusable(r)), key=block_iterations, reverse=True)
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs reused from {out_root}", flush=True)
+    if args.jobs > 1:
+        train_in_children(args, todo, out_root)
+        return
+    for run in todo:
+        print(f"training {run.label} -> {run.dir}", flush=True)
+        train_and_measure(run, args.worker_processes, progress=True)
+
+
+def train_seconds(run: Run) -> float:
+    path = run.dir / SECONDS_FILE
+    return float(path.read_text()) if path.is_file() else float("nan")
+
+
+# --- rendering and the seam masks ---------------------------------------------------------------------------
+
+
+def eval_views(scene) -> dict[int, View]:
+    return {i: camera_view(scene.cameras[i], "cpu", i) for i in scene.test_ids}
+
+
+def model_renderer(model, scene):
+    """render_fn(camera) for evaluate(): the model seen from a scene camera."""
+    index_of = {id(cam): i for i, cam in enumerate(scene.cameras)}
+    return lambda cam: render_model_view(model, camera_view(cam, "cpu", index_of[id(cam)]))
+
+
+def expected_depth(model, view: View) -> tuple[np.ndarray, np.ndarray]:
+    """Expected camera z and alpha at each pixel, each block's anchors decoded by its own decoder when the
+    model has per-block decoders (independent blocks), as render_model_view does. -> [H, W], [H, W]"""
+    visible = visible_anchors(model.field, view)
+    if model.block_decoders is None:
+        groups = [(model.decoder, visible)]
+    else:
+        groups = [(d, visible & (model.anchor_block == b)) for b, d in enumerate(model.block_decoders)]
+    parts = []
+    for decoder, mask in groups:
+        appearance_id = view.index if decoder.appearance is not None else None
+        parts.append(
+            decode(decoder, gather_anchors(model.field, mask), view.center, appearance_id=appearance_id)
+        )
+    means, quats, scales, opacities, colors = (
+        torch.cat([getattr(g, name) for g in parts])
+        for name in ("means", "quats", "scales", "opacities", "colors")
+    )
+    out, alpha, _ = rasterize(
+        means, quats, scales, opacities, colors[None], view.viewmat[None], view.K[None],
+        view.width, view.height, render_mode="RGB+ED",
+    )  # fmt: skip
+    return out[0, ..., 3].double().numpy(), alpha[0, ..., 0].double().numpy()
 
 
 def block_id_map(model, view: View, partition: Partition, min_alpha: float = 0.5) -> np.ndarray:
     """The block owning the surface seen at each pixel (-1 where the model is mostly transparent). [H, W]"""
-    anchors = gather_anchors(model.field, visible_anchors(model.field, view))
-    g = decode(model.decoder, anchors, view.center)
-    out, alpha, _ = rasterize(
-        g.means, g.quats, g.scales, g.opacities, g.colors[None], view.viewmat[None], view.K[None],
-        view.width, view.height, render_mode="RGB+ED",
-    )  # fmt: skip
-    depth = out[0, ..., 3].double().numpy()  # [H, W] expected camera z
+    depth, alpha = expected_depth(model, view)
     v, u = np.mgrid[0 : view.height, 0 : view.width] + 0.5
     K, viewmat = view.K.double().numpy(), view.viewmat.double().numpy()
     cam = np.stack([(u - K[0, 2]) / K[0, 0] * depth, (v - K[1, 2]) / K[1, 1] * depth, depth], -1)  # [H, W, 3]
     world = (cam.reshape(-1, 3) - viewmat[:3, 3]) @ viewmat[:3, :3]  # R^T (x - t)
     ids = partition.block_of_points(world).reshape(depth.shape)
-    ids[alpha[0, ..., 0].numpy() < min_alpha] = -1
+    ids[alpha < min_alpha] = -1
     return ids
 
 
@@ -80,147 +410,236 @@ def border_mask(ids: np.ndarray, radius: int) -> np.ndarray:
 
 
 def masked_psnr(image: torch.Tensor, gt: torch.Tensor, mask: np.ndarray) -> float:
-    if not mask.any():
+    if mask.shape != tuple(image.shape[:2]) or not mask.any():
         return float("nan")
     err = (image.clamp(0, 1) - gt).square().mean(-1).numpy()[mask]
     return float(-10 * np.log10(err.mean()))
 
 
-def train_variant(config: str, common: list[str], name: str, out_root: Path) -> float:
-    cfg = load_config(config, [*common, *VARIANTS[name]])
-    t0 = time.perf_counter()
-    trainer = start_or_resume(cfg, load_scene, out_root / name, resume=False)
-    trainer.run(progress=True)
-    seconds = time.perf_counter() - t0
-    (out_root / name / "train_seconds.txt").write_text(f"{seconds}\n")
-    return seconds
+def block_count(run: Run) -> int:
+    return len(load_partition(RunPaths(run.dir).partition).blocks)
 
 
-def train_all(args, out_root: Path) -> dict[str, float]:
-    """Train every variant, `args.jobs` at a time (each in its own process: the runs are independent)."""
-    pending = list(args.variants)
-    running: list[subprocess.Popen] = []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            name = pending.pop(0)
-            # the child repeats our arguments; the ones appended last win
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--out", str(out_root), "--train-only", name]
-            running.append(subprocess.Popen(cmd))
-        time.sleep(1)
-        for proc in [p for p in running if p.poll() is not None]:
-            if proc.returncode != 0:
-                raise SystemExit(f"ablation: training a variant failed ({proc.args[-1]})")
-            running.remove(proc)
-    return {n: float((out_root / n / "train_seconds.txt").read_text()) for n in args.variants}
+@torch.no_grad()
+def seam_masks(runs: list[Run], radius: int) -> dict[int, np.ndarray] | None:
+    """Border pixels of each test view from the first partitioned run (None when every run is one block)."""
+    source = next((r for r in runs if block_count(r) > 1), None)
+    if source is None:
+        return None
+    scene = load_scene(source.cfg)
+    model = load_model(RunPaths(source.dir).model)
+    partition = load_partition(RunPaths(source.dir).partition)
+    print(f"seam masks from {source.label}", flush=True)
+    return {i: border_mask(block_id_map(model, v, partition), radius) for i, v in eval_views(scene).items()}
 
 
-def _renderer(model, scene, views):
-    index_of = {id(scene.cameras[i]): i for i in views}
-    return lambda cam: render_model_view(model, views[index_of[id(cam)]])
+@torch.no_grad()
+def seam_psnrs(run: Run, masks: dict[int, np.ndarray] | None) -> dict[str, float]:
+    """PSNR of the run's test renders on the border pixels and on the others."""
+    if masks is None:
+        return {"psnr_border": float("nan"), "psnr_interior": float("nan"), "border_pixel_fraction": 0.0}
+    scene = load_scene(run.cfg)
+    model = load_model(RunPaths(run.dir).model)
+    border, interior = [], []
+    for i, view in eval_views(scene).items():
+        image = render_model_view(model, view)
+        gt = torch.from_numpy(scene.load_image(i)).float() / 255
+        border.append(masked_psnr(image, gt, masks[i]))
+        interior.append(masked_psnr(image, gt, ~masks[i]))
+    return {
+        "psnr_border": nan_mean(border),
+        "psnr_interior": nan_mean(interior),
+        "border_pixel_fraction": float(np.mean([m.mean() for m in masks.values()])),
+    }
+
+
+# --- results ------------------------------------------------------------------------------------------------
+
+
+def nan_mean(values) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def run_row(run: Run, masks: dict[int, np.ndarray] | None) -> dict:
+    n, k, it = block_count(run), run.cfg.method.workers, run.cfg.train.iterations
+    return {
+        "kind": "run",
+        "variant": run.variant,
+        "seed": run.seed,
+        "blocks": n,
+        "workers": k,
+        "iterations": it,  # per block
+        "global_steps": SlotSchedule(n, k, it, it).total_steps,
+        "train_seconds": train_seconds(run),
+        **eval_metrics(run),
+        **seam_psnrs(run, masks),
+        "run_dir": str(run.dir),
+    }
+
+
+def spread(values: list[float]) -> dict:
+    """Mean, sample std (None with fewer than two values), min and max of the finite values."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
+    return {
+        "mean": float(np.mean(finite)),
+        "std": std,
+        "min": min(finite),
+        "max": max(finite),
+        "n": len(finite),
+    }
+
+
+def variant_summary(name: str, rows: list[dict]) -> dict:
+    mine = [r for r in rows if r["variant"] == name]
+    summary = {"kind": "summary", "variant": name, "runs": len(mine), "seeds": [r["seed"] for r in mine]}
+    return summary | {key: spread([r[key] for r in mine]) for key in SUMMARY_KEYS}
+
+
+def paired_difference(a: str, b: str, rows: list[dict]) -> dict:
+    """a - b per seed (the seeds both ran), then its spread over the seeds."""
+    by_seed = {(r["variant"], r["seed"]): r for r in rows}
+    seeds = sorted(s for v, s in by_seed if v == a and (b, s) in by_seed)
+    diff = {"kind": "difference", "a": a, "b": b, "seeds": seeds}
+    return diff | {
+        key: spread([by_seed[a, s][key] - by_seed[b, s][key] for s in seeds]) for key in SUMMARY_KEYS
+    }
+
+
+def comparisons(variants: list[str]) -> list[tuple[str, str]]:
+    """The reported differences among the variants that ran: the method's steps, then each defined variant
+    against full."""
+    pairs = COMPARISONS + [(v, "full") for v in variants if v not in BUILTIN]
+    return [(a, b) for a, b in pairs if a in variants and b in variants]
+
+
+def json_line(record: dict) -> str:
+    """One `JSON {...}` line; NaN becomes null (strict JSON)."""
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    return "JSON " + json.dumps(clean(record))
+
+
+def cell(stats: dict, fmt: str, signed: bool = False) -> str:
+    if stats["mean"] is None:
+        return "-"
+    mean = format(stats["mean"], ("+" if signed else "") + fmt)
+    return mean if stats["std"] is None else f"{mean} ± {format(stats['std'], fmt)}"
+
+
+def markdown_table(first: str, rows: list[tuple[str, dict]], signed: bool) -> list[str]:
+    lines = [f"| {first} | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for label, record in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(record[k], f, signed) for k, _, f in COLUMNS) + " |")
+    return lines
+
+
+def report(args, scene_path: str, runs: list[Run], out_root: Path) -> None:
+    masks = seam_masks(runs, args.seam_radius)
+    rows = []
+    for run in runs:
+        rows.append(run_row(run, masks))
+        print(json_line(rows[-1]), flush=True)
+    variants = list(dict.fromkeys(r.variant for r in runs))
+    summaries = [variant_summary(v, rows) for v in variants]
+    differences = [paired_difference(a, b, rows) for a, b in comparisons(variants)]
+    for record in summaries + differences:
+        print(json_line(record), flush=True)
+
+    n, k = math.prod(args.block_dim), args.workers
+    print(f"\nscene {scene_path}: {n} blocks on {k} workers, {args.iterations} iterations per block,")
+    print(f"downscale {args.downscale}, seeds 0..{args.seeds - 1}; runs in {out_root}")
+    print("\nmean ± sample std over the seeds\n")
+    print("\n".join(markdown_table("variant", [(s["variant"], s) for s in summaries], False)))
+    if differences:
+        labelled = [(f"{d['a']} − {d['b']}", d) for d in differences]
+        print("\npaired by seed: mean ± sample std of the per-seed differences\n")
+        print("\n".join(markdown_table("difference", labelled, True)))
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    parser.add_argument("--scene", help="COLMAP scene (default: the cached demo city)")
+    parser.add_argument("--block-dim", type=int, nargs=3, default=[2, 2, 1], metavar="N",
+                        help="blocks per axis of the partitioned variants")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=2, help="k, of the partitioned variants")
+    parser.add_argument("--iterations", type=int, default=1000, help="iterations per block")
+    parser.add_argument("--downscale", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3, help="train.seed = 0 .. N-1 for every variant")
+    parser.add_argument(
+        "--variants", nargs="+", default=DEFAULT_VARIANTS, help=f"of {list(BUILTIN)} and the --define ones"
+    )
+    parser.add_argument(
+        "--define", dest="defines", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="a variant NAME: full's settings plus these; it runs besides --variants (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--variant-set", dest="variant_sets", action="append", default=[], metavar="NAME:KEY=VALUE[,...]",
+        help="more settings for variant NAME only (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every run, before the variants' own")  # fmt: skip
+    parser.add_argument("--seam-radius", type=int, default=3, help="pixels counted as near a block border")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per training process")
+    parser.add_argument(
+        "--out",
+        help="keep the runs here, one folder per variant and seed (default: a temporary folder). A run "
+        "that this folder holds finished (model.ckpt) with the same settings is reused, not trained again, "
+        "so an interrupted ablation continues where it stopped; an unfinished one is trained from the start",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each")
+    parser.add_argument(
+        "--worker-processes", action="store_true",
+        help="train a partitioned run's k workers in k processes (torchrun) instead of emulating them in one",
+    )  # fmt: skip
+    parser.add_argument("--train-run", help=argparse.SUPPRESS)  # internal: VARIANT:SEED, for --jobs
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.jobs < 1 or args.iterations < 1:
+        parser.error("--seeds, --jobs and --iterations must be at least 1")
+    return args
+
+
+def scene_path_of(args) -> str:
+    if args.scene:
+        return str(Path(args.scene).resolve())
+    from momentumgs.demo import cached_demo_scene
+
+    return str(cached_demo_scene(size="demo", seed=0))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
-    parser.add_argument("--scene", help="COLMAP scene (default: the cached demo city)")
-    parser.add_argument("--block-dim", type=int, nargs=3, default=[4, 2, 1])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=400, help="iterations per block")
-    parser.add_argument("--downscale", type=int, default=2)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--seam-radius", type=int, default=3, help="pixels counted as near a block border")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", help="keep the runs here (default: a temporary folder)")
-    parser.add_argument("--jobs", type=int, default=1, help="variants trained at once, one process each")
-    parser.add_argument("--train-only", help=argparse.SUPPRESS)  # internal: one variant, for --jobs
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args()
+    args = parse_args()
     torch.set_num_threads(args.threads)
-
-    scene_path = args.scene
-    if not scene_path:
-        from momentumgs.demo import cached_demo_scene
-
-        scene_path = str(cached_demo_scene(size="demo", seed=0))
-    # Densification and weighting measured on the block's own clock, scaled to the run's length.
-    it = args.iterations
-    common = [
-        f"data.path={scene_path}",
-        f"data.downscale={args.downscale}",
-        f"partition.block_dim=[{','.join(map(str, args.block_dim))}]",
-        f"method.workers={args.workers}",
-        f"train.iterations={it}",
-        "train.device=cpu",
-        f"train.threads={args.threads}",
-        "train.eval_every=0",
-        "train.checkpoint_every=0",
-        f"train.densify.start_iter={max(it // 10, 1)}",
-        f"train.densify.after_iter={max(it // 10, 1)}",
-        f"train.densify.end_iter={int(it * 0.8)}",
-        f"method.slot_iterations={max(it // 4, 1)}",
-        f"method.weighting_every={max(it // 4, 1)}",
-        *args.overrides,
-    ]
-    out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="momentumgs-ablation-"))
-    if args.train_only:
-        train_variant(args.config, common, args.train_only, out_root)
+    scene_path = scene_path_of(args)
+    out_root = Path(args.out).resolve() if args.out else Path(tempfile.mkdtemp(prefix="momentumgs-ablation-"))
+    runs = plan_runs(args, scene_path, out_root)
+    if args.train_run:  # a child of train_in_children: the parent checked the folder
+        train_and_measure(next(r for r in runs if f"{r.variant}:{r.seed}" == args.train_run),
+                          args.worker_processes, progress=args.jobs == 1)  # fmt: skip
         return
-    seconds = train_all(args, out_root)
-    rows, masks = [], None
-    for name in args.variants:
-        cfg = load_config(args.config, [*common, *VARIANTS[name]])
-        cfg.data.path = scene_path
-        scene = load_scene(cfg)
-        partition = load_partition(out_root / name / "partition.json")
-        model = load_model(out_root / name / "model.ckpt")
-        views = {i: camera_view(scene.cameras[i], "cpu", i) for i in scene.test_ids}
-        result = evaluate(_renderer(model, scene, views), scene, scene.test_ids)
-        with torch.no_grad():
-            if masks is None:  # the seam mask of the first variant serves them all
-                masks = {
-                    i: border_mask(block_id_map(model, views[i], partition), args.seam_radius) for i in views
-                }
-            seam, inner = [], []
-            for i in scene.test_ids:
-                image = render_model_view(model, views[i])
-                gt = torch.from_numpy(scene.load_image(i)).float() / 255
-                seam.append(masked_psnr(image, gt, masks[i]))
-                inner.append(masked_psnr(image, gt, ~masks[i]))
-        m = result.means
-        row = {
-            "variant": name,
-            "blocks": len(partition.blocks),
-            "workers": args.workers,
-            "iterations_per_block": it,
-            "train_seconds": seconds[name],
-            **m,
-            "psnr_border": float(np.nanmean(seam)),
-            "psnr_interior": float(np.nanmean(inner)),
-            "border_pixel_fraction": float(np.mean([mk.mean() for mk in masks.values()])),
-        }
-        rows.append(row)
-        print("JSON " + json.dumps(row), flush=True)
-
-    print(f"\nscene {scene_path}: {rows[0]['blocks']} blocks on {args.workers} workers,")
-    print(
-        f"{it} iterations per block, downscale {args.downscale}, {len(masks)} test views; runs in {out_root}"
-    )
-    columns = [
-        "psnr",
-        "ssim",
-        "lpips_vgg",
-        "psnr_cc",
-        "ssim_cc",
-        "lpips_vgg_cc",
-        "psnr_border",
-        "psnr_interior",
-    ]
-    print("| variant | " + " | ".join(columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
-    for r in rows:
-        cells = [f"{r[c]:.2f}" if "psnr" in c else f"{r[c]:.4f}" for c in columns]
-        print(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    train_missing(args, runs, out_root)
+    report(args, scene_path, runs, out_root)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:
+        raise SystemExit(f"ablation: {exc}") from None
