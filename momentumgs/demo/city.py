@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from momentumgs.demo.raycast import Boxes, Texture, World
+from momentumgs.demo.raycast import Texture, World
+from momentumgs.demo.scenery import BoxSpec, box_atlas, look_down_viewmat, pinhole_intrinsics, sun_direction
 
 # bundled with scikit-image (skimage/data/*.png|jpg): loading them never downloads anything
 COLOR_PHOTOS = (
@@ -161,14 +162,6 @@ def hann_blend(rng, h, w, cell, make_patch) -> np.ndarray:
 
 
 # --- layout --------------------------------------------------------------------------------------
-
-
-@dataclass
-class BoxSpec:
-    kind: str  # building, roof_unit, car, tree_trunk, tree_crown, kiosk
-    center: tuple[float, float, float]
-    half: tuple[float, float, float]
-    yaw: float
 
 
 def layout(p: CityParams) -> list[BoxSpec]:
@@ -403,66 +396,31 @@ def small_texture(rng, kind: str, w: int, h: int, top: bool) -> np.ndarray:
     return detail(rng, h, w, (0.55, 0.55, 0.58), colourfulness=0.1, contrast=1.5)  # roof unit
 
 
-def pack_atlas(sizes: list[tuple[int, int]], width: int, pad: int) -> tuple[list[tuple[int, int]], int]:
-    """Shelf packing of (w, h) rectangles (each padded by `pad`) into rows of `width`; -> origins, height."""
-    order = sorted(range(len(sizes)), key=lambda i: -sizes[i][1])
-    origins: list[tuple[int, int]] = [(0, 0)] * len(sizes)
-    x = y = row_h = 0
-    for i in order:
-        w, h = sizes[i][0] + 2 * pad, sizes[i][1] + 2 * pad
-        if x + w > width:
-            x, y, row_h = 0, y + row_h, 0
-        origins[i] = (x + pad, y + pad)
-        x, row_h = x + w, max(row_h, h)
-    return origins, y + row_h
+def paint_box(rng: np.random.Generator, texel: float):
+    """The city's painter for `box_atlas`: facades and roofs for buildings, photo textures for the rest."""
+
+    def paint(b: BoxSpec, side_size, top_size):
+        if b.kind == "building":
+            return facade_texture(rng, *side_size, texel, 2 * b.half[2]), roof_texture(rng, *top_size)
+        walls = small_texture(rng, b.kind, *side_size, top=False)
+        return walls, small_texture(rng, b.kind, *top_size, top=True)
+
+    return paint
 
 
 def build_world(p: CityParams) -> tuple[World, list[BoxSpec]]:
     """Layout, textures and lighting of the city, ready for the ray caster."""
     specs = layout(p)
     rng = np.random.default_rng([p.seed, 3])
-    texel = p.atlas_texel
-    tiles, sizes = [], []
-    for b in specs:
-        hx, hy, hz = b.half
-        side_w, side_h = max(4, round(4 * (hx + hy) / texel)), max(4, round(2 * hz / texel))
-        top_w, top_h = max(4, round(2 * hx / texel)), max(4, round(2 * hy / texel))
-        if b.kind == "building":
-            side = facade_texture(rng, side_w, side_h, texel, 2 * hz)
-            top = roof_texture(rng, top_w, top_h)
-        else:
-            side = small_texture(rng, b.kind, side_w, side_h, top=False)
-            top = small_texture(rng, b.kind, top_w, top_h, top=True)
-        tiles += [side, top]
-        sizes += [(side_w, side_h), (top_w, top_h)]
-    pad = 8
-    atlas_w = 2048
-    origins, atlas_h = pack_atlas(sizes, atlas_w, pad)
-    atlas = np.zeros((max(atlas_h, 1), atlas_w, 3), np.float32)
-    for (x, y), tile in zip(origins, tiles, strict=True):
-        h, w = tile.shape[:2]
-        padded = cv2.copyMakeBorder(tile, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        atlas[y - pad : y + h + pad, x - pad : x + w + pad] = padded
-    rects = np.array(
-        [(x, y, w, h) for (x, y), (w, h) in zip(origins, sizes, strict=True)], dtype=np.float64
-    ).reshape(-1, 2, 4)
-    boxes = Boxes(
-        center=np.array([b.center for b in specs], dtype=np.float64).reshape(-1, 3),
-        half=np.array([b.half for b in specs], dtype=np.float64).reshape(-1, 3),
-        yaw=np.array([b.yaw for b in specs], dtype=np.float64),
-        side_rect=rects[:, 0],
-        top_rect=rects[:, 1],
-    )
+    boxes, atlas = box_atlas(specs, p.atlas_texel, paint_box(rng, p.atlas_texel))
     buildings = [b for b in specs if b.kind == "building"]
     ground = ground_texture(p, buildings)
-    el, az = math.radians(p.sun_elevation_deg), math.radians(p.sun_azimuth_deg)
-    sun = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
     world = World(
         boxes=boxes,
-        atlas=Texture.from_image(atlas, texel),
+        atlas=atlas,
         ground=Texture.from_image(ground, p.ground_texel),
         ground_rect=(-p.ground_half, -p.ground_half, p.ground_half, p.ground_half),
-        sun=sun,
+        sun=sun_direction(p.sun_elevation_deg, p.sun_azimuth_deg),
         ambient=p.ambient,
     )
     return world, specs
@@ -471,23 +429,8 @@ def build_world(p: CityParams) -> tuple[World, list[BoxSpec]]:
 # --- cameras -------------------------------------------------------------------------------------
 
 
-def look_down_viewmat(eye: np.ndarray, heading: float, tilt: float) -> np.ndarray:
-    """World->camera [4, 4] (OpenCV axes) for a camera at `eye` facing `heading` (radians from +x),
-    its optical axis `tilt` radians from straight down; the image top points along the heading."""
-    forward = np.array(
-        [math.sin(tilt) * math.cos(heading), math.sin(tilt) * math.sin(heading), -math.cos(tilt)]
-    )
-    right = np.array([math.sin(heading), -math.cos(heading), 0.0])
-    down = np.cross(forward, right)
-    R = np.stack([right, down, forward])  # rows: camera axes in world coordinates
-    viewmat = np.eye(4)
-    viewmat[:3, :3] = R
-    viewmat[:3, 3] = -R @ eye
-    return viewmat
-
-
 def intrinsics(p: CityParams) -> np.ndarray:
-    return np.array([[p.focal, 0, p.width / 2], [0, p.focal, p.height / 2], [0, 0, 1]], dtype=np.float64)
+    return pinhole_intrinsics(p.focal, p.width, p.height)
 
 
 def camera_poses(p: CityParams) -> list[np.ndarray]:

@@ -1,9 +1,10 @@
-"""A small numpy ray caster for scenes made of a textured ground plane (z = 0) and yawed boxes.
+"""A small numpy ray caster for scenes made of a textured ground and yawed boxes.
 
-Used by the demo-city generator (momentumgs/demo/build.py). Rays are processed in groups (an image
+Used by the synthetic scenes (momentumgs/demo/build.py). Rays are processed in groups (an image
 tile, or a run of nearby segments): a group is tested only against the boxes whose xy bounds overlap
 the group's xy bounds within the height slab that holds the boxes, so the cost follows what a ray can
-actually hit rather than rays x boxes. World z is up; the ground is the plane z = 0.
+actually hit rather than rays x boxes. World z is up; the ground is the plane z = 0 (the city) or a
+smooth height field (`HeightField`, the survey's rolling terrain), textured by its xy position.
 
 Textures are mip-mapped and sampled trilinearly with a footprint from the hit distance, which keeps
 the renders free of the texture aliasing that would otherwise produce unstable SIFT features.
@@ -64,6 +65,42 @@ class Texture:
 
 
 @dataclass
+class HeightField:
+    """Rolling terrain z = base + sum_k a_k cos(w_k . (x, y) + phase_k): smooth, with a known bound on
+    its slope, which lets rays march to it without ever stepping through (`terrain_t`)."""
+
+    amplitude: np.ndarray  # [M] metres
+    wavevector: np.ndarray  # [M, 2] radians per metre
+    phase: np.ndarray  # [M] radians
+    base: float = 0.0
+
+    @property
+    def max_slope(self) -> float:
+        """Upper bound of |grad h| (the Lipschitz constant of h)."""
+        return float(np.sum(np.abs(self.amplitude) * np.linalg.norm(self.wavevector, axis=1)))
+
+    @property
+    def z_range(self) -> tuple[float, float]:
+        reach = float(np.sum(np.abs(self.amplitude)))
+        return self.base - reach, self.base + reach
+
+    def _angles(self, x, y):
+        return x[..., None] * self.wavevector[:, 0] + y[..., None] * self.wavevector[:, 1] + self.phase
+
+    def height(self, x, y):
+        """Terrain height at x, y [...] -> [...]."""
+        return self.base + np.cos(self._angles(x, y)) @ self.amplitude
+
+    def normal(self, points):
+        """Upward unit normals [N, 3] at the xy of points [N, 3]."""
+        slope = -np.sin(self._angles(points[:, 0], points[:, 1])) * self.amplitude  # [N, M]
+        n = np.stack(
+            [-(slope @ self.wavevector[:, 0]), -(slope @ self.wavevector[:, 1]), np.ones(len(points))], 1
+        )
+        return n / np.linalg.norm(n, axis=1, keepdims=True)
+
+
+@dataclass
 class World:
     boxes: Boxes
     atlas: Texture  # box walls and roofs
@@ -72,10 +109,18 @@ class World:
     sun: np.ndarray  # [3] unit vector towards the sun
     ambient: float = 0.35
     sky: tuple[float, float, float] = (0.62, 0.74, 0.9)
+    terrain: HeightField | None = None  # None: the ground is the plane z = 0
 
     def __post_init__(self):
         self.box_lo, self.box_hi = self.boxes.bounds()
         self.zmax = float(self.box_hi[:, 2].max()) if len(self.boxes) else 0.0
+        self.zmin = float(self.box_lo[:, 2].min()) if len(self.boxes) else 0.0
+
+    def ground_normal(self, points):
+        """Normals [N, 3] of ground points [N, 3]."""
+        if self.terrain is None:
+            return np.broadcast_to(np.array([0.0, 0.0, 1.0]), points.shape).copy()
+        return self.terrain.normal(points)
 
 
 # --- geometry ----------------------------------------------------------------------------------
@@ -111,10 +156,10 @@ def ray_box_t(o, d, boxes: Boxes, idx, t_limit):
     return np.where(hit, t_in, np.inf)
 
 
-def slab_segment(o, d, t_max, z_top):
-    """Clip segments o + t d, t in [0, t_max], to the slab 0 <= z <= z_top: (t_enter, t_exit) [...]."""
+def slab_segment(o, d, t_max, z_top, z_bottom=0.0):
+    """Clip segments o + t d, t in [0, t_max], to the slab z_bottom <= z <= z_top: (t_enter, t_exit) [...]."""
     dz = np.where(np.abs(d[..., 2]) < 1e-12, 1e-12, d[..., 2])
-    t0 = (0.0 - o[..., 2]) / dz
+    t0 = (z_bottom - o[..., 2]) / dz
     t1 = (z_top - o[..., 2]) / dz
     return np.clip(np.minimum(t0, t1), 0.0, t_max), np.clip(np.maximum(t0, t1), 0.0, t_max)
 
@@ -124,7 +169,7 @@ def candidate_pairs(world: World, o, d, t_max):
     [G, R] (nan: no ray). Only the part of a ray inside the boxes' height slab counts. -> two [C]."""
     if len(world.boxes) == 0:
         return np.zeros(0, int), np.zeros(0, int)
-    t_enter, t_exit = slab_segment(o, d, t_max, world.zmax)  # nan stays nan: fmin/fmax skip it
+    t_enter, t_exit = slab_segment(o, d, t_max, world.zmax, world.zmin)  # nan stays nan: fmin/fmax skip it
     lo, hi = [], []
     for axis in range(2):
         a = o[..., axis] + t_enter * d[..., axis]
@@ -181,6 +226,148 @@ def ground_t(o, d):
     """Distance to the plane z = 0 along d, inf for rays that do not go down."""
     down = d[..., 2] < -1e-9
     return np.where(down, -o[..., 2] / np.where(down, d[..., 2], -1.0), np.inf)
+
+
+def terrain_t(terrain: HeightField, o, d, t_max=np.inf, eps: float = 1e-4):
+    """Distance along unit d [..., 3] from o [..., 3] to the first terrain hit before t_max, else inf.
+
+    A ray steeper than the terrain's steepest slope crosses it at most once: going down, bracketed
+    Newton steps find the crossing; going up, it hits only if it starts below the terrain (at t = 0
+    then). Shallower rays march safely (`_march_to_terrain`).
+    """
+    shape = np.broadcast_shapes(o.shape, d.shape)[:-1]
+    o, d = np.broadcast_to(o, (*shape, 3)).reshape(-1, 3), np.broadcast_to(d, (*shape, 3)).reshape(-1, 3)
+    limit = np.broadcast_to(t_max, shape).reshape(-1).astype(np.float64)
+    t_in, t_out = _terrain_slab(terrain, o, d, limit)
+    hit = np.full(len(limit), np.inf)
+    rays = _TerrainRays(terrain, o, d, np.flatnonzero(t_in <= t_out))
+    climb = terrain.max_slope * np.hypot(rays.d[:, 0], rays.d[:, 1])  # [A] steepest rise under each ray
+    for part, solve in (
+        (rays.dz < -climb, _descend_to_terrain),
+        (rays.dz > climb, _start_below_terrain),
+        (np.abs(rays.dz) <= climb, _march_to_terrain),
+    ):
+        if part.any():
+            sub = rays.select(part)
+            hit[sub.idx] = solve(sub, t_in[sub.idx], t_out[sub.idx], eps)
+    return np.where(hit <= limit, hit, np.inf).reshape(shape)
+
+
+class _TerrainRays:
+    """Rays o, d [N, 3] picked by `idx` [A], with what evaluating the terrain along them needs."""
+
+    def __init__(self, terrain: HeightField, o, d, idx):
+        self.terrain, self.idx, self.d = terrain, idx, d[idx]
+        self.phase0 = np.ascontiguousarray(terrain._angles(o[idx, 0], o[idx, 1]).T)  # [M, A] phases at t = 0
+        self.beta = terrain.wavevector @ self.d[:, :2].T  # [M, A] ... and their change per metre
+        self.z0, self.dz = o[idx, 2] - terrain.base, self.d[:, 2]  # [A]
+
+    def select(self, keep) -> _TerrainRays:
+        """The rays at positions `keep` (bool [A])."""
+        if keep.all():
+            return self
+        rows = np.flatnonzero(keep)
+        sub = object.__new__(_TerrainRays)
+        sub.terrain, sub.idx, sub.d, sub.z0, sub.dz = (
+            self.terrain,
+            self.idx[rows],
+            self.d[rows],
+            self.z0[rows],
+            self.dz[rows],
+        )
+        sub.phase0, sub.beta = self.phase0[:, rows], self.beta[:, rows]
+        return sub
+
+    def gap(self, t, rows=slice(None), slope=False):
+        """Height above the terrain at distances t [A'] along rays `rows` (and its derivative in t)."""
+        gap = self.z0[rows] + t * self.dz[rows]
+        rise = np.zeros_like(gap) if slope else None
+        for m, a in enumerate(self.terrain.amplitude):  # wave by wave: no [A', M] temporaries
+            beta = self.beta[m, rows]
+            phase = self.phase0[m, rows] + t * beta
+            gap -= a * np.cos(phase)
+            if slope:
+                rise += (a * np.sin(phase)) * beta
+        return (gap, self.dz[rows] + rise) if slope else gap
+
+
+def _descend_to_terrain(rays: _TerrainRays, t_in, t_out, eps, max_steps: int = 60):
+    """Rays going down more steeply than any slope: their gap falls monotonically, so the one crossing
+    in [t_in, t_out] is found by Newton steps kept inside a shrinking bracket -> t [A] (inf: none)."""
+    hit = np.full(len(t_in), np.inf)
+    lo, hi = t_in.copy(), t_out.copy()
+    t = np.clip(rays.z0 / np.maximum(-rays.dz, 1e-12), lo, hi)  # start where the ray meets z = base
+    live = np.arange(len(t))
+    for _ in range(max_steps):
+        if not len(live):
+            break
+        tl = t[live]
+        gap, slope = rays.gap(tl, live, slope=True)
+        done = np.abs(gap) < eps
+        hit[live[done]] = tl[done]
+        above = gap > 0
+        lo[live] = np.where(above, tl, lo[live])
+        hi[live] = np.where(above, hi[live], tl)
+        newton = tl - gap / np.minimum(slope, -1e-12)
+        inside = (newton > lo[live]) & (newton < hi[live])
+        t[live] = np.where(inside, newton, (lo[live] + hi[live]) / 2)
+        # still above the terrain at the far end of the range: no crossing before t_out
+        missed = above & (t_out[live] - lo[live] < eps)
+        live = live[~done & ~missed]
+    return hit
+
+
+def _start_below_terrain(rays: _TerrainRays, t_in, t_out, eps):
+    """Rays going up more steeply than any slope: their gap only grows, so they hit at t_in or never."""
+    return np.where(rays.gap(t_in) < eps, t_in, np.inf)
+
+
+def _march_to_terrain(rays: _TerrainRays, t_in, t_out, eps, max_steps: int = 2000):
+    """Shallow rays: while a ray is g metres above the terrain, g cannot reach zero within
+    g / (|d_z| + max_slope |d_xy|), so stepping that far never passes through a hill -> t [A]."""
+    hit = np.full(len(t_in), np.inf)
+    rate = np.abs(rays.dz) + rays.terrain.max_slope * np.hypot(rays.d[:, 0], rays.d[:, 1])  # [A]
+    t = t_in.copy()
+    live = np.arange(len(t))
+    for _ in range(max_steps):
+        if not len(live):
+            break
+        gap = rays.gap(t[live], live)
+        done = gap < eps
+        hit[live[done]] = t[live[done]]
+        t[live] = t[live] + np.maximum(gap, 0.0) / rate[live]
+        live = live[~done & (t[live] <= t_out[live])]
+    return hit
+
+
+def _terrain_slab(terrain: HeightField, o, d, limit):
+    """Where rays o, d [N, 3] enter the terrain's height range and where they leave it: t_in, t_out [N].
+
+    Rays enter at the top of the range (or start inside it) and leave below its bottom (going down),
+    above its top (going up), or at `limit` [N]; t_in = inf for rays that pass above it."""
+    lo, hi = terrain.z_range
+    oz, dz = o[:, 2], d[:, 2]
+    down, up = dz < -1e-12, dz > 1e-12
+    t_in = np.where(oz > hi, np.where(down, (hi - oz) / np.where(down, dz, -1.0), np.inf), 0.0)
+    t_out = np.where(down, (lo - oz) / np.where(down, dz, -1.0), np.inf)
+    t_out = np.where(up, (hi - oz) / np.where(up, dz, 1.0), t_out)
+    return t_in, np.minimum(t_out, limit)
+
+
+def ground_hit_t(world: World, o, d):
+    """Distance to the ground (plane or terrain) along unit d [G, R, 3] from o -> [G, R]."""
+    if world.terrain is None:
+        return ground_t(o, d)
+    return terrain_t(world.terrain, o, d)
+
+
+def any_hit(world: World, o, d, t_max):
+    """Whether each ray in groups o, d [G, R, 3] meets a box, or the terrain, before t_max [G, R] (nan:
+    no ray) -> bool [G, R]. The plane z = 0 never blocks: rays start on or above it."""
+    blocked = any_box_hit(world, o, d, t_max)
+    if world.terrain is not None:
+        blocked |= terrain_t(world.terrain, o, d, np.nan_to_num(t_max, nan=-1.0)) < t_max
+    return blocked
 
 
 # --- surface attributes --------------------------------------------------------------------------
@@ -286,7 +473,7 @@ class Hits:
 
 def cast(world: World, o, d):
     """First surface hit by each ray of groups o, d [G, R, 3] (unit d) -> Hits flattened to [G*R]."""
-    t_ground = ground_t(o, d)  # [G, R]
+    t_ground = ground_hit_t(world, o, d)  # [G, R]
     t_box, box = first_box_hit(world, o, d, t_ground)
     t = np.minimum(t_box, t_ground).reshape(-1)
     box = np.where(np.isfinite(t_box), box, np.where(np.isfinite(t_ground), GROUND, MISS)).reshape(-1)
@@ -307,7 +494,12 @@ def shade(world: World, o, d, hits: Hits, pixel_angle: float, shadows: bool = Tr
     if on_ground.any():
         p = hits.point[on_ground]
         u, v = ground_uv(world, p)
-        fp = hits.t[on_ground] * pixel_angle / np.maximum(np.abs(dirs[on_ground, 2]), 0.2)
+        if world.terrain is None:
+            cos_in = np.abs(dirs[on_ground, 2])
+        else:
+            normal[on_ground] = world.terrain.normal(p)
+            cos_in = np.abs(np.einsum("ij,ij->i", normal[on_ground], dirs[on_ground]))
+        fp = hits.t[on_ground] * pixel_angle / np.maximum(cos_in, 0.2)
         color[on_ground] = sample_texture(world.ground, u, v, fp)
     if on_box.any():
         n, u, v = box_surface(world.boxes, hits.box[on_box], hits.point[on_box])
@@ -318,7 +510,9 @@ def shade(world: World, o, d, hits: Hits, pixel_angle: float, shadows: bool = Tr
     surface = (on_ground | on_box).reshape(G, R)
     ndl = np.clip(normal @ world.sun, 0.0, 1.0)  # [N]
     if shadows:
-        # a shadow ray per lit surface point towards the sun; nan limits switch the others off
+        # a shadow ray per lit surface point towards the sun; nan limits switch the others off. Only boxes
+        # cast shadows: terrain whose slope stays below the sun's elevation casts none on itself
+        # (momentumgs/demo/survey.py checks that it does)
         lit = surface & (ndl > 0).reshape(G, R)
         so = hits.point.reshape(G, R, 3) + 1e-4 * normal.reshape(G, R, 3)
         sd = np.broadcast_to(world.sun, so.shape)
