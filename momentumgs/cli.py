@@ -1,4 +1,5 @@
-"""Command line: `momentumgs {demo,demo-scene,info,...}`.
+"""Reconstruct large scenes (city blocks, campuses, drone surveys) from COLMAP photos as 3D Gaussian splats
+with Momentum-GS: train, evaluate, view and export.
 
 Each sub-command is a small function taking the parsed arguments. A UserError (bad file, option or
 config value) prints one line and exits with code 2; `--debug` shows the traceback instead.
@@ -171,18 +172,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from momentumgs.export.commands import cmd_export as run
-
-    return run(args)
-
-
-def cmd_render(args: argparse.Namespace) -> int:
-    from momentumgs.export.commands import cmd_render as run
-
-    return run(args)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from momentumgs.demo import cached_demo_scene
     from momentumgs.run import default_processes, evaluate_run, free_run_dir, train_in_processes
@@ -205,7 +194,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="momentumgs", description=__doc__.splitlines()[0])
+    from momentumgs import __version__
+
+    description = " ".join(__doc__.split("\n\n")[0].split())
+    parser = argparse.ArgumentParser(prog="momentumgs", description=description)
+    parser.add_argument("--version", action="version", version=f"momentumgs {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -246,29 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("export", help="bake a trained run into explicit Gaussians: PLY, .splat or SPZ")
-    p.add_argument("run", help="run folder")
-    p.add_argument("--format", choices=["ply", "splat", "spz"], help="default: from --out's suffix, else ply")
-    p.add_argument("--out", help="output file (default RUN/export/model.<format>)")
-    p.add_argument("--sh-degree", type=int, default=3, choices=[0, 1, 2, 3], help="SH degree of the colours")
-    p.add_argument(
-        "--refine",
-        type=int,
-        default=0,
-        metavar="EPOCHS",
-        help="then fit the Gaussians to the model's renders: passes over the training views (try 2)",
-    )
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("render", help="render views of a run or of a baked .ply / .spz to PNG files")
-    p.add_argument("source", help="run folder, or a .ply / .spz file (cameras from its run or --scene)")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--view", type=int, help="camera index in the scene")
-    which.add_argument("--all-test", action="store_true", help="every test view")
-    p.add_argument("--out", required=True, help="output folder for the PNG files")
-    p.add_argument("--scene", help="COLMAP scene for the cameras (default: the run's)")
-    p.set_defaults(func=cmd_render)
-
     p = sub.add_parser("demo-scene", help="render the demo city and reconstruct it with SfM into OUT")
     p.add_argument("out", help="output folder (a COLMAP scene: images/, sparse/0, ground_truth/)")
     p.add_argument("--size", default="demo", choices=["demo", "test"])
@@ -291,8 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_partition)
 
+    from momentumgs.export.cli import add_export_parsers
     from momentumgs.prepare.cli import add_prepare_parser
 
+    add_export_parsers(sub)
     add_prepare_parser(sub)
     return parser
 

@@ -1,4 +1,5 @@
-"""`momentumgs export` and `momentumgs render`: the command bodies (cli.py imports this module lazily)."""
+"""`momentumgs export` and `momentumgs render`: the command bodies (export/cli.py imports this module
+lazily)."""
 
 from __future__ import annotations
 

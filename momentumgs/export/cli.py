@@ -1,0 +1,42 @@
+"""`momentumgs export` and `momentumgs render`: their sub-parsers (the command bodies are in commands.py,
+imported only when a command runs, so that `--help` stays fast)."""
+
+from __future__ import annotations
+
+
+def cmd_export(args) -> int:
+    from momentumgs.export.commands import cmd_export as run
+
+    return run(args)
+
+
+def cmd_render(args) -> int:
+    from momentumgs.export.commands import cmd_render as run
+
+    return run(args)
+
+
+def add_export_parsers(sub) -> None:
+    """Register `export` and `render` on the main parser's subparsers."""
+    p = sub.add_parser("export", help="bake a trained run into explicit Gaussians: PLY, .splat or SPZ")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", choices=["ply", "splat", "spz"], help="default: from --out's suffix, else ply")
+    p.add_argument("--out", help="output file (default RUN/export/model.<format>)")
+    p.add_argument("--sh-degree", type=int, default=3, choices=[0, 1, 2, 3], help="SH degree of the colours")
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="then fit the Gaussians to the model's renders: passes over the training views (try 2)",
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("render", help="render views of a run or of a baked .ply / .spz to PNG files")
+    p.add_argument("source", help="run folder, or a .ply / .spz file (cameras from its run or --scene)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--view", type=int, help="camera index in the scene")
+    which.add_argument("--all-test", action="store_true", help="every test view")
+    p.add_argument("--out", required=True, help="output folder for the PNG files")
+    p.add_argument("--scene", help="COLMAP scene for the cameras (default: the run's)")
+    p.set_defaults(func=cmd_render)
