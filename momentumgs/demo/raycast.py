@@ -80,6 +80,11 @@ class HeightField:
         return float(np.sum(np.abs(self.amplitude) * np.linalg.norm(self.wavevector, axis=1)))
 
     @property
+    def max_curvature(self) -> float:
+        """Upper bound of h's second derivative along any unit direction in the ground plane."""
+        return float(np.sum(np.abs(self.amplitude) * np.sum(self.wavevector**2, axis=1)))
+
+    @property
     def z_range(self) -> tuple[float, float]:
         reach = float(np.sum(np.abs(self.amplitude)))
         return self.base - reach, self.base + reach
@@ -293,10 +298,15 @@ class _TerrainRays:
 
 def _descend_to_terrain(rays: _TerrainRays, t_in, t_out, eps, max_steps: int = 60):
     """Rays going down more steeply than any slope: their gap falls monotonically, so the one crossing
-    in [t_in, t_out] is found by Newton steps kept inside a shrinking bracket -> t [A] (inf: none)."""
+    in [t_in, t_out] is found by Newton steps kept inside a shrinking bracket -> t [A] (inf: none).
+
+    A Newton step from gap g lands within curvature / 2 * (g / s)^2 of the terrain, s the least rate at
+    which the gap can fall: once that is below eps, the step is taken as the hit without checking it."""
     hit = np.full(len(t_in), np.inf)
     lo, hi = t_in.copy(), t_out.copy()
     t = np.clip(rays.z0 / np.maximum(-rays.dz, 1e-12), lo, hi)  # start where the ray meets z = base
+    fall = -rays.dz - rays.terrain.max_slope * np.hypot(rays.d[:, 0], rays.d[:, 1])  # [A] > 0
+    half_curvature = rays.terrain.max_curvature / 2
     live = np.arange(len(t))
     for _ in range(max_steps):
         if not len(live):
@@ -310,10 +320,12 @@ def _descend_to_terrain(rays: _TerrainRays, t_in, t_out, eps, max_steps: int = 6
         hi[live] = np.where(above, hi[live], tl)
         newton = tl - gap / np.minimum(slope, -1e-12)
         inside = (newton > lo[live]) & (newton < hi[live])
+        sure = ~done & inside & (half_curvature * (gap / fall[live]) ** 2 < eps)
+        hit[live[sure]] = newton[sure]
         t[live] = np.where(inside, newton, (lo[live] + hi[live]) / 2)
         # still above the terrain at the far end of the range: no crossing before t_out
         missed = above & (t_out[live] - lo[live] < eps)
-        live = live[~done & ~missed]
+        live = live[~done & ~sure & ~missed]
     return hit
 
 
