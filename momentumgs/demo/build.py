@@ -1,23 +1,28 @@
-"""The embedded demo scene: render the synthetic city (momentumgs/demo/city.py) and reconstruct it with
-real SfM (the pipeline of `prepare colmap`, momentumgs/prepare/photos.py), so that the README's command
-works with nothing downloaded.
+"""The embedded demo scenes: render a synthetic scene (the city, momentumgs/demo/city.py, or the survey,
+momentumgs/demo/survey.py) and reconstruct its sparse points from the renders, so that the README's
+commands work with nothing downloaded.
 
 Output folder (a normal COLMAP scene):
 
-    OUT/images/0000.png ...                  the rendered views
-    OUT/sparse/0/{cameras,images,points3D}.bin  SfM model, in COLMAP's arbitrary frame (as users get it);
-                                            with sfm=False a copy of the ground-truth model
+    OUT/images/0000.png ...                  the rendered views, named in capture order
+    OUT/sparse/0/{cameras,images,points3D}.bin  the reconstruction (below); with sfm=False a copy of the
+                                            ground-truth model
     OUT/ground_truth/sparse/0/...           exact poses and intrinsics, and 3D points on the visible
                                             true surfaces with their observations, in metres, z up
-    OUT/ground_truth/city.json              parameters, boxes, sun and camera poses
-    OUT/demo_scene.json                     what was built and the SfM figures; written last
+    OUT/ground_truth/{city,survey}.json     parameters, boxes (and terrain), sun and camera poses
+    OUT/demo_scene.json                     what was built and the reconstruction's figures; written last
 
-The SfM model is deliberately not aligned to the ground truth: later stages must handle any frame.
-`momentumgs.demo.align.pose_errors` compares the two.
+The city is reconstructed by real SfM (the pipeline of `prepare colmap`, momentumgs/prepare/photos.py),
+its model deliberately not aligned to the ground truth: later stages must handle any frame
+(`momentumgs.demo.align.pose_errors` compares the two). The survey keeps the exact poses, as a mapping
+drone with RTK positioning records them, and triangulates SIFT matches at those poses
+(momentumgs/prepare/known_poses.py): its matching pairs come from the poses, so the cost grows with the
+number of views rather than its square, which the `large` size needs.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -28,17 +33,31 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from momentumgs.demo.city import CityParams, build_world, camera_poses, city_params, intrinsics
-from momentumgs.demo.raycast import GROUND, MISS, Boxes, Render, World, any_box_hit, box_surface, render
+from momentumgs.demo.city import build_world as build_city
+from momentumgs.demo.city import camera_poses as city_poses
+from momentumgs.demo.city import city_params
+from momentumgs.demo.city import intrinsics as city_intrinsics
+from momentumgs.demo.raycast import GROUND, MISS, Render, World, any_hit, box_surface, render
+from momentumgs.demo.scenery import BoxSpec
+from momentumgs.demo.survey import SIZES as SURVEY_SIZES
+from momentumgs.demo.survey import build_world as build_survey
+from momentumgs.demo.survey import camera_poses as survey_poses
+from momentumgs.demo.survey import intrinsics as survey_intrinsics
+from momentumgs.demo.survey import survey_params
 from momentumgs.errors import UserError
 from momentumgs.prepare.images import list_image_names
+from momentumgs.prepare.known_poses import KnownPoseOptions, PosedImage, triangulate
 from momentumgs.prepare.photos import PhotoOptions, prepare_colmap
 
-GENERATOR_VERSION = 2  # bump when the rendered images or models change for the same parameters
+# bump a scene's version when its rendered images or models change for the same parameters (the ray
+# caster and this file are shared: a change to them that alters the output bumps both)
+GENERATOR_VERSION = 2  # the city
+SURVEY_VERSION = 1
 MARKER = "demo_scene.json"
 
 
@@ -75,6 +94,37 @@ def run_demo_sfm(images: Path, model: Path, log: Callable[[str], None] = print) 
     }
 
 
+def known_pose_options() -> KnownPoseOptions:
+    """Triangulation at the survey's exact poses: each view matched with its 12 nearest views (the
+    ones it overlaps most), one thread everywhere so that the model repeats bit for bit."""
+    return KnownPoseOptions(
+        neighbours=12,
+        extraction_threads=1,
+        matching_threads=1,
+        triangulation_threads=1,
+        progress=False,
+    )
+
+
+def triangulate_at_poses(images: Path, model: Path, K, poses, log: Callable[[str], None] = print) -> dict:
+    """SIFT features of the views in `images` (named in pose order), matched between views chosen by
+    their poses and triangulated with the poses and intrinsics K held fixed; the model goes to `model`.
+    Returns the figures that the marker file records."""
+    names = list_image_names(images)
+    height, width = cv2.imread(str(images / names[0]), cv2.IMREAD_GRAYSCALE).shape
+    posed = [PosedImage(n, images / n, K, width, height, v) for n, v in zip(names, poses, strict=True)]
+    with tempfile.TemporaryDirectory(prefix="momentumgs-triangulate-") as work:
+        scratch = Path(work) / "sparse" / "0"
+        stats = triangulate(posed, images, scratch, known_pose_options(), log=log)
+        shutil.copytree(scratch, model)
+    return {
+        "method": "triangulation at the known poses",
+        "registered": len(names),
+        "images": len(names),
+        **stats,
+    }
+
+
 def image_name(i: int) -> str:
     return f"{i:04d}.png"
 
@@ -82,20 +132,22 @@ def image_name(i: int) -> str:
 # --- ground-truth points ------------------------------------------------------------------------
 
 
-def surface_normals(boxes: Boxes, box: np.ndarray, points: np.ndarray) -> np.ndarray:
+def surface_normals(world: World, box: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Normals [N, 3] of points [N, 3] lying on the ground (box == GROUND) or on boxes."""
     normal = np.zeros_like(points)
-    normal[box == GROUND] = (0.0, 0.0, 1.0)
+    on_ground = box == GROUND
+    normal[on_ground] = world.ground_normal(points[on_ground])
     on_box = box >= 0
     if on_box.any():
-        normal[on_box] = box_surface(boxes, box[on_box], points[on_box])[0]
+        normal[on_box] = box_surface(world.boxes, box[on_box], points[on_box])[0]
     return normal
 
 
 def visible_from(world: World, points, normals, K, viewmat, width, height, group: int = 64):
     """Which points [N, 3] camera (K, viewmat) sees, and where: bool [N], pixels [N, 2].
 
-    Visible = in front, inside the image, facing the camera, and no box on the segment to the camera.
+    Visible = in front, inside the image, facing the camera, and no box (nor terrain) on the segment
+    to the camera.
     """
     R, t = viewmat[:3, :3], viewmat[:3, 3]
     cam = points @ R.T + t
@@ -113,9 +165,7 @@ def visible_from(world: World, points, normals, K, viewmat, width, height, group
         o = points[sel] + 1e-3 * normals[sel]
         d = to_cam[sel] / dist[sel, None]
         limit = np.where(np.arange(len(sel)) < len(idx), dist[sel] - 1e-2, np.nan)
-        blocked = any_box_hit(
-            world, o.reshape(-1, group, 3), d.reshape(-1, group, 3), limit.reshape(-1, group)
-        )
+        blocked = any_hit(world, o.reshape(-1, group, 3), d.reshape(-1, group, 3), limit.reshape(-1, group))
         ok[idx] = ~blocked.reshape(-1)[: len(idx)]
     return ok, uv
 
@@ -128,20 +178,21 @@ class GroundTruthPoints:
     uv: np.ndarray  # [V, P, 2] float64 pixel position of point i in view j (where seen)
 
 
-def surface_samples(rnd: Render, image: np.ndarray, p: CityParams, stride: int = 16):
-    """The surface points one view hits every `stride` pixels: xyz [n, 3], box ids [n], colours [n, 3]."""
-    s = p.supersample
+def surface_samples(rnd: Render, image: np.ndarray, p):
+    """The surface points one view hits on a grid of about 20 x 15 pixels (every 16 pixels at 320x240):
+    xyz [n, 3], box ids [n], colours [n, 3]. `p`: the scene's parameters (width, height, supersample)."""
+    s, stride = p.supersample, max(p.width // 20, 1)
     ys, xs = np.mgrid[stride // 2 : p.height : stride, stride // 2 : p.width : stride]
     box = rnd.box[ys * s, xs * s].reshape(-1)
     keep = box != MISS
     return rnd.point[ys * s, xs * s].reshape(-1, 3)[keep], box[keep], image[ys, xs].reshape(-1, 3)[keep]
 
 
-def ground_truth_points(world: World, samples, K, poses, p: CityParams) -> GroundTruthPoints:
+def ground_truth_points(world: World, samples, K, poses, p) -> GroundTruthPoints:
     """The surface samples of all views, each with every view that sees it (at least two): the
     ground-truth counterpart of an SfM point cloud."""
     xyz, box, rgb = (np.concatenate(parts) for parts in zip(*samples, strict=True))
-    normals = surface_normals(world.boxes, box, xyz)
+    normals = surface_normals(world, box, xyz)
     seen = np.zeros((len(poses), len(xyz)), dtype=bool)
     uvs = np.zeros((len(poses), len(xyz), 2))
     for j, viewmat in enumerate(poses):
@@ -174,49 +225,108 @@ def write_colmap_model(path: Path, K, width, height, poses, names, gt: GroundTru
     rec.write(path)
 
 
+# --- the scenes -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneKind:
+    """One synthetic scene: its parameters for a (size, seed), its world and cameras, and how its sparse
+    points are reconstructed from the renders."""
+
+    name: str  # "city" | "survey": names the ground-truth file, ground_truth/<name>.json
+    sizes: tuple[str, ...]  # the first is the default
+    version: int
+    params: Callable[[str, int], Any]  # (size, seed) -> frozen parameters with width, height, supersample
+    build_world: Callable[[Any], tuple[World, list[BoxSpec]]]
+    camera_poses: Callable[[Any], list[np.ndarray]]  # world->camera [4, 4] in capture order
+    intrinsics: Callable[[Any], np.ndarray]  # [3, 3]
+    reconstruct: Callable[..., dict]  # (images, model, K, poses, log) -> figures; writes the model
+    cache_folder: str  # below the cache root
+    keyed_by_name: bool  # False for the city: its key predates the other scenes (old caches stay valid)
+
+
+SCENES = {
+    "city": SceneKind(
+        name="city",
+        sizes=("demo", "test"),
+        version=GENERATOR_VERSION,
+        params=city_params,
+        build_world=build_city,
+        camera_poses=city_poses,
+        intrinsics=city_intrinsics,
+        reconstruct=lambda images, model, K, poses, log: run_demo_sfm(images, model, log=log),
+        cache_folder="demo",
+        keyed_by_name=False,
+    ),
+    "survey": SceneKind(
+        name="survey",
+        sizes=SURVEY_SIZES,
+        version=SURVEY_VERSION,
+        params=survey_params,
+        build_world=build_survey,
+        camera_poses=survey_poses,
+        intrinsics=survey_intrinsics,
+        reconstruct=triangulate_at_poses,
+        cache_folder="survey",
+        keyed_by_name=True,
+    ),
+}
+
+
+def scene_kind(scene: str) -> SceneKind:
+    if scene not in SCENES:
+        raise UserError(f"unknown demo scene {scene!r} (expected {' or '.join(repr(k) for k in SCENES)})")
+    return SCENES[scene]
+
+
+def scene_params(scene: str, size: str | None, seed: int):
+    """The parameters of `scene` at `size` (None: the scene's default size); UserError for a size the
+    scene does not come in."""
+    kind = scene_kind(scene)
+    if size is not None and size not in kind.sizes:
+        names = [repr(s) for s in kind.sizes]
+        expected = f"{', '.join(names[:-1])} or {names[-1]}"
+        raise UserError(f"unknown demo size {size!r} for the {scene} (expected {expected})")
+    return kind.params(size or kind.sizes[0], seed)
+
+
 # --- building a scene folder --------------------------------------------------------------------
 
 
-def _params_dict(p: CityParams) -> dict:
+def _params_dict(p) -> dict:
     return dataclasses.asdict(p)
 
 
-def scene_key(p: CityParams, sfm: bool) -> str:
-    """Hash of everything that decides the output: parameters, generator version, SfM flag."""
-    text = json.dumps({"params": _params_dict(p), "version": GENERATOR_VERSION, "sfm": sfm}, sort_keys=True)
+def scene_key(p, sfm: bool, scene: str = "city") -> str:
+    """Hash of everything that decides the output: scene, parameters, generator version, SfM flag."""
+    kind = scene_kind(scene)
+    fields = {"params": _params_dict(p), "version": kind.version, "sfm": sfm}
+    if kind.keyed_by_name:
+        fields["scene"] = kind.name
+    text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _write_scene(root: Path, p: CityParams, sfm: bool, log: Callable[[str], None]) -> dict:
+def render_views(world: World, K, poses, names, p, folder: Path, log: Callable[[str], None]) -> list:
+    """Render every view into `folder` (PNG) -> per view, the surface samples for the ground truth."""
     t0 = time.perf_counter()
-    world, specs = build_world(p)
-    poses = camera_poses(p)
-    K = intrinsics(p)
-    names = [image_name(i) for i in range(len(poses))]
-    stats: dict = {"views": len(poses), "width": p.width, "height": p.height}
-    stats["world_seconds"] = time.perf_counter() - t0
-    n_buildings = sum(b.kind == "building" for b in specs)
-    log(f"demo scene: {n_buildings} buildings, {len(specs)} boxes, {len(poses)} views")
-
-    t0 = time.perf_counter()
-    (root / "images").mkdir(parents=True)
-    samples = []  # per view: surface points for the ground-truth model (the full renders are dropped)
+    folder.mkdir(parents=True)
+    samples = []  # the full renders are dropped
     for i, (viewmat, name) in enumerate(zip(poses, names, strict=True)):
         rnd = render(world, K, viewmat, p.width, p.height, p.supersample)
         img = (np.clip(rnd.image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        if not cv2.imwrite(str(root / "images" / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
-            raise UserError(f"{root / 'images' / name}: cannot write image")
+        if not cv2.imwrite(str(folder / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+            raise UserError(f"{folder / name}: cannot write image")
         samples.append(surface_samples(rnd, img, p))
         if (i + 1) % 16 == 0 or i + 1 == len(poses):
             log(f"  rendered {i + 1}/{len(poses)} views ({time.perf_counter() - t0:.1f} s)")
-    stats["render_seconds"] = time.perf_counter() - t0
+    return samples
 
-    t0 = time.perf_counter()
-    gt = ground_truth_points(world, samples, K, poses, p)
-    gt_dir = root / "ground_truth"
-    write_colmap_model(gt_dir / "sparse" / "0", K, p.width, p.height, poses, names, gt)
-    city = {
-        "generator_version": GENERATOR_VERSION,
+
+def describe_world(kind: SceneKind, p, world: World, specs: list[BoxSpec], K, names, poses) -> dict:
+    """The ground-truth description, ground_truth/<scene>.json: parameters, boxes, terrain, cameras."""
+    description = {
+        "generator_version": kind.version,
         "params": _params_dict(p),
         "sun": world.sun.tolist(),
         "ground_rect": list(world.ground_rect),
@@ -226,20 +336,93 @@ def _write_scene(root: Path, p: CityParams, sfm: bool, log: Callable[[str], None
             for n, v in zip(names, poses, strict=True)
         ],
     }
-    (gt_dir / "city.json").write_text(json.dumps(city, indent=1))
+    if world.terrain is not None:
+        t = world.terrain
+        description["terrain"] = {
+            "base": t.base,
+            "amplitude": t.amplitude.tolist(),
+            "wavevector": t.wavevector.tolist(),
+            "phase": t.phase.tolist(),
+        }
+    return description
+
+
+def _write_scene(root: Path, kind: SceneKind, p, sfm: bool, log: Callable[[str], None]) -> dict:
+    t0 = time.perf_counter()
+    world, specs = kind.build_world(p)
+    poses = kind.camera_poses(p)
+    K = kind.intrinsics(p)
+    names = [image_name(i) for i in range(len(poses))]
+    stats: dict = {"views": len(poses), "width": p.width, "height": p.height}
+    stats["world_seconds"] = time.perf_counter() - t0
+    counts = collections.Counter(b.kind for b in specs)
+    log(f"{kind.name} scene: {', '.join(f'{n} {k}' for k, n in counts.items())}; {len(poses)} views")
+
+    t0 = time.perf_counter()
+    samples = render_views(world, K, poses, names, p, root / "images", log)
+    stats["render_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    gt = ground_truth_points(world, samples, K, poses, p)
+    gt_dir = root / "ground_truth"
+    write_colmap_model(gt_dir / "sparse" / "0", K, p.width, p.height, poses, names, gt)
+    description = describe_world(kind, p, world, specs, K, names, poses)
+    (gt_dir / f"{kind.name}.json").write_text(json.dumps(description, indent=1))
     stats["ground_truth_points"] = len(gt.xyz)
     stats["ground_truth_seconds"] = time.perf_counter() - t0
 
     if sfm:
-        log("  running SfM (pycolmap) ...")
-        stats["sfm"] = run_demo_sfm(root / "images", root / "sparse" / "0", log=log)
+        log("  reconstructing the sparse points (pycolmap) ...")
+        stats["sfm"] = kind.reconstruct(root / "images", root / "sparse" / "0", K, poses, log=log)
     else:
         shutil.copytree(gt_dir / "sparse" / "0", root / "sparse" / "0")
     return stats
 
 
 def is_demo_scene(path: Path) -> bool:
-    return (path / MARKER).is_file() and (path / "ground_truth" / "city.json").is_file()
+    """A folder written by `build_scene` (of any scene)."""
+    return (path / MARKER).is_file() and any((path / "ground_truth" / f"{k}.json").is_file() for k in SCENES)
+
+
+def build_scene(
+    out: str | os.PathLike,
+    scene: str = "city",
+    size: str | None = None,
+    seed: int = 0,
+    sfm: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Render `scene` ("city" or "survey") at `size` (None: the scene's default) and reconstruct it into
+    the folder `out`.
+
+    The folder is built beside `out` and renamed into place, so `out` is either absent, the previous
+    demo scene, or the complete new one. An existing non-empty `out` that is not a demo scene is refused.
+    """
+    p = scene_params(scene, size, seed)
+    kind = SCENES[scene]
+    out = Path(out).expanduser().absolute()
+    if out.exists() and not (out.is_dir() and (is_demo_scene(out) or not any(out.iterdir()))):
+        raise UserError(f"{out}: exists and is not a demo scene; choose an empty or new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        stats = _write_scene(tmp, kind, p, sfm, log)
+        stats["total_seconds"] = time.perf_counter() - t0
+        marker = {
+            "key": scene_key(p, sfm, scene),
+            "scene": scene,
+            "size": size or kind.sizes[0],
+            "seed": seed,
+            "sfm": sfm,
+            "stats": stats,
+        }
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1))
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def build_demo_scene(
@@ -249,31 +432,8 @@ def build_demo_scene(
     sfm: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Render the demo city (`size` "demo" or "test") and reconstruct it into the folder `out`.
-
-    The folder is built beside `out` and renamed into place, so `out` is either absent, the previous
-    demo scene, or the complete new one. An existing non-empty `out` that is not a demo scene is refused.
-    """
-    try:
-        p = city_params(size, seed)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    out = Path(out).expanduser().absolute()
-    if out.exists() and not (out.is_dir() and (is_demo_scene(out) or not any(out.iterdir()))):
-        raise UserError(f"{out}: exists and is not a demo scene; choose an empty or new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        stats = _write_scene(tmp, p, sfm, log)
-        stats["total_seconds"] = time.perf_counter() - t0
-        marker = {"key": scene_key(p, sfm), "size": size, "seed": seed, "sfm": sfm, "stats": stats}
-        (tmp / MARKER).write_text(json.dumps(marker, indent=1))
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    """Render the demo city (`size` "demo" or "test") and reconstruct it into the folder `out`."""
+    return build_scene(out, "city", size, seed, sfm, log)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -302,28 +462,48 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "momentumgs"
 
 
-def cached_scene_path(size: str = "demo", seed: int = 0, cache_dir=None, sfm: bool = True) -> Path:
-    try:
-        p = city_params(size, seed)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    return cache_root(cache_dir) / "demo" / f"{size}-seed{seed}-{scene_key(p, sfm)}"
-
-
-def cached_demo_scene(
-    size: str = "demo", seed: int = 0, cache_dir=None, sfm: bool = True, log: Callable[[str], None] = print
+def cached_scene_path(
+    size: str | None = "demo", seed: int = 0, cache_dir=None, sfm: bool = True, scene: str = "city"
 ) -> Path:
-    """The demo scene from the cache, built on first use. Safe when several processes ask at once:
+    p = scene_params(scene, size, seed)
+    kind = SCENES[scene]
+    folder = f"{size or kind.sizes[0]}-seed{seed}-{scene_key(p, sfm, scene)}"
+    return cache_root(cache_dir) / kind.cache_folder / folder
+
+
+def cached_scene(
+    scene: str = "city",
+    size: str | None = None,
+    seed: int = 0,
+    cache_dir=None,
+    sfm: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """A demo scene from the cache, built on first use. Safe when several processes ask at once:
     one builds (under a lock file) while the others wait, then all return the same folder."""
-    root = cached_scene_path(size, seed, cache_dir, sfm)
+    root = cached_scene_path(size, seed, cache_dir, sfm, scene)
     if (root / MARKER).is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(root.with_name(root.name + ".lock")):
         if not (root / MARKER).is_file():
-            log(f"building the demo scene into the cache: {root}")
-            build_demo_scene(root, size=size, seed=seed, sfm=sfm, log=log)
+            log(f"building the demo scene ({scene}) into the cache: {root}")
+            build_scene(root, scene=scene, size=size, seed=seed, sfm=sfm, log=log)
     return root
+
+
+def cached_demo_scene(
+    size: str = "demo", seed: int = 0, cache_dir=None, sfm: bool = True, log: Callable[[str], None] = print
+) -> Path:
+    """The demo city from the cache, built on first use (`cached_scene`)."""
+    return cached_scene("city", size, seed, cache_dir, sfm, log)
+
+
+def cached_survey_scene(
+    size: str = "survey", seed: int = 0, cache_dir=None, sfm: bool = True, log: Callable[[str], None] = print
+) -> Path:
+    """The survey from the cache, built on first use (`cached_scene`)."""
+    return cached_scene("survey", size, seed, cache_dir, sfm, log)
 
 
 @contextlib.contextmanager

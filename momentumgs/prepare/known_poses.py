@@ -54,6 +54,7 @@ class KnownPoseOptions:
     link: bool = True  # hard-link images into OUT when possible (large datasets), else copy
     extraction_threads: int = 1
     matching_threads: int = -1
+    triangulation_threads: int = -1  # one thread (and one for matching) repeats the model bit for bit
     seed: int = 0
     progress: bool = True
 
@@ -235,8 +236,9 @@ def triangulate(
     t2 = time.perf_counter()
     model_dir.mkdir(parents=True, exist_ok=True)
     pycolmap.set_random_seed(opts.seed)
+    options = pycolmap.IncrementalPipelineOptions(num_threads=opts.triangulation_threads)
     with quiet_colmap(pycolmap):
-        rec = pycolmap.triangulate_points(rec, database, image_dir, model_dir)
+        rec = pycolmap.triangulate_points(rec, database, image_dir, model_dir, options=options)
     stats = {
         "points": rec.num_points3D(),
         "pairs": len(pairs),
