@@ -42,11 +42,11 @@ def _default_demo_config() -> str | None:
 
 
 def cmd_demo_scene(args: argparse.Namespace) -> int:
-    from momentumgs.demo import build_demo_scene
+    from momentumgs.demo import build_scene
 
     t0 = time.perf_counter()
-    out = build_demo_scene(args.out, size=args.size, seed=args.seed, sfm=not args.no_sfm)
-    print(f"demo scene written to {out} in {time.perf_counter() - t0:.1f} s")
+    out = build_scene(args.out, args.scene, size=args.size, seed=args.seed, sfm=not args.no_sfm)
+    print(f"demo scene ({args.scene}) written to {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -239,9 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo-scene", help="render the demo city and reconstruct it with SfM into OUT")
+    p = sub.add_parser("demo-scene", help="render the demo city or the survey and reconstruct it into OUT")
     p.add_argument("out", help="output folder (a COLMAP scene: images/, sparse/0, ground_truth/)")
-    p.add_argument("--size", default="demo", choices=["demo", "test"])
+    p.add_argument("--scene", default="city", choices=["city", "survey"], help="the demo city or the survey")
+    p.add_argument("--size", help="city: demo (default) or test; survey: survey (default), test or large")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-sfm", action="store_true", help="write only the ground-truth model")
     p.set_defaults(func=cmd_demo_scene)
