@@ -163,7 +163,14 @@ def test_worker_renders_only_a_preview_for_a_model_update():
 
 
 def _tiny_trainer(scene_root, run_dir, iterations=40):
-    cfg = load_config(None, [*SMALL, f"data.path={scene_root}", f"train.iterations={iterations}"])
+    """One block over the whole scene (so a snapshot holds every anchor, uncut)."""
+    over = [
+        *SMALL,
+        "partition.block_dim=[1,1,1]",
+        f"data.path={scene_root}",
+        f"train.iterations={iterations}",
+    ]
+    cfg = load_config(None, over)
     return start_or_resume(cfg, scene_loader, run_dir, resume=False)
 
 
