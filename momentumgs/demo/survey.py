@@ -332,20 +332,20 @@ def place_tree(rng, terrain, ground: Ground, x, y, specs, gap=0.3) -> bool:
     return True
 
 
-def layout(p: SurveyParams, terrain: HeightField, roads: Roads) -> Layout:
-    """Village houses along the road, farms, woods, hedgerows, hay bales and a pond."""
-    rng = np.random.default_rng([p.seed, 1])
-    x_half, y_half = survey_half_extent(p)
-    ground = Ground(roads)
-    specs: list[BoxSpec] = []
-    yards: list[tuple[float, float, float, float, float]] = []
-    # the pond first (nothing stands in it), away from the road
+def place_pond(rng, ground: Ground, x_half, y_half) -> tuple[float, float, float, float]:
+    """An elliptic pond (centre x, y, radii a, b) clear of the roads; nothing will stand in it."""
     for _ in range(200):
-        pond = (rng.uniform(-0.7, 0.7) * x_half, rng.uniform(-0.7, 0.7) * y_half, *rng.uniform(6.0, 11.0, 2))
-        if ground.free(pond[0], pond[1], max(pond[2], pond[3]), gap=3.0):
-            ground.take(pond[0], pond[1], max(pond[2], pond[3]))
+        x, y = rng.uniform(-0.7, 0.7) * x_half, rng.uniform(-0.7, 0.7) * y_half
+        a, b = rng.uniform(6.0, 11.0, 2)
+        if ground.free(x, y, max(a, b), gap=3.0):
             break
-    # the village straddles the road around the crossing with the track
+    ground.take(x, y, max(a, b))
+    return x, y, a, b
+
+
+def place_village(rng, p: SurveyParams, terrain, ground: Ground, roads: Roads, specs, yards) -> None:
+    """Houses on both sides of the road, around its crossing with the track."""
+    x_half, _ = survey_half_extent(p)
     centre = float(roads.track_x(roads.road_y(roads.track_offset)))
     spread = 9.0 * p.village_houses
     placed = 0
@@ -354,24 +354,29 @@ def layout(p: SurveyParams, terrain: HeightField, roads: Roads) -> Layout:
             break
         x_near = float(np.clip(centre + rng.uniform(-spread / 2, spread / 2), -x_half, x_half))
         placed += place_house(rng, terrain, ground, roads, x_near, specs, yards)
-    placed = 0
-    for _ in range(p.farms * 200):
-        if placed == p.farms:
-            break
-        placed += place_farm(rng, terrain, ground, x_half, y_half, specs, yards)
-    for _ in range(p.woods):  # a loose cluster of trees
+
+
+def place_trees(rng, p: SurveyParams, terrain, ground: Ground, specs) -> None:
+    """Woods (loose round clusters), then hedgerows (lines of trees along x or y)."""
+    x_half, y_half = survey_half_extent(p)
+    for _ in range(p.woods):
         cx, cy, radius = rng.uniform(-x_half, x_half), rng.uniform(-y_half, y_half), rng.uniform(8.0, 14.0)
         for _ in range(int(radius * 2.5)):
             a, r = rng.uniform(0, 2 * math.pi), radius * math.sqrt(rng.random())
             place_tree(rng, terrain, ground, cx + r * math.cos(a), cy + r * math.sin(a), specs)
-    for _ in range(p.hedgerows):  # a line of trees along a field edge
+    for _ in range(p.hedgerows):
         x0, y0 = rng.uniform(-x_half, x_half), rng.uniform(-y_half, y_half)
         a, length = rng.choice([0.0, math.pi / 2]) + rng.normal(0, 0.1), rng.uniform(25.0, 50.0)
         for t in np.arange(0.0, length, rng.uniform(4.5, 6.5)):
             x, y = x0 + t * math.cos(a) + rng.normal(0, 0.4), y0 + t * math.sin(a) + rng.normal(0, 0.4)
             place_tree(rng, terrain, ground, x, y, specs, gap=-0.5)
+
+
+def place_bales(rng, p: SurveyParams, terrain, ground: Ground, specs) -> None:
+    """Hay bales (square ones: boxes) scattered over the fields, a few metres apart."""
+    x_half, y_half = survey_half_extent(p)
     placed = 0
-    for _ in range(p.bales * 20):  # round hay bales (square here), a few metres apart
+    for _ in range(p.bales * 20):
         if placed == p.bales:
             break
         x, y = rng.uniform(-x_half, x_half), rng.uniform(-y_half, y_half)
@@ -379,6 +384,24 @@ def layout(p: SurveyParams, terrain: HeightField, roads: Roads) -> Layout:
             ground.take(x, y, 1.0)
             specs.append(stand_on(terrain, "bale", x, y, 0.7, 0.7, 1.3, rng.uniform(0, math.pi), sink=0.15))
             placed += 1
+
+
+def layout(p: SurveyParams, terrain: HeightField, roads: Roads) -> Layout:
+    """The pond, the village, farms, woods and hedgerows, and hay bales, each clear of what came before."""
+    rng = np.random.default_rng([p.seed, 1])
+    x_half, y_half = survey_half_extent(p)
+    ground = Ground(roads)
+    specs: list[BoxSpec] = []
+    yards: list[tuple[float, float, float, float, float]] = []
+    pond = place_pond(rng, ground, x_half, y_half)
+    place_village(rng, p, terrain, ground, roads, specs, yards)
+    placed = 0
+    for _ in range(p.farms * 200):
+        if placed == p.farms:
+            break
+        placed += place_farm(rng, terrain, ground, x_half, y_half, specs, yards)
+    place_trees(rng, p, terrain, ground, specs)
+    place_bales(rng, p, terrain, ground, specs)
     return Layout(specs, yards, pond)
 
 
