@@ -65,12 +65,24 @@ class RunPaths:
         return self.root / "eval"
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The existing file (not a folder) at `folder` or above it, which stops the folder from being made."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
+
+
 def prepare_run_dir(paths: RunPaths, resume: bool) -> None:
     """Refuse to start a new run over an existing one; refuse to resume what is not a run."""
     if resume:
         if not paths.latest.is_file():
             raise UserError(f"{paths.root}: no checkpoint to resume (expected {paths.latest})")
         return
+    blocker = file_in_the_way(paths.root)
+    if blocker is not None:
+        where = "it is a file" if blocker == paths.root else f"{blocker} is a file"
+        raise UserError(f"{paths.root}: cannot be the run folder, {where}; choose another with --out")
     if paths.root.exists() and any(paths.root.iterdir()):
         raise UserError(
             f"{paths.root}: output folder is not empty; resume it with `momentumgs train --resume "
