@@ -1,54 +1,186 @@
 """Typed configs: dataclasses loaded from YAML, with dotted overrides (`--set train.iterations=2000`).
 
 Every section is a plain dataclass with defaults; a YAML file sets any subset of the fields. Unknown
-keys and values of the wrong type are rejected with one line naming the key.
+keys and values of the wrong type are rejected with one line naming the key. Every field also declares the
+values it allows (a range, a set of choices, a list length; "what each field allows" below), checked when
+the config loads, so that a bad value stops the command in one line instead of deep inside training.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from momentumgs.errors import ConfigError
+
+# --- what each field allows ----------------------------------------------------------------------------
+#
+# Each field states its allowed values in its annotation, and `check_config` checks them all at load:
+#   Annotated[int, Range(ge=1)]           a finite number within bounds (ge >=, gt >, le <=, lt <)
+#   Literal["a", "b"]                     one of these strings
+#   bool                                  true or false (the type says it all)
+#   Annotated[str, Device()]              auto, cpu, cuda or cuda:N
+#   Annotated[list[int], ListOf(...)]     a list of set lengths, each item within a Range, maybe a rule
+#   Annotated[str, AnyText()]             any string (paths, names): said explicitly, so none is forgotten
+# A field without one fails tests/test_config.py, which makes an invalid value of every field from these.
+
+
+@dataclass(frozen=True)
+class Range:
+    """A finite number within the given bounds; None leaves that bound out."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def allows(self, value: float) -> bool:
+        return (
+            (isinstance(value, int) or math.isfinite(value))
+            and (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+
+    def bounds(self) -> str:
+        """'>= 1', '> 0', 'in [0, 1)', ... ('' without bounds)."""
+        low = [(op, b) for op, b in ((">=", self.ge), (">", self.gt)) if b is not None]
+        high = [(op, b) for op, b in (("<=", self.le), ("<", self.lt)) if b is not None]
+        if low and high:
+            (low_op, low_b), (high_op, high_b) = low[0], high[0]
+            opening, closing = "[" if low_op == ">=" else "(", "]" if high_op == "<=" else ")"
+            return f"in {opening}{low_b:g}, {high_b:g}{closing}"
+        return " ".join(f"{op} {b:g}" for op, b in low + high)
+
+    def describe(self, tp: Any) -> str:
+        if not self.bounds():
+            return "a finite integer" if tp is int else "a finite number"
+        return f"{'an integer' if tp is int else 'a number'} {self.bounds()}"
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A list of one of `lengths` items, each within `each`, and, when given, obeying `rule` (which
+    `rule_text` states)."""
+
+    lengths: tuple[int, ...]
+    each: Range
+    rule: Callable[[list], bool] | None = None
+    rule_text: str = ""
+
+    def allows(self, value: list) -> bool:
+        return (
+            len(value) in self.lengths
+            and all(self.each.allows(v) for v in value)
+            and (self.rule is None or self.rule(value))
+        )
+
+    def describe(self, tp: Any) -> str:
+        (item_tp,) = typing.get_args(tp)
+        counts = " or ".join("[]" if n == 0 else str(n) for n in self.lengths)
+        text = f"{counts} {'integers' if item_tp is int else 'numbers'} {self.each.bounds()}".rstrip()
+        return f"{text}, {self.rule_text}" if self.rule_text else text
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device name `run.resolve_device` understands (whether CUDA is there is checked when it is used)."""
+
+    def allows(self, value: str) -> bool:
+        return re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is not None
+
+    def describe(self, tp: Any) -> str:
+        return "auto, cpu, cuda or cuda:N"
+
+
+@dataclass(frozen=True)
+class AnyText:
+    """Any string: a path or a name, checked where it is used (a missing file is reported there)."""
+
+    def allows(self, value: str) -> bool:
+        return True
+
+    def describe(self, tp: Any) -> str:
+        return "a string"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of `choices`: what a Literal (or a bool) annotation declares."""
+
+    choices: tuple
+
+    def allows(self, value: Any) -> bool:
+        return value in self.choices
+
+    def describe(self, tp: Any) -> str:
+        return "one of " + ", ".join(str(c) for c in self.choices)
+
+
+Check = Range | ListOf | Device | AnyText | OneOf
+
+# the common cases, named
+Count = Annotated[int, Range(ge=1)]  # counts, sizes and intervals
+CountOrZero = Annotated[int, Range(ge=0)]  # 0 means off, all or automatic, as the field's comment says
+Seed = Annotated[int, Range(ge=0)]  # numpy's generators take no negative seed
+Iteration = Annotated[int, Range(ge=0)]  # an iteration number
+# learning rates (their log-linear decay needs both ends above 0) and scales
+Positive = Annotated[float, Range(gt=0)]
+NonNegative = Annotated[float, Range(ge=0)]  # weights and sizes; 0 means off (or automatic), as commented
+Fraction = Annotated[float, Range(ge=0, le=1)]
+Text = Annotated[str, AnyText()]
+
+
+def _mins_below_maxes(box: list[float]) -> bool:
+    half = len(box) // 2
+    return all(box[i] < box[i + half] for i in range(half))
+
+
+def _non_decreasing(values: list[float]) -> bool:
+    return all(a <= b for a, b in zip(values, values[1:], strict=False))
 
 
 @dataclass
 class DataConfig:
     """Where the COLMAP scene is and how it is read."""
 
-    path: str = ""  # scene root holding sparse/0 and images/ (or train/ and val/)
-    images: str = "images"  # image folder name inside the scene root
-    downscale: int = 1  # integer image downscale factor, as the paper's `-r 4`
-    test_every: int = 8  # every n-th image (sorted by name) is a test view; 0 = no test views
-    split_file: str = ""  # optional text file listing test image names, one per line
-    image_cache_mb: int = 512  # bound on decoded images kept in RAM
+    path: Text = ""  # scene root holding sparse/0 and images/ (or train/ and val/)
+    images: Text = "images"  # image folder name inside the scene root
+    downscale: Count = 1  # integer image downscale factor, as the paper's `-r 4`
+    test_every: CountOrZero = 8  # every n-th image (sorted by name) is a test view; 0 = no test views
+    split_file: Text = ""  # optional text file listing test image names, one per line
+    image_cache_mb: CountOrZero = 512  # bound on decoded images kept in RAM; 0 = none (decoded at each use)
 
 
 @dataclass
 class DemoConfig:
     """The embedded demo city (momentumgs/demo/)."""
 
-    size: str = "demo"  # "demo" (README scene) or "test" (small scene for tests)
-    seed: int = 0
-    cache_dir: str = ""  # default: $MOMENTUMGS_CACHE or ~/.cache/momentumgs
+    size: Literal["demo", "test"] = "demo"  # "demo" (README scene) or "test" (small scene for tests)
+    seed: Seed = 0
+    cache_dir: Text = ""  # default: $MOMENTUMGS_CACHE or ~/.cache/momentumgs
 
 
 @dataclass
 class ModelConfig:
     """Anchor field and Gaussian decoder (docs/method.md, Representation)."""
 
-    voxel_size: float = 0.0  # 0 = choose from the point cloud
-    feat_dim: int = 32
-    n_offsets: int = 10
-    hidden_dim: int = 32
+    voxel_size: NonNegative = 0.0  # 0 = choose from the point cloud
+    feat_dim: Count = 32
+    n_offsets: Count = 10
+    hidden_dim: Count = 32
     use_distance: bool = False  # feed |x_v - c| to the decoder (paper yes, released code no)
-    appearance_dim: int = 0  # per-image appearance embedding; 0 = off
+    appearance_dim: CountOrZero = 0  # per-image appearance embedding; 0 = off
 
 
 @dataclass
@@ -56,17 +188,19 @@ class DensifyOptions:
     """Anchor growing and pruning schedule (model/densify.py). Momentum-GS defaults (Scaffold-GS defaults in
     comments). Iterations are absolute; a config for a shorter run scales them itself."""
 
-    start_iter: int = 500  # collect statistics after this iteration  [500]
-    end_iter: int = 30_000  # ... and before this one  [15000]
-    after_iter: int = 300  # adjust only after this iteration (and inside the window above)  [1500]
-    interval: int = 25  # adjust every `interval` iterations  [100]
-    success_threshold: float = 0.8
-    grad_threshold: float = 0.0002  # mean gradient norm, NDC units
-    min_opacity: float = 0.005
-    levels: int = 3  # update_depth
-    init_factor: int = 128  # growth cell of level 0 in voxels  [16]; cells 128, 32, 8 voxels
-    hierarchy_factor: int = 4  # cell shrink per level; the threshold grows by hierarchy_factor // 2
-    max_log_scale: float = 0.05  # clamp on l[3:6] after pruning
+    start_iter: Iteration = 500  # collect statistics after this iteration  [500]
+    end_iter: Iteration = 30_000  # ... and before this one  [15000]
+    after_iter: Iteration = 300  # adjust only after this iteration (and inside the window above)  [1500]
+    interval: Count = 25  # adjust every `interval` iterations  [100]
+    success_threshold: Fraction = 0.8
+    grad_threshold: NonNegative = 0.0002  # mean gradient norm, NDC units
+    min_opacity: Fraction = 0.005
+    levels: CountOrZero = 3  # update_depth; 0 = no growing (pruning only)
+    init_factor: Count = 128  # growth cell of level 0 in voxels  [16]; cells 128, 32, 8 voxels
+    # cell shrink per level; the threshold grows by hierarchy_factor // 2 (so 1 would neither shrink the cell
+    # nor keep a threshold on the finer levels)
+    hierarchy_factor: Annotated[int, Range(ge=2)] = 4
+    max_log_scale: Annotated[float, Range()] = 0.05  # clamp on l[3:6] after pruning
 
     @property
     def min_offset_visits(self) -> float:
@@ -92,34 +226,34 @@ class OptimConfig:
     Scaffold-GS). `*_final` is reached at the end of the run along a log-linear decay; the offsets' rates are
     multiplied by the scene's spatial scale."""
 
-    features: float = 0.0075
-    offsets_init: float = 0.01
-    offsets_final: float = 0.0001
-    log_scales: float = 0.007
-    mlp_opacity_init: float = 0.002
-    mlp_opacity_final: float = 0.00002
-    mlp_cov_init: float = 0.004
-    mlp_cov_final: float = 0.004
-    mlp_color_init: float = 0.008
-    mlp_color_final: float = 0.00005
-    appearance_init: float = 0.05
-    appearance_final: float = 0.0005
+    features: Positive = 0.0075
+    offsets_init: Positive = 0.01
+    offsets_final: Positive = 0.0001
+    log_scales: Positive = 0.007
+    mlp_opacity_init: Positive = 0.002
+    mlp_opacity_final: Positive = 0.00002
+    mlp_cov_init: Positive = 0.004
+    mlp_cov_final: Positive = 0.004
+    mlp_color_init: Positive = 0.008
+    mlp_color_final: Positive = 0.00005
+    appearance_init: Positive = 0.05
+    appearance_final: Positive = 0.0005
 
 
 @dataclass
 class TrainConfig:
     """Optimisation of each block (docs/method.md, Loss and Densification)."""
 
-    iterations: int = 30_000
-    seed: int = 0
-    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:1, ...
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    lambda_dssim: float = 0.2
-    lambda_volume: float = 0.01
-    eval_every: int = 1000  # test-view evaluation period (iterations); 0 = only at the end
-    eval_views: int = 0  # periodic evaluation on at most this many test views; 0 = all
-    checkpoint_every: int = 1000
-    log_every: int = 10
+    iterations: Count = 30_000
+    seed: Seed = 0
+    device: Annotated[str, Device()] = "auto"  # auto (cuda when available), cpu, cuda, cuda:1, ...
+    threads: CountOrZero = 0  # torch CPU threads; 0 = torch's default
+    lambda_dssim: Fraction = 0.2
+    lambda_volume: NonNegative = 0.01
+    eval_every: CountOrZero = 1000  # test-view evaluation period (iterations); 0 = only at the end
+    eval_views: CountOrZero = 0  # periodic evaluation on at most this many test views; 0 = all
+    checkpoint_every: CountOrZero = 1000  # checkpoint period (global steps); 0 = only the last, at the end
+    log_every: Count = 10  # training-record period (global steps); the last step is always recorded
     lr: OptimConfig = field(default_factory=OptimConfig)
     densify: DensifyOptions = field(default_factory=DensifyOptions)
 
@@ -128,20 +262,28 @@ class TrainConfig:
 class PartitionConfig:
     """Scene partitioning into blocks (docs/method.md, Partitioning and merging; momentumgs/partition.py)."""
 
-    aabb: list[float] = field(default_factory=list)  # [] = estimate; else min x, y, z, then max x, y, z
+    # [] = estimate; else min x, y, z, then max x, y, z
+    aabb: Annotated[list[float], ListOf((0, 6), Range(), _mins_below_maxes, "each min below its max")] = (
+        field(default_factory=list)
+    )
     # cells per axis in (horizontal 1, horizontal 2, up) order: the ground axes are the world axes other than
     # up, in world order (up z -> x, y; up y -> x, z). The paper's 2x1x4 on y-up scenes is [2, 4, 1] here.
-    block_dim: list[int] = field(default_factory=lambda: [2, 2, 1])
-    up_axis: str = "auto"  # auto (from the cameras) | x | y | z | -x | -y | -z
-    assign: str = "visibility"  # visibility | center | ssim: which cameras train a block besides those in it
-    visibility_threshold: float = 0.25  # fraction of a block's points a camera must see (in image, in front)
-    coarse_model: str = ""  # assign ssim: a trained model.ckpt of the whole scene (same world frame)
-    ssim_threshold: float = 0.05  # assign ssim: 1 - SSIM drop when the block is removed (paper 0.03..0.05)
-    margin: float = 0.1  # fraction of the cell size added around a block for its points and visibility test
+    block_dim: Annotated[list[int], ListOf((3,), Range(ge=1))] = field(default_factory=lambda: [2, 2, 1])
+    # auto: from the cameras (partition files write +z, -y, ...)
+    up_axis: Literal["auto", "x", "y", "z", "+x", "+y", "+z", "-x", "-y", "-z"] = "auto"
+    # which cameras train a block besides those in it
+    assign: Literal["visibility", "center", "ssim"] = "visibility"
+    # fraction of a block's points a camera must see (in image, in front)
+    visibility_threshold: Annotated[float, Range(gt=0, le=1)] = 0.25
+    coarse_model: Text = ""  # assign ssim: a trained model.ckpt of the whole scene (same world frame)
+    # assign ssim: 1 - SSIM drop when the block is removed (paper 0.03..0.05)
+    ssim_threshold: Annotated[float, Range(gt=0, lt=2)] = 0.05
+    # fraction of the cell size added around a block for its points and visibility test
+    margin: Annotated[float, Range(ge=0, lt=1)] = 0.1
     # the SfM points each block starts from: cell (its cell + margin), coverage (also every point its cameras
     # see), all (the whole cloud); anchors outside the cell are dropped at the merge
-    block_points: str = "cell"
-    min_views: int = 5  # warn about blocks trained by fewer views
+    block_points: Literal["cell", "coverage", "all"] = "cell"
+    min_views: CountOrZero = 5  # warn about blocks trained by fewer views; 0 = never
 
 
 @dataclass
@@ -149,26 +291,29 @@ class MethodConfig:
     """Momentum-GS across blocks (docs/method.md: Momentum teacher, Block weighting, Training schedule).
     The switches double as the ablation's."""
 
-    workers: int = 1  # k worker slots (<= blocks); with torchrun the world size sets it
-    slot_iterations: int = 500  # a worker switches to its next block after this many steps
-    momentum: float = 0.9  # teacher EMA m; 0 disables the teacher and the consistency loss
-    lambda_consistency: float = 50.0
+    workers: Count = 1  # k worker slots (<= blocks); with torchrun the world size sets it
+    slot_iterations: Count = 500  # a worker switches to its next block after this many steps
+    momentum: Fraction = 0.9  # teacher EMA m; 0 disables the teacher and the consistency loss
+    lambda_consistency: NonNegative = 50.0  # 0 disables the consistency loss (and the teacher)
     # lambda_consistency ramps linearly from 0 to its value between these fractions of a block's iterations
     # ([0, 0]: from the first iteration, as the paper)
-    consistency_ramp: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    consistency_ramp: Annotated[
+        list[float], ListOf((2,), Range(ge=0, le=1), _non_decreasing, "start <= end")
+    ] = field(default_factory=lambda: [0.0, 0.0])
     # the opacity term over "all" V*K slots (the paper) or only the "kept" ones (alpha > 0 in the student)
-    consistency_opacity: str = "all"
+    consistency_opacity: Literal["all", "kept"] = "all"
     weighting: bool = True  # reconstruction-guided block weighting
-    weighting_sigma: float = 10.0
-    weighting_every: int = 1000  # measure a block's PSNR/SSIM every this many of its iterations
+    weighting_sigma: Positive = 10.0
+    weighting_every: Count = 1000  # measure a block's PSNR/SSIM every this many of its iterations
     # "views" (the paper's; docs/method.md, Block weighting): render every `weighting_view_stride`-th of its
     # training views then;
     # "steps": the mean over those iterations of the block's own training renders (free, an approximation)
-    weighting_source: str = "views"
-    weighting_view_stride: int = 10
+    weighting_source: Literal["steps", "views"] = "views"
+    weighting_view_stride: Count = 10
     shared_decoder: bool = True  # false: one decoder per block (the paper's "independent blocks" ablation)
-    ram_budget_mb: float = 4096.0  # idle blocks kept in host RAM up to this, spilled to disk beyond
-    checksum_every: int = 100  # compare the decoder replicas across workers every this many steps
+    # idle blocks kept in host RAM up to this, spilled to disk beyond (0: every idle block on disk)
+    ram_budget_mb: NonNegative = 4096.0
+    checksum_every: CountOrZero = 100  # compare the decoder replicas across workers this often; 0 = never
 
 
 @dataclass
@@ -179,10 +324,38 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    output: str = "runs/demo"
+    output: Text = "runs/demo"
 
 
 # --- loading -----------------------------------------------------------------------------------
+
+
+def declared_check(hint: Any) -> Check | None:
+    """The check a field's annotation declares (its Annotated check, its Literal or bool choices), or None."""
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return next((m for m in hint.__metadata__ if isinstance(m, Check)), None)
+    if origin is Literal:
+        return OneOf(typing.get_args(hint))
+    if hint is bool:
+        return OneOf((True, False))
+    return None
+
+
+def check_config(obj: Any, prefix: str = "") -> None:
+    """Every field of dataclass `obj` (a Config or a section) within what it allows; else a ConfigError
+    naming the key, the value and what is allowed."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):
+        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_config(value, key + ".")
+            continue
+        hint = hints[f.name]
+        check = declared_check(hint)  # None only for a field still to declare it (the tests say which)
+        if check is not None and not check.allows(value):
+            base = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+            raise ConfigError(f"{key}: expected {check.describe(base)}, got {value!r}")
 
 
 def _type_name(tp: Any) -> str:
@@ -192,6 +365,8 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotated type `tp`; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
+    if origin is Literal:  # here only the type of its choices; which ones, check_config
+        return _coerce(value, type(typing.get_args(tp)[0]), key)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -280,11 +455,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"config file {path}: not valid YAML{where}") from exc
         try:
             _apply(cfg, data)
+            check_config(cfg)  # a bad value in the file is the file's error, even if an override follows
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     for text in overrides:
         keys, value = parse_override(text)
         _apply(cfg, _nest(keys, value))
+    check_config(cfg)
     return cfg
 
 

@@ -1,9 +1,24 @@
+import dataclasses
+import json
+import math
 import subprocess
+import typing
 
 import pytest
-from helpers import cli_cmd
+from helpers import cli_cmd, train_cmd
 
-from momentumgs.config import Config, dump_config, load_config
+from momentumgs.config import (
+    AnyText,
+    Config,
+    Device,
+    ListOf,
+    OneOf,
+    Range,
+    check_config,
+    declared_check,
+    dump_config,
+    load_config,
+)
 from momentumgs.errors import ConfigError
 
 
@@ -81,3 +96,186 @@ def test_cli_reports_bad_key_in_one_line():
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown config key 'train.nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- what each field allows ----------------------------------------------------------------------
+
+
+def config_fields(obj=None, prefix=""):
+    """(key, annotation with its declared check) of every field of Config, through its sections."""
+    obj = Config() if obj is None else obj
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from config_fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", hints[f.name]
+
+
+# a value breaking the rule of each ListOf that has one (a rule is a function: no value can be made from it)
+RULE_BREAKERS = {
+    "partition.aabb": [0.0, 0.0, 0.0, -1.0, 1.0, 1.0],  # min x above max x
+    "method.consistency_ramp": [0.6, 0.2],  # the ramp ends before it starts
+}
+
+
+def value_type(hint):
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+
+
+def out_of_range(bounds: Range, tp) -> list:
+    """Numbers just past each bound of `bounds` (and the non-finite ones, for floats)."""
+    step = 1 if tp is int else 0.5
+    values = []
+    if bounds.ge is not None:
+        values.append(bounds.ge - step)
+    if bounds.gt is not None:
+        values.append(bounds.gt)
+    if bounds.le is not None:
+        values.append(bounds.le + step)
+    if bounds.lt is not None:
+        values.append(bounds.lt)
+    if tp is float:
+        values += [math.inf, -math.inf, math.nan]
+    return [tp(v) for v in values]
+
+
+def invalid_values(key: str, hint) -> list:
+    """Values the field's declared check must reject, made from the check itself."""
+    check, tp = declared_check(hint), value_type(hint)
+    if isinstance(check, Range):
+        return out_of_range(check, tp)
+    if isinstance(check, OneOf):
+        return [3] if tp is bool else ["no-such-choice"]
+    if isinstance(check, Device):
+        return ["tpu", "cuda:", "cuda:x", "CPU", ""]
+    if isinstance(check, AnyText):
+        return [5]  # any string is allowed: only a value of another type is not
+    if isinstance(check, ListOf):
+        (item_tp,) = typing.get_args(tp)
+        fine = next(v for v in (item_tp(0), item_tp(1)) if check.each.allows(v))
+        longest = max(check.lengths)
+        values = [[fine] * (longest + 1)] + [[bad] * longest for bad in out_of_range(check.each, item_tp)]
+        if check.rule is not None:
+            assert key in RULE_BREAKERS, f"{key}: add a value that breaks its rule to RULE_BREAKERS"
+            values.append(RULE_BREAKERS[key])
+        return values
+    raise AssertionError(f"{key}: no invalid values known for its check {check!r} (teach invalid_values)")
+
+
+def yaml_text(value) -> str:
+    """`value` as the VALUE of a KEY=VALUE override, which loads back as this very value."""
+    if isinstance(value, list):
+        return "[" + ", ".join(map(yaml_text, value)) + "]"
+    if isinstance(value, float) and math.isnan(value):
+        return ".nan"
+    if isinstance(value, float) and math.isinf(value):
+        return ".inf" if value > 0 else "-.inf"
+    return json.dumps(value)
+
+
+FIELDS = list(config_fields())
+
+
+@pytest.mark.parametrize("key, hint", FIELDS, ids=[key for key, _ in FIELDS])
+def test_every_field_rejects_what_it_does_not_allow(key, hint):
+    assert declared_check(hint) is not None, (
+        f"{key} declares no allowed values: annotate it (config.py, 'what each field allows'); a field "
+        "that takes any string says so with AnyText"
+    )
+    values = invalid_values(key, hint)
+    assert values, f"{key}: its check leaves no value out"
+    for value in values:
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [f"{key}={yaml_text(value)}"])
+        message = str(info.value)
+        assert key in message and repr(value) in message and "expected" in message, message
+        assert "\n" not in message
+
+
+def test_defaults_and_boundary_values_are_allowed():
+    check_config(Config())
+    allowed = [
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "train.threads=0",
+        "method.checksum_every=0",
+        "method.momentum=0",
+        "method.momentum=1",
+        "method.ram_budget_mb=0",
+        "method.consistency_ramp=[0.25, 0.25]",
+        "partition.margin=0",
+        "partition.visibility_threshold=1",
+        "partition.aabb=[]",
+        "partition.aabb=[-1, -2, 0, 1, 2, 3]",
+        "partition.up_axis=-y",
+        "partition.up_axis=+z",
+        "model.voxel_size=0",
+        "data.test_every=0",
+        "train.device=cuda:1",
+        "train.device=cpu",
+        "train.densify.max_log_scale=-2.5",
+    ]
+    for item in allowed:
+        load_config(None, [item])
+
+
+def test_choices_are_those_the_code_knows():
+    from momentumgs.demo.build import SCENES
+    from momentumgs.model.decoder import OPACITY_SLOTS
+    from momentumgs.partition import ASSIGN_MODES, BLOCK_POINTS
+    from momentumgs.train.weighting import SOURCES
+
+    hints = dict(config_fields())
+    assert typing.get_args(hints["partition.assign"]) == ASSIGN_MODES
+    assert typing.get_args(hints["partition.block_points"]) == BLOCK_POINTS
+    assert typing.get_args(hints["method.weighting_source"]) == SOURCES
+    assert typing.get_args(hints["method.consistency_opacity"]) == OPACITY_SLOTS
+    assert typing.get_args(hints["demo.size"]) == SCENES["city"].sizes
+
+
+def test_bad_value_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  log_every: 0\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: train\.log_every: expected an integer >= 1, got 0$"):
+        load_config(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.log_every=0", "train.log_every: expected an integer >= 1, got 0"),
+        ("method.workers=0", "method.workers: expected an integer >= 1, got 0"),
+        ("train.device=tpu", "train.device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+        ("train.iterations=-5", "train.iterations: expected an integer >= 1, got -5"),
+    ],
+)
+def test_cli_bad_value_is_one_line_and_makes_no_run(tmp_path, override, message):
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        train_cmd("--scene", tmp_path / "scene", "--out", run, "--set", override),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"momentumgs: error: {message}"
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_cli_run_folder_under_a_file_is_one_line(tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_bytes(b"not a folder\n")
+    run = file / "run"
+    proc = subprocess.run(
+        train_cmd("--scene", tmp_path / "scene", "--out", run), capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        proc.stderr.strip()
+        == f"momentumgs: error: {run}: cannot be the run folder, {file} is a file; "
+        + ("choose another with --out")
+    )
+    assert file.read_bytes() == b"not a folder\n"
