@@ -258,8 +258,12 @@ def test_block_quality_sources(gt_test_scene, tmp_path, monkeypatch, source):
 
 def test_unknown_weighting_source_is_a_clear_error(gt_test_scene, tmp_path):
     over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting_source=psnr"]
+    with pytest.raises(UserError, match="method.weighting_source: expected one of steps, views, got 'psnr'"):
+        load_config(None, over)
+    cfg = load_config(None, over[:-1])
+    cfg.method.weighting_source = "psnr"  # a config built in code, past the loader's check
     with pytest.raises(UserError, match="method.weighting_source='psnr'"):
-        start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
+        start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
 
 
 def test_one_process_per_worker_on_a_cpu_with_the_cores(monkeypatch):
