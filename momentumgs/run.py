@@ -172,7 +172,7 @@ def train_in_processes(cfg: Config, run_dir: str | Path, processes: int, progres
 def free_run_dir(base: str) -> str:
     """`base`, or `base-2`, `base-3`, ...: a folder that holds no earlier run."""
     path, n = Path(base), 2
-    while path.exists() and any(path.iterdir()):
+    while path.exists() and (not path.is_dir() or any(path.iterdir())):
         path, n = Path(f"{base}-{n}"), n + 1
     return str(path)
 
