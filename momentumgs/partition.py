@@ -18,7 +18,9 @@ outside). Differences from them, and why:
 - The camera assignment is an object the caller may inject (`CameraAssigner`): this module holds the
   centre and visibility rules, which need nothing but the scene; the SSIM rule loads a model and renders
   on a device, so it lives in partition_ssim.py and is handed in (`partition_ssim.make_assigner`).
-- Each block starts from the points of its cell plus a margin, not the whole cloud.
+- Which SfM points a block starts from is `block_points`: its cell plus a margin (`cell`), those plus every
+  point its cameras see (`coverage`, as VastGaussian), or the whole cloud (`all`, as the Momentum-GS code).
+  Anchors outside the cell only serve training: the merge keeps each block's own cell.
 """
 
 from __future__ import annotations
