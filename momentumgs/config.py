@@ -281,8 +281,9 @@ class PartitionConfig:
     # fraction of the cell size added around a block for its points and visibility test
     margin: Annotated[float, Range(ge=0, lt=1)] = 0.1
     # the SfM points each block starts from: cell (its cell + margin), coverage (also every point its cameras
-    # see), all (the whole cloud); anchors outside the cell are dropped at the merge
-    block_points: Literal["cell", "coverage", "all"] = "cell"
+    # see: a block can explain its views; on the demo city +1 dB over cell, docs/method.md), all (the whole
+    # cloud, as the Momentum-GS code); anchors outside the cell are dropped at the merge
+    block_points: Literal["cell", "coverage", "all"] = "coverage"
     min_views: CountOrZero = 5  # warn about blocks trained by fewer views; 0 = never
 
 

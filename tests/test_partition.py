@@ -35,7 +35,7 @@ def scene(gt_test_scene):
 
 @pytest.fixture(scope="module")
 def part(scene):
-    return partition_scene(scene, PartitionConfig())
+    return partition_scene(scene, PartitionConfig(block_points="cell"))
 
 
 def transformed(scene: Scene, R0: np.ndarray) -> Scene:
@@ -180,7 +180,7 @@ def test_margin_gives_overlapping_point_sets(scene, part):
     ids = [set(b.point_ids) for b in part.blocks]
     assert len(ids[0] & ids[1]) > 0 and len(ids[0] & ids[2]) > 0  # neighbours share their margin
     assert sum(len(s) for s in ids) > len(scene.points)
-    tight = partition_scene(scene, PartitionConfig(margin=0.0, assign="center"))
+    tight = partition_scene(scene, PartitionConfig(margin=0.0, assign="center", block_points="cell"))
     sizes = [len(b.point_ids) for b in tight.blocks]
     assert sizes == [b.n_cell_points for b in tight.blocks]  # no margin: just the cell
     assert all(len(a) > t for a, t in zip(ids, sizes, strict=True))
@@ -366,7 +366,8 @@ def test_partition_uses_the_injected_assigner(scene):
         def assign(self, scene, part):
             return [np.array(scene.train_ids, dtype=np.int64) for _ in part.blocks]
 
-    cfg = PartitionConfig(block_dim=[2, 1, 1], assign="center")
+    # the cell's points, so that only the cameras can differ between the two
+    cfg = PartitionConfig(block_dim=[2, 1, 1], assign="center", block_points="cell")
     part = partition_scene(scene, cfg, EveryCamera())
     centre = partition_scene(scene, cfg)
     assert part.assign == "every-camera" and centre.assign == "center"
