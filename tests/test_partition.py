@@ -402,7 +402,7 @@ def test_make_assigner_builds_the_configured_rule():
 @pytest.mark.slow
 def test_cli_prints_counts_and_writes_preview(gt_test_scene, tmp_path, scene, part):
     out, png = tmp_path / "p.json", tmp_path / "p.png"
-    sets = set_args(["data.downscale=4", "partition.min_views=19"])
+    sets = set_args(["data.downscale=4", "partition.min_views=19", "partition.block_points=cell"])
     cmd = cli_cmd("partition", gt_test_scene, *sets, "--out", out, "--preview", png, "--lines")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
