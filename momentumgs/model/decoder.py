@@ -208,17 +208,30 @@ class ConsistencyTargets:
 
 
 def decode_targets(
-    teacher: GaussianDecoder,
+    decoder: GaussianDecoder,
     anchors: VisibleAnchors,
     cam_center: torch.Tensor,
     student: NeuralGaussians,
     appearance_id: int | None = None,
 ) -> ConsistencyTargets:
-    """The teacher's outputs for the student's kept slots: the part of `decode(teacher, ...,
-    keep=student.keep)` that the consistency loss reads (no means, the student's indices reused)."""
-    raw = teacher(decoder_input(anchors, cam_center, teacher.use_distance), appearance_id)
+    """`decoder`'s outputs (the teacher's, or the student's own on detached anchors) for the student's
+    kept slots: the part of `decode(decoder, ..., keep=student.keep)` that the consistency loss reads (no
+    means, the student's indices reused)."""
+    raw = decoder(decoder_input(anchors, cam_center, decoder.use_distance), appearance_id)
     colors, quats, scales = _kept_attributes(raw, anchors, student.kept, student.parent)
     return ConsistencyTargets(colors, quats, scales, raw.opacity, student.keep)
+
+
+def detach_anchors(anchors: VisibleAnchors) -> VisibleAnchors:
+    """The same rows cut from the anchor field's graph: a loss on what is decoded from them trains only
+    the decoder."""
+    return VisibleAnchors(
+        ids=anchors.ids,
+        positions=anchors.positions.detach(),
+        features=anchors.features.detach(),
+        offsets=anchors.offsets.detach(),
+        log_scales=anchors.log_scales.detach(),
+    )
 
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -231,13 +244,16 @@ OPACITY_SLOTS = ("all", "kept")
 
 
 def consistency_loss(
-    student: NeuralGaussians, teacher: NeuralGaussians | ConsistencyTargets, opacity_slots: str = "all"
+    student: NeuralGaussians | ConsistencyTargets,
+    teacher: NeuralGaussians | ConsistencyTargets,
+    opacity_slots: str = "all",
 ) -> torch.Tensor:
     """Sum of four MSEs (Momentum-GS): colour, unit quaternion and scale over the student's kept
     Gaussians, raw (tanh) opacity over all V*K slots (`opacity_slots="all"`, the paper) or over the kept
     ones only ("kept": a lagging teacher then cannot hold back slots that are turning on). `teacher` must
-    be decoded with keep=student.keep. Neither side is detached: the gradient reaches the anchors through
-    both."""
+    be decoded with keep=student.keep. Nothing is detached here: with both sides decoded from the field's
+    anchors the gradient reaches them through both (the paper); decode them from `detach_anchors(...)`
+    for a term that trains the decoder only."""
     if not torch.equal(student.keep, teacher.keep):
         raise ValueError("teacher must be decoded with the student's keep mask")
     if opacity_slots not in OPACITY_SLOTS:

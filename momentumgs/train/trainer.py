@@ -32,6 +32,7 @@ from momentumgs.config import Config
 from momentumgs.data.scene import Scene
 from momentumgs.errors import UserError
 from momentumgs.io_utils import write_text_atomic
+from momentumgs.memory import peak_rss_mb
 from momentumgs.model.anchors import AnchorField, choose_voxel_size, init_anchors_from_points
 from momentumgs.model.decoder import GaussianDecoder
 from momentumgs.model.store import AnchorModel, save_model
@@ -96,6 +97,8 @@ class Trainer:
         self.weights = [1.0] * n
         self.global_step = 0
         self.skipped_steps = 0
+        self.train_seconds = 0.0  # wall time in run() over every session of this run (checkpointed)
+        self._clock: tuple[float, float] | None = None  # (perf_counter, train_seconds) when run() started
         self.bad_steps = 0
         self.store = BlockStore(int(mc.ram_budget_mb * (1 << 20)), self.paths.spill)
         self.resident: dict[int, tuple[int, Block]] = {}  # worker -> (block id, block)
@@ -238,6 +241,7 @@ class Trainer:
                 teacher=decoder.teacher.module if decoder.teacher is not None else None,
                 lambda_consistency=consistency_weight(done[b], self.cfg.train.iterations, mc),
                 opacity_slots=mc.consistency_opacity,
+                consistency_grad=mc.consistency_grad,
                 weight=weight,
             )
         if mc.shared_decoder:
@@ -383,6 +387,7 @@ class Trainer:
             "qualities": [[q.psnr, q.ssim] for q in self.qualities],
             "step_metrics": [[m.psnr_sum, m.ssim_sum, m.count] for m in self.step_metrics],
             "skipped_steps": self.skipped_steps,
+            "train_seconds": self.seconds(),
             "torch_rng": torch.get_rng_state(),
             "voxel_size": self.voxel_size,
         }
@@ -417,6 +422,7 @@ class Trainer:
         self.step_metrics = [StepMetrics(p, s, int(c)) for p, s, c in sums]
         self.weights = block_weights(self.qualities, self.cfg.method.weighting_sigma)
         self.skipped_steps = int(shared["skipped_steps"])
+        self.train_seconds = float(shared.get("train_seconds", 0.0))  # older checkpoints lack it
         torch.set_rng_state(shared["torch_rng"])
         self.voxel_size = float(shared["voxel_size"])
         for b in self.owned:
@@ -446,6 +452,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         t0, step0 = time.perf_counter(), self.global_step
+        self._clock = (t0, self.train_seconds)
         try:
             while self.global_step < end and not self.schedule.finished:
                 results = self.train_step()
@@ -475,9 +482,17 @@ class Trainer:
                         self.save_checkpoint()
         finally:
             bar.close()
+            self.train_seconds, self._clock = self.seconds(), None
         if self.schedule.finished:
             self.save_checkpoint()
             self.finish()
+
+    def seconds(self) -> float:
+        """Wall seconds spent in `run()` so far, earlier sessions of a resumed run included."""
+        if self._clock is None:
+            return self.train_seconds
+        start, before = self._clock
+        return before + time.perf_counter() - start
 
     def _train_record(self, results: dict[int, StepResult], step: int, rate: float) -> dict:
         """The training record of this step with the blocks of every process (a collective)."""
@@ -496,12 +511,15 @@ class Trainer:
             }
             for b, r in results.items()
         }
-        for other in self.comm.gather_objects(blocks):
+        gathered = self.comm.gather_objects((blocks, peak_rss_mb()))
+        for other, _ in gathered:
             blocks.update(other)
         return {
             "kind": "train",
             "step": step,
             "steps_per_s": rate,
+            "seconds": self.seconds(),
+            "peak_rss_mb": max(rss for _, rss in gathered),  # the largest process's
             "skipped": self.skipped_steps,
             "swap_seconds": self.store.stats.put_seconds + self.store.stats.take_seconds,
             "blocks": dict(sorted(blocks.items(), key=lambda item: int(item[0]))),
