@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import resource
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import torch
 from momentumgs.data.scene import Camera, Scene
 from momentumgs.io_utils import write_text_atomic
 from momentumgs.lpips import lpips
+from momentumgs.memory import peak_rss_mb
 from momentumgs.metrics import color_correct, psnr, ssim
 
 RenderFn = Callable[[Camera], torch.Tensor]
@@ -82,12 +81,6 @@ class EvalResult:
             f"LPIPS-VGG {m['lpips_vgg_cc']:.4f}  LPIPS-Alex {m['lpips_alex_cc']:.4f}",
         ]
         return "\n".join(lines)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
 def image_metrics(img: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:

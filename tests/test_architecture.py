@@ -15,6 +15,7 @@ LAYERS = {
     "errors": 0,
     "timing": 0,
     "metrics": 0,
+    "memory": 0,
     "io_utils": 1,
     "config": 1,
     "lpips": 1,

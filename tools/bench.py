@@ -45,7 +45,7 @@ if TREE:  # (the editable install's finder would serve modules missing there fro
 
 import momentumgs  # noqa: E402
 from momentumgs.config import load_config  # noqa: E402
-from momentumgs.eval import peak_rss_mb  # noqa: E402
+from momentumgs.memory import peak_rss_mb  # noqa: E402
 from momentumgs.run import load_scene  # noqa: E402
 
 try:

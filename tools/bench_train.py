@@ -19,7 +19,8 @@ import torch
 
 from momentumgs.anchor_render import render_anchor_view
 from momentumgs.config import load_config
-from momentumgs.eval import evaluate, peak_rss_mb
+from momentumgs.eval import evaluate
+from momentumgs.memory import peak_rss_mb
 from momentumgs.run import load_scene, start_or_resume
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """metrics.jsonl: the run's training and evaluation records, one JSON object per line.
 
 Two kinds (docs/formats.md, metrics.jsonl), both keyed by the global step:
-    {"kind": "train", "step": S, "steps_per_s", "skipped", "swap_seconds",
+    {"kind": "train", "step": S, "steps_per_s", "seconds", "peak_rss_mb", "skipped", "swap_seconds",
      "blocks": {"<id>": {"iteration", "loss", "l1", "ssim", "psnr", "consistency", "anchors", "gaussians",
                          "weight"}}}
     {"kind": "eval", "step": S, "split", "psnr", "ssim", "views",
