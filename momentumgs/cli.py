@@ -88,26 +88,34 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 def _train(cfg: Config | None, run_dir: str, resume: bool, overrides: list[str], progress: bool, view=None):
     """Train (or resume) `run_dir` in this process, with a live viewer when `view` holds its options."""
-    from momentumgs.run import open_training, plan_text
+    from momentumgs.run import TimeEstimate, open_training, plan_text
 
     trainer = open_training(cfg, run_dir, resume, overrides)
-    viewer, hook = None, None
+    viewer, hooks = None, []
     if view is not None and trainer.comm.is_main:
         from momentumgs_viewer import start_training_viewer
 
-        viewer, hook = start_training_viewer(trainer, view)
+        viewer, snapshots = start_training_viewer(trainer, view)
+        hooks.append(snapshots)
         print(f"viewer: {viewer.url} (shows the model while a browser is connected)")
     if trainer.comm.is_main:
         print(plan_text(trainer, run_dir))
+        hooks.append(TimeEstimate())
     try:
-        trainer.run(progress=progress, on_step=hook)
+        trainer.run(progress=progress, on_step=lambda t: [hook(t) for hook in hooks])
     finally:
         if viewer is not None:
             viewer.stop()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from momentumgs.run import evaluate_run, is_main_process
+    from momentumgs.run import (
+        evaluate_run,
+        is_main_process,
+        run_config,
+        train_in_processes,
+        training_processes,
+    )
 
     if args.resume:
         run_dir, cfg = args.resume, None
@@ -116,14 +124,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.scene:
             cfg.data.path = args.scene
         run_dir = args.out or cfg.output
-    _train(
-        cfg,
-        run_dir,
-        bool(args.resume),
-        args.overrides if args.resume else [],
-        not args.no_progress,
-        _view_options(args),
-    )
+    overrides = args.overrides if args.resume else []
+    processes = training_processes(cfg or run_config(run_dir, overrides), args.processes, bool(args.view))
+    if processes > 1:
+        print(f"training in {processes} processes (torchrun; --processes 1 runs every worker in this one)")
+        train_in_processes(
+            cfg, run_dir, processes, not args.no_progress, resume=bool(args.resume), overrides=overrides
+        )
+    else:
+        _train(cfg, run_dir, bool(args.resume), overrides, not args.no_progress, _view_options(args))
     if not args.no_eval and is_main_process():
         evaluate_run(run_dir)
     return 0
@@ -221,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--view", action="store_true", help="serve a live viewer of the model while it trains")
+    p.add_argument(
+        "--processes",
+        type=int,
+        help="worker processes (default: one per worker on a CPU with a core for each, or one per GPU on a "
+        "machine with a GPU for each; 1 with --view)",
+    )
     _add_viewer_args(p, prefix="view-")
     p.set_defaults(func=cmd_train)
 

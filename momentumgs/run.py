@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,6 +135,46 @@ def plan_text(trainer: Trainer, run_dir: str | Path) -> str:
     return "\n".join([trainer.scene.summary(), trainer.partition.summary(), plan])
 
 
+class TimeEstimate:
+    """An `on_step` hook that prints once how long the rest of the run should take, timed over this
+    session's first `steps` steps after the first (which pays for warm-up). Anchors grow while densifying,
+    so later steps are slower: the figure is a lower bound, said as "about"."""
+
+    def __init__(self, steps: int = 20):
+        self.steps = steps
+        self.start: tuple[float, int] | None = None
+        self.printed = False
+
+    def __call__(self, trainer: Trainer) -> None:
+        if self.printed:
+            return
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = (now, trainer.global_step)
+            return
+        t0, step0 = self.start
+        timed = trainer.global_step - step0
+        left = trainer.schedule.total_steps - trainer.global_step
+        if timed >= self.steps or left == 0:
+            self.printed = True
+            rate = timed / max(now - t0, 1e-9)
+            from tqdm import tqdm
+
+            tqdm.write(
+                f"timed {timed} steps at {rate:.2f} steps/s: about {duration_text(left / rate)} for the "
+                f"remaining {left} of {trainer.schedule.total_steps} steps"
+            )
+
+
+def duration_text(seconds: float) -> str:
+    """12 s, 4.5 min, 3.2 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def is_main_process() -> bool:
     import torch.distributed as dist
 
@@ -141,26 +182,56 @@ def is_main_process() -> bool:
 
 
 def default_processes(cfg: Config, requested: int | None) -> int:
-    """How many processes train `cfg`: as asked, else one per worker where the CPU has a core for each (two
-    workers in two processes train about 1.8x as fast on two cores as in one), else one."""
+    """How many processes train `cfg`: as asked, else one per worker where the machine has a CPU core (on
+    the CPU; two workers in two processes train about 1.8x as fast on two cores as in one) or a GPU (on
+    CUDA) for each, else one."""
     if requested is not None:
         if requested < 1:
             raise UserError(f"--processes {requested}: must be at least 1")
         return requested
     workers = cfg.method.workers
-    on_cpu = resolve_device(cfg.train.device).type == "cpu"
-    if workers > 1 and on_cpu and (os.cpu_count() or 1) >= workers:
+    device = resolve_device(cfg.train.device)
+    if workers <= 1:
+        return 1
+    if device.type == "cpu" and (os.cpu_count() or 1) >= workers:
+        return workers
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() >= workers:
         return workers
     return 1
 
 
-def train_in_processes(cfg: Config, run_dir: str | Path, processes: int, progress: bool = True) -> None:
-    """Train `cfg` with one worker per process under torchrun (this machine only), then return."""
+def training_processes(cfg: Config, requested: int | None, live_view: bool) -> int:
+    """The processes `momentumgs train` starts: 1 inside a torchrun job (it is one of them) and with a live
+    viewer (which needs every block in its process), else `default_processes`."""
+    if launched_by_torchrun():
+        return 1
+    if live_view:
+        if requested is not None and requested > 1:
+            raise UserError(f"--processes {requested}: the live viewer (--view) trains in one process")
+        return 1
+    return default_processes(cfg, requested)
+
+
+def train_in_processes(
+    cfg: Config | None,
+    run_dir: str | Path,
+    processes: int,
+    progress: bool = True,
+    resume: bool = False,
+    overrides: list[str] = (),
+) -> None:
+    """Train `cfg` (or resume `run_dir` with `overrides`) with one worker per process under torchrun (this
+    machine only), then return."""
     with tempfile.TemporaryDirectory(prefix="momentumgs-") as tmp:
-        config = Path(tmp) / "config.yaml"
-        config.write_text(dump_config(cfg))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-        cmd += ["-m", "momentumgs.cli", "train", "-c", str(config), "--out", str(run_dir), "--no-eval"]
+        cmd += ["-m", "momentumgs.cli", "train", "--no-eval"]
+        if resume:
+            cmd += ["--resume", str(run_dir)] + [a for o in overrides for a in ("--set", o)]
+        else:
+            assert cfg is not None
+            config = Path(tmp) / "config.yaml"
+            config.write_text(dump_config(cfg))
+            cmd += ["-c", str(config), "--out", str(run_dir)]
         code = subprocess.run(cmd if progress else [*cmd, "--no-progress"]).returncode
     if code != 0:
         raise UserError(

@@ -100,9 +100,11 @@ def cli_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "momentumgs.cli", *map(str, args)]
 
 
-def train_cmd(*args) -> list[str]:
-    """`momentumgs train` without progress bars or the final evaluation."""
-    return cli_cmd("train", "--no-progress", "--no-eval", *args)
+def train_cmd(*args, processes: int | None = 1) -> list[str]:
+    """`momentumgs train` without progress bars or the final evaluation, in one process (every worker
+    emulated there) unless `processes` says otherwise (None: the command's own default)."""
+    chosen = [] if processes is None else ["--processes", str(processes)]
+    return cli_cmd("train", "--no-progress", "--no-eval", *chosen, *args)
 
 
 def one_thread_env() -> dict[str, str]:

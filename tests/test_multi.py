@@ -30,7 +30,7 @@ from momentumgs.model.decoder import (
     gather_anchors,
 )
 from momentumgs.model.store import load_model
-from momentumgs.run import default_processes, start_or_resume, train_in_processes
+from momentumgs.run import default_processes, start_or_resume, train_in_processes, training_processes
 from momentumgs.train.metrics_log import read_metrics
 
 
@@ -58,8 +58,11 @@ def test_two_gloo_processes_equal_the_one_process_emulation(gt_test_scene, tmp_p
     env = one_thread_env()
     args = set_args([*MULTI, f"data.path={gt_test_scene}"])
     dist_run, local_run = tmp_path / "dist", tmp_path / "local"
-    # two processes under torchrun, launched as `momentumgs demo` launches them
-    train_in_processes(load_config(None, [*MULTI, f"data.path={gt_test_scene}"]), dist_run, 2, progress=False)
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("`momentumgs train` starts one process per worker only with a core for each")
+    # `momentumgs train` with 2 workers on a CPU with 2 cores: two processes under torchrun by default
+    subprocess.run(train_cmd(*args, "--out", str(dist_run), processes=None), check=True, env=env, timeout=600)
+    assert (next((dist_run / "checkpoints").glob("step_*")) / "shared_rank1.ckpt").is_file()  # 2 processes
     subprocess.run(train_cmd(*args, "--out", str(local_run)), check=True, env=env, timeout=600)
 
     # Tolerance: the decoder gradient of a step is the sum of two workers' gradients, added in the same
@@ -266,6 +269,28 @@ def test_unknown_weighting_source_is_a_clear_error(gt_test_scene, tmp_path):
         start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
 
 
+def test_resume_in_processes_runs_the_resume_command(monkeypatch, tmp_path):
+    """`train --resume RUN` in several processes hands the run and its overrides to each torchrun worker."""
+    launched = []
+
+    def fake_run(cmd, **kwargs):
+        launched.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    run = tmp_path / "run"
+    train_in_processes(None, run, 2, progress=False, resume=True, overrides=["train.iterations=9"])
+    (cmd,) = launched
+    assert "--nproc_per_node=2" in cmd
+    train_args = cmd[cmd.index("train") :]
+    assert train_args == [
+        "train", "--no-eval", "--resume", str(run), "--set", "train.iterations=9", "--no-progress"
+    ]  # fmt: skip
+    monkeypatch.setenv("WORLD_SIZE", "2")  # inside the torchrun job each worker trains its own part
+    cfg = load_config(None, ["method.workers=2", "partition.block_dim=[2,2,1]", "train.device=cpu"])
+    assert training_processes(cfg, None, live_view=False) == 1
+
+
 def test_one_process_per_worker_on_a_cpu_with_the_cores(monkeypatch):
     cfg = load_config(None, ["method.workers=2", "partition.block_dim=[2,2,1]", "train.device=cpu"])
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
@@ -277,6 +302,9 @@ def test_one_process_per_worker_on_a_cpu_with_the_cores(monkeypatch):
     assert default_processes(one_worker, None) == 1
     with pytest.raises(UserError, match="--processes 0"):
         default_processes(cfg, 0)
+    assert training_processes(cfg, None, live_view=True) == 1  # the live viewer needs every block here
+    with pytest.raises(UserError, match="--processes 2: the live viewer"):
+        training_processes(cfg, 2, live_view=True)
 
 
 @pytest.mark.slow
