@@ -1,11 +1,7 @@
 """The viser viewer: camera conversion, loopback binding, the latest-request render worker, live training
 snapshots, packaging, and (with Debian's chromium installed) what a headless browser actually shows."""
 
-import base64
-import io
-import json
 import socket
-import subprocess
 import threading
 import time
 import urllib.request
@@ -15,6 +11,7 @@ import numpy as np
 import pytest
 import tomllib
 import torch
+from browser import Chromium, needs_chromium, wait_for
 from helpers import SMALL, scene_loader
 from momentumgs_viewer import ModelHolder, RunInfo, TrainingSnapshots, Viewer, ViewerOptions
 from momentumgs_viewer.camera import ClientCamera, capped_size, client_view, scene_camera_pose
@@ -26,7 +23,6 @@ from momentumgs.data.scene import Camera
 from momentumgs.run import start_or_resume
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def _project(view, point) -> np.ndarray:
@@ -238,62 +234,6 @@ def test_every_package_folder_is_installed():
 # --- the browser -------------------------------------------------------------------------------------
 
 
-class Chromium:
-    """Headless Debian chromium driven over the DevTools protocol (screenshots of the viewer's page)."""
-
-    FLAGS = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--enable-unsafe-swiftshader",  # viser draws with WebGL: software GL, no GPU
-        "--remote-debugging-port=0",
-        "--window-size=1280,800",
-    ]
-
-    def __init__(self, url: str, profile: Path):
-        profile.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [str(CHROMIUM), *self.FLAGS, f"--user-data-dir={profile}", url],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        port_file = profile / "DevToolsActivePort"
-        _wait_for(port_file.exists, 30, "chromium's DevTools port")
-        port = int(port_file.read_text().split()[0])
-        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
-        self.ws_url = next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"]
-
-    def screenshot(self) -> np.ndarray:
-        from PIL import Image
-        from websockets.sync.client import connect
-
-        with connect(self.ws_url, max_size=None) as ws:
-            ws.send(json.dumps({"id": 1, "method": "Page.captureScreenshot", "params": {"format": "png"}}))
-            while (reply := json.loads(ws.recv())).get("id") != 1:
-                pass
-        return np.asarray(Image.open(io.BytesIO(base64.b64decode(reply["result"]["data"]))).convert("RGB"))
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def _wait_for(condition, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def _scene_region(image: np.ndarray) -> np.ndarray:
     """A part of the page that only the scene covers: left of the control panel, below notifications,
     right of the axes gizmo."""
@@ -311,7 +251,7 @@ def _frame_as_page(frame: np.ndarray, page_shape) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+@needs_chromium
 def test_browser_shows_the_render_and_follows_the_camera(tiny_trained, tmp_path):
     trainer = tiny_trained
     cameras = trainer.scene.train_cameras
@@ -324,9 +264,9 @@ def test_browser_shows_the_render_and_follows_the_camera(tiny_trained, tmp_path)
         group.visible = False
     browser = Chromium(viewer.url, tmp_path / "profile")
     try:
-        _wait_for(lambda: viewer.sessions, 60, "the page to connect")
+        wait_for(lambda: viewer.sessions, 60, "the page to connect")
         session = next(iter(viewer.sessions.values()))
-        _wait_for(lambda: session.worker.rendered >= 2, 60, "a still frame")
+        wait_for(lambda: session.worker.rendered >= 2, 60, "a still frame")
         time.sleep(1.5)  # let the browser draw it
         first = browser.screenshot()
         sent = _frame_as_page(session.last_image, first.shape)
@@ -342,7 +282,7 @@ def test_browser_shows_the_render_and_follows_the_camera(tiny_trained, tmp_path)
         with session.client.atomic():
             session.client.camera.position = pose.position
             session.client.camera.look_at = pose.position + 2.0 * (far.viewmat[2, :3])
-        _wait_for(lambda: session.worker.rendered >= count + 2, 60, "frames of the new camera")
+        wait_for(lambda: session.worker.rendered >= count + 2, 60, "frames of the new camera")
         time.sleep(1.5)
         second = browser.screenshot()
         assert np.abs(_scene_region(second) - page).mean() > 15  # the page shows a different view
