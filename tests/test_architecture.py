@@ -34,6 +34,7 @@ LAYERS = {
     "prepare": 7,
     "export": 8,
     "demo": 8,
+    "report": 8,
     "viewer": 9,
     "cli": 10,
 }

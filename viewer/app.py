@@ -15,10 +15,11 @@ import viser
 
 from momentumgs.errors import UserError
 from momentumgs.io_utils import write_bytes_atomic
+from momentumgs.report.blocks import metrics_markdown
 
 from .camera import CameraPose, ClientCamera, client_view, move_client_to, scene_camera_pose
 from .models import ModelHolder, content_positions, content_summary, is_baked, render_rgb8
-from .run_info import RunInfo, metrics_markdown
+from .run_info import RunInfo
 from .splats import bake_for_browser, browser_splat_arrays, export_available
 from .worker import LatestRenderWorker
 

@@ -3,8 +3,6 @@ block cells of a multi-block run and each block's metrics (training log and the 
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +12,7 @@ import numpy as np
 from momentumgs.data.scene import Camera, Scene
 from momentumgs.errors import UserError
 from momentumgs.partition import Partition, load_partition, parse_up_axis
-from momentumgs.train.metrics_log import read_metrics
+from momentumgs.report.blocks import block_metric_rows
 
 
 @dataclass
@@ -46,70 +44,6 @@ def block_boxes(partition: Partition) -> list[BlockBox]:
         for b in partition.blocks
         if b.world_min is not None and b.world_max is not None
     ]
-
-
-def last_train_records(metrics_path: Path) -> dict[int, dict]:
-    """Block id -> its last logged training record in metrics.jsonl."""
-    records: dict[int, dict] = {}
-    for record in read_metrics(metrics_path, kind="train"):
-        for b, block in record["blocks"].items():
-            records[int(b)] = block
-    return records
-
-
-def test_psnr_by_block(eval_path: Path, scene: Scene, partition: Partition) -> dict[int, float]:
-    """Mean test PSNR of the views whose camera centre lies in each block's cell."""
-    if not eval_path.is_file():
-        return {}
-    per_image = json.loads(eval_path.read_text()).get("per_image", {})
-    camera_of = {c.name: c for c in scene.cameras}
-    pairs = [
-        (camera_of[n], p)
-        for n, p in zip(per_image.get("image", []), per_image.get("psnr", []), strict=True)
-        if n in camera_of
-    ]
-    if not pairs:
-        return {}
-    owners = partition.block_of_points(np.stack([c.center for c, _ in pairs]))
-    values: dict[int, list[float]] = {}
-    for owner, (_, p) in zip(owners, pairs, strict=True):
-        values.setdefault(int(owner), []).append(float(p))
-    return {b: float(np.mean(v)) for b, v in values.items()}
-
-
-def block_metric_rows(
-    run_dir: Path, scene: Scene | None, partition: Partition, model_info: dict
-) -> list[dict]:
-    train = last_train_records(run_dir / "metrics.jsonl")
-    test = test_psnr_by_block(run_dir / "eval" / "eval_test.json", scene, partition) if scene else {}
-    anchors = model_info.get("anchors_per_block") or []
-    rows = []
-    for b in partition.blocks:
-        record = train.get(b.index, {})
-        rows.append(
-            {
-                "block": b.index,
-                "views": len(b.camera_ids),
-                "anchors": anchors[b.index] if b.index < len(anchors) else None,
-                "train_psnr": record.get("psnr"),
-                "weight": record.get("weight"),
-                "test_psnr": test.get(b.index),
-            }
-        )
-    return rows
-
-
-def metrics_markdown(rows: list[dict]) -> str:
-    def fmt(v, spec: str) -> str:
-        return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
-
-    lines = ["| block | views | anchors | train PSNR | test PSNR | weight |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['block']} | {r['views']} | {fmt(r['anchors'], 'd')} | {fmt(r['train_psnr'], '.2f')} "
-            f"| {fmt(r['test_psnr'], '.2f')} | {fmt(r['weight'], '.3f')} |"
-        )
-    return "\n".join(lines)
 
 
 def load_run_scene(run_dir: Path) -> Scene | None:
