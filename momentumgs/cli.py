@@ -135,7 +135,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         _train(cfg, run_dir, bool(args.resume), overrides, not args.no_progress, _view_options(args))
     if not args.no_eval and is_main_process():
         evaluate_run(run_dir)
+        _report(run_dir)
     return 0
+
+
+def _report(run_dir: str) -> None:
+    from momentumgs.report.build import write_report
+
+    print(f"report: {write_report(run_dir)} (open it in a browser)")
 
 
 def _view_options(args: argparse.Namespace):
@@ -198,6 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         _train(cfg, run_dir, False, [], progress=not args.no_progress)
     evaluate_run(run_dir)
+    _report(run_dir)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; the run is in {run_dir}")
     return 0
 
@@ -227,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scene", help="COLMAP scene root (sets data.path)")
     p.add_argument("--out", help="run folder (sets output); must be new or empty")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
-    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation and report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--view", action="store_true", help="serve a live viewer of the model while it trains")
     p.add_argument(
@@ -279,9 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from momentumgs.export.cli import add_export_parsers
     from momentumgs.prepare.cli import add_prepare_parser
+    from momentumgs.report.cli import add_report_parser
 
     add_export_parsers(sub)
     add_prepare_parser(sub)
+    add_report_parser(sub)
     return parser
 
 

@@ -1,0 +1,187 @@
+"""`momentumgs report RUN`: write RUN/report/index.html with its images beside it (docs/formats.md,
+Run report). The page is built in a temporary folder and swapped in whole, so a crash never leaves half a
+report, and an earlier report is replaced only once the new one is complete."""
+
+from __future__ import annotations
+
+import datetime
+import html
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from momentumgs import __version__
+from momentumgs.config import dump_config
+from momentumgs.errors import UserError
+from momentumgs.model.store import load_model
+from momentumgs.partition import load_partition
+from momentumgs.partition_preview import block_colors, draw_partition
+from momentumgs.report.blocks import block_metric_rows, psnr_by_block
+from momentumgs.report.curves import training_figure
+from momentumgs.report.page import ViewEntry, blocks_table, facts_table, metrics_table, page, view_figures
+from momentumgs.report.views import error_map, evaluate_with_renders, side_by_side
+from momentumgs.run import duration_text, load_scene, resolve_device, run_config
+from momentumgs.train.metrics_log import read_metrics
+from momentumgs.train.paths import RunPaths
+
+MARKER = ".momentumgs-report"  # a folder holding it is a report this command may replace
+JPEG_QUALITY = 90
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Evaluate the run's model on its test views and write the report; returns the page's path."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.model.is_file():
+        raise UserError(f"{run_dir}: no trained model (expected {paths.model}); has training finished?")
+    out = Path(out_dir) if out_dir is not None else paths.root / "report"
+    check_replaceable(out)
+    cfg = run_config(paths.root)
+    device = resolve_device(cfg.train.device)
+    model = load_model(paths.model, device)
+    scene = load_scene(cfg)
+    split, ids = ("test", scene.test_ids) if scene.test_ids else ("train (every 8th: no test views)", None)
+    ids = ids if ids is not None else scene.train_ids[::8]
+    views = evaluate_with_renders(model, scene, ids, device)
+    partition = load_partition(paths.partition) if paths.partition.is_file() else None
+    records = read_metrics(paths.metrics)
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / MARKER).write_text("written by momentumgs report\n")
+        n_blocks = len(partition.blocks) if partition is not None else 1
+        colors = [f"#{r:02x}{g:02x}{b:02x}" for b, g, r in block_colors(n_blocks).tolist()]  # BGR rows
+        sections = [("Run", facts_table(run_facts(paths, cfg, model.info, train, scene)))]
+        result = views.result
+        summary = metrics_table(result.means) + (
+            f'<p class="note">{len(result.names)} {html.escape(split)} views; rendering {result.fps:.1f} '
+            f"views/s on {device}; peak memory of this evaluation {result.peak_rss_mb:.0f} MB RSS"
+            + (f", {result.peak_cuda_mb:.0f} MB CUDA" if result.peak_cuda_mb is not None else "")
+            + ".</p>"
+        )
+        sections.append(("Evaluation", summary))
+        if train:
+            (tmp / "curves.png").write_bytes(training_figure(train, evals, colors))
+            sections.append(
+                (
+                    "Training",
+                    '<img src="curves.png" alt="training curves">'
+                    '<p class="note">Faint: the logged steps; solid: their running mean; dots: periodic '
+                    "evaluations (train.eval_every).</p>",
+                )
+            )
+        if partition is not None:
+            _write_image(tmp / "partition.png", draw_partition(partition, scene, size=700)[..., ::-1])
+            psnr = psnr_by_block(result.names, result.per_image["psnr"], scene, partition)
+            rows = block_metric_rows(paths.root, scene, partition, model.info, test_psnr=psnr)
+            sections.append(
+                (
+                    "Blocks",
+                    '<img src="partition.png" alt="partition, top view">'
+                    + blocks_table(rows)
+                    + '<p class="note">Test PSNR: the views whose camera stands in the block\'s cell. Train '
+                    "PSNR and weight: the block's last logged step.</p>",
+                )
+            )
+        sections.append(("Views, worst first", _write_views(tmp, scene, views)))
+        sections.append(("Config", f"<pre>{html.escape(dump_config(cfg))}</pre>"))
+        (tmp / "index.html").write_text(page(f"momentumgs run {paths.root.resolve().name}", sections))
+        swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "index.html"
+
+
+def run_facts(paths: RunPaths, cfg, info: dict, train: list[dict], scene) -> list[tuple[str, str]]:
+    last = train[-1] if train else {}
+    facts = [
+        ("run", str(paths.root.resolve())),
+        ("scene", f"{cfg.data.path} ({len(scene.train_ids)} training, {len(scene.test_ids)} test views)"),
+        (
+            "method",
+            f"{info.get('blocks', 1)} blocks on {cfg.method.workers} workers, "
+            f"{cfg.train.iterations} iterations per block; teacher m = {cfg.method.momentum}, "
+            f"lambda_c = {cfg.method.lambda_consistency}, "
+            f"weighting {'on' if cfg.method.weighting else 'off'}",
+        ),
+        ("anchors", f"{sum(info.get('anchors_per_block') or [0])}"),
+    ]
+    if "seconds" in last:
+        facts.append(("training time", duration_text(last["seconds"])))
+    rss = [r["peak_rss_mb"] for r in train if "peak_rss_mb" in r]
+    if rss:
+        facts.append(("peak memory while training", f"{max(rss):.0f} MB RSS (largest process)"))
+    if last:
+        facts.append(("skipped (non-finite) steps", str(last.get("skipped", 0))))
+    facts += [
+        ("momentumgs", __version__),
+        ("written", datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
+    ]
+    return facts
+
+
+def _write_views(folder: Path, scene, views) -> str:
+    (folder / "views").mkdir()
+    result = views.result
+    order = np.argsort(result.per_image["psnr"])  # worst first
+    index_of = {c.name: i for i, c in enumerate(scene.cameras)}
+    entries = []
+    for rank, row in enumerate(order):
+        name = result.names[row]
+        photo = scene.load_image(index_of[name])
+        render = views.renders[name]
+        file = f"views/{rank:04d}_{Path(name).stem}.jpg"
+        _write_image(folder / file, side_by_side(photo, render, error_map(render, photo)))
+        entries.append(
+            ViewEntry(
+                name,
+                file,
+                result.per_image["psnr"][row],
+                result.per_image["ssim"][row],
+                result.per_image["lpips_vgg"][row],
+            )
+        )
+    return (
+        '<p class="note">Each row: the photo, the render, the mean absolute error per pixel (black: none; '
+        "yellow: 0.25 or more of the colour range). Metrics raw, before colour correction.</p>"
+        + view_figures(entries)
+    )
+
+
+def _write_image(path: Path, rgb: np.ndarray) -> None:
+    if path.suffix == ".png":
+        ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+        assert ok
+        path.write_bytes(data.tobytes())
+    else:
+        Image.fromarray(rgb).save(path, quality=JPEG_QUALITY)
+
+
+def check_replaceable(out: Path) -> None:
+    """`out` may be written: absent, an empty folder, or an earlier report."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another --out")
+    if any(out.iterdir()) and not (out / MARKER).is_file():
+        raise UserError(f"{out}: holds files that are not a momentumgs report; choose another --out")
+
+
+def swap_in(new: Path, out: Path) -> None:
+    """Put the finished folder `new` at `out`, replacing an earlier report only after the rename."""
+    os.chmod(new, 0o755)
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
