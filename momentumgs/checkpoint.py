@@ -54,9 +54,23 @@ def read_header(data: bytes, path: Path) -> tuple[dict, int]:
     return header, start + header_len
 
 
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise CheckpointError unless `path` is a complete checkpoint whose checksum matches (nothing is
+    unpickled)."""
+    _verified_payload(Path(path))
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and verify a checkpoint written by `save_checkpoint`."""
     path = Path(path)
+    payload = _verified_payload(path)
+    try:
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as exc:  # a checksummed payload that still fails to parse: report, do not crash
+        raise CheckpointError(f"{path}: unreadable checkpoint payload ({type(exc).__name__})") from None
+
+
+def _verified_payload(path: Path) -> bytes:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     data = path.read_bytes()
@@ -73,7 +87,4 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise CheckpointError(f"{path}: checkpoint checksum mismatch (file corrupt)")
-    try:
-        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
-    except Exception as exc:  # a checksummed payload that still fails to parse: report, do not crash
-        raise CheckpointError(f"{path}: unreadable checkpoint payload ({type(exc).__name__})") from None
+    return payload

@@ -4,6 +4,7 @@ own cell, and the momentum teacher is what its formula says."""
 
 import json
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -109,22 +110,40 @@ def test_tiny_ram_budget_spills_and_trains_the_same(gt_test_scene, tmp_path):
 
 
 @pytest.mark.slow
-def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path):
+def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path, capsys):
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}"])
     unbroken = start_or_resume(cfg, scene_loader, tmp_path / "a", resume=False)
     unbroken.run(progress=False)
 
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}"])
     first = start_or_resume(cfg, scene_loader, tmp_path / "b", resume=False)
-    first.run(progress=False, stop_after=10)  # mid-slot, after densification and a weighting measurement
+    first.run(progress=False, stop_after=6)
+    first.save_checkpoint()
+    first.run(progress=False, stop_after=4)  # mid-slot, after densification and a weighting measurement
     first.save_checkpoint()
     assert any(q.measured for q in first.qualities)
     del first
+    steps = sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("step_*"))
+    assert steps == ["step_00000006", "step_00000010"]  # the previous complete checkpoint is kept
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
     torch.manual_seed(12345)  # a different process state: the checkpoint must restore everything
     resumed = start_or_resume(None, scene_loader, tmp_path / "b", resume=True)
     assert resumed.global_step == 10
     resumed.run(progress=False)
     _assert_same_blocks_and_decoder(tmp_path / "a", tmp_path / "b")
+    steps = sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("step_*"))
+    assert steps == ["step_00000010", "step_00000024"]  # two kept, the oldest removed
+
+    # a damaged latest checkpoint: the resume warns and falls back to the previous one, still bit-exact
+    damaged = tmp_path / "c" / "checkpoints" / "step_00000010" / "block_002.ckpt"
+    data = bytearray(damaged.read_bytes())
+    data[-100] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    resumed = start_or_resume(None, scene_loader, tmp_path / "c", resume=True)
+    assert resumed.global_step == 6
+    assert capsys.readouterr().err.count("checksum mismatch") == 1
+    resumed.run(progress=False)
+    _assert_same_blocks_and_decoder(tmp_path / "a", tmp_path / "c")
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from momentumgs.checkpoint import load_checkpoint, save_checkpoint
+from momentumgs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, verify_checkpoint
 from momentumgs.config import Config
 from momentumgs.data.scene import Scene
 from momentumgs.errors import UserError
@@ -393,23 +394,57 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        """All processes write their files into a new step folder; then `latest.json` names it."""
+        """All processes write their files into a new step folder; then `latest.json` names it. The previous
+        complete checkpoint stays (a resume falls back to it if the latest is damaged); older ones go."""
         step_dir = self.paths.step_dir(self.global_step)
         for b, state in self.block_states():
             save_checkpoint(step_dir / f"block_{b:03d}.ckpt", state)
         save_checkpoint(step_dir / f"shared_rank{self.comm.rank}.ckpt", self.shared_state())
         self.comm.barrier()
         if self.comm.is_main:
+            previous = self._latest_dir()
             write_text_atomic(self.paths.latest, json.dumps({"step": self.global_step, "dir": step_dir.name}))
             for old in self.paths.checkpoints.glob("step_*"):
-                if old != step_dir:
+                if old not in (step_dir, previous):
                     shutil.rmtree(old, ignore_errors=True)
         self.comm.barrier()
 
-    def load_checkpoint(self) -> None:
-        if not self.paths.latest.is_file():
+    def _latest_dir(self) -> Path | None:
+        """The step folder `latest.json` names (None when it is absent or unreadable)."""
+        try:
+            return self.paths.checkpoints / json.loads(self.paths.latest.read_text())["dir"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _resume_dir(self) -> Path:
+        """The newest complete, intact step folder: the one `latest.json` names, else (with a warning) the
+        newest older one. Every file of the folder is checked, so all processes choose the same one."""
+        latest = self._latest_dir()
+        older = sorted((p for p in self.paths.checkpoints.glob("step_*") if p != latest), reverse=True)
+        candidates = ([latest] if latest is not None else []) + older
+        if not candidates:
             raise UserError(f"{self.paths.root}: no checkpoint to resume (expected {self.paths.latest})")
-        step_dir = self.paths.checkpoints / json.loads(self.paths.latest.read_text())["dir"]
+        n = len(self.partition.blocks)
+        problems = []
+        for step_dir in candidates:
+            try:
+                for r in range(self.comm.world_size):
+                    verify_checkpoint(step_dir / f"shared_rank{r}.ckpt")
+                for b in range(n):
+                    verify_checkpoint(step_dir / f"block_{b:03d}.ckpt")
+            except CheckpointError as exc:
+                problems.append(str(exc))
+                continue
+            if problems and self.comm.is_main:
+                print(
+                    f"momentumgs: warning: {problems[0]}; resuming from the older checkpoint {step_dir.name}",
+                    file=sys.stderr,
+                )
+            return step_dir
+        raise UserError(f"{self.paths.root}: no intact checkpoint to resume ({problems[0]})")
+
+    def load_checkpoint(self) -> None:
+        step_dir = self._resume_dir()
         shared = load_checkpoint(step_dir / f"shared_rank{self.comm.rank}.ckpt", map_location=self.device)
         if shared.get("format") != RUN_FORMAT:
             raise UserError(f"{step_dir}: not a momentumgs run checkpoint")
