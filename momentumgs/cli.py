@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from momentumgs.config import Config, load_config
-from momentumgs.errors import UserError
+from momentumgs.errors import UserError, os_error_text
 
 EXIT_USER_ERROR = 2
 
@@ -304,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"momentumgs: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # disk full, permission denied, a path under a file, ...
+        if args.debug:
+            raise
+        print(f"momentumgs: error: {os_error_text(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("momentumgs: interrupted", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Errors that reach the user as one line (the CLI prints them and exits with code 2)."""
+"""Errors that reach the user as one line (the CLI prints them and exits with code 2), and the one-line
+text of an operating-system error."""
 
 
 class UserError(Exception):
@@ -11,3 +12,13 @@ class ConfigError(UserError):
 
 class SceneError(UserError):
     """A COLMAP scene (or image) that cannot be read as asked."""
+
+
+def os_error_text(exc: OSError) -> str:
+    """`path: cause` of an operating-system error (disk full, permission denied, ...), on one line."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None and exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {cause}"
+    if exc.filename is not None:
+        return f"{exc.filename}: {cause}"
+    return " ".join(cause.split())

@@ -46,7 +46,8 @@ def _umask() -> int:
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
     with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:  # this module's `open`: tests inject a full disk here
+            f.write(data)
 
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:

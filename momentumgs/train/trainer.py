@@ -31,7 +31,7 @@ import torch
 from momentumgs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, verify_checkpoint
 from momentumgs.config import Config
 from momentumgs.data.scene import Scene
-from momentumgs.errors import UserError
+from momentumgs.errors import UserError, os_error_text
 from momentumgs.io_utils import write_text_atomic
 from momentumgs.memory import peak_rss_mb
 from momentumgs.model.anchors import AnchorField, choose_voxel_size, init_anchors_from_points
@@ -515,12 +515,25 @@ class Trainer:
                 if tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0:
                     with phase("checkpoint"):
                         self.save_checkpoint()
+        except OSError as exc:  # disk full, permission denied, ...: the last complete checkpoint is intact
+            raise UserError(self._stopped_text(os_error_text(exc))) from exc
         finally:
             bar.close()
             self.train_seconds, self._clock = self.seconds(), None
         if self.schedule.finished:
-            self.save_checkpoint()
-            self.finish()
+            try:
+                self.save_checkpoint()
+                self.finish()
+            except OSError as exc:
+                raise UserError(self._stopped_text(os_error_text(exc))) from exc
+
+    def _stopped_text(self, cause: str) -> str:
+        latest = self._latest_dir()
+        kept = f"the last complete checkpoint ({latest.name}) is intact" if latest else "no checkpoint yet"
+        return (
+            f"{cause}; training stopped at step {self.global_step}, {kept}; fix the cause (free space) and "
+            f"resume with `momentumgs train --resume {self.paths.root}`"
+        )
 
     def seconds(self) -> float:
         """Wall seconds spent in `run()` so far, earlier sessions of a resumed run included."""

@@ -1,0 +1,125 @@
+"""A disk that fills while training: one line naming the file and the cause, exit code 2, the last complete
+checkpoint intact, and `train --resume` finishes the run bit-exact once space is free. The fault is injected
+inside the real write path (`momentumgs.io_utils`), part-way through a file; the same check run with a
+non-atomic writer fails, so it can tell."""
+
+import builtins
+import contextlib
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import MULTI, block_anchors, scene_loader
+
+from momentumgs import io_utils
+from momentumgs.checkpoint import verify_checkpoint
+from momentumgs.cli import main
+from momentumgs.config import load_config
+from momentumgs.model.store import load_model
+from momentumgs.run import start_or_resume
+
+
+class FullDisk:
+    """`open` for momentumgs.io_utils: the `after`+1-th file opened for writing whose name contains `name`
+    receives half of its bytes, then the write fails with ENOSPC."""
+
+    def __init__(self, name: str, after: int = 0):
+        self.name, self.after, self.failures = name, after, 0
+
+    def open(self, path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        if "w" in mode and self.name in Path(path).name:
+            if self.after == 0:
+                return _HalfWrite(f, self)
+            self.after -= 1
+        return f
+
+
+class _HalfWrite:
+    def __init__(self, f, disk: FullDisk):
+        self.f, self.disk = f, disk
+
+    def write(self, data: bytes) -> int:
+        self.f.write(data[: len(data) // 2])
+        self.f.flush()
+        self.disk.failures += 1
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.f.name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@contextlib.contextmanager
+def non_atomic_path(target):
+    """What a plain writer does: write over the target itself."""
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    yield Path(target)
+
+
+ARGS = ["train.checkpoint_every=4", "train.iterations=8"]  # 16 global steps: checkpoints at 4, 8, 12, 16
+
+
+def _train_args(scene, run) -> list[str]:
+    args = ["train", "--processes", "1", "--no-eval", "--no-progress", "--out", str(run)]
+    for item in [*MULTI, *ARGS, f"data.path={scene}"]:
+        args += ["--set", item]
+    return args
+
+
+def _run_until_the_disk_fills(scene, run, monkeypatch, capsys) -> tuple[int, str]:
+    """Train `run` through the CLI; the third write of latest.json (step 12) meets a full disk."""
+    monkeypatch.setattr(io_utils, "open", FullDisk("latest.json", after=2).open, raising=False)
+    code = main(_train_args(scene, run))
+    monkeypatch.undo()  # space is free again
+    return code, capsys.readouterr().err
+
+
+def _latest_names_step_8(run: Path) -> bool:
+    """latest.json still names the complete checkpoint of step 8, and every file in it is intact."""
+    try:
+        latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    step_dir = run / "checkpoints" / latest["dir"]
+    for file in step_dir.iterdir():
+        verify_checkpoint(file)
+    return latest == {"step": 8, "dir": "step_00000008"} and len(list(step_dir.iterdir())) == 5
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_training_with_one_line_and_resume_finishes_bit_exact(
+    gt_test_scene, tmp_path, monkeypatch, capsys
+):
+    run = tmp_path / "run"
+    code, err = _run_until_the_disk_fills(gt_test_scene, run, monkeypatch, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "latest.json" in lines[0] and "No space left on device" in lines[0]
+    assert "step_00000008" in lines[0] and f"--resume {run}" in lines[0]
+    assert _latest_names_step_8(run)
+
+    torch.manual_seed(1)  # another process state: the resume must restore everything
+    assert main(["train", "--resume", str(run), "--processes", "1", "--no-eval", "--no-progress"]) == 0
+    assert "resuming at step 8 of 16" in capsys.readouterr().out
+
+    cfg = load_config(None, [*MULTI, *ARGS, f"data.path={gt_test_scene}"])
+    start_or_resume(cfg, scene_loader, tmp_path / "unbroken", resume=False).run(progress=False)
+    for a, b in zip(block_anchors(tmp_path / "unbroken"), block_anchors(run), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
+    da, db = (load_model(r / "model.ckpt").decoder.state_dict() for r in (tmp_path / "unbroken", run))
+    assert all(torch.equal(da[k], db[k]) for k in da)
+
+
+@pytest.mark.slow
+def test_the_check_fails_with_a_non_atomic_writer(gt_test_scene, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(io_utils, "atomic_path", non_atomic_path)
+    code, err = _run_until_the_disk_fills(gt_test_scene, tmp_path / "run", monkeypatch, capsys)
+    assert code == 2 and "latest.json: No space left on device" in err
+    assert not _latest_names_step_8(tmp_path / "run")  # half a latest.json: the check sees it
