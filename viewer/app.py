@@ -20,7 +20,7 @@ from momentumgs.report.blocks import metrics_markdown
 from .camera import CameraPose, ClientCamera, client_view, move_client_to, scene_camera_pose
 from .models import ModelHolder, content_positions, content_summary, is_baked, render_rgb8
 from .run_info import RunInfo
-from .splats import bake_for_browser, browser_splat_arrays, export_available
+from .splats import backdrop_image, bake_for_browser, browser_note, browser_splat_arrays, export_available
 from .worker import LatestRenderWorker
 
 DEFAULT_HOST = "127.0.0.1"  # reachable from this machine only; --host opens it to others
@@ -50,6 +50,7 @@ class ClientSession:
         self.viewer = viewer
         self.camera: ClientCamera | None = None
         self.last_image: np.ndarray | None = None  # the frame most recently sent
+        self.backdrop = False  # is the backdrop behind the browser's splats shown?
         self.worker = LatestRenderWorker(
             self.render, self.deliver, viewer.resolutions, viewer.options.rest_s, viewer.report_error
         )
@@ -57,6 +58,8 @@ class ClientSession:
 
     def _camera_moved(self, camera) -> None:
         self.camera = ClientCamera.from_handle(camera)
+        if self.viewer.mode == BROWSER_MODE:
+            self.show_backdrop()
         self.rerender()
 
     def rerender(self, refine: bool = True) -> None:
@@ -68,9 +71,19 @@ class ClientSession:
         return render_rgb8(self.viewer.holder.get(), view)
 
     def deliver(self, image: np.ndarray, still: bool) -> None:
+        if self.viewer.mode != SERVER_MODE:  # a frame finished after the switch to splats
+            return
         self.last_image = image
+        self.backdrop = False
         self.client.scene.set_background_image(image, format="jpeg", jpeg_quality=self.viewer.jpeg_quality())
         self.viewer.show_frame_stats(image, self.worker.last_seconds, still)
+
+    def show_backdrop(self) -> None:
+        """The renderer's background behind the splats, as the server's frames have it. Only once the tab
+        has reported its camera: viser's page drops a background image that comes before its canvas."""
+        if self.camera is not None and not self.backdrop:
+            self.client.scene.set_background_image(backdrop_image(), format="png")
+            self.backdrop = True
 
 
 class Viewer:
@@ -81,7 +94,7 @@ class Viewer:
         self.sessions: dict[int, ClientSession] = {}
         self._lock = threading.Lock()
         self.mode = SERVER_MODE
-        self._splats = None  # the scene node of browser splats, while shown
+        self.splats = None  # the scene node of browser splats, while shown
         self._splats_count = 0
         self._shot_numbers = itertools.count(1)
         self.server = viser.ViserServer(
@@ -201,9 +214,11 @@ class Viewer:
             self.still_slider = gui.add_slider("still px", 64, 3840, 16, o.still_res or 2 * o.max_res)
             self.quality_slider = gui.add_slider("JPEG quality", 30, 100, 1, 85)
             if self.splat_mode_possible():
-                mode = gui.add_dropdown("renderer", (SERVER_MODE, BROWSER_MODE), initial_value=SERVER_MODE)
+                start = BROWSER_MODE if o.splats else SERVER_MODE
+                mode = gui.add_dropdown("renderer", (SERVER_MODE, BROWSER_MODE), initial_value=start)
                 mode.on_update(lambda _: self.set_mode(mode.value))
             self.frame_text = gui.add_markdown("no frame yet")
+            self.splat_note = gui.add_markdown("", visible=False)  # what the browser's splats leave out
             self.model_text = gui.add_markdown("")
         self._show_model_stats()
         with gui.add_folder("Screenshot"):
@@ -254,21 +269,23 @@ class Viewer:
         if mode == BROWSER_MODE:
             self._show_splats()
             for s in sessions:
-                s.client.scene.set_background_image(None)
+                s.show_backdrop()
             self.frame_text.content = f"{self._splats_count} splats drawn by the browser"
+            self.splat_note.content = browser_note(self.holder.get())
         else:
-            if self._splats is not None:
-                self._splats.remove()
-                self._splats = None
+            if self.splats is not None:
+                self.splats.remove()
+                self.splats = None
             for s in sessions:
                 s.rerender()
+        self.splat_note.visible = mode == BROWSER_MODE
 
     def _show_splats(self) -> None:
         content = self.holder.get()
         baked = content if is_baked(content) else bake_for_browser(content, self.info.train_cameras)
         arrays = browser_splat_arrays(baked)
         self._splats_count = len(arrays["centers"])
-        self._splats = self.server.scene.add_gaussian_splats("/splats", **arrays)
+        self.splats = self.server.scene.add_gaussian_splats("/splats", **arrays)
 
     def report_error(self, exc: BaseException) -> None:
         self.frame_text.content = f"render failed: {type(exc).__name__}: {exc}"

@@ -11,6 +11,8 @@ import torch
 
 from momentumgs.errors import UserError
 
+from .models import BACKGROUND, is_baked
+
 BROWSER_SH_DEGREE = 0  # viser's splat renderer takes one RGB per Gaussian
 
 
@@ -41,9 +43,35 @@ def bake_for_browser(model, cameras) -> object:
     return bake(model, cameras or None, sh_degree=BROWSER_SH_DEGREE, n_directions=16)
 
 
+def backdrop_image() -> np.ndarray:
+    """A plain image of the renderer's background colour, to show behind the browser's splats: viser's
+    canvas is transparent over the page's white, while the models are trained (and the server renders) over
+    black and keep dim, faint Gaussians for dark surfaces, which over white come out as large pale blobs.
+    viser stretches the background image over the view, so a few pixels do. -> uint8 [8, 8, 3]"""
+    rgb = np.round(np.asarray(BACKGROUND) * 255).astype(np.uint8)  # [3]
+    return np.broadcast_to(rgb, (8, 8, 3)).copy()
+
+
+def browser_note(content) -> str:
+    """What the browser's splats leave out of `content` (an AnchorModel or BakedGaussians), for the
+    control panel: viser takes one RGB per Gaussian, so no view-dependent colour."""
+    if not is_baked(content):
+        return (
+            "Browser splats: the model baked with one colour per Gaussian (viser's splat renderer has no "
+            "spherical harmonics), averaged over the training views: no view-dependent colour."
+        )
+    if content.sh_degree > BROWSER_SH_DEGREE:
+        return (
+            f"Browser splats: SH degree {content.sh_degree} shown as its DC term alone (viser's splat "
+            "renderer takes one colour per Gaussian): no view-dependent colour."
+        )
+    return "Browser splats: one colour per Gaussian (SH degree 0), as in the file."
+
+
 def browser_splat_arrays(g) -> dict[str, np.ndarray]:
     """viser's add_gaussian_splats arguments: centres, covariances R S^2 R^T, RGB (the SH DC term)
-    and opacities."""
+    and opacities, in the conventions of viser's splat shader: world coordinates, linear scales,
+    colour and opacity in [0, 1] (no sRGB step)."""
     from momentumgs.export.sh import eval_sh_colors
 
     with torch.no_grad():
