@@ -303,9 +303,9 @@ class MethodConfig:
     ] = field(default_factory=lambda: [0.0, 0.0])
     # the opacity term over "all" V*K slots (the paper) or only the "kept" ones (alpha > 0 in the student)
     consistency_opacity: Literal["all", "kept"] = "all"
-    # what learns from the consistency term: "all" (the paper: the decoder and, through both sides' inputs,
-    # the anchors) or the "decoder" only (the anchors' inputs are detached in that term)
-    consistency_grad: Literal["all", "decoder"] = "all"
+    # the shape term: "quaternion" (the paper: MSE of unit quaternions plus MSE of scales) or "covariance"
+    # (MSE of the covariance R S^2 R^T, which the image depends on; a rotation the image cannot see is free)
+    consistency_shape: Literal["quaternion", "covariance"] = "quaternion"
     weighting: bool = True  # reconstruction-guided block weighting
     weighting_sigma: Positive = 10.0
     weighting_every: Count = 1000  # measure a block's PSNR/SSIM every this many of its iterations

@@ -33,7 +33,7 @@ from momentumgs.model import (
     visible_anchor_mask,
     voxelize,
 )
-from momentumgs.model.decoder import VisibleAnchors
+from momentumgs.model.decoder import ConsistencyTerms, VisibleAnchors
 from momentumgs.model.densify import AnchorDensifier, ScaffoldDensifier
 
 
@@ -263,7 +263,7 @@ def test_consistency_opacity_over_kept_slots_ignores_dropped_ones():
     anchors, cam = gather_anchors(field), torch.tensor([0.0, 0.0, -5.0])
     s = decode(dec, anchors, cam)
     t = decode(teacher.module, anchors, cam, keep=s.keep)
-    kept = consistency_loss(s, t, opacity_slots="kept")
+    kept = consistency_loss(s, t, ConsistencyTerms(opacity_slots="kept"))
     want = sum(
         ((a - b) ** 2).mean() for a, b in [(s.colors, t.colors), (s.quats, t.quats), (s.scales, t.scales)]
     )
@@ -275,9 +275,54 @@ def test_consistency_opacity_over_kept_slots_ignores_dropped_ones():
     raw = t.raw_opacity.detach().clone().view(-1)
     raw[dropped] += 0.5
     t2 = dataclasses.replace(t, raw_opacity=raw.view_as(t.raw_opacity))
-    assert torch.equal(consistency_loss(s, t2, opacity_slots="kept"), kept)
+    assert torch.equal(consistency_loss(s, t2, ConsistencyTerms(opacity_slots="kept")), kept)
     with pytest.raises(ValueError, match="opacity_slots"):
-        consistency_loss(s, t, opacity_slots="some")
+        ConsistencyTerms(opacity_slots="some")
+
+
+def test_consistency_covariance_term_ignores_rotations_the_image_cannot_see():
+    dec, field = _tiny_setup()
+    teacher = MomentumTeacher(dec)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    anchors, cam = gather_anchors(field), torch.tensor([0.0, 0.0, -5.0])
+    s = decode(dec, anchors, cam)
+    t = decode(teacher.module, anchors, cam, keep=s.keep)
+    cov = ConsistencyTerms(shape="covariance")
+
+    def covariance(q, scales):  # R diag(s^2) R^T by hand, from the rotation matrix of the unit quaternion
+        w, x, y, z = torch.nn.functional.normalize(q, dim=-1).unbind(-1)
+        R = torch.stack(
+            [
+                1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            ],
+            dim=-1,
+        ).view(-1, 3, 3)  # fmt: skip
+        full = R @ torch.diag_embed(scales**2) @ R.transpose(1, 2)
+        return full[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]  # upper triangle
+
+    want = (
+        ((s.colors - t.colors) ** 2).mean()
+        + ((covariance(s.quats, s.scales) - covariance(t.quats, t.scales)) ** 2).mean()
+        + ((s.raw_opacity - t.raw_opacity) ** 2).mean()
+    )
+    assert torch.allclose(consistency_loss(s, t, cov), want)
+    # a round Gaussian turned by the teacher: the paper's quaternion term sees it, the covariance term not
+    round_s = dataclasses.replace(s, scales=torch.full_like(s.scales, 0.1))
+    turned = dataclasses.replace(
+        t,
+        colors=s.colors,
+        raw_opacity=s.raw_opacity,
+        quats=torch.roll(s.quats, 1, dims=1),
+        scales=round_s.scales,
+    )
+    assert consistency_loss(round_s, turned, cov).item() == pytest.approx(0.0, abs=1e-12)
+    assert consistency_loss(round_s, turned).item() > 1e-3
+    with pytest.raises(ValueError, match="shape"):
+        ConsistencyTerms(shape="euler")
 
 
 def test_consistency_weight_ramps_over_the_blocks_iterations():

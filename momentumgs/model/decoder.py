@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
 from torch import nn
 
 from momentumgs.model.anchors import AnchorField
@@ -214,24 +215,11 @@ def decode_targets(
     student: NeuralGaussians,
     appearance_id: int | None = None,
 ) -> ConsistencyTargets:
-    """`decoder`'s outputs (the teacher's, or the student's own on detached anchors) for the student's
-    kept slots: the part of `decode(decoder, ..., keep=student.keep)` that the consistency loss reads (no
-    means, the student's indices reused)."""
+    """`decoder`'s (the teacher's) outputs for the student's kept slots: the part of `decode(decoder, ...,
+    keep=student.keep)` that the consistency loss reads (no means, the student's indices reused)."""
     raw = decoder(decoder_input(anchors, cam_center, decoder.use_distance), appearance_id)
     colors, quats, scales = _kept_attributes(raw, anchors, student.kept, student.parent)
     return ConsistencyTargets(colors, quats, scales, raw.opacity, student.keep)
-
-
-def detach_anchors(anchors: VisibleAnchors) -> VisibleAnchors:
-    """The same rows cut from the anchor field's graph: a loss on what is decoded from them trains only
-    the decoder."""
-    return VisibleAnchors(
-        ids=anchors.ids,
-        positions=anchors.positions.detach(),
-        features=anchors.features.detach(),
-        offsets=anchors.offsets.detach(),
-        log_scales=anchors.log_scales.detach(),
-    )
 
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -241,32 +229,54 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 OPACITY_SLOTS = ("all", "kept")
+SHAPES = ("quaternion", "covariance")
+
+
+@dataclass(frozen=True)
+class ConsistencyTerms:
+    """Which consistency terms compare what (`method.consistency_opacity`, `method.consistency_shape`)."""
+
+    opacity_slots: str = "all"  # "all" V*K slots (the paper) or the student's "kept" ones
+    shape: str = "quaternion"  # quaternion + scale MSEs (the paper) or the "covariance" MSE
+
+    def __post_init__(self):
+        if self.opacity_slots not in OPACITY_SLOTS:
+            raise ValueError(f"opacity_slots: expected one of {OPACITY_SLOTS}, got {self.opacity_slots!r}")
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape: expected one of {SHAPES}, got {self.shape!r}")
+
+
+PAPER_TERMS = ConsistencyTerms()
+
+
+def covariances(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The upper triangle (xx, xy, xz, yy, yz, zz) of R(q) diag(s)^2 R(q)^T. [M, 4], [M, 3] -> [M, 6]"""
+    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False, triu=True)
+    return covars
 
 
 def consistency_loss(
-    student: NeuralGaussians | ConsistencyTargets,
+    student: NeuralGaussians,
     teacher: NeuralGaussians | ConsistencyTargets,
-    opacity_slots: str = "all",
+    terms: ConsistencyTerms = PAPER_TERMS,
 ) -> torch.Tensor:
-    """Sum of four MSEs (Momentum-GS): colour, unit quaternion and scale over the student's kept
-    Gaussians, raw (tanh) opacity over all V*K slots (`opacity_slots="all"`, the paper) or over the kept
-    ones only ("kept": a lagging teacher then cannot hold back slots that are turning on). `teacher` must
-    be decoded with keep=student.keep. Nothing is detached here: with both sides decoded from the field's
-    anchors the gradient reaches them through both (the paper); decode them from `detach_anchors(...)`
-    for a term that trains the decoder only."""
+    """Sum of MSEs (Momentum-GS): colour over the student's kept Gaussians; their shape, as unit quaternion
+    plus scale (`terms.shape="quaternion"`, the paper) or as covariance ("covariance": a rotation that the
+    image cannot see, e.g. of a round Gaussian, is left free instead of pinned to the lagging teacher's);
+    raw (tanh) opacity over all V*K slots (`terms.opacity_slots="all"`, the paper) or over the kept ones
+    only ("kept": a lagging teacher then cannot hold back slots that are turning on). `teacher` must be
+    decoded with keep=student.keep. Neither side is detached: the gradient reaches the anchors through
+    both."""
     if not torch.equal(student.keep, teacher.keep):
         raise ValueError("teacher must be decoded with the student's keep mask")
-    if opacity_slots not in OPACITY_SLOTS:
-        raise ValueError(f"opacity_slots: expected one of {OPACITY_SLOTS}, got {opacity_slots!r}")
     s_opacity, t_opacity = student.raw_opacity, teacher.raw_opacity  # [V, K]
-    if opacity_slots == "kept":
+    if terms.opacity_slots == "kept":
         s_opacity, t_opacity = s_opacity.reshape(-1)[student.keep], t_opacity.reshape(-1)[student.keep]  # [M]
-    return (
-        _mse(student.colors, teacher.colors)
-        + _mse(student.quats, teacher.quats)
-        + _mse(student.scales, teacher.scales)
-        + _mse(s_opacity, t_opacity)
-    )
+    if terms.shape == "covariance":
+        shape = _mse(covariances(student.quats, student.scales), covariances(teacher.quats, teacher.scales))
+    else:
+        shape = _mse(student.quats, teacher.quats) + _mse(student.scales, teacher.scales)
+    return _mse(student.colors, teacher.colors) + shape + _mse(s_opacity, t_opacity)
 
 
 class MomentumTeacher:

@@ -16,7 +16,13 @@ import torch
 from momentumgs.anchor_render import render_anchor_view
 from momentumgs.config import TrainConfig
 from momentumgs.model.anchors import AnchorField
-from momentumgs.model.decoder import GaussianDecoder, consistency_loss, decode_targets, detach_anchors
+from momentumgs.model.decoder import (
+    PAPER_TERMS,
+    ConsistencyTerms,
+    GaussianDecoder,
+    consistency_loss,
+    decode_targets,
+)
 from momentumgs.model.densify import AdjustReport, AnchorDensifier, ScaffoldDensifier
 from momentumgs.render.view import View
 from momentumgs.timing import phase
@@ -65,8 +71,7 @@ class Block:
         gt: torch.Tensor,  # [H, W, 3] in [0, 1]
         teacher: GaussianDecoder | None = None,
         lambda_consistency: float = 0.0,
-        opacity_slots: str = "all",
-        consistency_grad: str = "all",
+        terms: ConsistencyTerms = PAPER_TERMS,
         weight: float = 1.0,
     ) -> StepResult:
         """Render `view`, compute the block's loss, backpropagate (gradients accumulate into the anchors and
@@ -81,15 +86,9 @@ class Block:
         if teacher is not None and lambda_consistency > 0:
             with phase("teacher_decode"):
                 appearance_id = view.index if teacher.appearance is not None else None
-                student, anchors = render.gaussians, render.anchors
-                if consistency_grad == "decoder":
-                    # Adam (eps 1e-15) would turn the term's tiny gradients into full steps for anchors
-                    # the image does not train (all slots off): only the decoder learns from it here
-                    anchors = detach_anchors(anchors)
-                    student = decode_targets(decoder, anchors, view.center, student, appearance_id)
-                target = decode_targets(teacher, anchors, view.center, render.gaussians, appearance_id)
+                target = decode_targets(teacher, render.anchors, view.center, render.gaussians, appearance_id)
             with phase("consistency"):
-                cons = consistency_loss(student, target, opacity_slots)
+                cons = consistency_loss(render.gaussians, target, terms)
                 loss = loss + lambda_consistency * cons
         loss = weight * loss
         finite = bool(torch.isfinite(loss))

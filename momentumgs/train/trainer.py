@@ -35,7 +35,7 @@ from momentumgs.errors import UserError, os_error_text
 from momentumgs.io_utils import write_text_atomic
 from momentumgs.memory import peak_rss_mb
 from momentumgs.model.anchors import AnchorField, choose_voxel_size, init_anchors_from_points
-from momentumgs.model.decoder import GaussianDecoder
+from momentumgs.model.decoder import ConsistencyTerms, GaussianDecoder
 from momentumgs.model.store import AnchorModel, save_model
 from momentumgs.partition import Partition
 from momentumgs.render.view import camera_view
@@ -93,6 +93,7 @@ class Trainer:
 
         if mc.weighting_source not in SOURCES:
             raise UserError(f"method.weighting_source={mc.weighting_source!r}: must be one of {SOURCES}")
+        self.consistency_terms = ConsistencyTerms(mc.consistency_opacity, mc.consistency_shape)
         self.qualities = [BlockQuality() for _ in range(n)]
         self.step_metrics = [StepMetrics() for _ in range(n)]
         self.weights = [1.0] * n
@@ -241,8 +242,7 @@ class Trainer:
                 gt,
                 teacher=decoder.teacher.module if decoder.teacher is not None else None,
                 lambda_consistency=consistency_weight(done[b], self.cfg.train.iterations, mc),
-                opacity_slots=mc.consistency_opacity,
-                consistency_grad=mc.consistency_grad,
+                terms=self.consistency_terms,
                 weight=weight,
             )
         if mc.shared_decoder:
