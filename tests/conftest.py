@@ -22,3 +22,19 @@ def gt_test_scene(tmp_path_factory):
 
     cache = tmp_path_factory.getbasetemp() / "momentumgs-cache"
     return cached_demo_scene(size="test", seed=0, cache_dir=cache, sfm=False, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def finished_run(gt_test_scene, tmp_path_factory):
+    """A 4-block run on 2 workers trained to the end (model.ckpt) and evaluated, with a periodic
+    evaluation in its log; 80x60 views (LPIPS needs 32 pixels a side). For the report and the viewer."""
+    from helpers import MULTI, scene_loader
+
+    from momentumgs.config import load_config
+    from momentumgs.run import evaluate_run, start_or_resume
+
+    run = tmp_path_factory.mktemp("finished") / "run"
+    over = [*MULTI, "data.downscale=4", f"data.path={gt_test_scene}", "train.eval_every=12"]
+    start_or_resume(load_config(None, over), scene_loader, run, resume=False).run(progress=False)
+    evaluate_run(run)
+    return run

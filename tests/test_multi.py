@@ -90,6 +90,12 @@ def test_two_gloo_processes_equal_the_one_process_emulation(gt_test_scene, tmp_p
         for b, record in d["blocks"].items():
             assert record["iteration"] == loc["blocks"][b]["iteration"]
             assert record["psnr"] == pytest.approx(loc["blocks"][b]["psnr"], abs=1e-4)
+    # and the viewer's per-block table of the 2-process run shows every block (not only the main one's)
+    from momentumgs_viewer.run_info import load_run_info
+
+    rows = load_run_info(dist_run, dist_model.info).block_metrics
+    assert [r["block"] for r in rows] == [0, 1, 2, 3]
+    assert all(r["train_psnr"] is not None and r["weight"] is not None for r in rows)
 
 
 @pytest.mark.slow

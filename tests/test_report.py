@@ -2,11 +2,12 @@
 that the page loads from disk with no console error and every image shown."""
 
 import re
+import shutil
 
 import numpy as np
 import pytest
 from browser import Chromium, needs_chromium
-from helpers import MULTI, scene_loader
+from helpers import scene_loader
 from PIL import Image
 
 from momentumgs.config import load_config
@@ -14,18 +15,14 @@ from momentumgs.errors import UserError
 from momentumgs.report.build import MARKER, write_report
 from momentumgs.report.curves import block_series, running_mean, step_rates
 from momentumgs.report.views import error_map, side_by_side
-from momentumgs.run import start_or_resume
 from momentumgs.train.metrics_log import read_metrics
 
 
-@pytest.fixture(scope="module")
-def trained_run(gt_test_scene, tmp_path_factory):
-    """A 4-block run on 2 workers, trained to the end (model.ckpt), with a periodic evaluation; 80x60
-    views (LPIPS needs 32 pixels a side)."""
-    run = tmp_path_factory.mktemp("report") / "run"
-    over = [*MULTI, "data.downscale=4", f"data.path={gt_test_scene}", "train.eval_every=12"]
-    cfg = load_config(None, over)
-    start_or_resume(cfg, scene_loader, run, resume=False).run(progress=False)
+@pytest.fixture
+def trained_run(finished_run, tmp_path):
+    """A copy of the session's finished 4-block run (the report writes into its folder)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
     return run
 
 

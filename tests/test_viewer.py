@@ -358,3 +358,33 @@ def test_browser_splats_look_like_the_server_render(tiny_trained, tmp_path):
     finally:
         browser.close()
         viewer.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@needs_chromium
+def test_a_finished_run_opens_in_the_browser_with_every_block(finished_run, tmp_path):
+    """`momentumgs view RUN` on a run trained to the end: the page connects and shows our render, and the
+    per-block table holds all four blocks with their figures."""
+    from momentumgs_viewer import open_run
+
+    viewer = open_run(
+        finished_run, ViewerOptions(port=0, max_res=160, still_res=320, rest_s=0.2, verbose=False)
+    )
+    rows = viewer.info.block_metrics
+    assert [r["block"] for r in rows] == [0, 1, 2, 3]
+    assert all(r["train_psnr"] is not None and r["weight"] is not None for r in rows)
+    assert sum(r["test_psnr"] is not None for r in rows) >= 2  # from the run's evaluation
+    browser = Chromium(viewer.url, tmp_path / "profile")
+    try:
+        wait_for(lambda: viewer.sessions, 60, "the page to connect")
+        session = next(iter(viewer.sessions.values()))
+        wait_for(lambda: session.worker.rendered >= 2, 60, "a still frame")
+        time.sleep(1.5)
+        page = browser.screenshot()
+        assert page.std() > 10  # not a blank page
+        text = browser.evaluate("document.body.innerText")
+        assert "train PSNR" in text  # the per-block table is on the page
+    finally:
+        browser.close()
+        viewer.stop()
