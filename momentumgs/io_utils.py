@@ -1,12 +1,16 @@
-"""Atomic writes: a crash leaves the old file or the new one, never half of one."""
+"""Atomic writes: a crash leaves the old file or the new one, never half of one. And the one rule for
+earlier output: no command replaces an existing file or folder unless it is told to (`--force`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from momentumgs.errors import UserError
 
 
 @contextlib.contextmanager
@@ -52,3 +56,38 @@ def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def refuse_existing(
+    path: str | os.PathLike, force: bool, option: str = "--force", replaces: str = "replaces it"
+) -> None:
+    """Raise a UserError naming `path` when it exists (a file, or a folder holding anything) and `force` is
+    not set: earlier output is never replaced silently. An empty folder holds nothing to lose. Also when a
+    file stands where one of its folders would be made."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        blocker = next((p for p in path.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():  # checked now: the write would fail only at the end
+            raise UserError(f"{path}: cannot be written, {blocker} is a file")
+        return
+    if force:
+        return
+    if path.is_dir() and not path.is_symlink():
+        if not any(path.iterdir()):
+            return
+        raise UserError(f"{path}: exists and is not empty; {option} {replaces}")
+    raise UserError(f"{path}: exists; {option} {replaces}")
+
+
+def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the finished folder `new` (made by mkdtemp beside `target`) at `target`; an earlier `target` is
+    removed only after the rename, so a crash leaves the old folder or the new one (or both)."""
+    new, target = Path(new), Path(target)
+    os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the permissions mkdir would
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.replace(target, old)  # a folder may be renamed over an empty one
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -316,6 +316,41 @@ def test_matrixcity_converter_recovers_ground_truth(gt_test_scene, tmp_path):
     assert matrixcity_vs_gt(tmp_path / "out3", gt_test_scene)[1] > 90.0
 
 
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_converted_scene_is_replaced_only_with_force(gt_test_scene, tmp_path, capsys):
+    src, out = tmp_path / "mc", tmp_path / "out"
+    write_matrixcity(gt_test_scene, src)
+    args = ["prepare", "matrixcity", str(src), str(out), "--no-points", "--no-progress"]
+    assert main(args) == 0
+    earlier = tree_bytes(out)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert (
+        capsys.readouterr().err == f"momentumgs: error: {out}: exists and is not empty; --force replaces it\n"
+    )
+    assert tree_bytes(out) == earlier
+
+    # a --force conversion that fails part-way (a test image smaller than its JSON says, found once the train
+    # images are written) leaves the earlier scene whole and nothing beside it
+    stem = Path(json.loads((src / "transforms_test.json").read_text())["frames"][0]["file_path"]).name
+    image = next((src / "images").glob(f"{stem}.*"))
+    image.unlink()  # the earlier scene holds a hard link to it: write a new file, not into that one
+    cv2.imwrite(str(image), np.zeros((10, 10, 3), np.uint8))
+    assert main([*args, "--force"]) == 2
+    assert "10x10" in capsys.readouterr().err
+    assert tree_bytes(out) == earlier and sorted(p.name for p in tmp_path.iterdir()) == ["mc", "out"]
+
+    image.unlink()
+    shutil.copy(gt_test_scene / "images" / image.name, image)
+    assert main([*args, "--force", "--scale", "2"]) == 0
+    assert json.loads((out / "converted.json").read_text())["scale"] == 2.0
+    assert len(load_colmap_scene(out).cameras) == 24
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mc", "out"]
+
+
 @pytest.mark.slow
 def test_matrixcity_raw_rot_mat_and_bad_files(gt_test_scene, tmp_path):
     from momentumgs.prepare.matrixcity import read_transforms

@@ -21,7 +21,8 @@ def add_export_parsers(sub) -> None:
     p = sub.add_parser("export", help="bake a trained run into explicit Gaussians: PLY, .splat or SPZ")
     p.add_argument("run", help="run folder")
     p.add_argument("--format", choices=["ply", "splat", "spz"], help="default: from --out's suffix, else ply")
-    p.add_argument("--out", help="output file (default RUN/export/model.<format>)")
+    p.add_argument("--out", help="output file (default RUN/export/model.<format>; never an existing one)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--sh-degree", type=int, default=3, choices=[0, 1, 2, 3], help="SH degree of the colours")
     p.add_argument(
         "--refine",
@@ -37,6 +38,7 @@ def add_export_parsers(sub) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--view", type=int, help="camera index in the scene")
     which.add_argument("--all-test", action="store_true", help="every test view")
-    p.add_argument("--out", required=True, help="output folder for the PNG files")
+    p.add_argument("--out", required=True, help="output folder for the PNG files (new or empty)")
+    p.add_argument("--force", action="store_true", help="write into a folder holding files (PNGs replaced)")
     p.add_argument("--scene", help="COLMAP scene for the cameras (default: the run's)")
     p.set_defaults(func=cmd_render)

@@ -19,7 +19,7 @@ from momentumgs.export.ply import read_ply, write_ply
 from momentumgs.export.refine import refine_baked
 from momentumgs.export.splat import write_splat
 from momentumgs.export.spz import read_spz, write_spz
-from momentumgs.io_utils import write_bytes_atomic
+from momentumgs.io_utils import refuse_existing, write_bytes_atomic
 
 FORMATS = {"ply": write_ply, "splat": write_splat, "spz": write_spz}
 BAKED_SUFFIXES = (".ply", ".spz")
@@ -57,21 +57,24 @@ def export_run(
     out: str | Path | None = None,
     sh_degree: int = 3,
     refine_epochs: int = 0,
+    force: bool = False,
 ) -> tuple[Path, BakedGaussians]:
     """Bake the model of `run_dir`, optionally refine it for `refine_epochs` passes over the training views,
     and write it as `fmt` (from `out`'s suffix when not given; default ply) to `out` (default
-    RUN/export/model.<ext>). -> (path written, the Gaussians)"""
+    RUN/export/model.<ext>; an existing file is replaced only with `force`). -> (path written, the
+    Gaussians)"""
     if fmt is None:
         suffix = Path(out).suffix.lstrip(".").lower() if out else ""
         fmt = suffix if suffix in FORMATS else "ply"
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    path = Path(out) if out else Path(run_dir) / "export" / f"model.{fmt}"
     model, cfg = load_run(run_dir)
+    refuse_existing(path, force)  # before baking, which takes a while
     scene = _scene_or_none(cfg)
     baked = bake(model, scene, sh_degree=sh_degree)
     if refine_epochs > 0 and scene is not None:
         baked = refine_baked(baked, model, scene, refine_epochs * len(scene.train_ids))
-    path = Path(out) if out else Path(run_dir) / "export" / f"model.{fmt}"
     try:
         FORMATS[fmt](path, baked)
     except OSError as exc:
@@ -81,7 +84,7 @@ def export_run(
 
 def cmd_export(args) -> int:
     t0 = time.perf_counter()
-    path, baked = export_run(args.run, args.format, args.out, args.sh_degree, args.refine)
+    path, baked = export_run(args.run, args.format, args.out, args.sh_degree, args.refine, args.force)
     size_mb = path.stat().st_size / 1e6
     print(
         f"{baked.count} Gaussians (of {baked.info.get('slots')} neural Gaussian slots, SH degree "
@@ -111,7 +114,10 @@ def cmd_render(args) -> int:
     from momentumgs.render.view import camera_view
     from momentumgs.run import load_scene
 
-    source = Path(args.source)
+    source, out_dir = Path(args.source), Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder; choose another --out")
+    refuse_existing(out_dir, args.force, replaces="writes over the PNG files in it")
     if source.suffix.lower() in BAKED_SUFFIXES:
         baked = read_baked(source)
         cfg = _config_near(source)
@@ -136,7 +142,6 @@ def cmd_render(args) -> int:
     for i in ids:
         if not 0 <= i < len(scene.cameras):
             raise UserError(f"--view {i}: the scene has views 0 to {len(scene.cameras) - 1}")
-    out_dir = Path(args.out)
     t0 = time.perf_counter()
     with torch.no_grad():
         for i in ids:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 
 def _log(text: str) -> None:
@@ -46,7 +47,8 @@ def _write_converted(args, train, val, meta) -> int:
     from momentumgs.prepare.known_poses import write_known_pose_scene
 
     t0 = time.perf_counter()
-    summary = write_known_pose_scene(args.out, train, val, meta, _known_pose_options(args), log=_log)
+    opts = _known_pose_options(args)
+    summary = write_known_pose_scene(args.out, train, val, meta, opts, log=_log, force=args.force)
     _log(
         f"converted {summary['train']['images']} train and {summary['val']['images']} val images, "
         f"{summary['train']['points']} points, into {args.out} in {time.perf_counter() - t0:.1f} s"
@@ -55,14 +57,18 @@ def _write_converted(args, train, val, meta) -> int:
 
 
 def cmd_meganerf(args: argparse.Namespace) -> int:
+    from momentumgs.prepare.known_poses import check_out
     from momentumgs.prepare.meganerf import load_meganerf
 
+    check_out(Path(args.out).expanduser(), args.force)  # before reading the dataset
     return _write_converted(args, *load_meganerf(args.src, world=args.world))
 
 
 def cmd_matrixcity(args: argparse.Namespace) -> int:
+    from momentumgs.prepare.known_poses import check_out
     from momentumgs.prepare.matrixcity import load_matrixcity
 
+    check_out(Path(args.out).expanduser(), args.force)  # before reading the dataset
     return _write_converted(args, *load_matrixcity(args.src, args.test, args.val_every, args.scale))
 
 
@@ -76,9 +82,11 @@ def cmd_downsample(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from momentumgs.config import load_config
-    from momentumgs.io_utils import write_text_atomic
+    from momentumgs.io_utils import refuse_existing, write_text_atomic
     from momentumgs.prepare.scan import scan_scene
 
+    if args.json:
+        refuse_existing(args.json, args.force)
     cfg = load_config(args.config, args.overrides)
     report = scan_scene(args.scene, cfg)
     _log(report.text())
@@ -94,6 +102,12 @@ def _add_converter_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an earlier conversion in OUT once the new one is complete (without it a non-empty OUT "
+        "is refused)",
+    )
 
 
 def add_prepare_parser(sub) -> None:
@@ -131,7 +145,7 @@ def add_prepare_parser(sub) -> None:
         "meganerf", help="Mega-NeRF dataset (Mill-19, UrbanScene3D) -> COLMAP train/val scene"
     )
     p.add_argument("src", help="dataset folder with coordinates.pt, train/ and val/")
-    p.add_argument("out", help="output scene folder")
+    p.add_argument("out", help="output scene folder (new or empty; see --force)")
     p.add_argument(
         "--world",
         choices=("colmap", "meganerf"),
@@ -145,7 +159,7 @@ def add_prepare_parser(sub) -> None:
     p.add_argument(
         "src", help="transforms JSON (train), or a folder with transforms_train.json / transforms.json"
     )
-    p.add_argument("out", help="output scene folder")
+    p.add_argument("out", help="output scene folder (new or empty; see --force)")
     p.add_argument(
         "--test", help="test transforms JSON (default: transforms_test.json beside the train file)"
     )
@@ -167,5 +181,6 @@ def add_prepare_parser(sub) -> None:
     p.add_argument("scene", help="scene folder")
     p.add_argument("--config", "-c", help="YAML config (model, partition, data settings)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", help="also write the report as JSON to this file")
+    p.add_argument("--json", help="also write the report as JSON to this file (never an existing one)")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=cmd_scan)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from momentumgs.errors import UserError
-from momentumgs.io_utils import write_text_atomic
+from momentumgs.io_utils import refuse_existing, replace_dir, write_text_atomic
 from momentumgs.prepare.images import read_header
 from momentumgs.prepare.photos import quiet_colmap
 
@@ -76,17 +77,22 @@ def unique_names(paths: list[Path]) -> list[str]:
 # --- output folder ------------------------------------------------------------------------------
 
 
-def prepare_out(out: Path) -> None:
-    """`out` must be new, empty, or an earlier conversion (which is replaced)."""
-    if out.exists():
-        if not out.is_dir():
-            raise UserError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not (out / MARKER).is_file():
-            raise UserError(f"{out}: exists, is not empty and is not a converted scene; choose a new folder")
-        for part in ("train", "val"):
-            shutil.rmtree(out / part, ignore_errors=True)
-        (out / MARKER).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+def check_out(out: Path, force: bool) -> None:
+    """`out` must be new, empty, or an earlier conversion (replaced with `force` only)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose a new folder")
+    if any(out.iterdir()) and not (out / MARKER).is_file():
+        raise UserError(f"{out}: exists, is not empty and is not a converted scene; choose a new folder")
+    refuse_existing(out, force)
+
+
+def new_out(out: Path) -> Path:
+    """A hidden folder beside `out` to convert into: the earlier conversion stays whole until the new one
+    is complete (then `replace_dir` swaps them)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".new", dir=out.parent))
 
 
 def place_images(images: list[PosedImage], folder: Path, link: bool, progress: bool) -> None:
@@ -282,21 +288,29 @@ def write_known_pose_scene(
     meta: dict,
     opts: KnownPoseOptions | None = None,
     log: Callable[[str], None] = print,
+    force: bool = False,
 ) -> dict:
-    """Write the train/val COLMAP layout (module docstring). Returns the figures written to converted.json."""
+    """Write the train/val COLMAP layout (module docstring); an earlier conversion in `out` is replaced only
+    with `force`, once the new one is complete. Returns the figures written to converted.json."""
     opts = opts or KnownPoseOptions()
     out = Path(out).expanduser()
     if not train or not val:
         raise UserError(f"{out}: need train and val images (got {len(train)} and {len(val)})")
-    prepare_out(out)
+    check_out(out, force)
     log(f"writing {len(train)} train and {len(val)} val images to {out}")
-    summary = dict(meta)
-    summary["train"] = write_part(out / "train", train, opts.triangulate, opts, log)
-    summary["train"]["images"] = len(train)
-    summary["val"] = write_part(out / "val", val, False, opts, log)
-    summary["val"]["images"] = len(val)
-    summary["sources"] = {
-        part: {im.name: str(im.source) for im in ims} for part, ims in (("train", train), ("val", val))
-    }
-    write_text_atomic(out / MARKER, json.dumps(summary, indent=1))
+    tmp = new_out(out)
+    try:
+        summary = dict(meta)
+        summary["train"] = write_part(tmp / "train", train, opts.triangulate, opts, log)
+        summary["train"]["images"] = len(train)
+        summary["val"] = write_part(tmp / "val", val, False, opts, log)
+        summary["val"]["images"] = len(val)
+        summary["sources"] = {
+            part: {im.name: str(im.source) for im in ims} for part, ims in (("train", train), ("val", val))
+        }
+        write_text_atomic(tmp / MARKER, json.dumps(summary, indent=1))
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return summary
