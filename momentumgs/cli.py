@@ -60,9 +60,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
+    from momentumgs.io_utils import refuse_existing
     from momentumgs.partition import save_partition
     from momentumgs.run import load_scene, make_partition, resolve_device
 
+    for path in (args.out, args.preview):
+        if path:
+            refuse_existing(path, args.force)
+    if args.preview:
+        from momentumgs.partition_preview import check_preview_path
+
+        check_preview_path(args.preview)  # before the partition is computed
     cfg = _config(args)
     cfg.data.path = args.scene
     scene = load_scene(cfg)
@@ -110,6 +118,7 @@ def _train(cfg: Config | None, run_dir: str, resume: bool, overrides: list[str],
 
 def cmd_train(args: argparse.Namespace) -> int:
     from momentumgs.run import (
+        check_before_processes,
         evaluate_run,
         is_main_process,
         run_config,
@@ -127,6 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = args.overrides if args.resume else []
     processes = training_processes(cfg or run_config(run_dir, overrides), args.processes, bool(args.view))
     if processes > 1:
+        check_before_processes(cfg, run_dir)
         print(f"training in {processes} processes (torchrun; --processes 1 runs every worker in this one)")
         train_in_processes(
             cfg, run_dir, processes, not args.no_progress, resume=bool(args.resume), overrides=overrides
@@ -134,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         _train(cfg, run_dir, bool(args.resume), overrides, not args.no_progress, _view_options(args))
     if not args.no_eval and is_main_process():
-        evaluate_run(run_dir)
+        evaluate_run(run_dir, force=True)  # the model was just (re)trained: an earlier eval is out of date
         _report(run_dir)
     return 0
 
@@ -149,6 +159,7 @@ def _view_options(args: argparse.Namespace):
     """Viewer options from `view` / `train --view` arguments (None when train runs without a viewer)."""
     if args.command == "train" and not args.view:
         return None
+    _check_viewer_args(args, prefix="view-" if args.command == "train" else "")
     from momentumgs_viewer import ViewerOptions
 
     from momentumgs.run import resolve_device
@@ -161,6 +172,22 @@ def _view_options(args: argparse.Namespace):
         device=str(resolve_device("auto")),
         splats=getattr(args, "splats", False),
     )
+
+
+def _check_viewer_args(args: argparse.Namespace, prefix: str) -> None:
+    """Values the server would only trip over once started (in its own thread, where no error stops it)."""
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--{prefix}port {args.port}: must be in 0 (any free port) to 65535")
+    if not 64 <= args.max_res <= 1920:  # the range of the viewer's resolution slider
+        raise UserError(f"--{prefix}max-res {args.max_res}: must be in 64 to 1920")
+    import socket
+
+    try:  # on any free port: a taken --port makes the server move on to the next
+        family, kind, _, _, address = socket.getaddrinfo(args.host, 0, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as sock:
+            sock.bind(address)
+    except OSError as exc:
+        raise UserError(f"--{prefix}host {args.host}: cannot serve on it ({os_error_text(exc)})") from None
 
 
 def cmd_view(args: argparse.Namespace) -> int:
@@ -184,21 +211,23 @@ def _add_viewer_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from momentumgs.run import evaluate_run
 
-    evaluate_run(args.run, args.split)
+    evaluate_run(args.run, args.split, force=args.force)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from momentumgs.demo import cached_demo_scene
     from momentumgs.run import default_processes, evaluate_run, free_run_dir, train_in_processes
+    from momentumgs.train.paths import RunPaths, check_new_run_dir
 
     cfg = _config(args, _default_demo_config())
+    run_dir = free_run_dir(args.out or cfg.output)
+    check_new_run_dir(RunPaths(Path(run_dir)))  # every check before the city is built (minutes, once)
+    processes = default_processes(cfg, args.processes)
     t0 = time.perf_counter()
     root = cached_demo_scene(size=cfg.demo.size, seed=cfg.demo.seed, cache_dir=cfg.demo.cache_dir or None)
     cfg.data.path = str(root)
     print(f"demo scene ready in {time.perf_counter() - t0:.1f} s: {root}")
-    run_dir = free_run_dir(args.out or cfg.output)
-    processes = default_processes(cfg, args.processes)
     if processes > 1:
         print(f"training in {processes} processes (torchrun, gloo; --processes 1 runs them in this one)")
         train_in_processes(cfg, run_dir, processes, progress=not args.no_progress)
@@ -260,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a trained run: PSNR, SSIM, LPIPS (raw and colour-corrected)")
     p.add_argument("run", help="run folder")
     p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--force", action="store_true", help="replace an earlier RUN/eval/eval_<split> result")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo-scene", help="render the demo city or the survey and reconstruct it into OUT")
@@ -278,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("partition", help="split a COLMAP scene into blocks; print, save and preview them")
     p.add_argument("scene", help="scene root holding sparse/0 and images/")
     _add_config_args(p)
-    p.add_argument("--out", help="write the partition to this JSON file")
-    p.add_argument("--preview", help="write a top view of the blocks to this PNG file")
+    p.add_argument("--out", help="write the partition to this JSON file (not an existing one)")
+    p.add_argument("--preview", help="write a top view of the blocks to this PNG file (not an existing one)")
+    p.add_argument("--force", action="store_true", help="replace existing --out and --preview files")
     p.add_argument(
         "--lines", action="store_true", help="preview: join cameras to the other blocks they train"
     )

@@ -140,10 +140,19 @@ def draw_partition(part: Partition, scene: Scene, size: int = 800, lines: bool =
 def write_preview(
     path: str | Path, part: Partition, scene: Scene, size: int = 800, lines: bool = False
 ) -> None:
+    suffix = check_preview_path(path)
     img = draw_partition(part, scene, size=size, lines=lines)
-    path = Path(path)
     with atomic_path(path) as tmp:
-        ok, data = cv2.imencode(path.suffix or ".png", img)
+        ok, data = cv2.imencode(suffix, img)
         if not ok:
             raise PartitionError(f"{path}: cannot write a preview image of this type (use .png)")
         tmp.write_bytes(data.tobytes())
+
+
+def check_preview_path(path: str | Path) -> str:
+    """The image suffix a preview at `path` is encoded with (.png without one); PartitionError when OpenCV
+    has no writer for it (cv2 would raise its own multi-line error)."""
+    suffix = Path(path).suffix or ".png"
+    if not cv2.haveImageWriter(f"preview{suffix}"):
+        raise PartitionError(f"{path}: cannot write a preview image of this type (use .png)")
+    return suffix

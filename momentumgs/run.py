@@ -20,11 +20,11 @@ import torch
 from momentumgs.config import Config, dump_config, load_config
 from momentumgs.data.scene import Scene
 from momentumgs.errors import UserError
-from momentumgs.io_utils import write_text_atomic
+from momentumgs.io_utils import refuse_existing, write_text_atomic
 from momentumgs.partition import load_partition, partition_scene, save_partition
 from momentumgs.train.comm import init_from_env, launched_by_torchrun
-from momentumgs.train.paths import RunPaths, prepare_run_dir
-from momentumgs.train.trainer import Trainer
+from momentumgs.train.paths import RunPaths, check_new_run_dir, prepare_run_dir
+from momentumgs.train.trainer import Trainer, check_workers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,15 +90,18 @@ def start_or_resume(
         prepare_run_dir(paths, resume=True)
         cfg = run_config(run_dir, overrides)
     elif main:
-        prepare_run_dir(paths, resume=False)
-    if comm is not None:
-        comm.barrier()
+        check_new_run_dir(paths)
     assert cfg is not None
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = device or resolve_device(cfg.train.device)
     scene = scene_loader(cfg)
     partition = load_partition(paths.partition) if resume else make_partition(scene, cfg, device)
+    check_workers(comm.workers if comm is not None else cfg.method.workers, len(partition.blocks))
+    if main and not resume:  # only now: a bad scene or partition leaves no empty run folder behind
+        prepare_run_dir(paths, resume=False)
+    if comm is not None:
+        comm.barrier()
     trainer = Trainer(cfg, scene, partition, paths.root, device, comm)
     if resume:
         trainer.load_checkpoint()
@@ -212,6 +215,19 @@ def training_processes(cfg: Config, requested: int | None, live_view: bool) -> i
     return default_processes(cfg, requested)
 
 
+def check_before_processes(cfg: Config | None, run_dir: str | Path) -> None:
+    """What would stop training in its first seconds, checked once in this process before `torchrun`
+    starts the workers (each would print the same error, and torchrun its traceback): the run folder and
+    the scene for a new run, the checkpoint's presence and the saved config for a resume."""
+    paths = RunPaths(Path(run_dir))
+    if cfg is None:
+        prepare_run_dir(paths, resume=True)
+        run_config(run_dir)
+        return
+    check_new_run_dir(paths)
+    load_scene(cfg)
+
+
 def train_in_processes(
     cfg: Config | None,
     run_dir: str | Path,
@@ -234,9 +250,12 @@ def train_in_processes(
             cmd += ["-c", str(config), "--out", str(run_dir)]
         code = subprocess.run(cmd if progress else [*cmd, "--no-progress"]).returncode
     if code != 0:
+        failed = f"{run_dir}: training in {processes} processes failed (exit {code})"
+        if not RunPaths(Path(run_dir)).latest.is_file():  # nothing to resume: the workers' errors say why
+            raise UserError(f"{failed} before its first checkpoint; see the errors above")
         raise UserError(
-            f"{run_dir}: training in {processes} processes failed (exit {code}); resume it with "
-            f"`torchrun --nproc_per_node={processes} -m momentumgs.cli train --resume {run_dir}`"
+            f"{failed}; resume it with `torchrun --nproc_per_node={processes} -m momentumgs.cli train "
+            f"--resume {run_dir}`"
         )
 
 
@@ -251,16 +270,22 @@ def free_run_dir(base: str) -> str:
 # --- evaluation -------------------------------------------------------------------------------------------
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test") -> None:
-    """Evaluate a finished run's model on its scene's `split` views; write eval/ and print the summary."""
+def evaluate_run(run_dir: str | Path, split: str = "test", force: bool = False) -> None:
+    """Evaluate a finished run's model on its scene's `split` views; write eval/ and print the summary. An
+    earlier result of the split is replaced only with `force`."""
     from momentumgs.anchor_render import render_model_view
     from momentumgs.eval import evaluate, write_eval
     from momentumgs.model.store import load_model
     from momentumgs.render.view import camera_view
 
     paths = RunPaths(Path(run_dir))
+    if not paths.root.is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
     if not paths.model.is_file():
         raise UserError(f"{run_dir}: no trained model (expected {paths.model}); has training finished?")
+    stem = f"eval_{split}"
+    for name in (f"{stem}.json", f"{stem}_per_image.csv"):
+        refuse_existing(paths.eval_dir / name, force)
     cfg = run_config(run_dir)
     device = resolve_device(cfg.train.device)
     model = load_model(paths.model, device)
@@ -276,6 +301,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> None:
 
     result = evaluate(render, scene, ids, device=device, progress=True)
     result.extra.update({"split": split, "model": str(paths.model), "iteration": model.info.get("iteration")})
-    csv_path, json_path = write_eval(result, paths.eval_dir, stem=f"eval_{split}")
+    csv_path, json_path = write_eval(result, paths.eval_dir, stem=stem)
     print(result.format())
     print(f"per-image metrics: {csv_path}\nsummary: {json_path}")

@@ -79,6 +79,12 @@ def prepare_run_dir(paths: RunPaths, resume: bool) -> None:
         if not paths.latest.is_file():
             raise UserError(f"{paths.root}: no checkpoint to resume (expected {paths.latest})")
         return
+    check_new_run_dir(paths)
+    paths.root.mkdir(parents=True, exist_ok=True)
+
+
+def check_new_run_dir(paths: RunPaths) -> None:
+    """A new run may start in `paths.root`: no file in the way, and no earlier files there."""
     blocker = file_in_the_way(paths.root)
     if blocker is not None:
         where = "it is a file" if blocker == paths.root else f"{blocker} is a file"
@@ -88,4 +94,3 @@ def prepare_run_dir(paths: RunPaths, resume: bool) -> None:
             f"{paths.root}: output folder is not empty; resume it with `momentumgs train --resume "
             f"{paths.root}` or choose another with --out"
         )
-    paths.root.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,12 @@ class TrainingDiverged(UserError):
     pass
 
 
+def check_workers(workers: int, n_blocks: int) -> None:
+    """Every worker needs a block of its own."""
+    if workers > n_blocks:
+        raise UserError(f"method.workers={workers} is more than the {n_blocks} blocks of the partition")
+
+
 class Trainer:
     def __init__(
         self,
@@ -74,10 +80,7 @@ class Trainer:
         mc, tc = cfg.method, cfg.train
         n = len(partition.blocks)
         self.comm = comm if comm is not None else LocalComm(mc.workers)
-        if self.comm.workers > n:
-            raise UserError(
-                f"method.workers={self.comm.workers} is more than the {n} blocks of the partition"
-            )
+        check_workers(self.comm.workers, n)
         self.schedule = SlotSchedule(n, self.comm.workers, mc.slot_iterations, tc.iterations)
         self.log = MetricsLog(self.paths.metrics)
         self.spatial_scale = spatial_scale(scene, scene.train_ids)
