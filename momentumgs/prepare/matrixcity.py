@@ -167,13 +167,13 @@ def load_matrixcity(
     if test is not None:
         test_json = Path(test).expanduser()
     if not (math.isfinite(scale) and scale > 0):
-        raise UserError(f"scale must be a positive number, got {scale}")
+        raise UserError(f"--scale {scale}: must be a positive number")
     train_frames = read_transforms(train_json, scale)
     if test_json is not None:
         val_frames = read_transforms(test_json, scale)
     else:
         if val_every < 2:
-            raise UserError(f"val_every must be at least 2, got {val_every}")
+            raise UserError(f"--val-every {val_every}: must be at least 2")
         val_frames = train_frames[::val_every]
         train_frames = [f for i, f in enumerate(train_frames) if i % val_every]
     meta = {

@@ -65,6 +65,8 @@ def _load_pt(path: Path) -> dict:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if detail.startswith("Weights only load failed"):  # torch's advice to drop weights_only is not ours
+            detail = "not a torch file of tensors and plain values"
         raise UserError(f"{path}: cannot read ({detail})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a dict, got {type(data).__name__}")
