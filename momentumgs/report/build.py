@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import html
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from PIL import Image
 from momentumgs import __version__
 from momentumgs.config import dump_config
 from momentumgs.errors import UserError
+from momentumgs.io_utils import replace_dir
 from momentumgs.model.store import load_model
 from momentumgs.partition import load_partition
 from momentumgs.partition_preview import block_colors, draw_partition
@@ -93,7 +93,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         sections.append(("Views, worst first", _write_views(tmp, scene, views)))
         sections.append(("Config", f"<pre>{html.escape(dump_config(cfg))}</pre>"))
         (tmp / "index.html").write_text(page(f"momentumgs run {paths.root.resolve().name}", sections))
-        swap_in(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -173,15 +173,3 @@ def check_replaceable(out: Path) -> None:
         raise UserError(f"{out}: exists and is not a folder; choose another --out")
     if any(out.iterdir()) and not (out / MARKER).is_file():
         raise UserError(f"{out}: holds files that are not a momentumgs report; choose another --out")
-
-
-def swap_in(new: Path, out: Path) -> None:
-    """Put the finished folder `new` at `out`, replacing an earlier report only after the rename."""
-    os.chmod(new, 0o755)
-    if not out.exists():
-        os.replace(new, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    os.replace(new, out)
-    shutil.rmtree(old, ignore_errors=True)
