@@ -352,3 +352,19 @@ def test_eval_every_and_one_metrics_schema_in_multi_block_runs(gt_test_scene, tm
     assert all(set(b) == keys for r in train for b in r["blocks"].values())
     # both workers' blocks are in every record (2 workers: two blocks train at each step)
     assert all(len(r["blocks"]) == 2 for r in train)
+
+
+def test_time_estimate_prints_once_after_the_timed_steps(capsys):
+    from types import SimpleNamespace
+
+    from momentumgs.run import TimeEstimate, duration_text
+
+    trainer = SimpleNamespace(global_step=0, schedule=SimpleNamespace(total_steps=1000))
+    estimate = TimeEstimate(steps=3)
+    for step in range(1, 8):
+        trainer.global_step = step
+        estimate(trainer)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1  # printed once, after the first step and 3 timed ones
+    assert "timed 3 steps" in lines[0] and "remaining 996 of 1000 steps" in lines[0]
+    assert [duration_text(s) for s in (12, 270, 7200)] == ["12 s", "4.5 min", "2.0 h"]
