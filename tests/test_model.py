@@ -732,3 +732,65 @@ def test_block_uses_the_injected_densifier():
         "densify_rng",
         "sampler",
     }
+
+
+def test_balanced_backward_caps_the_consistency_on_each_decoder_head():
+    from momentumgs.train.block import balanced_backward, decoder_heads
+
+    dec, field = _tiny_setup()
+    teacher = MomentumTeacher(dec)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cam = torch.tensor([0.0, 0.0, -5.0])
+
+    def losses():
+        anchors = gather_anchors(field)
+        s = decode(dec, anchors, cam)
+        t = decode(teacher.module, anchors, cam, keep=s.keep)
+        image = s.colors.square().sum() + 10 * s.scales.sum() + s.opacities.sum()  # stands in for the render
+        return image, 1e3 * consistency_loss(s, t)
+
+    def grads_after(backward):
+        for p in [*dec.parameters(), *field.params().values()]:
+            p.grad = None
+        backward()
+
+        def grad(p):
+            return torch.zeros_like(p) if p.grad is None else p.grad.clone()
+
+        return [grad(p) for p in dec.parameters()], [grad(p) for p in field.params().values()]
+
+    image, cons = losses()
+    paper = grads_after(lambda: (image + cons).backward())
+    image, cons = losses()
+    only_image = grads_after(lambda: image.backward())
+    image, cons = losses()
+    uncapped = grads_after(lambda: balanced_backward(image, cons, dec, field, balance=1e9))
+    for a, b in zip(paper[0] + paper[1], uncapped[0] + uncapped[1], strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * a.abs().max()), (
+            (a - b).abs().max()
+        )  # the paper's sum
+    image, cons = losses()
+    capped = grads_after(lambda: balanced_backward(image, cons, dec, field, balance=0.1))
+    index = {id(p): i for i, p in enumerate(dec.parameters())}
+    scaled_down = 0
+    for head in decoder_heads(dec):
+        rows = [index[id(p)] for p in head]
+        img = torch.cat([only_image[0][i].flatten() for i in rows])
+        extra = torch.cat([capped[0][i].flatten() for i in rows]) - img
+        full = torch.cat([paper[0][i].flatten() for i in rows]) - img
+        assert extra.norm() <= 0.1 * img.norm() * (1 + 1e-4)  # at most a tenth of the image's gradient
+        scaled_down += bool(full.norm() > 0.1 * img.norm())
+    assert scaled_down >= 1  # the test's consistency is strong enough to be capped somewhere
+    for a, b in zip(paper[1], capped[1], strict=True):  # the anchors take the consistency as it is
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * a.abs().max())
+    # gradients already in the decoder (another worker's) are kept and added first
+    image, cons = losses()
+    for p in [*dec.parameters(), *field.params().values()]:
+        p.grad = None
+    for p in dec.parameters():
+        p.grad = torch.ones_like(p)
+    balanced_backward(image, cons, dec, field, balance=0.1)
+    for p, g in zip(dec.parameters(), capped[0], strict=True):
+        assert torch.allclose(p.grad, 1 + g, rtol=1e-5, atol=1e-6)

@@ -73,9 +73,12 @@ class Block:
         lambda_consistency: float = 0.0,
         terms: ConsistencyTerms = PAPER_TERMS,
         weight: float = 1.0,
+        balance: float = 0.0,
     ) -> StepResult:
         """Render `view`, compute the block's loss, backpropagate (gradients accumulate into the anchors and
-        the decoder), and collect densification statistics. A non-finite loss backpropagates nothing."""
+        the decoder), and collect densification statistics. A non-finite loss backpropagates nothing.
+        `balance` > 0 caps the consistency gradient on each decoder head at `balance` times the image's
+        (`balanced_backward`); 0 backpropagates the sum as it is (the paper)."""
         cfg = self.cfg
         apply_schedules(self.optimizer, self.schedules, self.iteration)
         render = render_anchor_view(self.field, decoder, view)
@@ -83,6 +86,7 @@ class Block:
             photo = photometric_loss(render.image, gt, cfg.lambda_dssim)
             loss = photo.loss + cfg.lambda_volume * volume_loss(render.gaussians.scales)
         cons = torch.zeros(())
+        image_loss = loss
         if teacher is not None and lambda_consistency > 0:
             with phase("teacher_decode"):
                 appearance_id = view.index if teacher.appearance is not None else None
@@ -94,7 +98,12 @@ class Block:
         finite = bool(torch.isfinite(loss))
         if finite:
             with phase("backward"):
-                loss.backward()
+                if balance > 0 and cons.requires_grad:
+                    balanced_backward(
+                        weight * image_loss, weight * lambda_consistency * cons, decoder, self.field, balance
+                    )
+                else:
+                    loss.backward()
             self.densifier.after_backward(
                 self.iteration + 1, render.gaussians, render.meta, view.width, view.height
             )
@@ -145,3 +154,51 @@ class Block:
         self.schedules = lr_schedules(self.cfg.lr, self.cfg.iterations, self.spatial_scale)
         self.densifier.load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])
+
+
+def decoder_heads(decoder: GaussianDecoder) -> list[list[torch.nn.Parameter]]:
+    """The decoder's parameters by head: opacity MLP, colour MLP (with the appearance embedding that feeds
+    it), covariance MLP."""
+    colour = list(decoder.mlp_color.parameters())
+    if decoder.appearance is not None:
+        colour += list(decoder.appearance.parameters())
+    return [list(decoder.mlp_opacity.parameters()), colour, list(decoder.mlp_cov.parameters())]
+
+
+def balanced_backward(
+    image_loss: torch.Tensor, consistency: torch.Tensor, decoder: GaussianDecoder, field, balance: float
+) -> None:
+    """Backpropagate image_loss + consistency, the consistency's part scaled down on each decoder head (its
+    opacity, colour and covariance MLPs) to at most `balance` times the norm of the image's part there.
+    The teacher then steadies what the image trains and cannot outweigh it: on a head the image barely
+    constrains (e.g. the rotation of round Gaussians) the paper's sum lets a lagging teacher decide.
+    The anchors take the consistency gradient as it is. Gradients of other workers already in the decoder's
+    `.grad` (one process emulating several) are set aside, then added first, in the order a process
+    group's sum adds them."""
+    heads = decoder_heads(decoder)
+    params = [p for head in heads for p in head]
+    anchor_params = [p for p in field.params().values() if p.requires_grad]
+    grads = torch.autograd.grad(consistency, params + anchor_params, retain_graph=True, allow_unused=True)
+    cons_of = {id(p): g for p, g in zip(params + anchor_params, grads, strict=True)}
+    others = {id(p): p.grad for p in params}
+    for p in params:
+        p.grad = None
+    image_loss.backward()  # the anchors accumulate as usual; the decoder's .grad is this view's image part
+    for head in heads:
+        image = _norm([p.grad for p in head], like=head[0])
+        cons = _norm([cons_of[id(p)] for p in head], like=head[0])
+        scale = torch.clamp(balance * image / cons.clamp(min=1e-30), max=1.0)
+        for p in head:
+            own = p.grad if p.grad is not None else torch.zeros_like(p)
+            if cons_of[id(p)] is not None:
+                own = own + scale * cons_of[id(p)]
+            p.grad = own if others[id(p)] is None else others[id(p)] + own
+    for p in anchor_params:
+        if cons_of[id(p)] is not None:
+            p.grad = cons_of[id(p)] if p.grad is None else p.grad + cons_of[id(p)]
+
+
+def _norm(tensors: list[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
+    """The joint L2 norm of the tensors present (0 on `like`'s device when none is)."""
+    present = [t.square().sum() for t in tensors if t is not None]
+    return torch.sqrt(torch.stack(present).sum()) if present else like.new_zeros(())

@@ -246,6 +246,7 @@ class Trainer:
                 teacher=decoder.teacher.module if decoder.teacher is not None else None,
                 lambda_consistency=consistency_weight(done[b], self.cfg.train.iterations, mc),
                 terms=self.consistency_terms,
+                balance=mc.consistency_balance,
                 weight=weight,
             )
         if mc.shared_decoder:
