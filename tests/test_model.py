@@ -254,7 +254,8 @@ def test_consistency_loss_zero_for_equal_positive_otherwise():
         consistency_loss(s, decode(teacher.module, anchors, cam, keep=~s.keep))
 
 
-def test_consistency_opacity_over_kept_slots_ignores_dropped_ones():
+def _student_and_lagging_teacher():
+    """Student Gaussians of the tiny setup and the teacher's, after the student moved away from it."""
     dec, field = _tiny_setup()
     teacher = MomentumTeacher(dec)
     with torch.no_grad():
@@ -262,7 +263,11 @@ def test_consistency_opacity_over_kept_slots_ignores_dropped_ones():
             p.add_(0.05 * torch.randn_like(p))
     anchors, cam = gather_anchors(field), torch.tensor([0.0, 0.0, -5.0])
     s = decode(dec, anchors, cam)
-    t = decode(teacher.module, anchors, cam, keep=s.keep)
+    return s, decode(teacher.module, anchors, cam, keep=s.keep)
+
+
+def test_consistency_opacity_over_kept_slots_ignores_dropped_ones():
+    s, t = _student_and_lagging_teacher()
     kept = consistency_loss(s, t, ConsistencyTerms(opacity_slots="kept"))
     want = sum(
         ((a - b) ** 2).mean() for a, b in [(s.colors, t.colors), (s.quats, t.quats), (s.scales, t.scales)]
@@ -281,14 +286,7 @@ def test_consistency_opacity_over_kept_slots_ignores_dropped_ones():
 
 
 def test_consistency_covariance_term_ignores_rotations_the_image_cannot_see():
-    dec, field = _tiny_setup()
-    teacher = MomentumTeacher(dec)
-    with torch.no_grad():
-        for p in dec.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    anchors, cam = gather_anchors(field), torch.tensor([0.0, 0.0, -5.0])
-    s = decode(dec, anchors, cam)
-    t = decode(teacher.module, anchors, cam, keep=s.keep)
+    s, t = _student_and_lagging_teacher()
     cov = ConsistencyTerms(shape="covariance")
 
     def covariance(q, scales):  # R diag(s^2) R^T by hand, from the rotation matrix of the unit quaternion

@@ -249,6 +249,18 @@ def _frame_as_page(frame: np.ndarray, page_shape) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((w, h), Image.BILINEAR))
 
 
+def _first_still_frame(viewer):
+    """Hide the frustums and boxes (they would cover the frame under test), wait for the page's session
+    and its still frame, and let the browser draw it. -> the session"""
+    for group in viewer.groups.values():
+        group.visible = False
+    wait_for(lambda: viewer.sessions, 60, "the page to connect")
+    session = next(iter(viewer.sessions.values()))
+    wait_for(lambda: session.worker.rendered >= 2, 60, "a still frame")
+    time.sleep(1.5)
+    return session
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 @needs_chromium
@@ -260,14 +272,9 @@ def test_browser_shows_the_render_and_follows_the_camera(tiny_trained, tmp_path)
         RunInfo(train_cameras=cameras),
         ViewerOptions(port=0, max_res=160, still_res=320, rest_s=0.2, verbose=False),
     )
-    for group in viewer.groups.values():  # frustums and boxes would cover the frame under test
-        group.visible = False
     browser = Chromium(viewer.url, tmp_path / "profile")
     try:
-        wait_for(lambda: viewer.sessions, 60, "the page to connect")
-        session = next(iter(viewer.sessions.values()))
-        wait_for(lambda: session.worker.rendered >= 2, 60, "a still frame")
-        time.sleep(1.5)  # let the browser draw it
+        session = _first_still_frame(viewer)
         first = browser.screenshot()
         sent = _frame_as_page(session.last_image, first.shape)
         page, frame = _scene_region(first), _scene_region(sent)
@@ -327,14 +334,9 @@ def test_browser_splats_look_like_the_server_render(tiny_trained, tmp_path):
         RunInfo(train_cameras=trainer.scene.train_cameras),
         ViewerOptions(port=0, max_res=160, still_res=320, rest_s=0.2, verbose=False),
     )
-    for group in viewer.groups.values():  # frustums and boxes would cover the frame under test
-        group.visible = False
     browser = Chromium(viewer.url, tmp_path / "profile")
     try:
-        wait_for(lambda: viewer.sessions, 60, "the page to connect")
-        session = next(iter(viewer.sessions.values()))
-        wait_for(lambda: session.worker.rendered >= 2, 60, "a still frame")
-        time.sleep(1.5)  # let the browser draw it
+        _first_still_frame(viewer)
         server = browser.screenshot()
         assert _scene_region(server).std() > 10  # the scene, not a blank page
 
