@@ -14,6 +14,7 @@ from pathlib import Path
 
 from momentumgs.config import Config, load_config
 from momentumgs.errors import UserError, os_error_text
+from momentumgs.train.stop import TrainingStopped
 
 EXIT_USER_ERROR = 2
 
@@ -331,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except TrainingStopped as exc:  # SIGTERM / SIGINT during training: a checkpoint was saved
+        print(f"momentumgs: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except UserError as exc:
         if args.debug:
             raise

@@ -248,7 +248,11 @@ def train_in_processes(
             config = Path(tmp) / "config.yaml"
             config.write_text(dump_config(cfg))
             cmd += ["-c", str(config), "--out", str(run_dir)]
-        code = subprocess.run(cmd if progress else [*cmd, "--no-progress"]).returncode
+        proc = subprocess.Popen(cmd if progress else [*cmd, "--no-progress"])
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # the workers saw the same Ctrl-C: they save a checkpoint and exit
+            code = proc.wait()
     if code != 0:
         failed = f"{run_dir}: training in {processes} processes failed (exit {code})"
         if not RunPaths(Path(run_dir)).latest.is_file():  # nothing to resume: the workers' errors say why

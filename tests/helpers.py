@@ -112,11 +112,14 @@ def one_thread_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def kill_once_written(proc: subprocess.Popen, path: Path, settle_s: float, wait_s: float = 300) -> None:
-    """Wait (up to `wait_s`) for `proc` to write `path`, let it run on `settle_s`, then SIGKILL it."""
+def kill_once_written(
+    proc: subprocess.Popen, path: Path, settle_s: float, wait_s: float = 300, signum: int = signal.SIGKILL
+) -> None:
+    """Wait (up to `wait_s`) for `proc` to write `path`, let it run on `settle_s`, then send it `signum`
+    (SIGKILL) and wait for it to end."""
     deadline = time.time() + wait_s
     while not path.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(settle_s)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signum)
     proc.wait()

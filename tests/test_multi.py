@@ -298,11 +298,14 @@ def test_resume_in_processes_runs_the_resume_command(monkeypatch, tmp_path):
     """`train --resume RUN` in several processes hands the run and its overrides to each torchrun worker."""
     launched = []
 
-    def fake_run(cmd, **kwargs):
-        launched.append(cmd)
-        return subprocess.CompletedProcess(cmd, 0)
+    class FakePopen:
+        def __init__(self, cmd, **kwargs):
+            launched.append(cmd)
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
     run = tmp_path / "run"
     train_in_processes(None, run, 2, progress=False, resume=True, overrides=["train.iterations=9"])
     (cmd,) = launched

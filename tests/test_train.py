@@ -132,6 +132,31 @@ def test_killed_run_resumes_bit_identically(gt_test_scene, tmp_path):
     steps = [r["step"] for r in read_metrics(broken / "metrics.jsonl")]
     assert steps == sorted(set(steps)) and steps[-1] == iterations
 
+    # SIGTERM: a checkpoint at the next step boundary, one line, exit code 128 + 15; the resume is exact
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        train_cmd(*_run_args(gt_test_scene, iterations), "--out", str(stopped)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    kill_once_written(proc, stopped / "checkpoints" / "latest.json", settle_s=0.3, signum=signal.SIGTERM)
+    err = proc.stderr.read()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    stopped_at = json.loads((stopped / "checkpoints" / "latest.json").read_text())["step"]
+    assert err.strip().splitlines() == [
+        f"momentumgs: {stopped}: stopped by SIGTERM at step {stopped_at} of {iterations}; checkpoint saved, "
+        f"resume with `momentumgs train --resume {stopped}`"
+    ]
+    resumed = subprocess.run(
+        train_cmd("--resume", str(stopped)), check=True, env=env, capture_output=True, text=True
+    )
+    assert f"resuming at step {stopped_at} " in resumed.stdout
+    c = _model_state(stopped)
+    for name in ("features", "offsets", "log_scales", "positions"):
+        assert torch.equal(a["anchors"][name], c["anchors"][name]), name
+
 
 class _Unpicklable:
     def __reduce__(self):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +50,7 @@ from momentumgs.train.measure import gt_image, spatial_scale, view_metrics, view
 from momentumgs.train.metrics_log import MetricsLog
 from momentumgs.train.paths import RunPaths
 from momentumgs.train.slots import SlotSchedule
+from momentumgs.train.stop import StopSignals, TrainingStopped
 from momentumgs.train.weighting import SOURCES, BlockQuality, StepMetrics, block_weights
 
 RUN_FORMAT = "momentumgs-multiblock-v1"
@@ -479,7 +481,6 @@ class Trainer:
         """Train until every block has `train.iterations` iterations (or for `stop_after` more steps)."""
         from tqdm import tqdm
 
-        tc, mc = self.cfg.train, self.cfg.method
         total = self.schedule.total_steps
         end = total if stop_after is None else min(total, self.global_step + stop_after)
         n = len(self.partition.blocks)
@@ -493,32 +494,8 @@ class Trainer:
         t0, step0 = time.perf_counter(), self.global_step
         self._clock = (t0, self.train_seconds)
         try:
-            while self.global_step < end and not self.schedule.finished:
-                results = self.train_step()
-                if on_step is not None:  # e.g. the viewer's snapshots (momentumgs train --view)
-                    on_step(self)
-                step = self.global_step
-                if step % tc.log_every == 0 or step == end:
-                    record = self._train_record(
-                        results, step, (step - step0) / max(time.perf_counter() - t0, 1e-9)
-                    )
-                    if self.comm.is_main:
-                        self.log.write(record)
-                        psnrs = [r["psnr"] for r in record["blocks"].values()]
-                        if psnrs:
-                            bar.set_postfix(
-                                psnr=f"{np.mean(psnrs):.2f}", blocks=sorted(map(int, record["blocks"]))
-                            )
-                bar.update(1)
-                if tc.eval_every > 0 and step % tc.eval_every == 0 and step < total:
-                    record = self.evaluate_blocks()
-                    if self.comm.is_main:
-                        self.log.write(record)
-                if mc.checksum_every > 0 and step % mc.checksum_every == 0:
-                    self.check_replicas()
-                if tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0:
-                    with phase("checkpoint"):
-                        self.save_checkpoint()
+            with StopSignals() as stop:
+                self._loop(end, step0, t0, bar, stop, on_step)
         except OSError as exc:  # disk full, permission denied, ...: the last complete checkpoint is intact
             raise UserError(self._stopped_text(os_error_text(exc))) from exc
         finally:
@@ -530,6 +507,55 @@ class Trainer:
                 self.finish()
             except OSError as exc:
                 raise UserError(self._stopped_text(os_error_text(exc))) from exc
+
+    def _loop(self, end: int, step0: int, t0: float, bar, stop: StopSignals, on_step) -> None:
+        """Global steps until `end`, with their logging, evaluation, checks and checkpoints; a stop signal
+        ends the loop at a step boundary with a checkpoint."""
+        tc, mc = self.cfg.train, self.cfg.method
+        total = self.schedule.total_steps
+        while self.global_step < end and not self.schedule.finished:
+            results = self.train_step()
+            if on_step is not None:  # e.g. the viewer's snapshots (momentumgs train --view)
+                on_step(self)
+            step = self.global_step
+            if step % tc.log_every == 0 or step == end:
+                record = self._train_record(
+                    results, step, (step - step0) / max(time.perf_counter() - t0, 1e-9)
+                )
+                if self.comm.is_main:
+                    self.log.write(record)
+                    psnrs = [r["psnr"] for r in record["blocks"].values()]
+                    if psnrs:
+                        bar.set_postfix(
+                            psnr=f"{np.mean(psnrs):.2f}", blocks=sorted(map(int, record["blocks"]))
+                        )
+            bar.update(1)
+            if tc.eval_every > 0 and step % tc.eval_every == 0 and step < total:
+                record = self.evaluate_blocks()
+                if self.comm.is_main:
+                    self.log.write(record)
+            if mc.checksum_every > 0 and step % mc.checksum_every == 0:
+                self.check_replicas()
+            signum = self._agreed_stop(stop)
+            if signum is not None and not self.schedule.finished:
+                with phase("checkpoint"):
+                    self.save_checkpoint()
+                raise TrainingStopped(
+                    f"{self.paths.root}: stopped by {signal.Signals(signum).name} at step {step} of {total}; "
+                    f"checkpoint saved, resume with `momentumgs train --resume {self.paths.root}`",
+                    signum,
+                )
+            if tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0:
+                with phase("checkpoint"):
+                    self.save_checkpoint()
+
+    def _agreed_stop(self, stop: StopSignals) -> int | None:
+        """The stop signal any process received (all processes stop at the same step), or None."""
+        if self.comm.world_size == 1:
+            return stop.signum
+        flag = torch.tensor([float(stop.signum or 0)], device=self.comm.device)
+        self.comm.max_(flag)
+        return int(flag.item()) or None
 
     def _stopped_text(self, cause: str) -> str:
         latest = self._latest_dir()
