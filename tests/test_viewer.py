@@ -1,7 +1,9 @@
 """The viser viewer: camera conversion, loopback binding, the latest-request render worker, live training
 snapshots, packaging, and (with Debian's chromium installed) what a headless browser actually shows."""
 
+import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -12,7 +14,7 @@ import pytest
 import tomllib
 import torch
 from browser import Chromium, needs_chromium, wait_for
-from helpers import SMALL, scene_loader
+from helpers import SMALL, cli_cmd, scene_loader
 from momentumgs_viewer import ModelHolder, RunInfo, TrainingSnapshots, Viewer, ViewerOptions
 from momentumgs_viewer.camera import ClientCamera, capped_size, client_view, scene_camera_pose
 from momentumgs_viewer.worker import LatestRenderWorker
@@ -390,3 +392,23 @@ def test_a_finished_run_opens_in_the_browser_with_every_block(finished_run, tmp_
     finally:
         browser.close()
         viewer.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_view_stops_on_a_signal_without_a_stack_dump(finished_run, signum):
+    proc = subprocess.Popen(
+        cli_cmd("view", finished_run, "--port", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = proc.stderr.readline()  # "momentumgs view: serving RUN at http://..." once it serves
+        assert "serving" in first, first
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "stack trace" not in err and "Aborted" not in err, err

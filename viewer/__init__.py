@@ -6,8 +6,9 @@ Installed as the package `momentumgs_viewer` (from the top-level folder viewer/)
 
 from __future__ import annotations
 
+import signal
 import sys
-import time
+import threading
 from pathlib import Path
 
 from momentumgs.errors import UserError
@@ -61,13 +62,20 @@ def open_path(path: str | Path, options: ViewerOptions) -> Viewer:
 
 
 def serve_forever(path: str | Path, options: ViewerOptions) -> None:
-    """`momentumgs view`: serve until Ctrl-C."""
+    """`momentumgs view`: serve until Ctrl-C (or SIGTERM), then stop the server and return."""
     viewer = open_path(path, options)
+    stopped = threading.Event()
+    # SIGTERM ends the wait like Ctrl-C; without a Python handler pycolmap's (glog's) would print a
+    # stack dump. Installed here, after the scene loaded pycolmap, so that it replaces that one.
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     print(f"momentumgs view: serving {path} at {viewer.url} (Ctrl-C to stop)", file=sys.stderr)
     try:
-        while True:
-            time.sleep(3600)
+        while not stopped.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         viewer.stop()
 
 
