@@ -307,8 +307,8 @@ class MethodConfig:
     # (MSE of the covariance R S^2 R^T, which the image depends on; a rotation the image cannot see is free)
     consistency_shape: Literal["quaternion", "covariance"] = "quaternion"
     # > 0: on each decoder head the consistency gradient is scaled down to at most this times the image's
-    # gradient norm (docs/method.md, Momentum teacher); 0 adds the terms as they are (the paper)
-    consistency_balance: NonNegative = 0.0
+    # gradient norm (docs/method.md, Momentum teacher); 0 adds the terms as they are (the paper's switch)
+    consistency_balance: NonNegative = 0.01
     weighting: bool = True  # reconstruction-guided block weighting
     weighting_sigma: Positive = 10.0
     weighting_every: Count = 1000  # measure a block's PSNR/SSIM every this many of its iterations

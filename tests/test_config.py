@@ -85,6 +85,28 @@ def test_shipped_configs_load():
         load_config(path)
 
 
+def test_paper_configs_switch_the_method_to_the_papers_loss():
+    """The paper's scenes train with the paper's teacher and loss (docs/method.md: the formulas are tested
+    in tests/test_model.py and tests/test_weighting.py); the defaults differ only by the capped pull."""
+    from pathlib import Path
+
+    from momentumgs.model.decoder import PAPER_TERMS, ConsistencyTerms
+
+    paper = [
+        p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml") if not p.stem.startswith("demo")
+    ]
+    assert len(paper) == 6
+    for path in paper:
+        mc = load_config(path).method
+        assert mc.consistency_balance == 0, path  # the terms summed as they are
+        assert ConsistencyTerms(mc.consistency_opacity, mc.consistency_shape) == PAPER_TERMS, path
+        assert (mc.momentum, mc.consistency_ramp, mc.weighting) == (0.9, [0.0, 0.0], True), path
+        assert mc.lambda_consistency in (50, 100), path
+    defaults = load_config(None).method
+    assert defaults.consistency_balance > 0
+    assert ConsistencyTerms(defaults.consistency_opacity, defaults.consistency_shape) == PAPER_TERMS
+
+
 @pytest.mark.slow
 def test_cli_reports_bad_key_in_one_line():
     proc = subprocess.run(
