@@ -254,13 +254,19 @@ def test_consistency_loss_zero_for_equal_positive_otherwise():
         consistency_loss(s, decode(teacher.module, anchors, cam, keep=~s.keep))
 
 
-def _student_and_lagging_teacher():
-    """Student Gaussians of the tiny setup and the teacher's, after the student moved away from it."""
+def _lagging_teacher():
+    """The tiny setup's decoder and field, and a teacher the decoder has since moved away from."""
     dec, field = _tiny_setup()
     teacher = MomentumTeacher(dec)
     with torch.no_grad():
         for p in dec.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    return dec, field, teacher
+
+
+def _student_and_lagging_teacher():
+    """Student Gaussians of the tiny setup and the teacher's, after the student moved away from it."""
+    dec, field, teacher = _lagging_teacher()
     anchors, cam = gather_anchors(field), torch.tensor([0.0, 0.0, -5.0])
     s = decode(dec, anchors, cam)
     return s, decode(teacher.module, anchors, cam, keep=s.keep)
@@ -336,11 +342,7 @@ def test_consistency_weight_ramps_over_the_blocks_iterations():
 
 
 def test_consistency_gradient_reaches_anchors_through_teacher():
-    dec, field = _tiny_setup()
-    teacher = MomentumTeacher(dec)
-    with torch.no_grad():
-        for p in dec.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    dec, field, teacher = _lagging_teacher()
     cam = torch.tensor([0.0, 0.0, -5.0])
     live = gather_anchors(field)
     frozen = VisibleAnchors(
@@ -735,11 +737,7 @@ def test_block_uses_the_injected_densifier():
 def test_balanced_backward_caps_the_consistency_on_each_decoder_head():
     from momentumgs.train.block import balanced_backward, decoder_heads
 
-    dec, field = _tiny_setup()
-    teacher = MomentumTeacher(dec)
-    with torch.no_grad():
-        for p in dec.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    dec, field, teacher = _lagging_teacher()
     cam = torch.tensor([0.0, 0.0, -5.0])
 
     def losses():
