@@ -447,7 +447,7 @@ class Trainer:
                     file=sys.stderr,
                 )
             return step_dir
-        raise UserError(f"{self.paths.root}: no intact checkpoint to resume ({problems[0]})")
+        raise CheckpointError(f"{self.paths.root}: no intact checkpoint to resume ({problems[0]})")
 
     def load_checkpoint(self) -> None:
         step_dir = self._resume_dir()
