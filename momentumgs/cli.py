@@ -151,9 +151,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _report(run_dir: str) -> None:
-    from momentumgs.report.build import write_report
+    from momentumgs.report.cli import write_and_announce
 
-    print(f"report: {write_report(run_dir)} (open it in a browser)")
+    write_and_announce(run_dir)
 
 
 def _view_options(args: argparse.Namespace):

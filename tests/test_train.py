@@ -96,6 +96,15 @@ def _model_state(run: Path) -> dict:
     return load_checkpoint(run / "model.ckpt")
 
 
+def _assert_same_model(run_a: Path, run_b: Path) -> None:
+    """The two runs' merged anchors and decoders are bit-identical."""
+    a, b = _model_state(run_a), _model_state(run_b)
+    for name in ("features", "offsets", "log_scales", "positions"):
+        assert torch.equal(a["anchors"][name], b["anchors"][name]), name
+    for name, value in a["decoder"].items():
+        assert torch.equal(value, b["decoder"][name]), name
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_bit_identically(gt_test_scene, tmp_path):
     env = one_thread_env()
@@ -105,13 +114,14 @@ def test_killed_run_resumes_bit_identically(gt_test_scene, tmp_path):
         train_cmd(*_run_args(gt_test_scene, iterations), "--out", str(unbroken)), check=True, env=env
     )
 
+    def start(run: Path) -> subprocess.Popen:
+        command = train_cmd(*_run_args(gt_test_scene, iterations), "--out", str(run))
+        return subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+
     broken = tmp_path / "broken"
-    proc = subprocess.Popen(
-        train_cmd(*_run_args(gt_test_scene, iterations), "--out", str(broken)),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start(broken)
     ckpt = broken / "checkpoints" / "latest.json"
     kill_once_written(proc, ckpt, settle_s=0.3)  # let it run on past the checkpoint before the kill
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
@@ -123,24 +133,14 @@ def test_killed_run_resumes_bit_identically(gt_test_scene, tmp_path):
         train_cmd("--resume", str(broken)), check=True, env=env, capture_output=True, text=True
     )
     assert f"resuming at step {killed_at} " in resumed.stdout  # not silently restarted from 0
-    a, b = _model_state(unbroken), _model_state(broken)
-    for name in ("features", "offsets", "log_scales", "positions"):
-        assert torch.equal(a["anchors"][name], b["anchors"][name]), name
-    for name, value in a["decoder"].items():
-        assert torch.equal(value, b["decoder"][name]), name
+    _assert_same_model(unbroken, broken)
     # the metrics log holds each iteration once (lines past the checkpoint were dropped on resume)
     steps = [r["step"] for r in read_metrics(broken / "metrics.jsonl")]
     assert steps == sorted(set(steps)) and steps[-1] == iterations
 
     # SIGTERM: a checkpoint at the next step boundary, one line, exit code 128 + 15; the resume is exact
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen(
-        train_cmd(*_run_args(gt_test_scene, iterations), "--out", str(stopped)),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start(stopped)
     kill_once_written(proc, stopped / "checkpoints" / "latest.json", settle_s=0.3, signum=signal.SIGTERM)
     err = proc.stderr.read()
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -153,9 +153,7 @@ def test_killed_run_resumes_bit_identically(gt_test_scene, tmp_path):
         train_cmd("--resume", str(stopped)), check=True, env=env, capture_output=True, text=True
     )
     assert f"resuming at step {stopped_at} " in resumed.stdout
-    c = _model_state(stopped)
-    for name in ("features", "offsets", "log_scales", "positions"):
-        assert torch.equal(a["anchors"][name], c["anchors"][name]), name
+    _assert_same_model(unbroken, stopped)
 
 
 class _Unpicklable:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 
-def cmd_report(args) -> int:
+def write_and_announce(run_dir, out=None) -> None:
+    """Write the run's report and print where it is (for `report`, and after `train` and `demo`)."""
     from momentumgs.report.build import write_report
 
-    print(f"report: {write_report(args.run, args.out)}")
+    print(f"report: {write_report(run_dir, out)} (open it in a browser)")
+
+
+def cmd_report(args) -> int:
+    write_and_announce(args.run, args.out)
     return 0
 
 

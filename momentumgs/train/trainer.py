@@ -494,19 +494,17 @@ class Trainer:
         t0, step0 = time.perf_counter(), self.global_step
         self._clock = (t0, self.train_seconds)
         try:
-            with StopSignals() as stop:
-                self._loop(end, step0, t0, bar, stop, on_step)
-        except OSError as exc:  # disk full, permission denied, ...: the last complete checkpoint is intact
-            raise UserError(self._stopped_text(os_error_text(exc))) from exc
-        finally:
-            bar.close()
-            self.train_seconds, self._clock = self.seconds(), None
-        if self.schedule.finished:
             try:
+                with StopSignals() as stop:
+                    self._loop(end, step0, t0, bar, stop, on_step)
+            finally:
+                bar.close()
+                self.train_seconds, self._clock = self.seconds(), None
+            if self.schedule.finished:
                 self.save_checkpoint()
                 self.finish()
-            except OSError as exc:
-                raise UserError(self._stopped_text(os_error_text(exc))) from exc
+        except OSError as exc:  # disk full, permission denied, ...: the last complete checkpoint is intact
+            raise UserError(self._stopped_text(os_error_text(exc))) from exc
 
     def _loop(self, end: int, step0: int, t0: float, bar, stop: StopSignals, on_step) -> None:
         """Global steps until `end`, with their logging, evaluation, checks and checkpoints; a stop signal
