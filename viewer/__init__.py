@@ -65,17 +65,18 @@ def serve_forever(path: str | Path, options: ViewerOptions) -> None:
     """`momentumgs view`: serve until Ctrl-C (or SIGTERM), then stop the server and return."""
     viewer = open_path(path, options)
     stopped = threading.Event()
-    # SIGTERM ends the wait like Ctrl-C; without a Python handler pycolmap's (glog's) would print a
-    # stack dump. Installed here, after the scene loaded pycolmap, so that it replaces that one.
-    previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    # SIGTERM and SIGINT only set the event: a KeyboardInterrupt raised between two statements (say, just
+    # before the wait below) would escape as "interrupted"; without a Python SIGTERM handler pycolmap's
+    # (glog's) would print a stack dump. Installed here, after the scene loaded pycolmap, to replace it.
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {signum: signal.signal(signum, lambda *_: stopped.set()) for signum in signals}
     print(f"momentumgs view: serving {path} at {viewer.url} (Ctrl-C to stop)", file=sys.stderr)
     try:
         while not stopped.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         viewer.stop()
 
 
