@@ -53,6 +53,7 @@ class ImageCache:
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
         self._bytes = 0
+        self.peak_nbytes = 0  # the most it has held after an eviction (for benchmarks: <= max_bytes)
         self._lock = threading.Lock()
 
     def get(self, key: str) -> np.ndarray | None:
@@ -73,6 +74,7 @@ class ImageCache:
             while self._bytes > self.max_bytes:
                 _, old = self._items.popitem(last=False)
                 self._bytes -= old.nbytes
+            self.peak_nbytes = max(self.peak_nbytes, self._bytes)
 
     @property
     def nbytes(self) -> int:
