@@ -135,6 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg.data.path = args.scene
         run_dir = args.out or cfg.output
     overrides = args.overrides if args.resume else []
+    device = _checked_train_device(cfg or run_config(run_dir, overrides))
     processes = training_processes(cfg or run_config(run_dir, overrides), args.processes, bool(args.view))
     if processes > 1:
         check_before_processes(cfg, run_dir)
@@ -143,11 +144,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg, run_dir, processes, not args.no_progress, resume=bool(args.resume), overrides=overrides
         )
     else:
-        _train(cfg, run_dir, bool(args.resume), overrides, not args.no_progress, _view_options(args))
+        _train(cfg, run_dir, bool(args.resume), overrides, not args.no_progress, _view_options(args, device))
     if not args.no_eval and is_main_process():
         evaluate_run(run_dir, force=True)  # the model was just (re)trained: an earlier eval is out of date
         _report(run_dir)
     return 0
+
+
+def _checked_train_device(cfg: Config):
+    """`train.device`, after a test render there: a GPU that gsplat cannot use stops the command now, in
+    seconds, not at the first render after the scene has loaded."""
+    from momentumgs.render.backend import check_render_device
+    from momentumgs.run import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    check_render_device(device, "--set train.device=cpu")
+    return device
 
 
 def _report(run_dir: str) -> None:
@@ -156,21 +168,20 @@ def _report(run_dir: str) -> None:
     write_and_announce(run_dir)
 
 
-def _view_options(args: argparse.Namespace):
-    """Viewer options from `view` / `train --view` arguments (None when train runs without a viewer)."""
+def _view_options(args: argparse.Namespace, device):
+    """Viewer options from `view` / `train --view` arguments (None when train runs without a viewer);
+    `device` is where the model lives (the training device, or `view --device`)."""
     if args.command == "train" and not args.view:
         return None
     _check_viewer_args(args, prefix="view-" if args.command == "train" else "")
     from momentumgs_viewer import ViewerOptions
-
-    from momentumgs.run import resolve_device
 
     return ViewerOptions(
         host=args.host,
         port=args.port,
         max_res=args.max_res,
         screenshot_dir=Path(args.screenshots),
-        device=str(resolve_device("auto")),
+        device=str(device),
         splats=getattr(args, "splats", False),
     )
 
@@ -194,7 +205,18 @@ def _check_viewer_args(args: argparse.Namespace, prefix: str) -> None:
 def cmd_view(args: argparse.Namespace) -> int:
     from momentumgs_viewer import serve_forever
 
-    serve_forever(args.path, _view_options(args))
+    from momentumgs.config import Device
+    from momentumgs.render.backend import check_render_device
+    from momentumgs.run import resolve_device
+
+    if not Device().allows(args.device):
+        raise UserError(f"--device {args.device}: must be {Device().describe(str)}")
+    try:
+        device = resolve_device(args.device)
+    except UserError:
+        raise UserError(f"--device {args.device}: CUDA is not available on this machine") from None
+    check_render_device(device, "--device cpu")
+    serve_forever(args.path, _view_options(args, device))
     return 0
 
 
@@ -222,6 +244,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from momentumgs.train.paths import RunPaths, check_new_run_dir
 
     cfg = _config(args, _default_demo_config())
+    _checked_train_device(cfg)
     run_dir = free_run_dir(args.out or cfg.output)
     check_new_run_dir(RunPaths(Path(run_dir)))  # every check before the city is built (minutes, once)
     processes = default_processes(cfg, args.processes)
@@ -284,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--splats",
         action="store_true",
         help="send baked Gaussians to the browser's own splat renderer (no rendering on the server)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="where to render: auto (CUDA when available), cpu, cuda or cuda:N"
     )
     p.set_defaults(func=cmd_view)
 
