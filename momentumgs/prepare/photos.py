@@ -7,7 +7,8 @@ Output folder:
     OUT/distorted/sparse/0     the mapper's largest model, cameras as estimated (with distortion)
     OUT/images, OUT/sparse/0   the undistorted pinhole scene that `load_colmap_scene` reads
     OUT/report.json            registered / total, mean reprojection error, failed images with reasons,
-                               per-stage status ("done" or "reused") and seconds
+                               plausibility checks of the poses (momentumgs/prepare/plausibility.py) and
+                               their warnings, per-stage status ("done" or "reused") and seconds
     OUT/prepare_state.json     inputs, options and finished stages, rewritten atomically after each stage
 
 Resuming: feature extraction runs in batches and an image counts as extracted when the database holds its
@@ -96,6 +97,7 @@ class PhotoResult:
             lines.append(f"  failed: {f['name']}: {f['reason']}")
         if len(r["failed"]) > 20:
             lines.append(f"  ... {len(r['failed']) - 20} more failed images (see {REPORT_FILE})")
+        lines += [f"  warning: {w}" for w in r.get("warnings", [])]
         return "\n".join(lines)
 
 
@@ -395,6 +397,8 @@ def _database_counts(database: Path) -> tuple[dict[str, int], dict[str, int]]:
 def build_report(names, database: Path, model_root: Path, matcher: str, opts: PhotoOptions, stages) -> dict:
     import pycolmap
 
+    from momentumgs.prepare.plausibility import check_pycolmap
+
     models = []
     i = 0
     while (model_root / str(i)).is_dir():
@@ -428,6 +432,7 @@ def build_report(names, database: Path, model_root: Path, matcher: str, opts: Ph
                 "but the mapper could not place it"
             )
         failed.append({"name": name, "reason": reason})
+    plausibility = check_pycolmap(best)
     return {
         "images": len(names),
         "registered": len(registered),
@@ -439,6 +444,8 @@ def build_report(names, database: Path, model_root: Path, matcher: str, opts: Ph
         "camera_model": opts.camera_model,
         "single_camera": opts.single_camera,
         "failed": failed,
+        "warnings": plausibility.warnings,
+        "plausibility": plausibility.to_dict(),
         "stages": stages,
     }
 

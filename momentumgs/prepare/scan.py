@@ -69,6 +69,7 @@ class ScanReport:
     blocks: list[BlockEstimate] = field(default_factory=list)
     ram_bytes: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    plausibility: dict = field(default_factory=dict)  # per model ("model", or "train" and "val"): each check
 
     def text(self) -> str:
         w, h = self.train_resolution
@@ -106,10 +107,12 @@ def _parts(root: Path) -> list[tuple[str, Path]]:
     return [("", root)]
 
 
-def read_scene(root: Path, images: str, warnings: list[str]):
-    """Cameras (pinhole, distortion ignored) and train points of a scene, without touching the pixels."""
+def read_scene(root: Path, images: str, warnings: list[str], plausibility: dict | None = None):
+    """Cameras (pinhole, distortion ignored) and train points of a scene, without touching the pixels;
+    the plausibility checks of each model go into `plausibility` and their warnings into `warnings`."""
     from momentumgs.data.colmap import _cam_from_world, _pinhole_K, find_model_dir, read_model
     from momentumgs.data.scene import Camera
+    from momentumgs.prepare.plausibility import check_pycolmap
 
     cameras, points, model_sizes = [], np.zeros((0, 3), np.float32), {}
     train_ids, test_ids = [], []
@@ -118,6 +121,10 @@ def read_scene(root: Path, images: str, warnings: list[str]):
             warnings.append(f"{part}: missing")
             continue
         rec = read_model(find_model_dir(part))
+        checked = check_pycolmap(rec)
+        warnings.extend(f"{prefix.rstrip('/')} model: {w}" if prefix else w for w in checked.warnings)
+        if plausibility is not None:
+            plausibility[prefix.rstrip("/") or "model"] = checked.to_dict()
         for image_id in sorted(rec.reg_image_ids(), key=lambda i: rec.image(i).name):
             im = rec.image(image_id)
             cam = rec.cameras[im.camera_id]
@@ -242,7 +249,9 @@ def scan_scene(root: str | Path, cfg) -> ScanReport:
     if not root.is_dir():
         raise UserError(f"{root}: scene folder does not exist")
     report = ScanReport(root)
-    cameras, points, train_ids, test_ids, model_sizes = read_scene(root, cfg.data.images, report.warnings)
+    cameras, points, train_ids, test_ids, model_sizes = read_scene(
+        root, cfg.data.images, report.warnings, report.plausibility
+    )
     report.images, report.points = len(cameras), len(points)
     report.megapixels = sum(c.width * c.height for c in cameras) / 1e6
     report.sizes = check_files(cameras, model_sizes, report.warnings)

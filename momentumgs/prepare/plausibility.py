@@ -1,0 +1,220 @@
+"""Plausibility of a COLMAP reconstruction: signs that SfM registered photos at wrong poses.
+
+A low reprojection error does not prove the poses right: on a low, repetitive survey the mapper can
+register a subset of photos mirrored or folded onto the rest, each photo still agreeing with its own
+points. These checks look at what such a model gets wrong, on plain arrays (cameras in image-name order):
+
+- view directions: when most cameras look the same way (a survey looks down), one looking more than 90 deg
+  away from the common direction is flipped.
+- ground side: when the points lie on a dominant plane, the cameras all see it from the same side; one on
+  the other side (below the ground), or looking away from it, is misplaced.
+- capture order: photos named in capture order follow a path; a run of photos that jumps far away from its
+  order neighbours and comes back (while the path before and after it joins up) is misplaced.
+- tracks: photos with very few observed points are weakly tied to the model, and a model whose points are
+  mostly seen by only two photos is poorly constrained.
+
+Each check returns the indices it flags and the figure it measured; `plausibility_warnings` turns them into
+one-line warnings naming the photos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SHARED_DIRECTION = 0.5  # mean resultant length of the view directions above which they share a direction
+FLIPPED_DEG = 90.0  # a camera this far from the shared direction looks the other way
+PLANARITY = 0.15  # sqrt(smallest / middle eigenvalue) of the points below which they lie on a plane
+SIDE_MAJORITY = 0.8  # share of cameras on one side of the plane for that side to be the viewing side
+JUMP_FACTOR = 5.0  # an order step this many times the median step is a jump
+MAX_RUN_SHARE = 1 / 3  # a run of jumped photos longer than this share of all photos is not flagged
+MIN_TRACK_SHARE = 0.3  # share of points seen by >= 3 photos below which the model is poorly constrained
+WEAK_PHOTO_SHARE = 0.1  # a photo seeing fewer than this share of the median photo's points is weak
+WEAK_PHOTO_MIN = 15  # ... or fewer points than this (the mapper's minimum inliers to register a photo)
+SHOWN = 5  # photos named in a warning before "and N more"
+
+
+@dataclass
+class Check:
+    """One check's verdict: the photos it flags (indices), the figure it measured, and whether it applied."""
+
+    name: str
+    flagged: list[int] = field(default_factory=list)
+    value: float = float("nan")
+    applies: bool = True
+
+
+def view_direction_outliers(axes: np.ndarray) -> Check:
+    """Cameras looking away from the direction most cameras share. axes: [V, 3] unit optical axes (world).
+    value: the mean resultant length of the axes (1: all parallel, 0: no shared direction)."""
+    mean = axes.mean(axis=0)  # [3]
+    strength = float(np.linalg.norm(mean))
+    if len(axes) < 3 or strength < SHARED_DIRECTION:
+        return Check("view directions", value=strength, applies=False)
+    shared = mean / strength
+    angles = np.degrees(np.arccos(np.clip(axes @ shared, -1.0, 1.0)))  # [V]
+    return Check("view directions", np.flatnonzero(angles > FLIPPED_DEG).tolist(), strength)
+
+
+def dominant_plane(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(centre [3], unit normal [3], planarity) of the points, or None when they do not lie on a plane.
+    Robust to stray points: fitted to the points within the 5-95 % range along each principal axis."""
+    if len(points) < 10:
+        return None
+    centre = np.median(points, axis=0)
+    _, _, vt = np.linalg.svd(points - centre, full_matrices=False)
+    local = (points - centre) @ vt.T  # [N, 3] in principal axes
+    lo, hi = np.percentile(local, [5, 95], axis=0)
+    core = points[np.all((local >= lo) & (local <= hi), axis=1)]
+    if len(core) < 10:
+        return None
+    centre = np.median(core, axis=0)
+    _, s, vt = np.linalg.svd(core - centre, full_matrices=False)
+    planarity = float(s[2] / max(s[1], 1e-12))
+    if planarity > PLANARITY:
+        return None
+    return centre, vt[2], planarity
+
+
+def ground_side_outliers(centres: np.ndarray, axes: np.ndarray, points: np.ndarray) -> Check:
+    """Cameras below the points' dominant plane (the side most cameras are not on) or looking away from it.
+    centres, axes: [V, 3]; points: [N, 3]. value: the share of cameras on the viewing side."""
+    plane = dominant_plane(points)
+    if plane is None or len(centres) < 3:
+        return Check("ground side", applies=False)
+    centre, normal, _ = plane
+    height = (centres - centre) @ normal  # [V] signed distance to the plane
+    if np.mean(height > 0) < 0.5:
+        normal, height = -normal, -height  # the normal points to the cameras' side
+    above = float(np.mean(height > 0))
+    if above < SIDE_MAJORITY:
+        return Check("ground side", value=above, applies=False)
+    facing = axes @ normal  # [V] < 0 when the camera looks towards the plane
+    # a camera at the horizon (an oblique street view) may look slightly up: only clearly upward views count
+    flagged = np.flatnonzero((height <= 0) | (facing > 0.5))
+    return Check("ground side", flagged.tolist(), above)
+
+
+def capture_order_jumps(centres: np.ndarray) -> Check:
+    """Runs of photos (in name order) that leave the path and come back: the step into the run and the step
+    out of it are jumps (> JUMP_FACTOR x the median step), and the photos just before and just after the
+    run are closer to each other than either jump (and than the run's length in median steps plus a
+    jump). A single jump, to a new flight line or a new session, is no detour. centres: [V, 3].
+    value: the largest step / the median step."""
+    if len(centres) < 4:
+        return Check("capture order", applies=False)
+    steps = np.linalg.norm(np.diff(centres, axis=0), axis=1)  # [V-1], step i joins photo i and i+1
+    typical = float(np.median(steps))
+    if typical <= 0:
+        return Check("capture order", applies=False)
+    limit = JUMP_FACTOR * typical
+    jumps = np.flatnonzero(steps > limit)
+    flagged: set[int] = set()
+    for a, b in zip(jumps[:-1], jumps[1:], strict=True):
+        run = range(a + 1, b + 1)  # photos between the jump out and the jump back
+        gap = np.linalg.norm(centres[a] - centres[b + 1])
+        rejoins = gap < min(steps[a], steps[b], limit + (len(run) + 1) * typical)
+        if rejoins and len(run) <= MAX_RUN_SHARE * len(centres):
+            flagged.update(run)
+    return Check("capture order", sorted(flagged), float(steps.max() / typical))
+
+
+def weak_photos(observations: np.ndarray) -> Check:
+    """Photos observing few points. observations: [V] points seen per photo. value: the median count."""
+    median = float(np.median(observations)) if len(observations) else 0.0
+    limit = max(WEAK_PHOTO_MIN, WEAK_PHOTO_SHARE * median)
+    return Check("observations", np.flatnonzero(observations < limit).tolist(), median)
+
+
+def track_share(track_lengths: np.ndarray) -> Check:
+    """The share of points seen by >= 3 photos. track_lengths: [N]. Flags nothing (a model-wide figure)."""
+    if len(track_lengths) == 0:
+        return Check("tracks", applies=False)
+    return Check("tracks", value=float(np.mean(track_lengths >= 3)))
+
+
+def _named(indices: list[int], names: list[str]) -> str:
+    shown = ", ".join(names[i] for i in indices[:SHOWN])
+    return shown + (f" and {len(indices) - SHOWN} more" if len(indices) > SHOWN else "")
+
+
+@dataclass
+class Plausibility:
+    names: list[str]  # the photos, in the caller's order (the checks' indices)
+    checks: list[Check]
+    warnings: list[str]
+
+    def flagged_names(self, check: str) -> list[str]:
+        return sorted(self.names[i] for c in self.checks if c.name == check for i in c.flagged)
+
+    def to_dict(self) -> dict:
+        return {
+            c.name: {
+                "applies": c.applies,
+                "value": None if np.isnan(c.value) else c.value,
+                "flagged": c.flagged,
+            }
+            for c in self.checks
+        }
+
+
+def check_reconstruction(
+    names: list[str],
+    centres: np.ndarray,  # [V, 3] camera centres, world
+    axes: np.ndarray,  # [V, 3] unit optical axes, world
+    observations: np.ndarray,  # [V] points seen per photo
+    points: np.ndarray,  # [N, 3]
+    track_lengths: np.ndarray,  # [N] photos seeing each point
+) -> Plausibility:
+    """Every check on one reconstruction (cameras sorted by image name, the capture order)."""
+    given = list(names)
+    order = np.argsort(names, kind="stable")
+    names = [names[i] for i in order]
+    centres, axes, observations = centres[order], axes[order], observations[order]
+    checks = [
+        view_direction_outliers(axes),
+        ground_side_outliers(centres, axes, points),
+        capture_order_jumps(centres),
+        weak_photos(observations),
+        track_share(track_lengths),
+    ]
+    v = len(names)
+    texts = {
+        "view directions": f"look more than {FLIPPED_DEG:g} deg away from the direction most photos share",
+        "ground side": "are below the ground plane of the points, or look away from it",
+        "capture order": f"jump more than {JUMP_FACTOR:g}x the median step away from the photos taken before "
+        "and after them (by name)",
+        "observations": "see few points (weakly registered)",
+    }
+    warnings = []
+    for c in checks:
+        if c.flagged:
+            which = _named(c.flagged, names)
+            warnings.append(f"implausible poses: {len(c.flagged)} of {v} photos {texts[c.name]}: {which}")
+    tracks = checks[-1]
+    if tracks.applies and tracks.value < MIN_TRACK_SHARE:
+        warnings.append(
+            f"weak reconstruction: only {tracks.value:.0%} of the points are seen by 3 or more photos "
+            f"(expected >= {MIN_TRACK_SHARE:.0%})"
+        )
+    for c in checks:  # back to the caller's indices
+        c.flagged = sorted(int(order[i]) for i in c.flagged)
+    return Plausibility(given, checks, warnings)
+
+
+def check_pycolmap(rec) -> Plausibility:
+    """`check_reconstruction` on a pycolmap.Reconstruction's registered images and points."""
+    from momentumgs.data.colmap import _cam_from_world
+
+    ids = sorted(rec.reg_image_ids())
+    names = [rec.image(i).name for i in ids]
+    viewmats = np.stack([_cam_from_world(rec.image(i)) for i in ids])  # [V, 4, 4] world -> camera
+    rot, trans = viewmats[:, :3, :3], viewmats[:, :3, 3]  # [V, 3, 3], [V, 3]
+    centres = -np.einsum("vji,vj->vi", rot, trans)  # [V, 3] R^T (-t)
+    axes = rot[:, 2, :]  # [V, 3] the camera's z axis in world
+    observations = np.array([rec.image(i).num_points3D for i in ids])
+    pts = rec.points3D.values()
+    points = np.array([p.xyz for p in pts], np.float64).reshape(-1, 3)
+    tracks = np.array([p.track.length() for p in pts], np.int64)
+    return check_reconstruction(names, centres, axes, observations, points, tracks)
