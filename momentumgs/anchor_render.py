@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from momentumgs.model.anchors import AnchorField
+from momentumgs.model.appearance import resolve_appearance
 from momentumgs.model.decoder import (
+    Appearance,
     GaussianDecoder,
     NeuralGaussians,
     VisibleAnchors,
@@ -45,15 +47,18 @@ def render_anchor_view(
     view: View,
     background: torch.Tensor | None = None,
     visible: torch.Tensor | None = None,
+    appearance: Appearance = None,
 ) -> AnchorRender:
-    """Decode the anchors visible from `view` with `decoder` and rasterize their neural Gaussians."""
+    """Decode the anchors visible from `view` with `decoder` and rasterize their neural Gaussians. A decoder
+    with an appearance embedding uses `appearance`, by default the row of the view's own photo (training)."""
     with phase("prefilter"):
         if visible is None:
             visible = visible_anchors(field, view)
         anchors = gather_anchors(field, visible)
-    appearance_id = view.index if decoder.appearance is not None else None
+    if decoder.appearance is not None and appearance is None:
+        appearance = view.index
     with phase("decode"):
-        gaussians = decode(decoder, anchors, view.center, appearance_id=appearance_id)
+        gaussians = decode(decoder, anchors, view.center, appearance=appearance)
     image, alpha, meta = rasterize_gaussians(
         gaussians.means,
         gaussians.quats,
@@ -67,18 +72,22 @@ def render_anchor_view(
 
 
 @torch.no_grad()
-def render_model_view(model, view: View, background: torch.Tensor | None = None) -> torch.Tensor:
+def render_model_view(
+    model, view: View, background: torch.Tensor | None = None, appearance: Appearance = None
+) -> torch.Tensor:
     """The image [H, W, 3] of a trained `AnchorModel` (model/store.py) from `view`, without gradients (for
-    viewing, evaluation and export). Models with per-block decoders (the independent-blocks ablation)
-    decode each block's anchors with its own decoder."""
+    viewing, evaluation and export), in the neutral appearance unless `appearance` names a photo's row or
+    gives an embedding (model/appearance.py). Models with per-block decoders (the independent-blocks
+    ablation) decode each block's anchors with its own decoder."""
     if model.block_decoders is None:
-        return render_anchor_view(model.field, model.decoder, view, background).image
+        chosen = resolve_appearance(model.decoder, appearance, model.info)
+        return render_anchor_view(model.field, model.decoder, view, background, appearance=chosen).image
     visible = visible_anchors(model.field, view)
     parts = []
     for b, decoder in enumerate(model.block_decoders):
         anchors = gather_anchors(model.field, visible & (model.anchor_block == b))
-        appearance_id = view.index if decoder.appearance is not None else None
-        parts.append(decode(decoder, anchors, view.center, appearance_id=appearance_id))
+        chosen = resolve_appearance(decoder, appearance, model.info)
+        parts.append(decode(decoder, anchors, view.center, appearance=chosen))
     image, _, _ = rasterize_gaussians(
         *(
             torch.cat([getattr(g, name) for g in parts])

@@ -46,7 +46,9 @@ def cmd_demo_scene(args: argparse.Namespace) -> int:
     from momentumgs.demo import build_scene
 
     t0 = time.perf_counter()
-    out = build_scene(args.out, args.scene, size=args.size, seed=args.seed, sfm=not args.no_sfm)
+    out = build_scene(
+        args.out, args.scene, size=args.size, seed=args.seed, sfm=not args.no_sfm, appearance=args.appearance
+    )
     print(f"demo scene ({args.scene}) written to {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -234,7 +236,7 @@ def _add_viewer_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from momentumgs.run import evaluate_run
 
-    evaluate_run(args.run, args.split, force=args.force)
+    evaluate_run(args.run, args.split, force=args.force, appearance=args.appearance, reference=args.reference)
     return 0
 
 
@@ -249,7 +251,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_new_run_dir(RunPaths(Path(run_dir)))  # every check before the city is built (minutes, once)
     processes = default_processes(cfg, args.processes)
     t0 = time.perf_counter()
-    root = cached_demo_scene(size=cfg.demo.size, seed=cfg.demo.seed, cache_dir=cfg.demo.cache_dir or None)
+    root = cached_demo_scene(
+        size=cfg.demo.size,
+        seed=cfg.demo.seed,
+        cache_dir=cfg.demo.cache_dir or None,
+        appearance=cfg.demo.appearance,
+    )
     cfg.data.path = str(root)
     print(f"demo scene ready in {time.perf_counter() - t0:.1f} s: {root}")
     if processes > 1:
@@ -317,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--force", action="store_true", help="replace an earlier RUN/eval/eval_<split> result")
+    p.add_argument(
+        "--appearance",
+        default="mean",
+        choices=["mean", "nearest", "half"],
+        help="test-time appearance for models with an appearance embedding: mean (neutral, default), nearest "
+        "(the nearest training photo's), half (fitted on the left half, measured on the right half)",
+    )
+    p.add_argument(
+        "--reference", metavar="DIR", help="compare with the images of this folder (same names) instead"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo-scene", help="render the demo city or the survey and reconstruct it into OUT")
@@ -325,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", help="city: demo (default) or test; survey: survey (default), test or large")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-sfm", action="store_true", help="write only the ground-truth model")
+    p.add_argument(
+        "--appearance",
+        action="store_true",
+        help="photos whose exposure, white balance and sun change (neutral renders in ground_truth/images)",
+    )
     p.set_defaults(func=cmd_demo_scene)
 
     p = sub.add_parser("info", help="load a COLMAP scene and print its summary")

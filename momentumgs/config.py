@@ -169,6 +169,7 @@ class DemoConfig:
     size: Literal["demo", "test"] = "demo"  # "demo" (README scene) or "test" (small scene for tests)
     seed: Seed = 0
     cache_dir: Text = ""  # default: $MOMENTUMGS_CACHE or ~/.cache/momentumgs
+    appearance: bool = False  # photos whose exposure, white balance and sun change (demo/appearance.py)
 
 
 @dataclass
@@ -254,6 +255,10 @@ class TrainConfig:
     eval_views: CountOrZero = 0  # periodic evaluation on at most this many test views; 0 = all
     checkpoint_every: CountOrZero = 1000  # checkpoint period (global steps); 0 = only the last, at the end
     log_every: Count = 10  # training-record period (global steps); the last step is always recorded
+    # k processes: how long a collective waits for a worker that stopped answering (its machine vanished)
+    # before the others stop; a worker that dies is noticed at once. Must exceed the longest time one
+    # process works alone between collectives (a checkpoint of its blocks, an evaluation).
+    collective_timeout_s: Positive = 600.0
     lr: OptimConfig = field(default_factory=OptimConfig)
     densify: DensifyOptions = field(default_factory=DensifyOptions)
 

@@ -104,8 +104,14 @@ def evaluate(
     view_ids: Sequence[int],
     device: torch.device | str = "cpu",
     progress: bool = False,
+    prepare: Callable[[int, torch.Tensor], None] | None = None,
+    crop: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    load_image: Callable[[int], np.ndarray] | None = None,
 ) -> EvalResult:
-    """Render each view with `render_fn` and compare it with the scene's image."""
+    """Render each view with `render_fn` and compare it with the scene's image (or `load_image(i)`'s, RGB
+    uint8). `prepare(i, photo)` runs before a view's timed render (a test-time appearance fit); `crop`
+    selects the measured region of both images."""
+    load_image = load_image or scene.load_image
     device = torch.device(device)
     cuda = device.type == "cuda"
     if cuda:
@@ -119,6 +125,9 @@ def evaluate(
         ids = tqdm(ids, desc="eval", leave=False)
     for i in ids:
         cam = scene.cameras[i]
+        gt = torch.from_numpy(load_image(i)).to(device=device, dtype=torch.float32) / 255.0
+        if prepare is not None:
+            prepare(i, gt)
         if cuda:
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
@@ -126,7 +135,8 @@ def evaluate(
         if cuda:
             torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - t0)
-        gt = torch.from_numpy(scene.load_image(i)).to(device=device, dtype=torch.float32) / 255.0
+        if crop is not None:
+            img, gt = crop(img), crop(gt)
         for key, value in image_metrics(img.float(), gt).items():
             per_image[key].append(value)
         names.append(cam.name)

@@ -274,11 +274,21 @@ def free_run_dir(base: str) -> str:
 # --- evaluation -------------------------------------------------------------------------------------------
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test", force: bool = False) -> None:
-    """Evaluate a finished run's model on its scene's `split` views; write eval/ and print the summary. An
-    earlier result of the split is replaced only with `force`."""
+def evaluate_run(
+    run_dir: str | Path,
+    split: str = "test",
+    force: bool = False,
+    appearance: str = "mean",
+    reference: str | Path | None = None,
+) -> None:
+    """Evaluate a finished run's model on its scene's `split` views under the test-time `appearance`
+    protocol (eval_appearance.py); write eval/ and print the summary. `reference`: a folder of images
+    (the photos' names) to compare with instead of the photos. An earlier result of the same split,
+    protocol and reference is replaced only with `force`."""
     from momentumgs.anchor_render import render_model_view
+    from momentumgs.data.scene import read_image
     from momentumgs.eval import evaluate, write_eval
+    from momentumgs.eval_appearance import AppearanceProtocol
     from momentumgs.model.store import load_model
     from momentumgs.render.view import camera_view
 
@@ -287,7 +297,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test", force: bool = False) 
         raise UserError(f"{run_dir}: no such run folder")
     if not paths.model.is_file():
         raise UserError(f"{run_dir}: no trained model (expected {paths.model}); has training finished?")
-    stem = f"eval_{split}"
+    if reference is not None and not Path(reference).is_dir():
+        raise UserError(f"--reference {reference}: no such folder")
+    stem = "_".join(
+        [f"eval_{split}"]
+        + ([appearance] if appearance != "mean" else [])
+        + ([f"ref-{Path(reference).name}"] if reference is not None else [])
+    )
     for name in (f"{stem}.json", f"{stem}_per_image.csv"):
         refuse_existing(paths.eval_dir / name, force)
     cfg = run_config(run_dir)
@@ -297,14 +313,40 @@ def evaluate_run(run_dir: str | Path, split: str = "test", force: bool = False) 
     ids = scene.test_ids if split == "test" else scene.train_ids
     if not ids:
         raise UserError(f"{cfg.data.path}: the scene has no {split} views to evaluate")
+    protocol = AppearanceProtocol(appearance, model, scene)
+
+    def view_of(i: int):
+        return camera_view(scene.cameras[i], device, i)
+
     index_of = {id(cam): i for i, cam in enumerate(scene.cameras)}
 
     def render(cam):
-        view = camera_view(cam, device, index_of[id(cam)])
-        return render_model_view(model, view)
+        i = index_of[id(cam)]
+        return render_model_view(model, view_of(i), appearance=protocol.appearance(i))
 
-    result = evaluate(render, scene, ids, device=device, progress=True)
-    result.extra.update({"split": split, "model": str(paths.model), "iteration": model.info.get("iteration")})
+    def load_reference(i: int):
+        cam = scene.cameras[i]
+        return read_image(Path(reference) / cam.name, cam.width, cam.height)
+
+    result = evaluate(
+        render,
+        scene,
+        ids,
+        device=device,
+        progress=True,
+        prepare=lambda i, photo: protocol.prepare(i, view_of(i), photo),
+        crop=protocol.crop,
+        load_image=load_reference if reference is not None else None,
+    )
+    result.extra.update(
+        {
+            "split": split,
+            "model": str(paths.model),
+            "iteration": model.info.get("iteration"),
+            "appearance": protocol.describe(),
+            "reference": str(reference) if reference is not None else "the photos",
+        }
+    )
     csv_path, json_path = write_eval(result, paths.eval_dir, stem=stem)
     print(result.format())
     print(f"per-image metrics: {csv_path}\nsummary: {json_path}")

@@ -192,10 +192,10 @@ def test_appearance_embedding_changes_colour_only():
     _, field = _tiny_setup(k=4)
     anchors = gather_anchors(field)
     cam = torch.zeros(3)
-    a, b = decode(dec, anchors, cam, appearance_id=0), decode(dec, anchors, cam, appearance_id=1)
+    a, b = decode(dec, anchors, cam, appearance=0), decode(dec, anchors, cam, appearance=1)
     assert torch.equal(a.raw_opacity, b.raw_opacity) and torch.equal(a.scales, b.scales)
     assert not torch.allclose(a.colors, b.colors)
-    with pytest.raises(ValueError, match="appearance_id"):
+    with pytest.raises(ValueError, match="pass an appearance"):
         decode(dec, anchors, cam)
 
 

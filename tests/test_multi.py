@@ -57,7 +57,9 @@ def _assert_same_blocks_and_decoder(run_a, run_b):
 @pytest.mark.slow
 def test_two_gloo_processes_equal_the_one_process_emulation(gt_test_scene, tmp_path):
     env = one_thread_env()
-    args = set_args([*MULTI, f"data.path={gt_test_scene}"])
+    # with the appearance embedding on: its rows are trained by whichever worker's block holds the photo,
+    # and the all-reduce keeps the table equal across processes
+    args = set_args([*MULTI, f"data.path={gt_test_scene}", "model.appearance_dim=4"])
     dist_run, local_run = tmp_path / "dist", tmp_path / "local"
     if (os.cpu_count() or 1) < 2:
         pytest.skip("`momentumgs train` starts one process per worker only with a core for each")
@@ -117,11 +119,13 @@ def test_tiny_ram_budget_spills_and_trains_the_same(gt_test_scene, tmp_path):
 
 @pytest.mark.slow
 def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path, capsys):
-    cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}"])
+    # with the per-image appearance embedding on: its table and optimizer state resume too
+    settings = [*MULTI, f"data.path={gt_test_scene}", "model.appearance_dim=4"]
+    cfg = load_config(None, settings)
     unbroken = start_or_resume(cfg, scene_loader, tmp_path / "a", resume=False)
     unbroken.run(progress=False)
 
-    cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}"])
+    cfg = load_config(None, settings)
     first = start_or_resume(cfg, scene_loader, tmp_path / "b", resume=False)
     first.run(progress=False, stop_after=6)
     first.save_checkpoint()

@@ -68,6 +68,7 @@ from momentumgs.anchor_render import render_model_view, visible_anchors
 from momentumgs.config import Config, config_to_dict, load_config
 from momentumgs.errors import UserError
 from momentumgs.eval import evaluate
+from momentumgs.model.appearance import resolve_appearance
 from momentumgs.model.decoder import decode, gather_anchors
 from momentumgs.model.store import load_model
 from momentumgs.partition import Partition, load_partition
@@ -371,10 +372,8 @@ def expected_depth(model, view: View) -> tuple[np.ndarray, np.ndarray]:
         groups = [(d, visible & (model.anchor_block == b)) for b, d in enumerate(model.block_decoders)]
     parts = []
     for decoder, mask in groups:
-        appearance_id = view.index if decoder.appearance is not None else None
-        parts.append(
-            decode(decoder, gather_anchors(model.field, mask), view.center, appearance_id=appearance_id)
-        )
+        appearance = resolve_appearance(decoder, None, model.info)
+        parts.append(decode(decoder, gather_anchors(model.field, mask), view.center, appearance=appearance))
     means, quats, scales, opacities, colors = (
         torch.cat([getattr(g, name) for g in parts])
         for name in ("means", "quats", "scales", "opacities", "colors")

@@ -18,7 +18,15 @@ from momentumgs.io_utils import write_bytes_atomic
 from momentumgs.report.blocks import metrics_markdown
 
 from .camera import CameraPose, ClientCamera, client_view, move_client_to, scene_camera_pose
-from .models import ModelHolder, content_positions, content_summary, is_baked, render_rgb8
+from .models import (
+    ModelHolder,
+    appearance_choices,
+    appearance_of_choice,
+    content_positions,
+    content_summary,
+    is_baked,
+    render_rgb8,
+)
 from .run_info import RunInfo
 from .splats import backdrop_image, bake_for_browser, browser_note, browser_splat_arrays, export_available
 from .worker import LatestRenderWorker
@@ -68,7 +76,8 @@ class ClientSession:
 
     def render(self, camera: ClientCamera, max_res: int) -> np.ndarray:
         view = client_view(camera, max_res, self.viewer.options.device)
-        return render_rgb8(self.viewer.holder.get(), view)
+        content = self.viewer.holder.get()
+        return render_rgb8(content, view, self.viewer.appearance_row(content))
 
     def deliver(self, image: np.ndarray, still: bool) -> None:
         if self.viewer.mode != SERVER_MODE:  # a frame finished after the switch to splats
@@ -217,6 +226,13 @@ class Viewer:
                 start = BROWSER_MODE if o.splats else SERVER_MODE
                 mode = gui.add_dropdown("renderer", (SERVER_MODE, BROWSER_MODE), initial_value=start)
                 mode.on_update(lambda _: self.set_mode(mode.value))
+            choices = appearance_choices(self.holder.get())
+            self.appearance_menu = None
+            if choices:  # a model with a per-image appearance embedding
+                self.appearance_menu = gui.add_dropdown(
+                    "appearance", tuple(choices), initial_value=choices[0]
+                )
+                self.appearance_menu.on_update(lambda _: self._appearance_changed())
             self.frame_text = gui.add_markdown("no frame yet")
             self.splat_note = gui.add_markdown("", visible=False)  # what the browser's splats leave out
             self.model_text = gui.add_markdown("")
@@ -232,6 +248,20 @@ class Viewer:
         if self.info.block_metrics:
             with gui.add_folder("Blocks"):
                 gui.add_markdown(metrics_markdown(self.info.block_metrics))
+
+    def appearance_row(self, content) -> int | None:
+        """The embedding row chosen in the drop-down (None: neutral, or a model without an embedding)."""
+        menu = self.appearance_menu
+        return None if menu is None else appearance_of_choice(content, menu.value)
+
+    def _appearance_changed(self) -> None:
+        if self.mode == BROWSER_MODE:  # bake the splats again in the new appearance
+            self.set_mode(BROWSER_MODE)
+            return
+        with self._lock:
+            sessions = list(self.sessions.values())
+        for s in sessions:
+            s.rerender()
 
     def _set_visible(self, group: str, visible: bool) -> None:
         self.groups[group].visible = visible
@@ -282,7 +312,12 @@ class Viewer:
 
     def _show_splats(self) -> None:
         content = self.holder.get()
-        baked = content if is_baked(content) else bake_for_browser(content, self.info.train_cameras)
+        if self.splats is not None:
+            self.splats.remove()
+        if is_baked(content):
+            baked = content
+        else:
+            baked = bake_for_browser(content, self.info.train_cameras, self.appearance_row(content))
         arrays = browser_splat_arrays(baked)
         self._splats_count = len(arrays["centers"])
         self.splats = self.server.scene.add_gaussian_splats("/splats", **arrays)
@@ -309,7 +344,10 @@ class Viewer:
         from PIL import Image
 
         _, still = self.resolutions()
-        image = render_rgb8(self.holder.get(), client_view(camera, still, self.options.device))
+        content = self.holder.get()
+        image = render_rgb8(
+            content, client_view(camera, still, self.options.device), self.appearance_row(content)
+        )
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG")
         stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -64,9 +64,30 @@ def content_summary(content) -> str:
     return f"{content.field.n_anchors} anchors, iteration {content.info.get('iteration', '?')}{live}"
 
 
+NEUTRAL_APPEARANCE = "neutral (mean of the photos)"
+
+
+def appearance_choices(content) -> list[str]:
+    """The appearances an AnchorModel can be shown in: neutral, then each training photo's (by name); empty
+    for a model without an appearance embedding or baked Gaussians."""
+    if content is None or is_baked(content) or content.decoder.appearance is None:
+        return []
+    return [NEUTRAL_APPEARANCE] + [row["name"] for row in content.info.get("appearance_images", [])]
+
+
+def appearance_of_choice(content, choice: str | None) -> int | None:
+    """The embedding row of a drop-down choice (None: the neutral appearance)."""
+    if choice is None or choice == NEUTRAL_APPEARANCE or is_baked(content):
+        return None
+    from momentumgs.model.appearance import appearance_image_row
+
+    return appearance_image_row(content.info, choice)
+
+
 @torch.no_grad()
-def render_rgb8(content, view: View) -> np.ndarray:
-    """One frame of an AnchorModel or of baked Gaussians as uint8 [H, W, 3]; black while there is none."""
+def render_rgb8(content, view: View, appearance: int | None = None) -> np.ndarray:
+    """One frame of an AnchorModel (in the appearance of training photo row `appearance`, by default the
+    neutral one) or of baked Gaussians as uint8 [H, W, 3]; black while there is none."""
     if content_positions(content) is None:
         return np.zeros((view.height, view.width, 3), dtype=np.uint8)
     background = torch.tensor(BACKGROUND, dtype=torch.float32, device=view.viewmat.device)
@@ -75,5 +96,5 @@ def render_rgb8(content, view: View) -> np.ndarray:
 
         image = render_baked(content, view, background)[0]
     else:
-        image = render_model_view(content, view, background)
+        image = render_model_view(content, view, background, appearance=appearance)
     return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()

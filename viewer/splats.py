@@ -35,12 +35,13 @@ def read_baked(path) -> object:
     return read_ply(path)
 
 
-def bake_for_browser(model, cameras) -> object:
-    """BakedGaussians of an AnchorModel with view-averaged colour (SH degree 0)."""
+def bake_for_browser(model, cameras, appearance: int | None = None) -> object:
+    """BakedGaussians of an AnchorModel with view-averaged colour (SH degree 0), in the appearance of
+    training photo row `appearance` (None: the neutral one)."""
     _require_export("browser splats")
     from momentumgs.export.bake import bake
 
-    return bake(model, cameras or None, sh_degree=BROWSER_SH_DEGREE, n_directions=16)
+    return bake(model, cameras or None, sh_degree=BROWSER_SH_DEGREE, n_directions=16, appearance=appearance)
 
 
 def backdrop_image() -> np.ndarray:

@@ -38,6 +38,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from momentumgs.demo.appearance import (
+    PhotoAppearance,
+    appearance_table,
+    draw_appearances,
+    photograph,
+    vignette,
+)
 from momentumgs.demo.city import build_world as build_city
 from momentumgs.demo.city import camera_poses as city_poses
 from momentumgs.demo.city import city_params
@@ -297,26 +304,61 @@ def _params_dict(p) -> dict:
     return dataclasses.asdict(p)
 
 
-def scene_key(p, sfm: bool, scene: str = "city") -> str:
-    """Hash of everything that decides the output: scene, parameters, generator version, SfM flag."""
+def scene_key(p, sfm: bool, scene: str = "city", appearance: bool = False) -> str:
+    """Hash of everything that decides the output: scene, parameters, generator version, SfM flag,
+    changing appearance."""
     kind = scene_kind(scene)
     fields = {"params": _params_dict(p), "version": kind.version, "sfm": sfm}
+    if appearance:  # only when set, so that the keys of earlier scenes stay valid
+        fields["appearance"] = True
     if kind.keyed_by_name:
         fields["scene"] = kind.name
     text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def render_views(world: World, K, poses, names, p, folder: Path, log: Callable[[str], None]) -> list:
-    """Render every view into `folder` (PNG) -> per view, the surface samples for the ground truth."""
+def _write_png(path: Path, image: np.ndarray) -> np.ndarray:
+    """[H, W, 3] float in [0, 1] -> 8-bit PNG at `path`; returns the 8-bit image."""
+    img = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if not cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+        raise UserError(f"{path}: cannot write image")
+    return img
+
+
+def render_views(
+    world: World,
+    K,
+    poses,
+    names,
+    p,
+    folder: Path,
+    log: Callable[[str], None],
+    looks: list[PhotoAppearance] | None = None,
+    neutral_folder: Path | None = None,
+) -> list:
+    """Render every view into `folder` (PNG) -> per view, the surface samples for the ground truth. With
+    `looks`, each photo gets its own appearance and the neutral renders go to `neutral_folder`."""
     t0 = time.perf_counter()
     folder.mkdir(parents=True)
+    if looks is not None:
+        neutral_folder.mkdir(parents=True)
+        falloff = vignette(p.width, p.height)
     samples = []  # the full renders are dropped
     for i, (viewmat, name) in enumerate(zip(poses, names, strict=True)):
         rnd = render(world, K, viewmat, p.width, p.height, p.supersample)
-        img = (np.clip(rnd.image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        if not cv2.imwrite(str(folder / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
-            raise UserError(f"{folder / name}: cannot write image")
+        if looks is None:
+            img = _write_png(folder / name, rnd.image)
+        else:
+            img = _write_png(neutral_folder / name, rnd.image)
+            lit = render(
+                dataclasses.replace(world, ambient=looks[i].ambient),
+                K,
+                viewmat,
+                p.width,
+                p.height,
+                p.supersample,
+            )
+            _write_png(folder / name, photograph(lit.image, looks[i], falloff))
         samples.append(surface_samples(rnd, img, p))
         if (i + 1) % 16 == 0 or i + 1 == len(poses):
             log(f"  rendered {i + 1}/{len(poses)} views ({time.perf_counter() - t0:.1f} s)")
@@ -347,7 +389,9 @@ def describe_world(kind: SceneKind, p, world: World, specs: list[BoxSpec], K, na
     return description
 
 
-def _write_scene(root: Path, kind: SceneKind, p, sfm: bool, log: Callable[[str], None]) -> dict:
+def _write_scene(
+    root: Path, kind: SceneKind, p, sfm: bool, log: Callable[[str], None], appearance: bool = False
+) -> dict:
     t0 = time.perf_counter()
     world, specs = kind.build_world(p)
     poses = kind.camera_poses(p)
@@ -359,7 +403,9 @@ def _write_scene(root: Path, kind: SceneKind, p, sfm: bool, log: Callable[[str],
     log(f"{kind.name} scene: {', '.join(f'{n} {k}' for k, n in counts.items())}; {len(poses)} views")
 
     t0 = time.perf_counter()
-    samples = render_views(world, K, poses, names, p, root / "images", log)
+    looks = draw_appearances(len(poses), p.seed, world.ambient) if appearance else None
+    neutral = root / "ground_truth" / "images"
+    samples = render_views(world, K, poses, names, p, root / "images", log, looks, neutral)
     stats["render_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -367,6 +413,8 @@ def _write_scene(root: Path, kind: SceneKind, p, sfm: bool, log: Callable[[str],
     gt_dir = root / "ground_truth"
     write_colmap_model(gt_dir / "sparse" / "0", K, p.width, p.height, poses, names, gt)
     description = describe_world(kind, p, world, specs, K, names, poses)
+    if looks is not None:
+        description["appearance"] = appearance_table(looks, names)
     (gt_dir / f"{kind.name}.json").write_text(json.dumps(description, indent=1))
     stats["ground_truth_points"] = len(gt.xyz)
     stats["ground_truth_seconds"] = time.perf_counter() - t0
@@ -391,9 +439,11 @@ def build_scene(
     seed: int = 0,
     sfm: bool = True,
     log: Callable[[str], None] = print,
+    appearance: bool = False,
 ) -> Path:
     """Render `scene` ("city" or "survey") at `size` (None: the scene's default) and reconstruct it into
-    the folder `out`.
+    the folder `out`. With `appearance` the photos' exposure, white balance and sun change from photo to
+    photo (demo/appearance.py) and ground_truth/images holds the neutral renders.
 
     The folder is built beside `out` and renamed into place, so `out` is either absent, the previous
     demo scene, or the complete new one. An existing non-empty `out` that is not a demo scene is refused.
@@ -407,14 +457,15 @@ def build_scene(
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        stats = _write_scene(tmp, kind, p, sfm, log)
+        stats = _write_scene(tmp, kind, p, sfm, log, appearance)
         stats["total_seconds"] = time.perf_counter() - t0
         marker = {
-            "key": scene_key(p, sfm, scene),
+            "key": scene_key(p, sfm, scene, appearance),
             "scene": scene,
             "size": size or kind.sizes[0],
             "seed": seed,
             "sfm": sfm,
+            "appearance": appearance,
             "stats": stats,
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=1))
@@ -463,11 +514,16 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def cached_scene_path(
-    size: str | None = "demo", seed: int = 0, cache_dir=None, sfm: bool = True, scene: str = "city"
+    size: str | None = "demo",
+    seed: int = 0,
+    cache_dir=None,
+    sfm: bool = True,
+    scene: str = "city",
+    appearance: bool = False,
 ) -> Path:
     p = scene_params(scene, size, seed)
     kind = SCENES[scene]
-    folder = f"{size or kind.sizes[0]}-seed{seed}-{scene_key(p, sfm, scene)}"
+    folder = f"{size or kind.sizes[0]}-seed{seed}-{scene_key(p, sfm, scene, appearance)}"
     return cache_root(cache_dir) / kind.cache_folder / folder
 
 
@@ -478,25 +534,31 @@ def cached_scene(
     cache_dir=None,
     sfm: bool = True,
     log: Callable[[str], None] = print,
+    appearance: bool = False,
 ) -> Path:
     """A demo scene from the cache, built on first use. Safe when several processes ask at once:
     one builds (under a lock file) while the others wait, then all return the same folder."""
-    root = cached_scene_path(size, seed, cache_dir, sfm, scene)
+    root = cached_scene_path(size, seed, cache_dir, sfm, scene, appearance)
     if (root / MARKER).is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(root.with_name(root.name + ".lock")):
         if not (root / MARKER).is_file():
             log(f"building the demo scene ({scene}) into the cache: {root}")
-            build_scene(root, scene=scene, size=size, seed=seed, sfm=sfm, log=log)
+            build_scene(root, scene=scene, size=size, seed=seed, sfm=sfm, log=log, appearance=appearance)
     return root
 
 
 def cached_demo_scene(
-    size: str = "demo", seed: int = 0, cache_dir=None, sfm: bool = True, log: Callable[[str], None] = print
+    size: str = "demo",
+    seed: int = 0,
+    cache_dir=None,
+    sfm: bool = True,
+    log: Callable[[str], None] = print,
+    appearance: bool = False,
 ) -> Path:
     """The demo city from the cache, built on first use (`cached_scene`)."""
-    return cached_scene("city", size, seed, cache_dir, sfm, log)
+    return cached_scene("city", size, seed, cache_dir, sfm, log, appearance)
 
 
 def cached_survey_scene(

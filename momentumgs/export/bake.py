@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from momentumgs.data.scene import Camera, Scene
 from momentumgs.export.gaussians import BakedGaussians
 from momentumgs.export.sh import fit_sh, sh_bases
-from momentumgs.model.decoder import DecoderOutput, GaussianDecoder
+from momentumgs.model.appearance import resolve_appearance
+from momentumgs.model.decoder import Appearance, DecoderOutput, GaussianDecoder
 from momentumgs.model.prefilter import anchor_radii, visible_anchor_mask
 from momentumgs.render.view import NEAR_PLANE
 
@@ -50,11 +51,10 @@ SHAPE_MODES = ("central", "mean")
 
 @dataclass
 class BakeViews:
-    """The camera views a bake samples: centres, frustum tests and appearance ids."""
+    """The camera views a bake samples: centres and frustum tests."""
 
     centers: torch.Tensor  # [C, 3]
     cameras: list[Camera]
-    appearance_ids: list[int]  # index of each camera in its scene (the appearance embedding row)
 
 
 def fibonacci_sphere(n: int) -> torch.Tensor:
@@ -67,17 +67,15 @@ def fibonacci_sphere(n: int) -> torch.Tensor:
 
 
 def bake_views(scene_or_cameras: Scene | Sequence[Camera] | None) -> BakeViews:
-    """A Scene's training cameras, or the given cameras (appearance id = position), or none."""
+    """A Scene's training cameras, or the given cameras, or none."""
     if scene_or_cameras is None:
-        cams, ids = [], []
+        cams = []
     elif isinstance(scene_or_cameras, Scene):
-        ids = list(scene_or_cameras.train_ids)
-        cams = [scene_or_cameras.cameras[i] for i in ids]
+        cams = [scene_or_cameras.cameras[i] for i in scene_or_cameras.train_ids]
     else:
         cams = list(scene_or_cameras)
-        ids = list(range(len(cams)))
     centers = torch.tensor(np.array([c.center for c in cams]), dtype=torch.float32).reshape(-1, 3)
-    return BakeViews(centers, cams, ids)
+    return BakeViews(centers, cams)
 
 
 def bake(
@@ -91,10 +89,13 @@ def bake(
     shape: str = "central",
     ridge: float = 1e-2,
     chunk: int = 512,
+    appearance: Appearance = None,
 ) -> BakedGaussians:
     """Explicit Gaussians of a trained AnchorModel (model/store.py), sampled from the training cameras of
     `scene_or_cameras` (a Scene, a list of Cameras, or None for the sphere alone) plus `n_directions` sphere
-    directions weighing `sphere_weight` of the cameras in all. See the module doc for the choices."""
+    directions weighing `sphere_weight` of the cameras in all. See the module doc for the choices. Colours
+    are those of one appearance: `appearance` (a training photo's row or an embedding), by default the
+    neutral one (model/appearance.py)."""
     if opacity not in OPACITY_MODES:
         raise ValueError(f"opacity mode {opacity!r}: choose one of {OPACITY_MODES}")
     if shape not in SHAPE_MODES:
@@ -119,9 +120,12 @@ def bake(
     parts, slots = [], 0
     with torch.no_grad():
         for decoder, ids in groups:
+            embedding = _embedding(decoder, appearance, model.info)
             for start in range(0, ids.numel(), chunk):
                 sel = ids[start : start + chunk]
-                parts.append(_bake_chunk(field, decoder, sel, views, visible[:, sel], sphere, options))
+                parts.append(
+                    _bake_chunk(field, decoder, embedding, sel, views, visible[:, sel], sphere, options)
+                )
                 slots += sel.numel() * field.n_offsets
     out = _concat(parts, sh_degree, device)
     out.info.update(
@@ -190,22 +194,26 @@ def _run_decoder(
     )
 
 
-def _appearance_rows(decoder: GaussianDecoder, views: BakeViews, n_sphere: int) -> torch.Tensor | None:
-    """Embedding of each sampled view: a camera's own row; the mean row for sphere directions."""
-    if decoder.appearance is None:
-        return None
-    table = decoder.appearance.weight  # [I, E]
-    ids = torch.tensor(views.appearance_ids, dtype=torch.long, device=table.device).clamp(0, len(table) - 1)
-    return torch.cat([table[ids], table.mean(dim=0, keepdim=True).expand(n_sphere, -1)])
+def _embedding(decoder: GaussianDecoder, appearance: Appearance, info: dict) -> torch.Tensor | None:
+    """The one embedding [E] every sampled view is decoded with; None for a decoder without one."""
+    chosen = resolve_appearance(decoder, appearance, info)
+    if isinstance(chosen, int):
+        return decoder.appearance.weight[chosen]
+    return chosen
 
 
-def _bake_chunk(field, decoder, ids, views: BakeViews, visible, sphere, o: _Options) -> BakedGaussians:
-    """Bake anchors `ids` [A] with `decoder`, keeping the slots kept in some view and opaque enough."""
-    slots, ever_kept = _bake_slots(field, decoder, ids, views, visible, sphere, o)
+def _view_embeddings(embedding: torch.Tensor | None, n_views: int) -> torch.Tensor | None:
+    return None if embedding is None else embedding[None].expand(n_views, -1)  # [V, E]
+
+
+def _bake_chunk(field, decoder, embedding, ids, views: BakeViews, visible, sphere, o: _Options):
+    """Bake anchors `ids` [A] with `decoder` (and `embedding` [E] or None), keeping the slots kept in some
+    view and opaque enough. -> BakedGaussians"""
+    slots, ever_kept = _bake_slots(field, decoder, embedding, ids, views, visible, sphere, o)
     return slots.subset(ever_kept & (slots.opacities >= o.min_opacity))
 
 
-def _bake_slots(field, decoder, ids, views: BakeViews, visible, sphere, o: _Options):
+def _bake_slots(field, decoder, embedding, ids, views: BakeViews, visible, sphere, o: _Options):
     """Every slot of anchors `ids` [A] baked with `decoder` (anchor-major, A * K Gaussians) and whether the
     decoder keeps it in some weighted view. visible [C, A] bool; sphere [S, 3]. -> BakedGaussians, [A*K]"""
     pos = field.positions[ids]  # [A, 3]
@@ -233,7 +241,7 @@ def _bake_slots(field, decoder, ids, views: BakeViews, visible, sphere, o: _Opti
     # Opacity and shape come from the cameras only (the views a viewer's users start from), unless unseen.
     w_shape = torch.cat([w_cam, (~seen).float().expand(n_sph, a) / max(n_sph, 1)])  # [V, A]
 
-    raw = _run_decoder(decoder, feats, dirs, dists, _appearance_rows(decoder, views, n_sph))
+    raw = _run_decoder(decoder, feats, dirs, dists, _view_embeddings(embedding, n_cam + n_sph))
     alpha = raw.opacity.clamp_min(0.0)  # [V, A, K] (dropped slots count 0)
     kept = (raw.opacity > 0).float()
     opacity = _opacity(alpha, kept, w_shape, o.opacity)  # [A, K]
@@ -251,9 +259,7 @@ def _bake_slots(field, decoder, ids, views: BakeViews, visible, sphere, o: _Opti
         o.ridge,
     )  # [A*K, B, 3]
 
-    scales, quats = _shape(
-        decoder, feats, log_scales, raw, alpha, w_shape, dirs, dists, o.shape, views, n_sph
-    )
+    scales, quats = _shape(decoder, embedding, feats, log_scales, raw, alpha, w_shape, dirs, dists, o.shape)
     ever_kept = (w_shape[..., None] * kept).sum(0).reshape(-1) > 0  # [A*K]
     slots = BakedGaussians(
         means=means.reshape(-1, 3),
@@ -275,7 +281,7 @@ def _opacity(alpha: torch.Tensor, kept: torch.Tensor, w: torch.Tensor, mode: str
     return (wk * alpha).sum(0) / (wk * kept).sum(0).clamp_min(1e-12)
 
 
-def _shape(decoder, feats, log_scales, raw, alpha, w, dirs, dists, mode, views, n_sph):
+def _shape(decoder, embedding, feats, log_scales, raw, alpha, w, dirs, dists, mode):
     """Scales [A, K, 3] and unit wxyz quaternions [A, K, 4] of each slot."""
     gauss_scale = torch.exp(log_scales[:, 3:])[:, None, :]  # [A, 1, 3]
     # The central view: the anchor's mean sampled direction (weights w), decoded once more.
@@ -283,9 +289,7 @@ def _shape(decoder, feats, log_scales, raw, alpha, w, dirs, dists, mode, views, 
     degenerate = central.norm(dim=-1) < 0.5
     central[degenerate] = dirs[0, degenerate]
     mean_dist = (w * dists).sum(0) / w.sum(0).clamp_min(1e-12)
-    app = _appearance_rows(decoder, views, n_sph)
-    app_mean = None if app is None else app.mean(0, keepdim=True)
-    center_raw = _run_decoder(decoder, feats, central[None], mean_dist[None], app_mean)
+    center_raw = _run_decoder(decoder, feats, central[None], mean_dist[None], _view_embeddings(embedding, 1))
     q_central = F.normalize(center_raw.cov[0, ..., 3:7], dim=-1)  # [A, K, 4]
     if mode == "central":
         return gauss_scale * torch.sigmoid(center_raw.cov[0, ..., :3]), q_central

@@ -31,6 +31,12 @@ def add_export_parsers(sub) -> None:
         metavar="EPOCHS",
         help="then fit the Gaussians to the model's renders: passes over the training views (try 2)",
     )
+    p.add_argument(
+        "--appearance",
+        metavar="IMAGE",
+        help="colours in the appearance of this training photo (models with an appearance embedding; "
+        "default: the neutral appearance, the mean of the photos')",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("render", help="render views of a run or of a baked .ply / .spz to PNG files")

@@ -58,11 +58,12 @@ def export_run(
     sh_degree: int = 3,
     refine_epochs: int = 0,
     force: bool = False,
+    appearance: str | None = None,
 ) -> tuple[Path, BakedGaussians]:
     """Bake the model of `run_dir`, optionally refine it for `refine_epochs` passes over the training views,
     and write it as `fmt` (from `out`'s suffix when not given; default ply) to `out` (default
-    RUN/export/model.<ext>; an existing file is replaced only with `force`). -> (path written, the
-    Gaussians)"""
+    RUN/export/model.<ext>; an existing file is replaced only with `force`). Colours are those of the
+    training photo named `appearance`, by default the neutral appearance. -> (path written, the Gaussians)"""
     if fmt is None:
         suffix = Path(out).suffix.lstrip(".").lower() if out else ""
         fmt = suffix if suffix in FORMATS else "ply"
@@ -71,10 +72,11 @@ def export_run(
     path = Path(out) if out else Path(run_dir) / "export" / f"model.{fmt}"
     model, cfg = load_run(run_dir)
     refuse_existing(path, force)  # before baking, which takes a while
+    row = None if appearance is None else photo_appearance_row(model, appearance)
     scene = _scene_or_none(cfg)
-    baked = bake(model, scene, sh_degree=sh_degree)
+    baked = bake(model, scene, sh_degree=sh_degree, appearance=row)
     if refine_epochs > 0 and scene is not None:
-        baked = refine_baked(baked, model, scene, refine_epochs * len(scene.train_ids))
+        baked = refine_baked(baked, model, scene, refine_epochs * len(scene.train_ids), appearance=row)
     try:
         FORMATS[fmt](path, baked)
     except OSError as exc:
@@ -82,9 +84,29 @@ def export_run(
     return path, baked
 
 
+def photo_appearance_row(model, name: str) -> int:
+    """The embedding row of the training photo `name` (`--appearance`), or a UserError naming the choices."""
+    from momentumgs.model.appearance import appearance_image_row
+
+    if model.decoder.appearance is None:
+        raise UserError(
+            f"--appearance {name}: the model has no appearance embedding (model.appearance_dim 0)"
+        )
+    try:
+        return appearance_image_row(model.info, name)
+    except KeyError:
+        names = [row["name"] for row in model.info.get("appearance_images", [])]
+        shown = ", ".join(names[:3]) + (f" ... ({len(names)} in all)" if len(names) > 3 else "")
+        raise UserError(
+            f"--appearance {name}: not a training photo of this model (photos: {shown})"
+        ) from None
+
+
 def cmd_export(args) -> int:
     t0 = time.perf_counter()
-    path, baked = export_run(args.run, args.format, args.out, args.sh_degree, args.refine, args.force)
+    path, baked = export_run(
+        args.run, args.format, args.out, args.sh_degree, args.refine, args.force, args.appearance
+    )
     size_mb = path.stat().st_size / 1e6
     print(
         f"{baked.count} Gaussians (of {baked.info.get('slots')} neural Gaussian slots, SH degree "

@@ -32,9 +32,11 @@ def refine_baked(
     lr_sh: float = 0.0025,
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
+    appearance: int | None = None,
 ) -> BakedGaussians:
-    """`steps` Adam steps of the L1 image loss against the anchor model's render, one training camera per
-    step in a seeded random order. -> new BakedGaussians (the input is left unchanged)"""
+    """`steps` Adam steps of the L1 image loss against the anchor model's render (in the appearance of
+    training photo row `appearance`, by default the neutral one), one training camera per step in a seeded
+    random order. -> new BakedGaussians (the input is left unchanged)"""
     if isinstance(scene_or_cameras, Scene):
         cams = [(scene_or_cameras.cameras[i], i) for i in scene_or_cameras.train_ids]
     else:
@@ -67,7 +69,7 @@ def refine_baked(
         target = targets.get(index)
         if target is None:
             with torch.no_grad():
-                target = render_model_view(model, view).clamp(0.0, 1.0)
+                target = render_model_view(model, view, appearance=appearance).clamp(0.0, 1.0)
             if cache:
                 targets[index] = target
         current = BakedGaussians(g.means, g.quats, log_scales.exp(), torch.sigmoid(logit), sh)

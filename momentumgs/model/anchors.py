@@ -130,9 +130,9 @@ class AnchorField:
     def to(self, device: torch.device | str) -> AnchorField:
         return AnchorField(
             positions=self.positions.to(device),
-            features=nn.Parameter(self.features.data.to(device)),
-            offsets=nn.Parameter(self.offsets.data.to(device)),
-            log_scales=nn.Parameter(self.log_scales.data.to(device)),
+            features=nn.Parameter(self.features.data.to(device), self.features.requires_grad),
+            offsets=nn.Parameter(self.offsets.data.to(device), self.offsets.requires_grad),
+            log_scales=nn.Parameter(self.log_scales.data.to(device), self.log_scales.requires_grad),
             voxel_size=self.voxel_size,
         )
 

@@ -27,6 +27,9 @@ from torch import nn
 
 from momentumgs.model.anchors import AnchorField
 
+# An image index into the decoder's embedding table, an embedding [A], or None (decoders without one).
+Appearance = int | torch.Tensor | None
+
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
@@ -68,14 +71,15 @@ class GaussianDecoder(nn.Module):
         self.mlp_cov = _mlp(in_dim, hidden_dim, 7 * n_offsets)
         self.appearance = nn.Embedding(appearance_count, appearance_dim) if appearance_dim > 0 else None
 
-    def forward(self, z: torch.Tensor, appearance_id: int | None = None) -> DecoderOutput:
-        """z [V, in_dim] -> raw outputs for V anchors."""
+    def forward(self, z: torch.Tensor, appearance: Appearance = None) -> DecoderOutput:
+        """z [V, in_dim] -> raw outputs for V anchors. `appearance`: a row of the embedding table (an image
+        index) or an embedding [A] itself (a test-time one, model/appearance.py)."""
         v, k = z.shape[0], self.n_offsets
         z_color = z
         if self.appearance is not None:
-            if appearance_id is None:
-                raise ValueError("this decoder has an appearance embedding: pass appearance_id")
-            emb = self.appearance.weight[appearance_id]  # [A]
+            if appearance is None:
+                raise ValueError("this decoder has an appearance embedding: pass an appearance")
+            emb = self.appearance.weight[appearance] if isinstance(appearance, int) else appearance  # [A]
             z_color = torch.cat([z, emb.expand(v, -1)], dim=-1)  # [V, in_dim + A]
         return DecoderOutput(
             opacity=torch.tanh(self.mlp_opacity(z)),  # [V, K]
@@ -166,13 +170,13 @@ def decode(
     decoder: GaussianDecoder,
     anchors: VisibleAnchors,
     cam_center: torch.Tensor,
-    appearance_id: int | None = None,
+    appearance: Appearance = None,
     keep: torch.Tensor | None = None,
 ) -> NeuralGaussians:
     """Neural Gaussians of `anchors` seen from `cam_center` [3]. `keep` [V*K] overrides the
     decoder's own alpha > 0 (the teacher uses the student's mask so both outputs align)."""
     z = decoder_input(anchors, cam_center, decoder.use_distance)  # [V, in]
-    raw = decoder(z, appearance_id)
+    raw = decoder(z, appearance)
     v, k = raw.opacity.shape
     if keep is None:
         keep = (raw.opacity > 0).reshape(-1)  # [V*K]
@@ -213,11 +217,11 @@ def decode_targets(
     anchors: VisibleAnchors,
     cam_center: torch.Tensor,
     student: NeuralGaussians,
-    appearance_id: int | None = None,
+    appearance: Appearance = None,
 ) -> ConsistencyTargets:
     """`decoder`'s (the teacher's) outputs for the student's kept slots: the part of `decode(decoder, ...,
     keep=student.keep)` that the consistency loss reads (no means, the student's indices reused)."""
-    raw = decoder(decoder_input(anchors, cam_center, decoder.use_distance), appearance_id)
+    raw = decoder(decoder_input(anchors, cam_center, decoder.use_distance), appearance)
     colors, quats, scales = _kept_attributes(raw, anchors, student.kept, student.parent)
     return ConsistencyTargets(colors, quats, scales, raw.opacity, student.keep)
 

@@ -73,6 +73,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> AnchorMo
     decoder.load_state_dict(state["decoder"])
     decoder.requires_grad_(False)
     field = AnchorField.from_state_dict(state["anchors"])
+    for param in field.params().values():  # a loaded model is rendered, not trained
+        param.requires_grad_(False)
     block_decoders = None
     if state.get("block_decoders"):
         block_decoders = [spec.build() for _ in state["block_decoders"]]

@@ -89,8 +89,8 @@ class Block:
         image_loss = loss
         if teacher is not None and lambda_consistency > 0:
             with phase("teacher_decode"):
-                appearance_id = view.index if teacher.appearance is not None else None
-                target = decode_targets(teacher, render.anchors, view.center, render.gaussians, appearance_id)
+                appearance = view.index if teacher.appearance is not None else None
+                target = decode_targets(teacher, render.anchors, view.center, render.gaussians, appearance)
             with phase("consistency"):
                 cons = consistency_loss(render.gaussians, target, terms)
                 loss = loss + lambda_consistency * cons

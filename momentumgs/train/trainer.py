@@ -647,6 +647,9 @@ class Trainer:
             "anchors_per_block": counts,
             "scene": str(self.scene.root),
         }
+        if self.spec.appearance_dim > 0:  # the embedding rows training reached: the views of some block
+            trained = sorted({int(i) for block in self.partition.blocks for i in block.camera_ids})
+            info["appearance_images"] = [{"index": i, "name": self.scene.cameras[i].name} for i in trained]
         model = AnchorModel(field, self.spec.build(), self.spec, info)
         model.decoder.load_state_dict({k: v.cpu() for k, v in self.decoder.state_dict().items()})
         if block_decoders is not None:
