@@ -182,3 +182,24 @@ def test_partitions_into_four_blocks_with_cameras(survey_scene):
     mid = (part.aabb[:2] + part.aabb[3:5]) / 2
     quadrant = (centres[:, 0] > mid[0]) * 2 + (centres[:, 1] > mid[1])
     assert np.bincount(quadrant, minlength=4).min() >= 3
+
+
+@pytest.mark.slow
+def test_sfm_of_the_survey_photos_is_right_and_raises_no_plausibility_warning(survey_scene, tmp_path):
+    """Real SfM (`prepare colmap`) on the survey's photos: the checks stay quiet on a model that is right,
+    and their figures are those of a survey (shared view direction, cameras above the ground)."""
+    from colmap_helpers import viewmats_by_name
+
+    from momentumgs.demo.align import pose_errors
+    from momentumgs.prepare.photos import PhotoOptions, prepare_colmap
+
+    opts = PhotoOptions(undistort=False, progress=False)
+    report = prepare_colmap(survey_scene / "images", tmp_path / "sfm", opts, log=lambda _: None).report
+    assert report["registered"] == 28 and report["warnings"] == []
+    checks = report["plausibility"]
+    assert checks["view directions"]["value"] > 0.9 and checks["ground side"]["value"] == 1.0
+    est = viewmats_by_name(pycolmap.Reconstruction(tmp_path / "sfm" / "distorted" / "sparse" / "0"))
+    gt = viewmats_by_name(pycolmap.Reconstruction(survey_scene / "ground_truth" / "sparse" / "0"))
+    names = sorted(gt)
+    centre_err, rot_err = pose_errors(np.stack([est[n] for n in names]), np.stack([gt[n] for n in names]))
+    assert centre_err.max() < 1.0 and rot_err.max() < 2.0  # metres, degrees: the model is right
