@@ -270,11 +270,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (argparse prints the whole usage first, several lines for a
+    command with many options); the sub-commands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from momentumgs import __version__
 
     description = " ".join(__doc__.split("\n\n")[0].split())
-    parser = argparse.ArgumentParser(prog="momentumgs", description=description)
+    parser = _Parser(prog="momentumgs", description=description)
     parser.add_argument("--version", action="version", version=f"momentumgs {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)

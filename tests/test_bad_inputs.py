@@ -274,6 +274,8 @@ CASES = [
     Case("eval-earlier-result", "eval {run}", "--force replaces it"),
     Case("eval-scene-gone", "eval {bad}", "scene folder does not exist", scene_gone_run),
     Case("eval-corrupt-config", "eval {bad}", "not valid YAML", corrupt_config_run),
+    Case("eval-reference-missing", "eval {run} --force --reference {t}/nowhere", "--reference"),
+    Case("eval-unknown-appearance", "eval {run} --appearance sideways", "sideways"),
     # demo-scene
     Case("demo-scene-out-is-file", "demo-scene {bad}", "not a demo scene", a_file),
     Case("demo-scene-out-not-empty", "demo-scene {bad} --no-sfm", "not a demo scene", full_folder),
@@ -300,6 +302,9 @@ CASES = [
     Case("export-corrupt-model", "export {bad}", "truncated checkpoint", corrupt_model_run),
     Case("export-out-exists", "export {run} --out {bad}", "--force replaces it", a_file),
     Case("export-out-under-file", "export {run} --out {bad}/m.ply", "is a file", a_file),
+    Case(
+        "export-appearance-without-embedding", "export {run} --appearance 0000.png", "no appearance embedding"
+    ),
     # render
     Case("render-truncated-ply", "render {bad} --view 0 --scene {scene} --out {t}/o", "PLY", truncated_ply),
     Case("render-ply-without-cameras", "render {ply} --view 0 --out {t}/o", "--scene"),
