@@ -16,6 +16,9 @@ from momentumgs.demo import survey
 from momentumgs.prepare.plausibility import (
     capture_order_jumps,
     check_pycolmap,
+    check_reconstruction,
+    dominant_plane,
+    ground_side_outliers,
     view_direction_outliers,
 )
 
@@ -145,23 +148,41 @@ def test_a_corrupted_survey_names_the_photos(correct_model, tmp_path):
 def test_long_lists_are_capped_and_weak_photos_named():
     axes = np.tile([0.0, 0.0, -1.0], (40, 1))
     axes[10:18] *= -1  # eight photos looking up
-    check = view_direction_outliers(axes)
+    points = np.c_[np.random.default_rng(0).uniform(-5, 45, (500, 2)), np.zeros(500)]
+    check = view_direction_outliers(axes, dominant_plane(points))
     assert check.flagged == list(range(10, 18))
-
-    from momentumgs.prepare.plausibility import check_reconstruction
 
     names = [f"{i:03d}.jpg" for i in range(40)]
     centres = np.c_[np.arange(40.0), np.zeros(40), np.full(40, 30.0)]
     observations = np.full(40, 400)
     observations[7] = 12  # below the mapper's 15 inliers
     observations[8] = 30  # under a tenth of the median 400
-    points = np.c_[np.random.default_rng(0).uniform(-5, 45, (500, 2)), np.zeros(500)]
     result = check_reconstruction(names, centres, axes, observations, points, np.full(500, 2))
     warnings = "\n".join(result.warnings)
     assert "8 of 40 photos look more than 90 deg away" in warnings
     assert "010.jpg, 011.jpg, 012.jpg, 013.jpg, 014.jpg and 3 more" in warnings
     assert "2 of 40 photos see few points (weakly registered): 007.jpg, 008.jpg" in warnings
     assert "only 0% of the points are seen by 3 or more photos" in warnings
+
+
+def test_a_street_walked_both_ways_is_no_flip_but_a_half_mirrored_survey_is():
+    """Views along the ground may look back (a street walked there and back); a survey whose cameras sit on
+    both sides of the ground, half of them mirrored below it, is flagged on the side fewer are on."""
+    rng = np.random.default_rng(0)
+    ground = np.c_[rng.uniform(0, 100, (400, 2)), rng.normal(0, 0.05, 400)]  # [400, 3] a flat street
+    centres = np.c_[np.linspace(0, 100, 30), np.full(30, 50.0), np.full(30, 1.6)]
+    axes = np.tile([1.0, 0.0, 0.0], (30, 1))
+    axes[24:] = [-1.0, 0.0, 0.0]  # the last six walk back
+    names = [f"{i:03d}.jpg" for i in range(30)]
+    result = check_reconstruction(names, centres, axes, np.full(30, 300), ground, np.full(400, 4))
+    assert result.warnings == []
+    assert not next(c for c in result.checks if c.name == "view directions").applies
+
+    centres = np.c_[rng.uniform(0, 100, (30, 2)), np.full(30, 40.0)]
+    axes = np.tile([0.0, 0.0, -1.0], (30, 1))
+    centres[:14, 2], axes[:14, 2] = -40.0, 1.0  # 14 of 30 mirrored below the ground, looking up
+    check = ground_side_outliers(centres, axes, dominant_plane(ground))
+    assert check.flagged == list(range(14)) and check.value == 16 / 30
 
 
 def test_capture_order_allows_new_lines_but_not_a_detour():
@@ -178,6 +199,7 @@ def test_capture_order_allows_new_lines_but_not_a_detour():
 def test_the_demo_city_raises_no_warning(gt_test_scene):
     result = check_pycolmap(pycolmap.Reconstruction(gt_test_scene / "sparse" / "0"))
     assert result.warnings == [], result.warnings
+    assert all(c.applies for c in result.checks)  # buildings on flat ground: a plane, a shared direction
 
 
 def test_scan_and_its_json_carry_the_warnings(correct_model, tmp_path, capsys):

@@ -24,9 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 SHARED_DIRECTION = 0.5  # mean resultant length of the view directions above which they share a direction
+SHARED_WITHOUT_PLANE = 0.8  # ... the same, when the points give no ground plane to tell down from along
+STEEP = 0.5  # |cos| between the shared direction and the ground normal: looking down by 30 deg or more
 FLIPPED_DEG = 90.0  # a camera this far from the shared direction looks the other way
-PLANARITY = 0.15  # sqrt(smallest / middle eigenvalue) of the points below which they lie on a plane
-SIDE_MAJORITY = 0.8  # share of cameras on one side of the plane for that side to be the viewing side
+# sqrt(smallest / middle eigenvalue) of the points below which they lie on a plane with a clear normal (the
+# demo city, buildings on flat ground, is at 0.15; the survey, rolling farmland, at 0.05)
+PLANARITY = 0.25
+BELOW_MARGIN = 2.0  # a camera is on the other side when beyond the plane by this many point spreads (RMS)
+LOOKING_UP = 0.5  # cos between the optical axis and the normal above which a camera looks away (> 30 deg up)
 JUMP_FACTOR = 5.0  # an order step this many times the median step is a jump
 MAX_RUN_SHARE = 1 / 3  # a run of jumped photos longer than this share of all photos is not flagged
 MIN_TRACK_SHARE = 0.3  # share of points seen by >= 3 photos below which the model is poorly constrained
@@ -45,21 +50,36 @@ class Check:
     applies: bool = True
 
 
-def view_direction_outliers(axes: np.ndarray) -> Check:
-    """Cameras looking away from the direction most cameras share. axes: [V, 3] unit optical axes (world).
-    value: the mean resultant length of the axes (1: all parallel, 0: no shared direction)."""
+def view_direction_outliers(axes: np.ndarray, plane: Plane | None) -> Check:
+    """Cameras looking more than 90 deg away from the direction most cameras share. axes: [V, 3] unit
+    optical axes (world). Applies where looking back is no capture pattern: the shared direction looks
+    steeply at the ground plane (an aerial survey), or, without a plane, nearly all cameras look one way (a
+    street walked both ways looks back along it). value: the mean resultant length of the axes (1: all
+    parallel, 0: no shared direction)."""
     mean = axes.mean(axis=0)  # [3]
     strength = float(np.linalg.norm(mean))
-    if len(axes) < 3 or strength < SHARED_DIRECTION:
+    shared = mean / max(strength, 1e-12)
+    if plane is None:
+        applies = strength >= SHARED_WITHOUT_PLANE
+    else:
+        applies = strength >= SHARED_DIRECTION and abs(float(shared @ plane.normal)) >= STEEP
+    if len(axes) < 3 or not applies:
         return Check("view directions", value=strength, applies=False)
-    shared = mean / strength
     angles = np.degrees(np.arccos(np.clip(axes @ shared, -1.0, 1.0)))  # [V]
     return Check("view directions", np.flatnonzero(angles > FLIPPED_DEG).tolist(), strength)
 
 
-def dominant_plane(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """(centre [3], unit normal [3], planarity) of the points, or None when they do not lie on a plane.
-    Robust to stray points: fitted to the points within the 5-95 % range along each principal axis."""
+@dataclass
+class Plane:
+    centre: np.ndarray  # [3]
+    normal: np.ndarray  # [3] unit
+    spread: float  # RMS distance of the points fitted to the plane
+    planarity: float  # sqrt(smallest / middle eigenvalue)
+
+
+def dominant_plane(points: np.ndarray) -> Plane | None:
+    """The plane the points lie on, or None when they do not lie on one. Robust to stray points: fitted to
+    the points within the 5-95 % range along each principal axis."""
     if len(points) < 10:
         return None
     centre = np.median(points, axis=0)
@@ -74,26 +94,23 @@ def dominant_plane(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] |
     planarity = float(s[2] / max(s[1], 1e-12))
     if planarity > PLANARITY:
         return None
-    return centre, vt[2], planarity
+    spread = float(s[2] / np.sqrt(len(core)))
+    return Plane(centre, vt[2], spread, planarity)
 
 
-def ground_side_outliers(centres: np.ndarray, axes: np.ndarray, points: np.ndarray) -> Check:
-    """Cameras below the points' dominant plane (the side most cameras are not on) or looking away from it.
-    centres, axes: [V, 3]; points: [N, 3]. value: the share of cameras on the viewing side."""
-    plane = dominant_plane(points)
+def ground_side_outliers(centres: np.ndarray, axes: np.ndarray, plane: Plane | None) -> Check:
+    """Cameras on the other side of the points' ground plane than most cameras (clearly beyond it), or
+    looking away from it (more than 30 deg up: a street view at the horizon may look slightly up).
+    centres, axes: [V, 3]. value: the share of cameras on the side most are on."""
     if plane is None or len(centres) < 3:
         return Check("ground side", applies=False)
-    centre, normal, _ = plane
-    height = (centres - centre) @ normal  # [V] signed distance to the plane
-    if np.mean(height > 0) < 0.5:
-        normal, height = -normal, -height  # the normal points to the cameras' side
-    above = float(np.mean(height > 0))
-    if above < SIDE_MAJORITY:
-        return Check("ground side", value=above, applies=False)
+    height = (centres - plane.centre) @ plane.normal  # [V] signed distance to the plane
+    side = 1.0 if np.median(height) >= 0 else -1.0
+    height, normal = side * height, side * plane.normal  # positive on the side most cameras are on
+    margin = BELOW_MARGIN * plane.spread
     facing = axes @ normal  # [V] < 0 when the camera looks towards the plane
-    # a camera at the horizon (an oblique street view) may look slightly up: only clearly upward views count
-    flagged = np.flatnonzero((height <= 0) | (facing > 0.5))
-    return Check("ground side", flagged.tolist(), above)
+    flagged = np.flatnonzero((height < -margin) | (facing > LOOKING_UP))
+    return Check("ground side", flagged.tolist(), float(np.mean(height > 0)))
 
 
 def capture_order_jumps(centres: np.ndarray) -> Check:
@@ -172,9 +189,10 @@ def check_reconstruction(
     order = np.argsort(names, kind="stable")
     names = [names[i] for i in order]
     centres, axes, observations = centres[order], axes[order], observations[order]
+    plane = dominant_plane(points)
     checks = [
-        view_direction_outliers(axes),
-        ground_side_outliers(centres, axes, points),
+        view_direction_outliers(axes, plane),
+        ground_side_outliers(centres, axes, plane),
         capture_order_jumps(centres),
         weak_photos(observations),
         track_share(track_lengths),
