@@ -155,6 +155,29 @@ def write_eval(result: EvalResult, out_dir: str | Path, stem: str = "eval") -> t
         writer.writerow([name, *values, f"{result.render_seconds[row]:.6f}"])
     csv_path, json_path = out_dir / f"{stem}_per_image.csv", out_dir / f"{stem}.json"
     write_text_atomic(csv_path, buffer.getvalue())
-    payload = {**result.summary(), "per_image": {"image": result.names, **result.per_image}}
+    payload = {
+        **result.summary(),
+        "per_image": {"image": result.names, **result.per_image},
+        "render_seconds": result.render_seconds,
+    }
     write_text_atomic(json_path, json.dumps(payload, indent=1))
     return csv_path, json_path
+
+
+def read_eval(json_path: str | Path) -> EvalResult | None:
+    """The EvalResult that `write_eval` wrote to `json_path`; None when the file is missing or was written
+    without what an EvalResult holds (an older version)."""
+    try:
+        payload = json.loads(Path(json_path).read_text())
+        rows = dict(payload["per_image"])
+        names = rows.pop("image")
+        return EvalResult(
+            names=names,
+            per_image={k: rows[k] for k in METRIC_NAMES},
+            render_seconds=payload["render_seconds"],
+            peak_rss_mb=payload["peak_rss_mb"],
+            peak_cuda_mb=payload["peak_cuda_mb"],
+            extra={k: v for k, v in payload.items() if k not in ("per_image", "render_seconds")},
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

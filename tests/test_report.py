@@ -52,6 +52,31 @@ def test_report_files_and_views_worst_first(trained_run):
 
 
 @pytest.mark.slow
+def test_report_reuses_the_evaluation_written_just_before(trained_run, monkeypatch):
+    """`train` evaluates, then writes the report: the report takes eval/eval_test.json's figures instead of
+    measuring every view again, unless the model is newer than that evaluation."""
+    import json
+    import os
+
+    import momentumgs.report.build as build
+
+    measured = []
+    real = build.evaluate_with_renders
+    monkeypatch.setattr(build, "evaluate_with_renders", lambda *args: measured.append(1) or real(*args))
+    text = write_report(trained_run).read_text()
+    assert measured == []
+    evaluation = json.loads((trained_run / "eval" / "eval_test.json").read_text())
+    shown = [float(p) for p in re.findall(r"PSNR ([0-9.]+) dB, SSIM", text)]
+    assert np.allclose(shown, sorted(evaluation["per_image"]["psnr"]), atol=0.01)
+
+    model = trained_run / "model.ckpt"
+    later = (trained_run / "eval" / "eval_test.json").stat().st_mtime + 10
+    os.utime(model, (later, later))  # a model written after the evaluation: measure again
+    write_report(trained_run)
+    assert measured == [1]
+
+
+@pytest.mark.slow
 def test_report_replaces_only_an_earlier_report(trained_run, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()

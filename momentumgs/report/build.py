@@ -17,6 +17,7 @@ from PIL import Image
 from momentumgs import __version__
 from momentumgs.config import dump_config
 from momentumgs.errors import UserError
+from momentumgs.eval import EvalResult, read_eval
 from momentumgs.io_utils import replace_dir
 from momentumgs.model.store import load_model
 from momentumgs.partition import load_partition
@@ -24,7 +25,7 @@ from momentumgs.partition_preview import block_colors, draw_partition
 from momentumgs.report.blocks import block_metric_rows, psnr_by_block
 from momentumgs.report.curves import training_figure
 from momentumgs.report.page import ViewEntry, blocks_table, facts_table, metrics_table, page, view_figures
-from momentumgs.report.views import error_map, evaluate_with_renders, side_by_side
+from momentumgs.report.views import RenderedViews, error_map, evaluate_with_renders, renders_of, side_by_side
 from momentumgs.run import duration_text, load_scene, resolve_device, run_config
 from momentumgs.train.metrics_log import read_metrics
 from momentumgs.train.paths import RunPaths
@@ -33,8 +34,24 @@ MARKER = ".momentumgs-report"  # a folder holding it is a report this command ma
 JPEG_QUALITY = 90
 
 
+def earlier_evaluation(paths: RunPaths, info: dict, names: list[str]) -> EvalResult | None:
+    """eval/eval_test.json when it measured this model (written after model.ckpt, same iteration) on
+    exactly these views, with the default protocol and the photos as reference; else None."""
+    path = paths.eval_dir / "eval_test.json"
+    if not path.is_file() or path.stat().st_mtime < paths.model.stat().st_mtime:
+        return None
+    result = read_eval(path)
+    if result is None or result.names != names or result.extra.get("iteration") != info.get("iteration"):
+        return None
+    appearance = result.extra.get("appearance", {}).get("protocol", "mean")
+    if appearance != "mean" or result.extra.get("reference", "the photos") != "the photos":
+        return None
+    return result
+
+
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Evaluate the run's model on its test views and write the report; returns the page's path."""
+    """Evaluate the run's model on its test views (or reuse the evaluation `train` just wrote) and write the
+    report; returns the page's path."""
     paths = RunPaths(Path(run_dir))
     if not paths.model.is_file():
         raise UserError(f"{run_dir}: no trained model (expected {paths.model}); has training finished?")
@@ -46,7 +63,11 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     scene = load_scene(cfg)
     split, ids = ("test", scene.test_ids) if scene.test_ids else ("train (every 8th: no test views)", None)
     ids = ids if ids is not None else scene.train_ids[::8]
-    views = evaluate_with_renders(model, scene, ids, device)
+    earlier = earlier_evaluation(paths, model.info, [scene.cameras[i].name for i in ids])
+    if earlier is not None:  # `train` and `demo` evaluated the model just before: render, do not re-measure
+        views = RenderedViews(earlier, renders_of(model, scene, ids, device))
+    else:
+        views = evaluate_with_renders(model, scene, ids, device)
     partition = load_partition(paths.partition) if paths.partition.is_file() else None
     records = read_metrics(paths.metrics)
     train = [r for r in records if r["kind"] == "train"]

@@ -44,6 +44,18 @@ def evaluate_with_renders(
     return RenderedViews(result, renders)
 
 
+def renders_of(model: AnchorModel, scene: Scene, view_ids: Sequence[int], device) -> dict[str, np.ndarray]:
+    """Each view's render (uint8 [H, W, 3]) by name, for a report whose metrics come from an earlier
+    evaluation of the same model."""
+    with torch.no_grad():
+        return {
+            scene.cameras[i].name: to_uint8(
+                render_model_view(model, camera_view(scene.cameras[i], device, i))
+            )
+            for i in view_ids
+        }
+
+
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """[H, W, 3] float in [0, 1] -> uint8, as the photos are stored."""
     return (image.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
