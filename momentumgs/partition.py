@@ -51,6 +51,7 @@ AABB_UP_QUANTILE = 0.001  # along up: 0.1% .. 99.9% of the points (tall building
 AABB_UP_PAD = 0.05  # ... widened by this fraction of its height on each side (the top roof's few points)
 MAX_CAMERAS_OUTSIDE = 0.1  # fraction of train camera centres that may lie outside the AABB's ground plane
 MAX_VISIBILITY_POINTS = 20_000  # per block, a fixed random subset for the visibility test (cost bound)
+COLUMN_POINTS = 1024  # points per ground column of the view index (balances box tests against projections)
 
 
 class PartitionError(UserError):
@@ -326,6 +327,67 @@ def points_in_view(scene: Scene, cam_id: int, points: np.ndarray) -> np.ndarray:
     return (depth > 1e-6) & in_x & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height)
 
 
+@dataclass
+class PointColumns:
+    """The points sorted into columns of a grid over the ground, each with the box of its points, so that a
+    camera's view test projects only the points of the columns its frustum reaches: one camera costs the
+    points it sees plus a box test per column, not a projection of the whole cloud."""
+
+    order: np.ndarray  # [P] int64 point ids, column after column
+    starts: np.ndarray  # [C + 1] int64 where each non-empty column begins in `order`
+    lo: np.ndarray  # [C, 3] float64 box of each column's points (padded against rounding)
+    hi: np.ndarray  # [C, 3]
+
+
+def point_columns(points: np.ndarray, ground: tuple[int, int]) -> PointColumns:
+    """Index world points [P, 3] by a square grid over the ground axes of ~COLUMN_POINTS points a column;
+    the grid spans the 1%..99% quantiles, and the border columns hold everything beyond."""
+    n = max(1, int(np.sqrt(len(points) / COLUMN_POINTS)))
+    xy = np.asarray(points, dtype=np.float64)[:, list(ground)]  # [P, 2]
+    if len(points):
+        lo_q, hi_q = np.quantile(xy, [0.01, 0.99], axis=0)
+    else:
+        lo_q = hi_q = np.zeros(2)
+    cell = np.clip(((xy - lo_q) / np.maximum(hi_q - lo_q, 1e-12) * n).astype(np.int64), 0, n - 1)
+    key = cell[:, 0] * n + cell[:, 1]  # [P]
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(points) else np.zeros(0, np.int64)
+    sorted_points = np.asarray(points, dtype=np.float64)[order]  # [P, 3]
+    if len(points):
+        lo = np.minimum.reduceat(sorted_points, starts)  # [C, 3]
+        hi = np.maximum.reduceat(sorted_points, starts)
+    else:
+        lo = hi = np.zeros((0, 3))
+    pad = 1e-6 * (1.0 + float(np.abs(sorted_points).max(initial=0.0)))
+    return PointColumns(order, np.r_[starts, len(points)].astype(np.int64), lo - pad, hi + pad)
+
+
+def columns_in_view(cam, columns: PointColumns) -> np.ndarray:
+    """Which columns' boxes may hold a point that projects into `cam`'s image, in front of it. -> [C] bool
+
+    In camera coordinates p (z > 0), u = K[0].p / z lies in [0, W) iff K[0].p >= 0 and (W K[2] - K[0]).p > 0,
+    and likewise for v: four planes through the centre, plus z > 0. A box lies outside when all its corners
+    are outside one plane; a linear function peaks at a corner, so no point of the box can be inside."""
+    K = cam.K
+    planes = np.stack([K[0], cam.width * K[2] - K[0], K[1], cam.height * K[2] - K[1], [0.0, 0.0, 1.0]])
+    bits = (np.arange(8)[:, None] >> np.arange(3)) & 1  # [8, 3] which corner takes hi on each axis
+    corners = np.where(bits[None], columns.hi[:, None], columns.lo[:, None])  # [C, 8, 3]
+    cam_xyz = corners @ cam.viewmat[:3, :3].T + cam.viewmat[:3, 3]  # [C, 8, 3]
+    peak = (cam_xyz @ planes.T).max(axis=1)  # [C, 5]
+    return (peak[:, :4] >= 0).all(axis=1) & (peak[:, 4] > 1e-6)
+
+
+def points_seen(scene: Scene, cam_id: int, columns: PointColumns) -> np.ndarray:
+    """Ids of scene points that project into camera `cam_id`'s image, in front of it (as `points_in_view`
+    on the whole cloud, at the cost of the columns it reaches). -> [S] int64"""
+    reach = np.flatnonzero(columns_in_view(scene.cameras[cam_id], columns))
+    if len(reach) == 0:
+        return np.zeros(0, np.int64)
+    ids = np.concatenate([columns.order[columns.starts[c] : columns.starts[c + 1]] for c in reach])
+    return ids[points_in_view(scene, cam_id, scene.points[ids])]
+
+
 def blocks_per_camera(part: Partition, n_cameras: int) -> np.ndarray:
     """How many blocks each scene camera trains. -> [n_cameras] int"""
     counts = np.zeros(n_cameras, dtype=np.int64)
@@ -449,15 +511,6 @@ def load_partition(path: str | Path) -> Partition:
         raise PartitionError(f"{path}: malformed partition file ({detail})") from None
 
 
-def visible_fraction(scene: Scene, cam_id: int, points: np.ndarray) -> float:
-    """Fraction of world points [Q, 3] that project into camera `cam_id`'s image, in front of it.
-
-    No occlusion test: a block seen through a building still counts (more views rather than fewer)."""
-    if len(points) == 0:
-        return 0.0
-    return float(points_in_view(scene, cam_id, points).mean())
-
-
 def sample_ids(ids: np.ndarray, k: int, seed: int) -> np.ndarray:
     if len(ids) <= k:
         return ids
@@ -517,7 +570,8 @@ class CenterAssigner(CameraAssigner):
 @dataclass(frozen=True)
 class VisibilityAssigner(CameraAssigner):
     """The centre's block, plus every block of which at least `threshold` of the (margin-expanded) points
-    project into the camera's image, in front of it."""
+    project into the camera's image, in front of it. No occlusion test: a block seen through a building
+    still counts (more views rather than fewer)."""
 
     threshold: float = 0.25
     name: ClassVar[str] = "visibility"
@@ -527,12 +581,17 @@ class VisibilityAssigner(CameraAssigner):
 
     def assign(self, scene: Scene, part: Partition) -> list[np.ndarray]:
         chosen = home_cameras(scene, part)
-        points = np.asarray(scene.points, dtype=np.float64)  # [P, 3]
-        for b in part.blocks:
-            sample = points[sample_ids(b.point_ids, MAX_VISIBILITY_POINTS, seed=b.index)]  # [<=20000, 3]
-            for cam_id in scene.train_ids:
-                if visible_fraction(scene, cam_id, sample) >= self.threshold:
+        samples = [sample_ids(b.point_ids, MAX_VISIBILITY_POINTS, seed=b.index) for b in part.blocks]
+        # What each camera sees, found once, gives every block's visible fraction of its sample.
+        columns = point_columns(scene.points, part.axes[:2])
+        seen = np.zeros(len(scene.points), dtype=bool)  # [P], cleared after each camera
+        for cam_id in scene.train_ids:
+            ids = points_seen(scene, cam_id, columns)
+            seen[ids] = True
+            for b, sample in zip(part.blocks, samples, strict=True):
+                if len(sample) and seen[sample].mean() >= self.threshold:
                     chosen[b.index].add(int(cam_id))
+            seen[ids] = False
         return sorted_ids(chosen)
 
 
@@ -648,12 +707,13 @@ def partition_scene(scene: Scene, cfg, assigner: CameraAssigner | None = None) -
         b.camera_ids = np.asarray(cams, dtype=np.int64)
     check_blocks(part)
     part.block_points = cfg.block_points
+    columns = point_columns(scene.points, part.axes[:2]) if cfg.block_points == "coverage" else None
     for b in part.blocks:
-        b.point_ids = start_point_ids(scene, b, cfg.block_points)
+        b.point_ids = start_point_ids(scene, b, cfg.block_points, columns)
     return part
 
 
-def start_point_ids(scene: Scene, block: Block, mode: str) -> np.ndarray:
+def start_point_ids(scene: Scene, block: Block, mode: str, columns: PointColumns | None = None) -> np.ndarray:
     """The SfM points a block's anchors start from. -> [Q] int64 sorted ids into scene.points
 
     cell: its cell plus the margin (the least memory; its views show much that no anchor can explain);
@@ -665,8 +725,10 @@ def start_point_ids(scene: Scene, block: Block, mode: str) -> np.ndarray:
         return block.point_ids
     if mode == "all":
         return np.arange(len(scene.points), dtype=np.int64)
+    if columns is None:  # the points of a ground grid over x, y: any grid gives the same ids, only slower
+        columns = point_columns(scene.points, (0, 1))
     seen = np.zeros(len(scene.points), dtype=bool)
     seen[block.point_ids] = True
     for cam_id in block.camera_ids:
-        seen |= points_in_view(scene, int(cam_id), scene.points)
+        seen[points_seen(scene, int(cam_id), columns)] = True
     return np.flatnonzero(seen)

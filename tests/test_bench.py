@@ -37,3 +37,25 @@ def test_quick_bench_prints_a_json_row_per_configuration_with_phases_adding_up(g
     assert "phase_ms_teacher_decode" in on and "phase_ms_teacher_decode" not in off
     assert overhead["weighting_measurements_per_window"] == 2
     assert by_section["blocks"][1]["spills"] > 0  # two blocks through a 4 MB budget: one waits on disk
+
+
+@pytest.mark.slow
+def test_scale_bench_times_every_stage_and_keeps_the_image_cache_within_its_bound(tmp_path):
+    """tools/bench_scale.py at one tiny size: each stage in its own process, with its own time and peak RSS,
+    and the training stage's image cache (bound 1 MB) never above the bound."""
+    cmd = [sys.executable, str(ROOT / "tools" / "bench_scale.py"), "--cameras", "16"]
+    cmd += ["--points-per-camera", "50", "--steps", "2", "--workdir", str(tmp_path / "work")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("JSON ")]
+    (size,) = json.loads(line[5:])["sizes"]
+    assert (size["cameras"], size["points"]) == (16, 800)
+    assert set(size["stages"]) == {"info", "scan", "partition", "train"}
+    for stage in size["stages"].values():
+        assert stage["seconds"] > 0 and stage["peak_rss_mb"] > 50  # python + numpy alone are more
+    train = size["stages"]["train"]
+    assert train["steps"] == 2 and train["anchors"] > 0
+    assert train["cache_bound_bytes"] == 1 << 20
+    # 16 views of 32x24 fit in 1 MB: after reading the block's views once the cache holds each of them
+    assert train["cache_peak_bytes"] == train["block_views"] * 32 * 24 * 3 > 0
+    assert not (tmp_path / "work").exists()  # the scenes are removed without --keep

@@ -23,6 +23,9 @@ from momentumgs.partition import (
     estimate_aabb,
     load_partition,
     partition_scene,
+    point_columns,
+    points_in_view,
+    points_seen,
     save_partition,
     uncontract,
 )
@@ -206,6 +209,23 @@ def test_block_points_cell_coverage_all(scene, part):
         assert seen.all()
         # and what no camera of the block sees is left out
         assert len(cover_ids) < len(scene.points) or len(cover_b.camera_ids) == len(scene.train_ids)
+
+
+@pytest.mark.parametrize("axes", [(0, 1, 2), (2, 0, 1)])  # up z; the same scene with y up (x, z ground)
+def test_points_seen_through_the_column_index_equal_projecting_the_whole_cloud(scene, axes):
+    """The index only skips columns that no camera ray can reach: far outliers, points behind and beside
+    the cameras included, every camera sees exactly the points a projection of the whole cloud finds."""
+    R0 = np.eye(3)[list(axes)]  # new axis i = old axis axes[i]
+    moved = transformed(scene, R0)
+    rng = np.random.default_rng(0)
+    far = rng.normal(0, 1, (300, 3)) * np.ptp(moved.points, axis=0) * 20  # [300, 3] around, above, below
+    moved.points = np.concatenate([moved.points, far.astype(np.float32)])
+    ground = tuple(i for i in range(3) if i != int(np.argmax(np.abs(R0[:, 2]))))  # the world z's new axis
+    columns = point_columns(moved.points, ground)
+    assert len(columns.lo) > 1  # the cloud is indexed, not one column
+    for cam_id in range(len(moved.cameras)):
+        expected = np.flatnonzero(points_in_view(moved, cam_id, moved.points))
+        assert np.array_equal(np.sort(points_seen(moved, cam_id, columns)), expected)
 
 
 def test_block_points_round_trip_and_bad_value(tmp_path, scene):
