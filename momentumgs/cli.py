@@ -156,11 +156,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _checked_train_device(cfg: Config):
     """`train.device`, after a test render there: a GPU that gsplat cannot use stops the command now, in
     seconds, not at the first render after the scene has loaded."""
+    import os
+
+    import torch
+
     from momentumgs.render.backend import check_render_device
     from momentumgs.run import resolve_device
+    from momentumgs.train.comm import launched_by_torchrun
 
     device = resolve_device(cfg.train.device)
-    check_render_device(device, "--set train.device=cpu")
+    probe = device
+    if device.type == "cuda" and device.index is None and launched_by_torchrun():
+        # this worker's GPU (as init_from_env picks it), not every worker's test render on GPU 0
+        probe = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    check_render_device(probe, "--set train.device=cpu")
     return device
 
 

@@ -115,3 +115,10 @@ def test_render_runs_on_the_cpu_whatever_the_gpu(broken_gpu, gt_test_scene, tmp_
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"path": str(gt_test_scene)}}))
     assert main(["render", str(run), "--view", "0", "--out", str(tmp_path / "png")]) == 0
     assert len(list((tmp_path / "png").glob("*.png"))) == 1
+
+
+def test_a_torchrun_worker_tests_its_own_gpu(broken_gpu, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(["train", "--scene", str(tmp_path / "s"), "--out", str(tmp_path / "run")]) == EXIT_USER_ERROR
+    assert "gsplat cannot render on cuda:1: " in _one_error_line(capsys)
