@@ -147,11 +147,26 @@ def _walk_images(r: _Reader) -> None:
         r.skip(24 * num_points2d, "image keypoints")
 
 
+_TRACK_LENGTH = struct.Struct("<Q")
+
+
 def _walk_points(r: _Reader) -> None:
-    for _ in range(r.count("points", 51)):
-        r.skip(43, "point record")
-        (track_length,) = r.unpack("<Q", "point track length")
-        r.skip(8 * track_length, "point track")
+    # Millions of records: plain locals here (3-4x faster than the cursor's methods); a record that does
+    # not fit is walked again through them, for their message.
+    count = r.count("points", 51)
+    buf, pos, size = r.buf, r.pos, r.size
+    track_length_at = _TRACK_LENGTH.unpack_from
+    for _ in range(count):
+        if pos + 51 > size:
+            r.pos = pos
+            r.skip(43, "point record")
+            r.unpack("<Q", "point track length")
+        (track_length,) = track_length_at(buf, pos + 43)
+        pos += 51 + 8 * track_length
+        if pos > size:
+            r.pos = pos - 8 * track_length
+            r.skip(8 * track_length, "point track")
+    r.pos = pos
 
 
 def _walk_rigs(r: _Reader) -> None:
