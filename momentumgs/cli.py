@@ -8,15 +8,14 @@ config value) prints one line and exits with code 2; `--debug` shows the traceba
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from momentumgs.config import Config, load_config
-from momentumgs.errors import UserError, os_error_text
+from momentumgs.errors import EXIT_USER_ERROR, EXIT_WORKER_LOST, UserError, WorkerLost, os_error_text
 from momentumgs.train.stop import TrainingStopped
-
-EXIT_USER_ERROR = 2
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -138,7 +137,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = args.out or cfg.output
     overrides = args.overrides if args.resume else []
     device = _checked_train_device(cfg or run_config(run_dir, overrides))
-    processes = training_processes(cfg or run_config(run_dir, overrides), args.processes, bool(args.view))
+    processes = training_processes(
+        cfg or run_config(run_dir, overrides), args.processes, bool(args.view), resume_dir=args.resume
+    )
     if processes > 1:
         check_before_processes(cfg, run_dir)
         print(f"training in {processes} processes (torchrun; --processes 1 runs every worker in this one)")
@@ -400,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as exc:  # SIGTERM / SIGINT during training: a checkpoint was saved
         print(f"momentumgs: {exc}", file=sys.stderr)
         return 128 + exc.signum
+    except WorkerLost as exc:  # under `momentumgs train`, its launcher names the lost worker in one line
+        if not os.environ.get("MOMENTUMGS_LAUNCHED"):
+            print(f"momentumgs: error: {exc}", file=sys.stderr)
+        return EXIT_WORKER_LOST
     except UserError as exc:
         if args.debug:
             raise

@@ -1,9 +1,17 @@
 """Errors that reach the user as one line (the CLI prints them and exits with code 2), and the one-line
 text of an operating-system error."""
 
+EXIT_USER_ERROR = 2  # the CLI's exit status after a UserError
+# a worker process whose collective failed because another worker is gone; its launcher names the lost one
+EXIT_WORKER_LOST = 3
+
 
 class UserError(Exception):
     """Bad input from the user: a file, an option or a config value. The message names it."""
+
+
+class WorkerLost(UserError):
+    """A collective failed: another worker process died or its machine became unreachable."""
 
 
 class ConfigError(UserError):

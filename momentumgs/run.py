@@ -7,6 +7,7 @@ folder: `train/paths.py`; formats: docs/formats.md.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch
 
 from momentumgs.config import Config, dump_config, load_config
 from momentumgs.data.scene import Scene
-from momentumgs.errors import UserError
+from momentumgs.errors import EXIT_USER_ERROR, EXIT_WORKER_LOST, UserError
 from momentumgs.io_utils import refuse_existing, write_text_atomic
 from momentumgs.partition import load_partition, partition_scene, save_partition
 from momentumgs.train.comm import init_from_env, launched_by_torchrun
@@ -88,6 +89,7 @@ def start_or_resume(
     main = comm is None or comm.is_main
     if resume:
         prepare_run_dir(paths, resume=True)
+        check_resume_processes(run_dir, comm.world_size if comm is not None else 1)
         cfg = run_config(run_dir, overrides)
     elif main:
         check_new_run_dir(paths)
@@ -122,7 +124,7 @@ def open_training(
         probe = run_config(run_dir) if resume else cfg
         assert probe is not None
         device = resolve_device(probe.train.device)
-        comm = init_from_env(device)
+        comm = init_from_env(device, probe.train.collective_timeout_s)
     return start_or_resume(cfg, load_scene, run_dir, resume, overrides, comm=comm, device=device)
 
 
@@ -203,16 +205,46 @@ def default_processes(cfg: Config, requested: int | None) -> int:
     return 1
 
 
-def training_processes(cfg: Config, requested: int | None, live_view: bool) -> int:
-    """The processes `momentumgs train` starts: 1 inside a torchrun job (it is one of them) and with a live
-    viewer (which needs every block in its process), else `default_processes`."""
+def training_processes(
+    cfg: Config, requested: int | None, live_view: bool, resume_dir: str | Path | None = None
+) -> int:
+    """The processes `momentumgs train` starts: 1 inside a torchrun job (it is one of them); for a resume,
+    as many as wrote the run's checkpoint; 1 with a live viewer (which needs every block in its process);
+    else `default_processes`."""
     if launched_by_torchrun():
         return 1
+    saved = checkpoint_processes(resume_dir) if resume_dir is not None else None
+    if saved is not None and requested is None:
+        requested = saved
+    if saved is not None:
+        check_resume_processes(resume_dir, requested, option=f"--processes {requested}")
     if live_view:
         if requested is not None and requested > 1:
             raise UserError(f"--processes {requested}: the live viewer (--view) trains in one process")
         return 1
     return default_processes(cfg, requested)
+
+
+def checkpoint_processes(run_dir: str | Path) -> int | None:
+    """How many processes wrote the run's latest checkpoint (one shared_rankR.ckpt each); None without one."""
+    paths = RunPaths(Path(run_dir))
+    try:
+        step_dir = paths.checkpoints / json.loads(paths.latest.read_text())["dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return len(list(step_dir.glob("shared_rank*.ckpt"))) or None
+
+
+def check_resume_processes(run_dir: str | Path, processes: int, option: str | None = None) -> None:
+    """A run resumes in as many processes as wrote its checkpoint: each process saved the running state of
+    its own blocks (their weighting sums) and the process group's shape is part of the schedule."""
+    saved = checkpoint_processes(run_dir)
+    if saved is not None and saved != processes:
+        what = option or f"{processes} process{'es' if processes > 1 else ''}"
+        raise UserError(
+            f"{what}: the checkpoint of {run_dir} was written by {saved} process{'es' if saved > 1 else ''}; "
+            f"resume it in {saved} (`momentumgs train --resume {run_dir}` does)"
+        )
 
 
 def check_before_processes(cfg: Config | None, run_dir: str | Path) -> None:
@@ -239,7 +271,9 @@ def train_in_processes(
     """Train `cfg` (or resume `run_dir` with `overrides`) with one worker per process under torchrun (this
     machine only), then return."""
     with tempfile.TemporaryDirectory(prefix="momentumgs-") as tmp:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        report = Path(tmp) / "failures.json"
+        cmd = [sys.executable, "-m", "momentumgs.train.launch", str(report)]
+        cmd += ["--standalone", f"--nproc_per_node={processes}", "--max-restarts=0"]
         cmd += ["-m", "momentumgs.cli", "train", "--no-eval"]
         if resume:
             cmd += ["--resume", str(run_dir)] + [a for o in overrides for a in ("--set", o)]
@@ -253,14 +287,39 @@ def train_in_processes(
             code = proc.wait()
         except KeyboardInterrupt:  # the workers saw the same Ctrl-C: they save a checkpoint and exit
             code = proc.wait()
+        failures = json.loads(report.read_text()) if report.is_file() else {}
     if code != 0:
+        raise UserError(failure_text(run_dir, processes, code, failures))
+
+
+def failure_text(run_dir: str | Path, processes: int, code: int, failures: dict[str, dict]) -> str:
+    """One line for a k-process run that failed: the worker lost first (not those that stopped because it
+    was gone), where the run can resume from and how."""
+    # a worker that stopped on a clear error (exit 2) printed it; one that stopped because another was gone
+    # (exit 3) is not the cause
+    lost = {r: f for r, f in failures.items() if f["exitcode"] not in (EXIT_USER_ERROR, EXIT_WORKER_LOST)}
+    # torchrun stops the others with SIGTERM: name the worker that died first
+    lost = {r: f for r, f in lost.items() if f["signal"] != "SIGTERM"} or lost
+    if lost:
+        how = {
+            r: f"killed by {f['signal']}" if f["signal"] else f"failed with exit {f['exitcode']}"
+            for r, f in lost.items()
+        }
+        workers = ", ".join(f"rank {r} of {processes} ({how[r]})" for r in sorted(lost, key=int))
+        failed = f"{run_dir}: lost worker process {workers}; the others stopped"
+    else:
         failed = f"{run_dir}: training in {processes} processes failed (exit {code})"
-        if not RunPaths(Path(run_dir)).latest.is_file():  # nothing to resume: the workers' errors say why
-            raise UserError(f"{failed} before its first checkpoint; see the errors above")
-        raise UserError(
-            f"{failed}; resume it with `torchrun --nproc_per_node={processes} -m momentumgs.cli train "
-            f"--resume {run_dir}`"
-        )
+    step = latest_checkpoint_step(run_dir)
+    if step is None:  # nothing to resume: the workers' errors say why
+        return f"{failed} before the first checkpoint; see the errors above"
+    return f"{failed}; resume from step {step} with `momentumgs train --resume {run_dir}`"
+
+
+def latest_checkpoint_step(run_dir: str | Path) -> int | None:
+    try:
+        return int(json.loads(RunPaths(Path(run_dir)).latest.read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def free_run_dir(base: str) -> str:

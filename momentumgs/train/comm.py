@@ -14,7 +14,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from momentumgs.errors import UserError
+from momentumgs.errors import UserError, WorkerLost
 
 
 class LocalComm:
@@ -62,9 +62,19 @@ class DistComm:
     def local_workers(self) -> list[int]:
         return [self.rank]
 
+    def _lost(self, exc: Exception) -> WorkerLost:
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return WorkerLost(
+            f"worker process rank {self.rank} of {self.world_size}: lost the other workers ({cause}); "
+            "the run resumes from its last checkpoint with `momentumgs train --resume RUN`"
+        )
+
     def _reduce(self, tensor: torch.Tensor, op) -> torch.Tensor:
         moved = tensor.to(self.device)
-        dist.all_reduce(moved, op=op)
+        try:
+            dist.all_reduce(moved, op=op)
+        except RuntimeError as exc:  # gloo/NCCL: a peer closed its connection, or the timeout passed
+            raise self._lost(exc) from exc
         if moved is not tensor:
             tensor.copy_(moved)
         return tensor
@@ -81,11 +91,17 @@ class DistComm:
     def gather_objects(self, value):
         """`value` of every process, in rank order (picklable objects)."""
         out = [None] * self.world_size
-        dist.all_gather_object(out, value)
+        try:
+            dist.all_gather_object(out, value)
+        except RuntimeError as exc:
+            raise self._lost(exc) from exc
         return out
 
     def barrier(self) -> None:
-        dist.barrier()
+        try:
+            dist.barrier()
+        except RuntimeError as exc:
+            raise self._lost(exc) from exc
 
     @property
     def is_main(self) -> bool:
@@ -98,7 +114,8 @@ def launched_by_torchrun() -> bool:
 
 def init_from_env(device: torch.device, timeout_s: float = 600.0) -> DistComm:
     """Join the process group torchrun set up. A worker that dies makes the others fail at the next
-    collective after `timeout_s` instead of hanging for ever."""
+    collective: at once when its connections close (its process died), else after `timeout_s`
+    (`train.collective_timeout_s`: its machine vanished)."""
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
