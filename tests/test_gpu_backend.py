@@ -122,3 +122,20 @@ def test_a_torchrun_worker_tests_its_own_gpu(broken_gpu, tmp_path, monkeypatch, 
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert main(["train", "--scene", str(tmp_path / "s"), "--out", str(tmp_path / "run")]) == EXIT_USER_ERROR
     assert "gsplat cannot render on cuda:1: " in _one_error_line(capsys)
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="a CUDA build of torch could really build gsplat")
+def test_the_real_gsplat_import_fails_as_one_line(tmp_path, monkeypatch, capsys):
+    """No simulated backend: gsplat's own import, on a CPU build of torch told CUDA is there, fails (no
+    toolkit, or a build that cannot link) and the command says so in one line."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # gsplat clears its build folder: one of the test's own, not the user's
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch_extensions"))
+    backend.gsplat_problem.cache_clear()
+    try:
+        rc = main(["train", "--scene", str(tmp_path / "s"), "--out", str(tmp_path / "run")])
+    finally:
+        backend.gsplat_problem.cache_clear()
+    line = _one_error_line(capsys)
+    assert rc == EXIT_USER_ERROR and line.startswith("momentumgs: error: gsplat cannot render on cuda: ")
+    assert "or pass --set train.device=cpu (slow)" in line

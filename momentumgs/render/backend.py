@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import io
-import os
 import sys
+import threading
 
 import torch
 
@@ -24,6 +23,7 @@ from momentumgs.errors import UserError
 # What a failed JIT build or load of gsplat's extension raises (torch.utils.cpp_extension and gsplat).
 BUILD_ERRORS = (ImportError, OSError, RuntimeError, ValueError)
 CUDA_FIX = "install the CUDA toolkit (nvcc) and set CUDA_HOME to it"
+BUILD_NOTICE_S = 10.0  # an import of gsplat's backend this long is a build, not a failure
 
 
 def check_render_device(device: torch.device, cpu_option: str) -> None:
@@ -55,22 +55,21 @@ def gsplat_problem(device: str) -> str | None:
 
 def load_gsplat_backend():
     """gsplat's compiled extension module, or None when gsplat found no CUDA toolkit. Builds it the first
-    time (minutes); gsplat's own console lines are held back, so that a failure reads as one line."""
-    if _build_needed():
-        print("momentumgs: building gsplat's CUDA kernels (first use: a few minutes)", file=sys.stderr)
-    held = io.StringIO()
-    with contextlib.redirect_stdout(held):
-        from gsplat.cuda._backend import _C
+    time (minutes: a line says so once it has taken BUILD_NOTICE_S); gsplat's own console lines are held
+    back, so that a failure (which comes in seconds) reads as one line."""
+    notice = threading.Timer(BUILD_NOTICE_S, _announce_build)
+    notice.daemon = True
+    notice.start()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            from gsplat.cuda._backend import _C
+    finally:
+        notice.cancel()
     return _C
 
 
-def _build_needed() -> bool:
-    """Whether importing gsplat's backend compiles it: no prebuilt module and no earlier JIT build."""
-    if importlib.util.find_spec("gsplat.csrc") is not None:
-        return False
-    from torch.utils.cpp_extension import _get_build_directory  # where gsplat's JIT build goes
-
-    return not os.path.exists(os.path.join(_get_build_directory("gsplat_cuda", False), "gsplat_cuda.so"))
+def _announce_build() -> None:
+    print("momentumgs: building gsplat's CUDA kernels (first use: minutes)", file=sys.stderr, flush=True)
 
 
 def _render_one_gaussian(device: torch.device) -> None:
