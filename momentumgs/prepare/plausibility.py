@@ -4,17 +4,18 @@ A low reprojection error does not prove the poses right: on a low, repetitive su
 register a subset of photos mirrored or folded onto the rest, each photo still agreeing with its own
 points. These checks look at what such a model gets wrong, on plain arrays (cameras in image-name order):
 
-- view directions: when most cameras look the same way (a survey looks down), one looking more than 90 deg
-  away from the common direction is flipped.
-- ground side: when the points lie on a dominant plane, the cameras all see it from the same side; one on
-  the other side (below the ground), or looking away from it, is misplaced.
+- view directions: when most cameras look the same way, steeply at the ground (a survey looks down), one
+  looking more than 90 deg away from the common direction is flipped. Views along the ground may look back
+  (a street walked both ways): there the check applies only when nearly all look one way.
+- ground side: when the points lie on a dominant plane, the cameras all see it from the same side; one
+  clearly on the other side (below the ground), or looking away from it, is misplaced.
 - capture order: photos named in capture order follow a path; a run of photos that jumps far away from its
   order neighbours and comes back (while the path before and after it joins up) is misplaced.
 - tracks: photos with very few observed points are weakly tied to the model, and a model whose points are
   mostly seen by only two photos is poorly constrained.
 
-Each check returns the indices it flags and the figure it measured; `plausibility_warnings` turns them into
-one-line warnings naming the photos.
+Each check returns the indices it flags and the figure it measured; `check_reconstruction` runs them all
+and words one-line warnings naming the photos.
 """
 
 from __future__ import annotations
@@ -226,6 +227,8 @@ def check_pycolmap(rec) -> Plausibility:
     from momentumgs.data.colmap import _cam_from_world
 
     ids = sorted(rec.reg_image_ids())
+    if not ids:
+        return Plausibility([], [], [])
     names = [rec.image(i).name for i in ids]
     viewmats = np.stack([_cam_from_world(rec.image(i)) for i in ids])  # [V, 4, 4] world -> camera
     rot, trans = viewmats[:, :3, :3], viewmats[:, :3, 3]  # [V, 3, 3], [V, 3]
