@@ -280,7 +280,9 @@ def choose_target(rng: random.Random, point: str, calibration: list[dict]) -> st
     return f"{point}:{chosen['n']}:{chosen['rank']}"
 
 
-def resume_and_check(trial: Trial, run: Path, work: Path, rng: random.Random, processes_arg, rekill: bool):
+def resume_and_check(
+    trial: Trial, run: Path, work: Path, rng: random.Random, processes_arg, rekill: bool, eval_args=()
+):
     """Resume `run` until it finishes (killing the first resume again when `rekill`), checking the step
     each resume starts from."""
     for attempt in range(1, 4):
@@ -290,7 +292,7 @@ def resume_and_check(trial: Trial, run: Path, work: Path, rng: random.Random, pr
             point = rng.choice(["checkpoint", "densify", "spill_write"])
             target = f"{point}:{rng.randint(1, 3)}:{rng.randrange(trial.processes)}"
         crash_dir = work / f"resume-{attempt}"
-        cmd = train_command("--resume", run, processes=processes_arg)
+        cmd = train_command(*eval_args, "--resume", run, processes=processes_arg)
         got = run_until(cmd, hooked_env(crash_dir, target), crash_dir)
         match = RESUMED.search(got.stdout)
         resumed = int(match.group(1)) if match else None
@@ -338,7 +340,7 @@ def crash_trial(trial: Trial, scene: Path, overrides, work: Path, rng, point: st
             train_command(*args, processes=trial.processes), hooked_env(crash_dir, None), crash_dir
         )
         return
-    resume_and_check(trial, run, work, rng, None, rekill=rng.random() < 0.3)
+    resume_and_check(trial, run, work, rng, None, rng.random() < 0.3, eval_args)
 
 
 def calibration_window(calibration: list[dict]) -> tuple[float, float]:
@@ -363,13 +365,14 @@ def cross_trial(trial: Trial, scene, overrides, work: Path, rng, calibration, ev
     got = run_until(train_command(*args, processes=trial.processes), hooked_env(crash_dir, target), crash_dir)
     trial.moments.append(got.moment)
     crash_dir = work / "other"
-    got = run_until(train_command("--resume", run, processes=other), hooked_env(crash_dir, None), crash_dir)
+    cmd = train_command(*eval_args, "--resume", run, processes=other)
+    got = run_until(cmd, hooked_env(crash_dir, None), crash_dir)
     err = got.stderr.strip().splitlines()
     if got.returncode != 0:
         if len(err) != 1 or "Traceback" in got.stderr:
             trial.problems.append(f"--processes {other} failed without one clear line: {len(err)} lines")
         trial.moments.append(f"--processes {other} refused: {err[-1] if err else ''}")
-        resume_and_check(trial, run, work, rng, None, rekill=False)
+        resume_and_check(trial, run, work, rng, None, False, eval_args)
     else:
         trial.moments.append(f"--processes {other} resumed")
         match = RESUMED.search(got.stdout)
