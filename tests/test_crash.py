@@ -165,6 +165,19 @@ def test_resume_with_another_process_count_is_refused_in_one_line(gt_test_scene,
         start_or_resume(None, campaign_scene_loader, run, resume=True)
 
 
+def test_resume_before_the_first_checkpoint_says_to_start_again(tmp_path):
+    """A run killed before its first checkpoint left its config and partition only: the resume says so."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("")
+    done = subprocess.run(train_cmd("--resume", run), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"momentumgs: error: {run}: no checkpoint to resume (expected {run}/checkpoints/latest.json); "
+        "the run stopped before its first checkpoint: start it again in an empty folder"
+    ]
+
+
 def campaign_scene_loader(cfg):
     from helpers import scene_loader
 

@@ -77,7 +77,10 @@ def prepare_run_dir(paths: RunPaths, resume: bool) -> None:
     """Refuse to start a new run over an existing one; refuse to resume what is not a run."""
     if resume:
         if not paths.latest.is_file():
-            raise UserError(f"{paths.root}: no checkpoint to resume (expected {paths.latest})")
+            missing = f"{paths.root}: no checkpoint to resume (expected {paths.latest})"
+            if paths.config.is_file():  # a run that stopped before its first checkpoint: nothing to keep
+                missing += "; the run stopped before its first checkpoint: start it again in an empty folder"
+            raise UserError(missing)
         return
     check_new_run_dir(paths)
     paths.root.mkdir(parents=True, exist_ok=True)
