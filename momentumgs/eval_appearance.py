@@ -32,8 +32,8 @@ PROTOCOLS = {
     "nearest": "(b) the embedding of the training photo with the nearest camera centre; whole image",
     "half": "(c) NeRF-W: embedding fitted to the left half of the test photo; metrics on the right half",
 }
-FIT_STEPS = 100
-FIT_LR = 0.05
+FIT_STEPS = 50
+FIT_LR = 0.1
 
 
 def left_half(view: View) -> View:
