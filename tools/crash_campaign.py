@@ -156,7 +156,10 @@ def hit_moment(path: Path) -> str:
 
 
 def describe(record: dict) -> str:
-    step = "before training" if record["step"] is None else f"step {record['step']}"
+    if record.get("parent"):
+        step = "after training (the process that started torchrun)"
+    else:
+        step = "before training" if record["step"] is None else f"step {record['step']}"
     detail = f" {record['detail']}" if record.get("detail") else ""
     return f"{record['point']} #{record['n']} rank {record['rank']} @ {step}{detail}"
 
@@ -269,8 +272,7 @@ def choose_target(rng: random.Random, point: str, calibration: list[dict]) -> st
         r
         for r in calibration
         if r["point"] == point
-        and r["step"] is not None
-        and (r["step"] > FIRST_CHECKPOINT or (point == "checkpoint" and r["step"] == FIRST_CHECKPOINT + 4))
+        and (r["step"] is None if r.get("parent") else r["step"] is not None and r["step"] > FIRST_CHECKPOINT)
     ]
     if point == "checkpoint":  # the first step folder is not yet complete when it is written
         hits = [r for r in hits if not r["detail"].startswith(f"step_{FIRST_CHECKPOINT:08d}")]
@@ -411,7 +413,8 @@ def campaign(args) -> list[Trial]:
         elif differences(run, reference):
             print(f"the unbroken {p}-process run differs from the {processes[0]}-process one")
             trials.append(Trial(0, p, ["unbroken"], [], ["differs from the unbroken reference"]))
-        points = [POINTS[i % len(POINTS)] for i in range(args.trials)]
+        chosen = args.points.split(",") if args.points else POINTS
+        points = [chosen[i % len(chosen)] for i in range(args.trials)]
         if args.quick:
             points = [q for q in points if q not in ("eval_blocks", "eval_final")] or ["checkpoint"]
         rng.shuffle(points)
@@ -476,6 +479,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", help="folder for the runs (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the runs")
     parser.add_argument("--cross", action="store_true", help="also resume with another process count")
+    parser.add_argument("--points", help=f"kill only at these points (default all: {','.join(POINTS)})")
     parser.add_argument("--quick", action="store_true", help="40x30 views, no evaluation (for the tests)")
     args = parser.parse_args(argv)
     start = time.time()

@@ -57,6 +57,8 @@ def hit(point: str, detail: str = "") -> None:
             "detail": detail,
             "t": time.time(),
         }
+        if "RANK" not in os.environ and _step[0] is None and point == "eval_final":
+            record["parent"] = True  # `momentumgs train` evaluates after its torchrun workers finished
         Path(CRASH_DIR).mkdir(parents=True, exist_ok=True)
         with open(Path(CRASH_DIR) / f"trace-{os.getpid()}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
