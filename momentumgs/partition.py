@@ -334,6 +334,7 @@ class PointColumns:
     points it sees plus a box test per column, not a projection of the whole cloud."""
 
     order: np.ndarray  # [P] int64 point ids, column after column
+    points: np.ndarray  # [P, 3] float64 the points in that order (a column's points are contiguous)
     starts: np.ndarray  # [C + 1] int64 where each non-empty column begins in `order`
     lo: np.ndarray  # [C, 3] float64 box of each column's points (padded against rounding)
     hi: np.ndarray  # [C, 3]
@@ -360,21 +361,22 @@ def point_columns(points: np.ndarray, ground: tuple[int, int]) -> PointColumns:
     else:
         lo = hi = np.zeros((0, 3))
     pad = 1e-6 * (1.0 + float(np.abs(sorted_points).max(initial=0.0)))
-    return PointColumns(order, np.r_[starts, len(points)].astype(np.int64), lo - pad, hi + pad)
+    starts = np.r_[starts, len(points)].astype(np.int64)
+    return PointColumns(order, sorted_points, starts, lo - pad, hi + pad)
 
 
 def columns_in_view(cam, columns: PointColumns) -> np.ndarray:
     """Which columns' boxes may hold a point that projects into `cam`'s image, in front of it. -> [C] bool
 
     In camera coordinates p (z > 0), u = K[0].p / z lies in [0, W) iff K[0].p >= 0 and (W K[2] - K[0]).p > 0,
-    and likewise for v: four planes through the centre, plus z > 0. A box lies outside when all its corners
-    are outside one plane; a linear function peaks at a corner, so no point of the box can be inside."""
+    and likewise for v: four planes through the centre, plus z > 0. A box lies outside when its largest
+    value of one plane's function is below zero; a linear function peaks at the corner that takes, on each
+    axis, the box's max where the function's world slope is positive and its min elsewhere."""
     K = cam.K
     planes = np.stack([K[0], cam.width * K[2] - K[0], K[1], cam.height * K[2] - K[1], [0.0, 0.0, 1.0]])
-    bits = (np.arange(8)[:, None] >> np.arange(3)) & 1  # [8, 3] which corner takes hi on each axis
-    corners = np.where(bits[None], columns.hi[:, None], columns.lo[:, None])  # [C, 8, 3]
-    cam_xyz = corners @ cam.viewmat[:3, :3].T + cam.viewmat[:3, 3]  # [C, 8, 3]
-    peak = (cam_xyz @ planes.T).max(axis=1)  # [C, 5]
+    R, t = cam.viewmat[:3, :3], cam.viewmat[:3, 3]
+    slope = planes @ R  # [5, 3] each plane's function of world coordinates: slope . x + planes . t
+    peak = columns.hi @ np.maximum(slope, 0).T + columns.lo @ np.minimum(slope, 0).T + planes @ t  # [C, 5]
     return (peak[:, :4] >= 0).all(axis=1) & (peak[:, 4] > 1e-6)
 
 
@@ -384,8 +386,9 @@ def points_seen(scene: Scene, cam_id: int, columns: PointColumns) -> np.ndarray:
     reach = np.flatnonzero(columns_in_view(scene.cameras[cam_id], columns))
     if len(reach) == 0:
         return np.zeros(0, np.int64)
-    ids = np.concatenate([columns.order[columns.starts[c] : columns.starts[c + 1]] for c in reach])
-    return ids[points_in_view(scene, cam_id, scene.points[ids])]
+    spans = [slice(columns.starts[c], columns.starts[c + 1]) for c in reach]
+    ids = np.concatenate([columns.order[span] for span in spans])  # [Q]
+    return ids[points_in_view(scene, cam_id, np.concatenate([columns.points[span] for span in spans]))]
 
 
 def blocks_per_camera(part: Partition, n_cameras: int) -> np.ndarray:
