@@ -42,8 +42,12 @@ def _default_demo_config() -> str | None:
 
 
 def cmd_demo_scene(args: argparse.Namespace) -> int:
-    from momentumgs.demo import build_scene
+    from momentumgs.demo import build_scene, is_demo_scene
+    from momentumgs.io_utils import refuse_existing
 
+    # any other non-empty folder is refused by build_scene, even with --force
+    if is_demo_scene(Path(args.out)):
+        refuse_existing(args.out, args.force, replaces="replaces the earlier demo scene")
     t0 = time.perf_counter()
     out = build_scene(
         args.out, args.scene, size=args.size, seed=args.seed, sfm=not args.no_sfm, appearance=args.appearance
@@ -365,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="photos whose exposure, white balance and sun change (neutral renders in ground_truth/images)",
     )
+    p.add_argument("--force", action="store_true", help="replace an earlier demo scene at OUT")
     p.set_defaults(func=cmd_demo_scene)
 
     p = sub.add_parser("info", help="load a COLMAP scene and print its summary")

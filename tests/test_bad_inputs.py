@@ -280,6 +280,7 @@ CASES = [
     Case("demo-scene-out-is-file", "demo-scene {bad}", "not a demo scene", a_file),
     Case("demo-scene-out-not-empty", "demo-scene {bad} --no-sfm", "not a demo scene", full_folder),
     Case("demo-scene-bad-size", "demo-scene {t}/o --size huge", "huge"),
+    Case("demo-scene-over-earlier", "demo-scene {scene} --size test --no-sfm", "--force replaces"),
     # info
     Case("info-missing-scene", "info {t}/nowhere", "does not exist"),
     Case("info-scene-is-file", "info {bad}", "does not exist", a_file),
