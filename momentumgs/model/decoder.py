@@ -69,7 +69,14 @@ class GaussianDecoder(nn.Module):
         self.mlp_opacity = _mlp(in_dim, hidden_dim, n_offsets)
         self.mlp_color = _mlp(in_dim + appearance_dim, hidden_dim, 3 * n_offsets)
         self.mlp_cov = _mlp(in_dim, hidden_dim, 7 * n_offsets)
-        self.appearance = nn.Embedding(appearance_count, appearance_dim) if appearance_dim > 0 else None
+        self.appearance = None
+        if appearance_dim > 0:
+            # Zeros, not nn.Embedding's N(0, 1): every photo starts from one shared appearance and moves only
+            # as far as its photo needs, so the neutral appearance (the mean of the trained rows) stays an
+            # input the colour MLP was trained on. Random rows (norm ~sqrt(A)) average to a vector far from
+            # all of them (norm ~sqrt(A / photos)).
+            self.appearance = nn.Embedding(appearance_count, appearance_dim)
+            nn.init.zeros_(self.appearance.weight)
 
     def forward(self, z: torch.Tensor, appearance: Appearance = None) -> DecoderOutput:
         """z [V, in_dim] -> raw outputs for V anchors. `appearance`: a row of the embedding table (an image
