@@ -427,11 +427,7 @@ def campaign(args) -> list[Trial]:
             crash_trial(
                 trial, scene, overrides, work / f"trial-{number:02d}", rng, point, calibration, eval_args
             )
-            if not trial.problems:
-                trial.problems += differences(work / f"trial-{number:02d}" / "run", reference)
-            trial.seconds = time.time() - t0
-            print_row(trial)
-            trials.append(trial)
+            finish_trial(trial, work / f"trial-{number:02d}" / "run", reference, t0, trials)
         if args.cross:
             for other in processes:
                 if other == p:
@@ -441,11 +437,7 @@ def campaign(args) -> list[Trial]:
                 cross_trial(
                     trial, scene, overrides, work / f"trial-{number:02d}", rng, calibration, eval_args, other
                 )
-                if not trial.problems:
-                    trial.problems += differences(work / f"trial-{number:02d}" / "run", reference)
-                trial.seconds = time.time() - t0
-                print_row(trial)
-                trials.append(trial)
+                finish_trial(trial, work / f"trial-{number:02d}" / "run", reference, t0, trials)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return trials
@@ -458,6 +450,16 @@ def demo_scene() -> Path:
 
 
 HEADER = f"{'trial':>5}  {'proc':>4}  {'kill moments':<72}  {'resumed from':<13}  {'bit-exact':<9}  {'s':>5}"
+
+
+def finish_trial(trial: Trial, run: Path, reference: Path, t0: float, trials: list[Trial]) -> None:
+    """Compare a trial's finished run with the unbroken one (unless it already failed), time it, print its
+    row and keep it."""
+    if not trial.problems:
+        trial.problems += differences(run, reference)
+    trial.seconds = time.time() - t0
+    print_row(trial)
+    trials.append(trial)
 
 
 def print_row(trial: Trial) -> None:
