@@ -23,7 +23,7 @@ import torch
 from momentumgs.anchor_render import render_anchor_view, visible_anchors
 from momentumgs.data.scene import Scene
 from momentumgs.errors import UserError
-from momentumgs.model.appearance import neutral_appearance, trained_rows
+from momentumgs.model.appearance import resolve_appearance, trained_rows
 from momentumgs.model.decoder import Appearance
 from momentumgs.render.view import View
 
@@ -60,7 +60,7 @@ def fit_embedding(
     """An embedding [A] fitted to the left half of `photo` [H, W, 3] (in [0, 1]) seen from `view`, with the
     model frozen. -> [A]"""
     decoder = model.decoder
-    start = neutral_appearance(decoder, trained_rows(model.info, decoder.appearance.num_embeddings))
+    start = resolve_appearance(decoder, None, model.info)  # the neutral appearance
     embedding = start.detach().clone().requires_grad_(True)
     half = left_half(view)
     target = photo[:, : half.width]  # [H, W // 2, 3]
