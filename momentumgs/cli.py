@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--appearance",
         default="mean",
         choices=["mean", "nearest", "half"],
-        help="test-time appearance for models with an appearance embedding: mean (neutral, default), nearest "
+        help="test-time appearance for models with a per-photo appearance: mean (neutral, default), nearest "
         "(the nearest training photo's), half (fitted on the left half, measured on the right half)",
     )
     p.add_argument(

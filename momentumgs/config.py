@@ -181,7 +181,10 @@ class ModelConfig:
     n_offsets: Count = 10
     hidden_dim: Count = 32
     use_distance: bool = False  # feed |x_v - c| to the decoder (paper yes, released code no)
-    appearance_dim: CountOrZero = 0  # per-image appearance embedding; 0 = off
+    # per-photo appearance (docs/method.md, Appearance): off; exposure (a gain per photo and channel, for
+    # exposure and white balance); embedding (Scaffold-GS's embedding of appearance_dim into the colour MLP)
+    appearance: Literal["off", "exposure", "embedding"] = "off"
+    appearance_dim: Count = 32  # size of an "embedding" row
 
 
 @dataclass
@@ -237,8 +240,12 @@ class OptimConfig:
     mlp_cov_final: Positive = 0.004
     mlp_color_init: Positive = 0.008
     mlp_color_final: Positive = 0.00005
-    appearance_init: Positive = 0.05
+    appearance_init: Positive = 0.05  # the "embedding" rows (Adam)
     appearance_final: Positive = 0.0005
+    # The "exposure" rows: steps in proportion to the gradient (Adam with eps 1, far above the rows'
+    # gradients), so that a photo's gain moves as far as its evidence pushes it (optimizers.py).
+    exposure_init: Positive = 0.5
+    exposure_final: Positive = 0.05
 
 
 @dataclass

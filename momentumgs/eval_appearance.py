@@ -1,8 +1,8 @@
-"""Test-time appearance: which embedding a model with a per-image appearance embedding renders a test view
-with (docs/rendering.md, Appearance at test time).
+"""Test-time appearance: which row of its per-photo appearance table (exposure gains or an embedding) a model
+renders a test view with (docs/rendering.md, Appearance at test time). "Embedding" below means such a row.
 
-A test photo's own row of the embedding table is never trained, so evaluation must choose. Three protocols,
-each named in the eval output:
+A test photo's own row of the table is never trained, so evaluation must choose. Three protocols, each named
+in the eval output:
 
 - "mean"    (a) the neutral appearance, the mean of the training photos' embeddings; metrics on the whole
             image. The default, and what `view`, `render` and `export` show.

@@ -117,6 +117,8 @@ def test_decoder_parameter_count():
     assert with_dist == n + 3 * 32
     app = GaussianDecoder(appearance_dim=16, appearance_count=5)
     assert sum(p.numel() for p in app.parameters()) == n + 16 * 32 + 5 * 16
+    gains = GaussianDecoder(appearance_dim=3, appearance_count=5, appearance_mode="exposure")
+    assert sum(p.numel() for p in gains.parameters()) == n + 5 * 3  # the MLPs stay as without a table
 
 
 def _manual_mlp(seq: nn.Sequential, z: torch.Tensor) -> torch.Tensor:
@@ -197,6 +199,36 @@ def test_appearance_embedding_changes_colour_only():
     assert not torch.allclose(a.colors, b.colors)
     with pytest.raises(ValueError, match="pass an appearance"):
         decode(dec, anchors, cam)
+
+
+def test_exposure_rows_scale_each_colour_channel_by_the_photos_gain():
+    torch.manual_seed(0)
+    plain = GaussianDecoder(feat_dim=8, n_offsets=4, hidden_dim=16)
+    torch.manual_seed(0)
+    dec = GaussianDecoder(
+        feat_dim=8,
+        n_offsets=4,
+        hidden_dim=16,
+        appearance_dim=3,
+        appearance_count=2,
+        appearance_mode="exposure",
+    )
+    # the table draws nothing from the random stream: the MLPs start as those of a decoder without one
+    assert all(
+        torch.equal(a, b) for a, b in zip(plain.parameters(), list(dec.parameters())[:-1], strict=True)
+    )
+    log_gain = torch.tensor([0.3, -0.2, 0.0])
+    with torch.no_grad():
+        dec.appearance.weight[1] = log_gain
+    _, field = _tiny_setup(k=4)
+    anchors = gather_anchors(field)
+    cam = torch.zeros(3)
+    neutral, photo = decode(dec, anchors, cam, appearance=0), decode(dec, anchors, cam, appearance=1)
+    assert torch.equal(neutral.colors, decode(plain, anchors, cam).colors)  # a zero row is no change
+    assert torch.allclose(photo.colors, neutral.colors * torch.exp(log_gain), atol=1e-6)
+    assert torch.equal(neutral.raw_opacity, photo.raw_opacity) and torch.equal(neutral.scales, photo.scales)
+    with pytest.raises(ValueError, match="rows of 3 log-gains"):
+        GaussianDecoder(appearance_dim=4, appearance_count=2, appearance_mode="exposure")
 
 
 def test_teacher_ema_closed_form_and_m0():

@@ -57,9 +57,9 @@ def _assert_same_blocks_and_decoder(run_a, run_b):
 @pytest.mark.slow
 def test_two_gloo_processes_equal_the_one_process_emulation(gt_test_scene, tmp_path):
     env = one_thread_env()
-    # with the appearance embedding on: its rows are trained by whichever worker's block holds the photo,
-    # and the all-reduce keeps the table equal across processes
-    args = set_args([*MULTI, f"data.path={gt_test_scene}", "model.appearance_dim=4"])
+    # with the per-photo exposure table on: its rows are trained by whichever worker's block holds the
+    # photo, and the all-reduce keeps the table equal across processes
+    args = set_args([*MULTI, f"data.path={gt_test_scene}", "model.appearance=exposure"])
     dist_run, local_run = tmp_path / "dist", tmp_path / "local"
     if (os.cpu_count() or 1) < 2:
         pytest.skip("`momentumgs train` starts one process per worker only with a core for each")
@@ -120,7 +120,7 @@ def test_tiny_ram_budget_spills_and_trains_the_same(gt_test_scene, tmp_path):
 @pytest.mark.slow
 def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path, capsys):
     # with the per-image appearance embedding on: its table and optimizer state resume too
-    settings = [*MULTI, f"data.path={gt_test_scene}", "model.appearance_dim=4"]
+    settings = [*MULTI, f"data.path={gt_test_scene}", "model.appearance=embedding", "model.appearance_dim=4"]
     cfg = load_config(None, settings)
     unbroken = start_or_resume(cfg, scene_loader, tmp_path / "a", resume=False)
     unbroken.run(progress=False)
@@ -261,7 +261,7 @@ def test_killed_multi_block_run_resumes_from_the_cli_bit_exactly(gt_test_scene, 
 def test_weighting_off_measures_nothing_and_the_teacher_decodes_appearance(gt_test_scene, tmp_path):
     """With method.weighting=false no block quality is measured (nothing uses it); with an appearance
     embedding the teacher decodes with the view's embedding slot as the student does."""
-    over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting=false", "model.appearance_dim=4"]
+    over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting=false", "model.appearance=exposure"]
     trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
     trainer.run(progress=False)
     assert not any(q.measured for q in trainer.qualities)

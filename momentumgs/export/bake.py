@@ -182,14 +182,13 @@ def _run_decoder(
     if decoder.use_distance:
         parts.append(dists[..., None])
     z = torch.cat(parts, dim=-1).reshape(v * a, -1)  # [V*A, in]
-    z_color = z
+    rows = None
     if decoder.appearance is not None:
-        emb = appearance[:, None, :].expand(v, a, -1).reshape(v * a, -1)
-        z_color = torch.cat([z, emb], dim=-1)
+        rows = appearance[:, None, :].expand(v, a, -1).reshape(v * a, -1)  # [V*A, E]
     k = decoder.n_offsets
     return DecoderOutput(
         opacity=torch.tanh(decoder.mlp_opacity(z)).reshape(v, a, k),
-        color=torch.sigmoid(decoder.mlp_color(z_color)).reshape(v, a, k, 3),
+        color=decoder.colors(z, rows).reshape(v, a, k, 3),
         cov=decoder.mlp_cov(z).reshape(v, a, k, 7),
     )
 

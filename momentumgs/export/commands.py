@@ -89,9 +89,7 @@ def photo_appearance_row(model, name: str) -> int:
     from momentumgs.model.appearance import appearance_image_row
 
     if model.decoder.appearance is None:
-        raise UserError(
-            f"--appearance {name}: the model has no appearance embedding (model.appearance_dim 0)"
-        )
+        raise UserError(f"--appearance {name}: the model has no per-photo appearance (model.appearance off)")
     try:
         return appearance_image_row(model.info, name)
     except KeyError:

@@ -29,6 +29,7 @@ from momentumgs.model.anchors import AnchorField
 
 # An image index into the decoder's embedding table, an embedding [A], or None (decoders without one).
 Appearance = int | torch.Tensor | None
+APPEARANCE_MODES = ("exposure", "embedding")  # what a row of the per-image table does (GaussianDecoder)
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -40,15 +41,20 @@ class DecoderOutput:
     """Raw per-anchor outputs of the decoder, before masking."""
 
     opacity: torch.Tensor  # [V, K] tanh outputs, in (-1, 1)
-    color: torch.Tensor  # [V, K, 3] in (0, 1)
+    color: torch.Tensor  # [V, K, 3] in (0, 1); times the photo's gain with an exposure table
     cov: torch.Tensor  # [V, K, 7] raw: 3 scale logits, 4 quaternion (w, x, y, z) values
 
 
 class GaussianDecoder(nn.Module):
     """Opacity, colour and covariance MLPs: Linear(in, hidden) -> ReLU -> Linear(hidden, out)
     with out = K (tanh), 3K (sigmoid), 7K (none). in = feat_dim + 3 (+1 with `use_distance`).
-    With `appearance_dim > 0` a per-image embedding table [appearance_count, appearance_dim] is
-    learnt here and fed to the colour MLP only, as in Scaffold-GS."""
+    With `appearance_dim > 0` a per-image table [appearance_count, appearance_dim] is learnt here and acts
+    on the colours only, as `appearance_mode` says:
+    - "exposure": each row is its photo's log-gain per channel (A = 3): colours x exp(row). A camera's
+      exposure and white balance scale the image (under a power-law tone curve too), and a per-photo gain
+      cannot absorb anything a view sees, so a capture without such changes keeps its rows near zero.
+    - "embedding": each row is an embedding fed to the colour MLP with the anchor's feature (Scaffold-GS):
+      it can model any per-photo change, including light, and also per-view corrections."""
 
     def __init__(
         self,
@@ -58,41 +64,60 @@ class GaussianDecoder(nn.Module):
         use_distance: bool = False,
         appearance_dim: int = 0,
         appearance_count: int = 0,
+        appearance_mode: str = "embedding",
     ):
         super().__init__()
         if appearance_dim > 0 and appearance_count <= 0:
             raise ValueError("appearance_dim > 0 needs appearance_count (number of images) > 0")
+        if appearance_mode not in APPEARANCE_MODES:
+            raise ValueError(f"appearance_mode {appearance_mode!r}: one of {', '.join(APPEARANCE_MODES)}")
+        if appearance_dim > 0 and appearance_mode == "exposure" and appearance_dim != 3:
+            raise ValueError("appearance_mode 'exposure' has rows of 3 log-gains (appearance_dim 3)")
         self.n_offsets = n_offsets
         self.use_distance = use_distance
         self.appearance_dim = appearance_dim
+        self.appearance_mode = appearance_mode
         in_dim = feat_dim + 3 + int(use_distance)
+        color_in = in_dim + (appearance_dim if appearance_mode == "embedding" else 0)
         self.mlp_opacity = _mlp(in_dim, hidden_dim, n_offsets)
-        self.mlp_color = _mlp(in_dim + appearance_dim, hidden_dim, 3 * n_offsets)
+        self.mlp_color = _mlp(color_in, hidden_dim, 3 * n_offsets)
         self.mlp_cov = _mlp(in_dim, hidden_dim, 7 * n_offsets)
         self.appearance = None
         if appearance_dim > 0:
             # Zeros, not nn.Embedding's N(0, 1): every photo starts from one shared appearance and moves only
             # as far as its photo needs, so the neutral appearance (the mean of the trained rows) stays an
             # input the colour MLP was trained on. Random rows (norm ~sqrt(A)) average to a vector far from
-            # all of them (norm ~sqrt(A / photos)).
-            self.appearance = nn.Embedding(appearance_count, appearance_dim)
-            nn.init.zeros_(self.appearance.weight)
+            # all of them (norm ~sqrt(A / photos)). Given as `_weight`, so that nothing is drawn from the
+            # random stream: the rest of the run starts as it would without the table.
+            self.appearance = nn.Embedding(
+                appearance_count, appearance_dim, _weight=torch.zeros(appearance_count, appearance_dim)
+            )
 
     def forward(self, z: torch.Tensor, appearance: Appearance = None) -> DecoderOutput:
         """z [V, in_dim] -> raw outputs for V anchors. `appearance`: a row of the embedding table (an image
         index) or an embedding [A] itself (a test-time one, model/appearance.py)."""
         v, k = z.shape[0], self.n_offsets
-        z_color = z
+        row = None
         if self.appearance is not None:
             if appearance is None:
                 raise ValueError("this decoder has an appearance embedding: pass an appearance")
-            emb = self.appearance.weight[appearance] if isinstance(appearance, int) else appearance  # [A]
-            z_color = torch.cat([z, emb.expand(v, -1)], dim=-1)  # [V, in_dim + A]
+            row = self.appearance.weight[appearance] if isinstance(appearance, int) else appearance  # [A]
         return DecoderOutput(
             opacity=torch.tanh(self.mlp_opacity(z)),  # [V, K]
-            color=torch.sigmoid(self.mlp_color(z_color)).view(v, k, 3),
+            color=self.colors(z, row).view(v, k, 3),
             cov=self.mlp_cov(z).view(v, k, 7),
         )
+
+    def colors(self, z: torch.Tensor, row: torch.Tensor | None) -> torch.Tensor:
+        """Colours [M, 3K] of inputs z [M, in_dim] in the appearance `row` ([A], or [M, A] per input; None
+        for a decoder without a table)."""
+        if row is None:
+            return torch.sigmoid(self.mlp_color(z))
+        rows = row.expand(z.shape[0], -1)  # [M, A]
+        if self.appearance_mode == "embedding":
+            return torch.sigmoid(self.mlp_color(torch.cat([z, rows], dim=-1)))
+        gains = torch.exp(rows).repeat(1, self.n_offsets)  # [M, 3K], the photo's gain per channel
+        return torch.sigmoid(self.mlp_color(z)) * gains
 
 
 @dataclass

@@ -23,6 +23,7 @@ class DecoderSpec:
     use_distance: bool = False
     appearance_dim: int = 0
     appearance_count: int = 0
+    appearance_mode: str = "embedding"  # model files written before the exposure table had only embeddings
 
     def build(self) -> GaussianDecoder:
         return GaussianDecoder(**asdict(self))

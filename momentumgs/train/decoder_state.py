@@ -13,13 +13,15 @@ from momentumgs.train.optimizers import apply_schedules, decoder_optimizer, lr_s
 
 def decoder_spec(cfg: Config, scene: Scene) -> DecoderSpec:
     mc = cfg.model
+    row_size = {"off": 0, "exposure": 3, "embedding": mc.appearance_dim}[mc.appearance]
     return DecoderSpec(
         feat_dim=mc.feat_dim,
         n_offsets=mc.n_offsets,
         hidden_dim=mc.hidden_dim,
         use_distance=mc.use_distance,
-        appearance_dim=mc.appearance_dim,
-        appearance_count=len(scene.cameras) if mc.appearance_dim > 0 else 0,
+        appearance_dim=row_size,
+        appearance_count=len(scene.cameras) if row_size > 0 else 0,
+        appearance_mode="exposure" if mc.appearance == "exposure" else "embedding",
     )
 
 

@@ -14,6 +14,7 @@ from momentumgs.model.decoder import GaussianDecoder
 from momentumgs.train.schedule import ExpSchedule
 
 ADAM_EPS = 1e-15  # as 3DGS / Scaffold-GS: tiny gradients of rarely seen anchors still move them
+EXPOSURE_EPS = 1.0  # the exposure rows' (decoder_optimizer)
 
 
 def anchor_optimizer(field: AnchorField, lr: OptimConfig, spatial_scale: float) -> torch.optim.Adam:
@@ -31,7 +32,14 @@ def decoder_optimizer(decoder: GaussianDecoder, lr: OptimConfig) -> torch.optim.
         {"name": "mlp_color", "params": list(decoder.mlp_color.parameters()), "lr": lr.mlp_color_init},
         {"name": "mlp_cov", "params": list(decoder.mlp_cov.parameters()), "lr": lr.mlp_cov_init},
     ]
-    if decoder.appearance is not None:
+    if decoder.appearance is not None and decoder.appearance_mode == "exposure":
+        # A photo's row is sampled once in many steps; Adam's per-coordinate scaling would then move it by
+        # about lr * sqrt(steps between samples) whatever its gradient, so a photo with nothing to correct
+        # drifts as far as one with a real exposure change. With eps far above the rows' gradients (~0.1),
+        # Adam reduces to momentum SGD: a row moves lr * gradient per sample.
+        rows = list(decoder.appearance.parameters())
+        groups.append({"name": "exposure", "params": rows, "lr": lr.exposure_init, "eps": EXPOSURE_EPS})
+    elif decoder.appearance is not None:
         groups.append(
             {"name": "appearance", "params": list(decoder.appearance.parameters()), "lr": lr.appearance_init}
         )
@@ -52,6 +60,7 @@ def lr_schedules(lr: OptimConfig, iterations: int, spatial_scale: float) -> dict
         "mlp_color": span(lr.mlp_color_init, lr.mlp_color_final),
         "mlp_cov": span(lr.mlp_cov_init, lr.mlp_cov_final),
         "appearance": span(lr.appearance_init, lr.appearance_final),
+        "exposure": span(lr.exposure_init, lr.exposure_final),
     }
 
 
