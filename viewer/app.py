@@ -228,7 +228,7 @@ class Viewer:
                 mode.on_update(lambda _: self.set_mode(mode.value))
             choices = appearance_choices(self.holder.get())
             self.appearance_menu = None
-            if choices:  # a model with a per-image appearance embedding
+            if choices:  # a model with a per-photo appearance table
                 self.appearance_menu = gui.add_dropdown(
                     "appearance", tuple(choices), initial_value=choices[0]
                 )

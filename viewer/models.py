@@ -69,7 +69,7 @@ NEUTRAL_APPEARANCE = "neutral (mean of the photos)"
 
 def appearance_choices(content) -> list[str]:
     """The appearances an AnchorModel can be shown in: neutral, then each training photo's (by name); empty
-    for a model without an appearance embedding or baked Gaussians."""
+    for a model without a per-photo appearance table or baked Gaussians."""
     if content is None or is_baked(content) or content.decoder.appearance is None:
         return []
     return [NEUTRAL_APPEARANCE] + [row["name"] for row in content.info.get("appearance_images", [])]

@@ -34,7 +34,7 @@ def add_export_parsers(sub) -> None:
     p.add_argument(
         "--appearance",
         metavar="IMAGE",
-        help="colours in the appearance of this training photo (models with an appearance embedding; "
+        help="colours in the appearance of this training photo (models with a per-photo appearance; "
         "default: the neutral appearance, the mean of the photos')",
     )
     p.set_defaults(func=cmd_export)

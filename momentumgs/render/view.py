@@ -23,7 +23,7 @@ class View:
     center: torch.Tensor  # [3] camera centre in world coordinates
     width: int
     height: int
-    index: int = -1  # camera index in the scene (appearance embedding id)
+    index: int = -1  # camera index in the scene (its row of a per-photo appearance table)
 
 
 def camera_view(cam: Camera, device: torch.device | str = "cpu", index: int = -1) -> View:

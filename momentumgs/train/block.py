@@ -157,7 +157,7 @@ class Block:
 
 
 def decoder_heads(decoder: GaussianDecoder) -> list[list[torch.nn.Parameter]]:
-    """The decoder's parameters by head: opacity MLP, colour MLP (with the appearance embedding that feeds
+    """The decoder's parameters by head: opacity MLP, colour MLP (with the appearance table that acts on
     it), covariance MLP."""
     colour = list(decoder.mlp_color.parameters())
     if decoder.appearance is not None:
