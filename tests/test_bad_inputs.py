@@ -304,7 +304,7 @@ CASES = [
     Case("export-out-exists", "export {run} --out {bad}", "--force replaces it", a_file),
     Case("export-out-under-file", "export {run} --out {bad}/m.ply", "is a file", a_file),
     Case(
-        "export-appearance-without-embedding", "export {run} --appearance 0000.png", "no appearance embedding"
+        "export-appearance-without-embedding", "export {run} --appearance 0000.png", "no per-photo appearance"
     ),
     # render
     Case("render-truncated-ply", "render {bad} --view 0 --scene {scene} --out {t}/o", "PLY", truncated_ply),
