@@ -113,11 +113,11 @@ class GaussianDecoder(nn.Module):
         for a decoder without a table)."""
         if row is None:
             return torch.sigmoid(self.mlp_color(z))
-        rows = row.expand(z.shape[0], -1)  # [M, A]
         if self.appearance_mode == "embedding":
-            return torch.sigmoid(self.mlp_color(torch.cat([z, rows], dim=-1)))
-        gains = torch.exp(rows).repeat(1, self.n_offsets)  # [M, 3K], the photo's gain per channel
-        return torch.sigmoid(self.mlp_color(z)) * gains
+            return torch.sigmoid(self.mlp_color(torch.cat([z, row.expand(z.shape[0], -1)], dim=-1)))
+        colors = torch.sigmoid(self.mlp_color(z)).view(z.shape[0], self.n_offsets, 3)  # [M, K, 3]
+        gains = torch.exp(row).unsqueeze(-2)  # [1, 3] or [M, 1, 3]: the photo's gain per channel
+        return (colors * gains).view(z.shape[0], -1)
 
 
 @dataclass

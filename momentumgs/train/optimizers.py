@@ -32,17 +32,16 @@ def decoder_optimizer(decoder: GaussianDecoder, lr: OptimConfig) -> torch.optim.
         {"name": "mlp_color", "params": list(decoder.mlp_color.parameters()), "lr": lr.mlp_color_init},
         {"name": "mlp_cov", "params": list(decoder.mlp_cov.parameters()), "lr": lr.mlp_cov_init},
     ]
-    if decoder.appearance is not None and decoder.appearance_mode == "exposure":
-        # A photo's row is sampled once in many steps; Adam's per-coordinate scaling would then move it by
-        # about lr * sqrt(steps between samples) whatever its gradient, so a photo with nothing to correct
-        # drifts as far as one with a real exposure change. With eps far above the rows' gradients (~0.1),
-        # Adam reduces to momentum SGD: a row moves lr * gradient per sample.
+    if decoder.appearance is not None:
         rows = list(decoder.appearance.parameters())
-        groups.append({"name": "exposure", "params": rows, "lr": lr.exposure_init, "eps": EXPOSURE_EPS})
-    elif decoder.appearance is not None:
-        groups.append(
-            {"name": "appearance", "params": list(decoder.appearance.parameters()), "lr": lr.appearance_init}
-        )
+        if decoder.appearance_mode == "exposure":
+            # A photo's row is sampled once in many steps; Adam's per-coordinate scaling would then move it
+            # by a multiple of lr whatever its gradient, so a photo with nothing to correct drifts as far as
+            # one with a real exposure change. With eps far above the rows' gradients (~0.1), Adam reduces
+            # to momentum SGD: a row moves lr * gradient per sample.
+            groups.append({"name": "exposure", "params": rows, "lr": lr.exposure_init, "eps": EXPOSURE_EPS})
+        else:
+            groups.append({"name": "appearance", "params": rows, "lr": lr.appearance_init})
     return torch.optim.Adam(groups, lr=0.0, eps=ADAM_EPS)
 
 
