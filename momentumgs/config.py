@@ -321,6 +321,11 @@ class MethodConfig:
     # > 0: on each decoder head the consistency gradient is scaled down to at most this times the image's
     # gradient norm (docs/method.md, Momentum teacher); 0 adds the terms as they are (the paper's switch)
     consistency_balance: NonNegative = 0.01
+    # true: a block trains on the rectangle of each view where its own cell lies (its cell's points' box,
+    # widened by crop_pad x the image on each side): faster steps, but its context trains less
+    # (docs/method.md, Training schedule). false: whole views, as the paper
+    crop_views: bool = False
+    crop_pad: Fraction = 0.05
     weighting: bool = True  # reconstruction-guided block weighting
     weighting_sigma: Positive = 10.0
     weighting_every: Count = 1000  # measure a block's PSNR/SSIM every this many of its iterations

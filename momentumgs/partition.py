@@ -51,6 +51,7 @@ AABB_UP_QUANTILE = 0.001  # along up: 0.1% .. 99.9% of the points (tall building
 AABB_UP_PAD = 0.05  # ... widened by this fraction of its height on each side (the top roof's few points)
 MAX_CAMERAS_OUTSIDE = 0.1  # fraction of train camera centres that may lie outside the AABB's ground plane
 MAX_VISIBILITY_POINTS = 20_000  # per block, a fixed random subset for the visibility test (cost bound)
+MIN_CROP = 16  # pixels: a view's crop is at least this wide and high (the SSIM window is 11)
 COLUMN_POINTS = 1024  # points per ground column of the view index (balances box tests against projections)
 
 
@@ -389,6 +390,43 @@ def points_seen(scene: Scene, cam_id: int, columns: PointColumns) -> np.ndarray:
     spans = [slice(columns.starts[c], columns.starts[c + 1]) for c in reach]
     ids = np.concatenate([columns.order[span] for span in spans])  # [Q]
     return ids[points_in_view(scene, cam_id, np.concatenate([columns.points[span] for span in spans]))]
+
+
+def cell_rectangle(cam, cell_points: np.ndarray, pad: float) -> tuple[int, int, int, int]:
+    """The pixel rectangle (x0, y0, x1, y1) of `cam`'s image where a block's own cell lies: the box of its
+    cell's SfM points [Q, 3] that project into the image, widened by `pad` x the image size on each side
+    and to at least MIN_CROP pixels. The whole image when none of them does."""
+    size = np.array([cam.width, cam.height])
+    if len(cell_points) == 0:
+        return 0, 0, cam.width, cam.height
+    uv, depth = cam.project(cell_points)  # [Q, 2], [Q]
+    inside = (depth > 1e-6) & (uv >= 0).all(axis=1) & (uv < size).all(axis=1)
+    if not inside.any():
+        return 0, 0, cam.width, cam.height
+    lo = np.clip(np.floor(uv[inside].min(axis=0) - pad * size), 0, size)  # [2]
+    hi = np.clip(np.ceil(uv[inside].max(axis=0) + pad * size), 0, size)
+    least = np.minimum(MIN_CROP, size)
+    hi = np.maximum(hi, lo + least)
+    lo, hi = lo - np.maximum(hi - size, 0), np.minimum(hi, size)  # slide back inside, keeping the size
+    return int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])
+
+
+def cell_rectangles(scene: Scene, part: Partition, pad: float) -> list[dict[int, tuple[int, int, int, int]]]:
+    """For each block, the rectangle of each of its training views where its own cell lies
+    (`cell_rectangle`): the pixels whose loss trains what the merge keeps of the block."""
+    owner = part.block_of_points(scene.points)  # [P]
+    rects = []
+    for b in part.blocks:
+        cell_points = scene.points[owner == b.index]
+        columns = point_columns(cell_points, part.axes[:2])
+        rect = {}
+        for cam_id in b.camera_ids:
+            cam = scene.cameras[int(cam_id)]
+            reach = np.flatnonzero(columns_in_view(cam, columns))
+            near = [columns.points[columns.starts[c] : columns.starts[c + 1]] for c in reach]
+            rect[int(cam_id)] = cell_rectangle(cam, np.concatenate(near) if near else cell_points[:0], pad)
+        rects.append(rect)
+    return rects
 
 
 def blocks_per_camera(part: Partition, n_cameras: int) -> np.ndarray:

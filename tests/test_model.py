@@ -731,6 +731,58 @@ class RecordingDensifier(AnchorDensifier):
         self.loaded = state
 
 
+class NdcGradients(RecordingDensifier):
+    """Keeps what a densifier's statistics read: each kept Gaussian's screen gradient in NDC."""
+
+    def after_backward(self, iteration, gaussians, meta, width, height):
+        grad = meta["means2d"].grad[0]  # [M, 2] pixels
+        self.calls.append(grad * grad.new_tensor([width / 2.0, height / 2.0]))
+
+
+def test_a_crop_trains_like_the_whole_view_where_the_rest_is_already_right():
+    """A block trained on the crop of a view where its Gaussians lie gets the same anchor gradients as on the
+    whole view, times the image's pixels over the crop's (the loss is a mean over the crop), and the same
+    screen gradients in NDC for densification (its scale takes the crop's share), when the pixels outside
+    the crop are already right (L1; SSIM's windows would see the crop's edge)."""
+    import copy
+
+    from momentumgs.config import TrainConfig
+    from momentumgs.render.view import Crop, View
+    from momentumgs.train.block import Block
+
+    torch.manual_seed(0)
+    points = 1.5 * (torch.rand(64, 3) - 0.5) + torch.tensor([0.4, -0.2, 3.0])  # [64, 3] a cluster
+    field = init_anchors_from_points(points, voxel_size=0.1, n_offsets=4, feat_dim=8)
+    decoder = GaussianDecoder(feat_dim=8, n_offsets=4, hidden_dim=16)
+    K = torch.tensor([[40.0, 0, 32], [0, 40.0, 24], [0, 0, 1]])
+    view = View(viewmat=torch.eye(4), K=K, center=torch.zeros(3), width=64, height=48)
+    with torch.no_grad():
+        from momentumgs.anchor_render import render_anchor_view
+
+        alpha = render_anchor_view(field, decoder, view).alpha[..., 0]  # [48, 64]
+    ys, xs = torch.nonzero(alpha > 0, as_tuple=True)
+    crop = Crop(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, 64, 48)
+    assert 0.05 < crop.share < 0.6  # a real crop
+    gt = torch.zeros(48, 64, 3)  # the background outside the crop: right there already
+    gt[crop.y0 : crop.y1, crop.x0 : crop.x1] = torch.rand(crop.y1 - crop.y0, crop.x1 - crop.x0, 3)
+    cfg = TrainConfig(lambda_dssim=0.0, lambda_volume=0.0)
+
+    runs = []
+    for c in (None, crop):
+        f, d, densifier = copy.deepcopy(field), copy.deepcopy(decoder), NdcGradients()
+        Block(f, [0], cfg, spatial_scale=1.0, seed=0, densifier=densifier).forward_backward(
+            d, view, gt, crop=c
+        )
+        runs.append((f, d, densifier.calls[0]))
+    (f_full, d_full, ndc_full), (f_crop, d_crop, ndc_crop) = runs
+    for name, p_full in f_full.params().items():
+        if p_full.grad is not None and p_full.grad.abs().max() > 0:
+            assert torch.allclose(crop.share * f_crop.params()[name].grad, p_full.grad, rtol=1e-4, atol=1e-9)
+    for p_full, p_crop in zip(d_full.parameters(), d_crop.parameters(), strict=True):
+        assert torch.allclose(crop.share * p_crop.grad, p_full.grad, rtol=1e-4, atol=1e-9)
+    assert ndc_full.abs().max() > 0 and torch.allclose(ndc_crop, ndc_full, rtol=1e-4, atol=1e-9)
+
+
 def test_block_uses_the_injected_densifier():
     from momentumgs.config import TrainConfig
     from momentumgs.render.view import View

@@ -375,3 +375,42 @@ def test_time_estimate_prints_once_after_the_timed_steps(capsys):
     assert len(lines) == 1  # printed once, after the first step and 3 timed ones
     assert "timed 3 steps" in lines[0] and "remaining 996 of 1000 steps" in lines[0]
     assert [duration_text(s) for s in (12, 270, 7200)] == ["12 s", "4.5 min", "2.0 h"]
+
+
+def test_blocks_train_on_the_crops_of_their_cells_and_one_block_on_whole_views(
+    gt_test_scene, tmp_path, monkeypatch
+):
+    """With method.crop_views each block's steps render the crop of its view where its cell lies
+    (`partition.cell_rectangles`); method.crop_views=false (the default) and a 1x1x1 grid train on whole
+    views."""
+    from momentumgs.partition import cell_rectangles
+    from momentumgs.train.block import Block
+
+    seen = []
+    real = Block.forward_backward
+
+    def recording(self, decoder, view, gt, **kw):
+        seen.append((view.index, kw.get("crop")))
+        return real(self, decoder, view, gt, **kw)
+
+    over = [*MULTI, f"data.path={gt_test_scene}", "train.iterations=4", "method.crop_views=true"]
+    trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "a", resume=False)
+    rects = cell_rectangles(trainer.scene, trainer.partition, trainer.cfg.method.crop_pad)
+    cropped = 0
+    for b, crops in enumerate(trainer.crops):
+        assert set(crops) <= set(rects[b]) and set(rects[b]) == set(trainer.partition.blocks[b].camera_ids)
+        for i, crop in crops.items():
+            assert (crop.x0, crop.y0, crop.x1, crop.y1) == rects[b][i] and crop.share < 1.0
+        cropped += len(crops)
+    assert cropped > 0
+    monkeypatch.setattr(Block, "forward_backward", recording)
+    trainer.train_step()
+    assert len(seen) == 2 and all(
+        crop is trainer.crops[b].get(index) for (index, crop), b in zip(seen, (0, 1), strict=True)
+    )
+    assert any(crop is not None for _, crop in seen)
+
+    for extra in (["method.crop_views=false"], ["partition.block_dim=[1,1,1]", "method.workers=1"]):
+        cfg = load_config(None, [*over, *extra])
+        whole = start_or_resume(cfg, scene_loader, tmp_path / extra[0].split("=")[0], resume=False)
+        assert all(crops == {} for crops in whole.crops)

@@ -13,11 +13,14 @@ from momentumgs.config import PartitionConfig
 from momentumgs.data.colmap import load_colmap_scene
 from momentumgs.data.scene import Scene
 from momentumgs.partition import (
+    MIN_CROP,
     CameraAssigner,
     CenterAssigner,
     PartitionError,
     VisibilityAssigner,
     blocks_per_camera,
+    cell_rectangle,
+    cell_rectangles,
     contract,
     detect_up_axis,
     estimate_aabb,
@@ -226,6 +229,60 @@ def test_points_seen_through_the_column_index_equal_projecting_the_whole_cloud(s
     for cam_id in range(len(moved.cameras)):
         expected = np.flatnonzero(points_in_view(moved, cam_id, moved.points))
         assert np.array_equal(np.sort(points_seen(moved, cam_id, columns)), expected)
+
+
+def test_cell_rectangles_hold_the_cells_points_and_little_else(scene, part):
+    """Each block's rectangle in each of its views holds every point of its own cell that the view shows
+    (with the pad), lies in the image, and is far smaller than the image where the cell is a corner of
+    it; together the blocks' rectangles cover nearly all of each view (what no block trains stays
+    untrained)."""
+    rects = cell_rectangles(scene, part, pad=0.05)
+    owner = part.block_of_points(scene.points)
+    covered = {}
+    for b, block_rects in zip(part.blocks, rects, strict=True):
+        assert sorted(block_rects) == sorted(int(i) for i in b.camera_ids)
+        cell = scene.points[owner == b.index]
+        for cam_id, (x0, y0, x1, y1) in block_rects.items():
+            cam = scene.cameras[cam_id]
+            assert 0 <= x0 < x1 <= cam.width and 0 <= y0 < y1 <= cam.height
+            assert x1 - x0 >= MIN_CROP and y1 - y0 >= MIN_CROP
+            uv, depth = cam.project(cell)
+            inside = (depth > 1e-6) & (uv >= 0).all(1) & (uv < [cam.width, cam.height]).all(1)
+            lo, hi = uv[inside].min(0), uv[inside].max(0)  # [2]
+            assert (lo >= [x0, y0]).all() and (hi <= [x1, y1]).all()
+            pad = 0.05 * np.array([cam.width, cam.height])
+            least = (x1 - x0 == MIN_CROP) | (y1 - y0 == MIN_CROP)
+            assert least or ((lo - pad - 1 <= [x0, y0]).all() and (hi + pad + 1 >= [x1, y1]).all())
+            mask = covered.setdefault(cam_id, np.zeros((cam.height, cam.width), bool))
+            mask[y0:y1, x0:x1] = True
+    shares = [
+        (x1 - x0) * (y1 - y0) / (scene.cameras[c].width * scene.cameras[c].height)
+        for r in rects
+        for c, (x0, y0, x1, y1) in r.items()
+    ]
+    assert np.mean(shares) < 0.8  # a quarter of the city is far less than the whole view
+    assert np.mean([m.mean() for m in covered.values()]) > 0.95
+
+
+def test_cell_rectangle_without_cell_points_is_the_whole_image_and_never_below_the_least_size(scene):
+    cam = scene.cameras[0]
+    assert cell_rectangle(cam, scene.points[:0], 0.05) == (0, 0, cam.width, cam.height)
+    behind = cam.center[None] - 10.0 * (cam.viewmat[2, :3] @ np.eye(3))[None]  # a point behind the camera
+    assert cell_rectangle(cam, behind, 0.05) == (0, 0, cam.width, cam.height)
+    # one point seen: a rectangle of the least size around it, inside the image
+    seen = cam.center + 5.0 * (np.linalg.inv(cam.K) @ [3.5, 2.5, 1.0]) @ cam.viewmat[:3, :3]
+    assert cell_rectangle(cam, seen[None], 0.0) == (3, 2, 3 + MIN_CROP, 2 + MIN_CROP)
+    # near the far corner it slides back inside the image, keeping its size
+    seen = (
+        cam.center
+        + 5.0 * (np.linalg.inv(cam.K) @ [cam.width - 1.5, cam.height - 0.5, 1.0]) @ cam.viewmat[:3, :3]
+    )
+    assert cell_rectangle(cam, seen[None], 0.0) == (
+        cam.width - MIN_CROP,
+        cam.height - MIN_CROP,
+        cam.width,
+        cam.height,
+    )
 
 
 def test_block_points_round_trip_and_bad_value(tmp_path, scene):

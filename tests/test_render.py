@@ -533,3 +533,25 @@ def test_cpu_matches_gsplat_cuda():
     assert rel(m2d_c[visible], m2d_g[visible]) < 1e-2
     for k in names:
         assert rel(grads_c[k], grads_g[k]) < 1e-2, k
+
+
+def test_a_cropped_view_renders_exactly_that_rectangle_of_the_whole_view():
+    from momentumgs.render.view import Crop, View, crop_image, crop_view, rasterize_gaussians
+
+    torch.manual_seed(0)
+    m = 300
+    means = torch.randn(m, 3) * 0.6 + torch.tensor([0.0, 0.0, 4.0])  # [M, 3]
+    quats = torch.nn.functional.normalize(torch.randn(m, 4), dim=-1)
+    scales = torch.rand(m, 3) * 0.1 + 0.02
+    opacities, colors = torch.rand(m), torch.rand(m, 3)
+    K = torch.tensor([[80.0, 0, 40], [0, 80, 30], [0, 0, 1]])
+    view = View(torch.eye(4), K, torch.zeros(3), 80, 60, index=7)
+    whole, _, _ = rasterize_gaussians(means, quats, scales, opacities, colors, view)
+    crop = Crop(13, 7, 61, 45, 80, 60)
+    cropped = crop_view(view, crop)
+    assert (cropped.width, cropped.height, cropped.index) == (48, 38, 7)
+    assert torch.equal(view.K, K)  # the whole view's camera is untouched
+    part, _, _ = rasterize_gaussians(means, quats, scales, opacities, colors, cropped)
+    assert part.shape == (38, 48, 3) and crop.share == 48 * 38 / (80 * 60)
+    assert torch.allclose(part, crop_image(whole, crop), atol=1e-5)
+    assert crop_image(whole, crop).std() > 0.05  # the rectangle shows Gaussians, not background only

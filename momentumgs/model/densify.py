@@ -59,8 +59,8 @@ class DensifyStats:
         gaussians: NeuralGaussians,
         means2d_grad: torch.Tensor | None,
         visible: torch.Tensor,
-        width: int,
-        height: int,
+        width: float,
+        height: float,
     ) -> None:
         """One view's statistics. `means2d_grad` [M, 2] is the gradient of the rasterizer's
         means2d (pixels) for the kept Gaussians, `visible` [M] bool their radii > 0 (with gsplat:
@@ -269,7 +269,7 @@ class AnchorDensifier(ABC):
 
     @abstractmethod
     def after_backward(
-        self, iteration: int, gaussians: NeuralGaussians, meta: dict, width: int, height: int
+        self, iteration: int, gaussians: NeuralGaussians, meta: dict, width: float, height: float
     ) -> None:
         """Step `iteration` (1-based) backpropagated a finite loss through a render of `gaussians`;
         `meta` is the rasterizer's (its "means2d" holds the gradient, "radii" the footprints)."""
@@ -300,7 +300,7 @@ class ScaffoldDensifier(AnchorDensifier):
         self.generator = torch.Generator().manual_seed(seed)
 
     def after_backward(
-        self, iteration: int, gaussians: NeuralGaussians, meta: dict, width: int, height: int
+        self, iteration: int, gaussians: NeuralGaussians, meta: dict, width: float, height: float
     ) -> None:
         # an empty render has no means2d gradient to read
         if not self.options.collects_stats(iteration) or gaussians.means.shape[0] == 0:

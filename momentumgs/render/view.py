@@ -37,6 +37,37 @@ def camera_view(cam: Camera, device: torch.device | str = "cpu", index: int = -1
     )
 
 
+@dataclass(frozen=True)
+class Crop:
+    """The pixels [x0, x1) x [y0, y1) of a `width` x `height` image."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    width: int  # of the whole image
+    height: int
+
+    @property
+    def share(self) -> float:
+        """The crop's share of the image's pixels."""
+        return (self.x1 - self.x0) * (self.y1 - self.y0) / (self.width * self.height)
+
+
+def crop_view(view: View, crop: Crop) -> View:
+    """The camera that sees exactly `crop` of `view`'s image: the principal point moves by the crop's
+    corner, so each kept pixel keeps its ray (its render equals that rectangle of the whole render)."""
+    K = view.K.clone()
+    K[0, 2] -= crop.x0
+    K[1, 2] -= crop.y0
+    return View(view.viewmat, K, view.center, crop.x1 - crop.x0, crop.y1 - crop.y0, view.index)
+
+
+def crop_image(image: torch.Tensor, crop: Crop) -> torch.Tensor:
+    """`crop` of an image [H, W, C]. -> [y1 - y0, x1 - x0, C]"""
+    return image[crop.y0 : crop.y1, crop.x0 : crop.x1]
+
+
 def rasterize_gaussians(
     means: torch.Tensor,  # [M, 3]
     quats: torch.Tensor,  # [M, 4]

@@ -24,7 +24,7 @@ from momentumgs.model.decoder import (
     decode_targets,
 )
 from momentumgs.model.densify import AdjustReport, AnchorDensifier, ScaffoldDensifier
-from momentumgs.render.view import View
+from momentumgs.render.view import Crop, View, crop_image, crop_view
 from momentumgs.timing import phase
 from momentumgs.train.losses import photometric_loss, volume_loss
 from momentumgs.train.optimizers import anchor_optimizer, apply_schedules, lr_schedules
@@ -74,12 +74,19 @@ class Block:
         terms: ConsistencyTerms = PAPER_TERMS,
         weight: float = 1.0,
         balance: float = 0.0,
+        crop: Crop | None = None,
     ) -> StepResult:
-        """Render `view`, compute the block's loss, backpropagate (gradients accumulate into the anchors and
-        the decoder), and collect densification statistics. A non-finite loss backpropagates nothing.
-        `balance` > 0 caps the consistency gradient on each decoder head at `balance` times the image's
-        (`balanced_backward`); 0 backpropagates the sum as it is (the paper)."""
+        """Render `view` (only its `crop` when given), compute the block's loss, backpropagate (gradients
+        accumulate into the anchors and the decoder), and collect densification statistics. A non-finite
+        loss backpropagates nothing. `balance` > 0 caps the consistency gradient on each decoder head at
+        `balance` times the image's (`balanced_backward`); 0 backpropagates the sum as it is (the paper)."""
         cfg = self.cfg
+        # The loss is a mean over the crop's pixels; the densifier's thresholds are for the whole image's,
+        # where the same pixels weigh `share` times less: its pixel-to-NDC scale takes that factor.
+        share = 1.0 if crop is None else crop.share
+        ndc_width, ndc_height = share * view.width, share * view.height
+        if crop is not None:
+            view, gt = crop_view(view, crop), crop_image(gt, crop)
         apply_schedules(self.optimizer, self.schedules, self.iteration)
         render = render_anchor_view(self.field, decoder, view)
         with phase("loss"):
@@ -105,7 +112,7 @@ class Block:
                 else:
                     loss.backward()
             self.densifier.after_backward(
-                self.iteration + 1, render.gaussians, render.meta, view.width, view.height
+                self.iteration + 1, render.gaussians, render.meta, ndc_width, ndc_height
             )
         with torch.no_grad():
             mse = (render.image.detach().clamp(0, 1) - gt).square().mean()

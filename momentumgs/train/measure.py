@@ -10,7 +10,7 @@ from momentumgs.data.scene import Scene
 from momentumgs.metrics import psnr, ssim
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import GaussianDecoder
-from momentumgs.render.view import View
+from momentumgs.render.view import Crop, View, crop_image, crop_view
 
 
 def spatial_scale(scene: Scene, view_ids: list[int]) -> float:
@@ -26,18 +26,30 @@ def gt_image(scene: Scene, index: int, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def view_metrics(
-    field: AnchorField, decoder: GaussianDecoder, scene: Scene, views: list[View], ids: list[int]
+    field: AnchorField,
+    decoder: GaussianDecoder,
+    scene: Scene,
+    views: list[View],
+    ids: list[int],
+    crops: dict[int, Crop] | None = None,
 ) -> np.ndarray:
-    """PSNR and SSIM of the anchor model on each of the views `ids`. -> [len(ids), 2] float64"""
+    """PSNR and SSIM of the anchor model on each of the views `ids`, on the view's crop where `crops` has
+    one. -> [len(ids), 2] float64"""
     values = np.zeros((len(ids), 2))
     for row, i in enumerate(ids):
-        image = render_anchor_view(field, decoder, views[i]).image.clamp(0, 1)
-        gt = gt_image(scene, i, views[i].viewmat.device)
+        view, gt = views[i], gt_image(scene, i, views[i].viewmat.device)
+        crop = (crops or {}).get(i)
+        if crop is not None:
+            view, gt = crop_view(view, crop), crop_image(gt, crop)
+        image = render_anchor_view(field, decoder, view).image.clamp(0, 1)
         values[row] = float(psnr(image, gt)), float(ssim(image, gt))
     return values
 
 
-def view_quality(field, decoder, scene: Scene, views: list[View], ids: list[int]) -> tuple[float, float]:
-    """Mean PSNR and SSIM of the anchor model over the views `ids` (for block weights)."""
-    mean = view_metrics(field, decoder, scene, views, ids).mean(0)
+def view_quality(
+    field, decoder, scene: Scene, views: list[View], ids: list[int], crops: dict[int, Crop] | None = None
+) -> tuple[float, float]:
+    """Mean PSNR and SSIM of the anchor model over the views `ids` (for block weights), on the part of each
+    view the block trains on (`crops`)."""
+    mean = view_metrics(field, decoder, scene, views, ids, crops).mean(0)
     return float(mean[0]), float(mean[1])

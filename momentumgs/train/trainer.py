@@ -38,8 +38,8 @@ from momentumgs.memory import peak_rss_mb
 from momentumgs.model.anchors import AnchorField, choose_voxel_size, init_anchors_from_points
 from momentumgs.model.decoder import ConsistencyTerms, GaussianDecoder
 from momentumgs.model.store import AnchorModel, save_model
-from momentumgs.partition import Partition
-from momentumgs.render.view import camera_view
+from momentumgs.partition import Partition, cell_rectangles
+from momentumgs.render.view import Crop, camera_view
 from momentumgs.timing import phase
 from momentumgs.train.block import Block, StepResult
 from momentumgs.train.block_store import BlockStore
@@ -95,6 +95,7 @@ class Trainer:
             for _ in range(count)
         ]
         self.views = [camera_view(c, device, i) for i, c in enumerate(scene.cameras)]
+        self.crops = self._view_crops()
 
         if mc.weighting_source not in SOURCES:
             raise UserError(f"method.weighting_source={mc.weighting_source!r}: must be one of {SOURCES}")
@@ -111,6 +112,18 @@ class Trainer:
         self.resident: dict[int, tuple[int, Block]] = {}  # worker -> (block id, block)
         self.owned = [b for b in range(n) if b % self.comm.workers in self.comm.local_workers()]
         self.voxel_size = cfg.model.voxel_size or choose_voxel_size(scene.points)
+
+    def _view_crops(self) -> list[dict[int, Crop]]:
+        """Per block, the crop of each training view it trains on where that is not the whole image
+        (`method.crop_views`; one block's cell is the whole scene, so it trains on whole views)."""
+        mc, blocks = self.cfg.method, self.partition.blocks
+        if not mc.crop_views or len(blocks) == 1:
+            return [{} for _ in blocks]
+        crops = []
+        for rects in cell_rectangles(self.scene, self.partition, mc.crop_pad):
+            sizes = {i: (self.scene.cameras[i].width, self.scene.cameras[i].height) for i in rects}
+            crops.append({i: Crop(*r, *sizes[i]) for i, r in rects.items() if tuple(r) != (0, 0, *sizes[i])})
+        return crops
 
     def decoder_of(self, block_id: int) -> DecoderState:
         return self.decoders[0] if self.cfg.method.shared_decoder else self.decoders[block_id]
@@ -250,6 +263,7 @@ class Trainer:
                 terms=self.consistency_terms,
                 balance=mc.consistency_balance,
                 weight=weight,
+                crop=self.crops[b].get(index),
             )
         if mc.shared_decoder:
             with phase("allreduce"):
@@ -317,7 +331,8 @@ class Trainer:
             return
         ids = block.sampler.view_ids[:: mc.weighting_view_stride]
         decoder = self.decoder_of(block_id).module
-        self.qualities[block_id].update(*view_quality(block.field, decoder, self.scene, self.views, ids))
+        quality = view_quality(block.field, decoder, self.scene, self.views, ids, self.crops[block_id])
+        self.qualities[block_id].update(*quality)
 
     def _sync_weights(self) -> None:
         """Share every block's smoothed quality (each is known to its owner only), then reweight."""
