@@ -818,7 +818,7 @@ def test_block_uses_the_injected_densifier():
     }
 
 
-def test_balanced_backward_caps_the_consistency_on_each_decoder_head():
+def test_balanced_backward_caps_the_consistency_on_each_decoder_head_and_optionally_the_anchors():
     from momentumgs.train.block import balanced_backward, decoder_heads
 
     dec, field, teacher = _lagging_teacher()
@@ -865,6 +865,18 @@ def test_balanced_backward_caps_the_consistency_on_each_decoder_head():
     assert scaled_down >= 1  # the test's consistency is strong enough to be capped somewhere
     for a, b in zip(paper[1], capped[1], strict=True):  # the anchors take the consistency as it is
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * a.abs().max())
+    # ... or capped the same way, all their parameters as one group
+    image, cons = losses()
+    anchors_capped = grads_after(lambda: balanced_backward(image, cons, dec, field, 0.1, cap_anchors=True))
+    img = torch.cat([g.flatten() for g in only_image[1]])
+    extra = torch.cat([g.flatten() for g in anchors_capped[1]]) - img
+    full = torch.cat([g.flatten() for g in paper[1]]) - img
+    assert full.norm() > 0.1 * img.norm()  # strong enough to be capped
+    assert torch.isclose(extra.norm(), 0.1 * img.norm(), rtol=1e-4)
+    cosine = torch.dot(extra, full) / (extra.norm() * full.norm())
+    assert cosine > 0.9999  # the consistency's direction, scaled down
+    for a, b in zip(capped[0], anchors_capped[0], strict=True):  # the decoder as before
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
     # gradients already in the decoder (another worker's) are kept and added first
     image, cons = losses()
     for p in [*dec.parameters(), *field.params().values()]:

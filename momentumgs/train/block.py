@@ -75,11 +75,13 @@ class Block:
         weight: float = 1.0,
         balance: float = 0.0,
         crop: Crop | None = None,
+        cap_anchors: bool = False,
     ) -> StepResult:
         """Render `view` (only its `crop` when given), compute the block's loss, backpropagate (gradients
         accumulate into the anchors and the decoder), and collect densification statistics. A non-finite
         loss backpropagates nothing. `balance` > 0 caps the consistency gradient on each decoder head at
-        `balance` times the image's (`balanced_backward`); 0 backpropagates the sum as it is (the paper)."""
+        `balance` times the image's, and on the anchors too with `cap_anchors` (`balanced_backward`); 0
+        backpropagates the sum as it is (the paper)."""
         cfg = self.cfg
         # The loss is a mean over the crop's pixels; the densifier's thresholds are for the whole image's,
         # where the same pixels weigh `share` times less: its pixel-to-NDC scale takes that factor.
@@ -107,7 +109,12 @@ class Block:
             with phase("backward"):
                 if balance > 0 and cons.requires_grad:
                     balanced_backward(
-                        weight * image_loss, weight * lambda_consistency * cons, decoder, self.field, balance
+                        weight * image_loss,
+                        weight * lambda_consistency * cons,
+                        decoder,
+                        self.field,
+                        balance,
+                        cap_anchors,
                     )
                 else:
                     loss.backward()
@@ -173,15 +180,20 @@ def decoder_heads(decoder: GaussianDecoder) -> list[list[torch.nn.Parameter]]:
 
 
 def balanced_backward(
-    image_loss: torch.Tensor, consistency: torch.Tensor, decoder: GaussianDecoder, field, balance: float
+    image_loss: torch.Tensor,
+    consistency: torch.Tensor,
+    decoder: GaussianDecoder,
+    field,
+    balance: float,
+    cap_anchors: bool = False,
 ) -> None:
     """Backpropagate image_loss + consistency, the consistency's part scaled down on each decoder head (its
     opacity, colour and covariance MLPs) to at most `balance` times the norm of the image's part there.
     The teacher then steadies what the image trains and cannot outweigh it: on a head the image barely
     constrains (e.g. the rotation of round Gaussians) the paper's sum lets a lagging teacher decide.
-    The anchors take the consistency gradient as it is. Gradients of other workers already in the decoder's
-    `.grad` (one process emulating several) are set aside, then added first, in the order a process
-    group's sum adds them."""
+    The anchors take the consistency gradient as it is, or capped the same way (all their parameters as
+    one group) with `cap_anchors`. Gradients of other workers already in the decoder's `.grad` (one process
+    emulating several) are set aside, then added first, in the order a process group's sum adds them."""
     heads = decoder_heads(decoder)
     params = [p for head in heads for p in head]
     anchor_params = [p for p in field.params().values() if p.requires_grad]
@@ -200,9 +212,15 @@ def balanced_backward(
             if cons_of[id(p)] is not None:
                 own = own + scale * cons_of[id(p)]
             p.grad = own if others[id(p)] is None else others[id(p)] + own
+    # the anchors belong to this block alone: their .grad holds this view's image part only
+    scale = torch.ones(())
+    if cap_anchors and anchor_params:
+        image = _norm([p.grad for p in anchor_params], like=anchor_params[0])
+        cons = _norm([cons_of[id(p)] for p in anchor_params], like=anchor_params[0])
+        scale = torch.clamp(balance * image / cons.clamp(min=1e-30), max=1.0)
     for p in anchor_params:
         if cons_of[id(p)] is not None:
-            p.grad = cons_of[id(p)] if p.grad is None else p.grad + cons_of[id(p)]
+            p.grad = scale * cons_of[id(p)] if p.grad is None else p.grad + scale * cons_of[id(p)]
 
 
 def _norm(tensors: list[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:

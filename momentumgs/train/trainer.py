@@ -262,6 +262,7 @@ class Trainer:
                 lambda_consistency=consistency_weight(done[b], self.cfg.train.iterations, mc),
                 terms=self.consistency_terms,
                 balance=mc.consistency_balance,
+                cap_anchors=mc.consistency_balance_anchors,
                 weight=weight,
                 crop=self.crops[b].get(index),
             )
