@@ -322,7 +322,11 @@ def points_in_box(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 def points_in_view(scene: Scene, cam_id: int, points: np.ndarray) -> np.ndarray:
     """Which world points [P, 3] project into camera `cam_id`'s image, in front of it. -> [P] bool"""
-    cam = scene.cameras[cam_id]
+    return in_image(scene.cameras[cam_id], points)
+
+
+def in_image(cam, points: np.ndarray) -> np.ndarray:
+    """Which world points [P, 3] project into `cam`'s image, in front of it. -> [P] bool"""
     uv, depth = cam.project(points)  # [P, 2], [P]
     in_x = (uv[:, 0] >= 0) & (uv[:, 0] < cam.width)
     return (depth > 1e-6) & in_x & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height)
@@ -384,12 +388,19 @@ def columns_in_view(cam, columns: PointColumns) -> np.ndarray:
 def points_seen(scene: Scene, cam_id: int, columns: PointColumns) -> np.ndarray:
     """Ids of scene points that project into camera `cam_id`'s image, in front of it (as `points_in_view`
     on the whole cloud, at the cost of the columns it reaches). -> [S] int64"""
-    reach = np.flatnonzero(columns_in_view(scene.cameras[cam_id], columns))
+    ids, near = points_near_view(scene.cameras[cam_id], columns)
+    return ids[points_in_view(scene, cam_id, near)]
+
+
+def points_near_view(cam, columns: PointColumns) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and coordinates of the points in the columns whose boxes `cam`'s image may reach
+    (`columns_in_view`): a superset of the points it sees. -> [Q] int64, [Q, 3]"""
+    reach = np.flatnonzero(columns_in_view(cam, columns))
     if len(reach) == 0:
-        return np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), columns.points[:0]
     spans = [slice(columns.starts[c], columns.starts[c + 1]) for c in reach]
     ids = np.concatenate([columns.order[span] for span in spans])  # [Q]
-    return ids[points_in_view(scene, cam_id, np.concatenate([columns.points[span] for span in spans]))]
+    return ids, np.concatenate([columns.points[span] for span in spans])
 
 
 def cell_rectangle(cam, cell_points: np.ndarray, pad: float) -> tuple[int, int, int, int]:
@@ -397,14 +408,12 @@ def cell_rectangle(cam, cell_points: np.ndarray, pad: float) -> tuple[int, int, 
     cell's SfM points [Q, 3] that project into the image, widened by `pad` x the image size on each side
     and to at least MIN_CROP pixels. The whole image when none of them does."""
     size = np.array([cam.width, cam.height])
-    if len(cell_points) == 0:
+    seen = cell_points[in_image(cam, cell_points)]  # [S, 3]
+    if len(seen) == 0:
         return 0, 0, cam.width, cam.height
-    uv, depth = cam.project(cell_points)  # [Q, 2], [Q]
-    inside = (depth > 1e-6) & (uv >= 0).all(axis=1) & (uv < size).all(axis=1)
-    if not inside.any():
-        return 0, 0, cam.width, cam.height
-    lo = np.clip(np.floor(uv[inside].min(axis=0) - pad * size), 0, size)  # [2]
-    hi = np.clip(np.ceil(uv[inside].max(axis=0) + pad * size), 0, size)
+    uv, _ = cam.project(seen)  # [S, 2]
+    lo = np.clip(np.floor(uv.min(axis=0) - pad * size), 0, size)  # [2]
+    hi = np.clip(np.ceil(uv.max(axis=0) + pad * size), 0, size)
     least = np.minimum(MIN_CROP, size)
     hi = np.maximum(hi, lo + least)
     lo, hi = lo - np.maximum(hi - size, 0), np.minimum(hi, size)  # slide back inside, keeping the size
@@ -422,9 +431,7 @@ def cell_rectangles(scene: Scene, part: Partition, pad: float) -> list[dict[int,
         rect = {}
         for cam_id in b.camera_ids:
             cam = scene.cameras[int(cam_id)]
-            reach = np.flatnonzero(columns_in_view(cam, columns))
-            near = [columns.points[columns.starts[c] : columns.starts[c + 1]] for c in reach]
-            rect[int(cam_id)] = cell_rectangle(cam, np.concatenate(near) if near else cell_points[:0], pad)
+            rect[int(cam_id)] = cell_rectangle(cam, points_near_view(cam, columns)[1], pad)
         rects.append(rect)
     return rects
 
