@@ -321,9 +321,9 @@ class MethodConfig:
     # > 0: on each decoder head the consistency gradient is scaled down to at most this times the image's
     # gradient norm (docs/method.md, Momentum teacher); 0 adds the terms as they are (the paper's switch)
     consistency_balance: NonNegative = 0.01
-    # true: the same cap on the block's anchors (all their parameters as one group); false: the anchors
-    # take the consistency gradient as it is
-    consistency_balance_anchors: bool = False
+    # true: the same cap on the block's anchors (all their parameters as one group; docs/quality.md: the
+    # teacher then no longer costs PSNR); false: the anchors take the consistency gradient as it is
+    consistency_balance_anchors: bool = True
     # true: a block trains on the rectangle of each view where its own cell lies (its cell's points' box,
     # widened by crop_pad x the image on each side): faster steps, but its context trains less
     # (docs/method.md, Training schedule). false: whole views, as the paper
