@@ -327,7 +327,11 @@ def points_in_view(scene: Scene, cam_id: int, points: np.ndarray) -> np.ndarray:
 
 def in_image(cam, points: np.ndarray) -> np.ndarray:
     """Which world points [P, 3] project into `cam`'s image, in front of it. -> [P] bool"""
-    uv, depth = cam.project(points)  # [P, 2], [P]
+    return projected_in_image(cam, *cam.project(points))
+
+
+def projected_in_image(cam, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Which projections (pixel uv [P, 2], depth [P]) land in `cam`'s image, in front of it. -> [P] bool"""
     in_x = (uv[:, 0] >= 0) & (uv[:, 0] < cam.width)
     return (depth > 1e-6) & in_x & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height)
 
@@ -408,10 +412,10 @@ def cell_rectangle(cam, cell_points: np.ndarray, pad: float) -> tuple[int, int, 
     cell's SfM points [Q, 3] that project into the image, widened by `pad` x the image size on each side
     and to at least MIN_CROP pixels. The whole image when none of them does."""
     size = np.array([cam.width, cam.height])
-    seen = cell_points[in_image(cam, cell_points)]  # [S, 3]
-    if len(seen) == 0:
+    uv, depth = cam.project(cell_points)  # [Q, 2], [Q]
+    uv = uv[projected_in_image(cam, uv, depth)]  # [S, 2]
+    if len(uv) == 0:
         return 0, 0, cam.width, cam.height
-    uv, _ = cam.project(seen)  # [S, 2]
     lo = np.clip(np.floor(uv.min(axis=0) - pad * size), 0, size)  # [2]
     hi = np.clip(np.ceil(uv.max(axis=0) + pad * size), 0, size)
     least = np.minimum(MIN_CROP, size)

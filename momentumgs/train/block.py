@@ -204,23 +204,25 @@ def balanced_backward(
         p.grad = None
     image_loss.backward()  # the anchors accumulate as usual; the decoder's .grad is this view's image part
     for head in heads:
-        image = _norm([p.grad for p in head], like=head[0])
-        cons = _norm([cons_of[id(p)] for p in head], like=head[0])
-        scale = torch.clamp(balance * image / cons.clamp(min=1e-30), max=1.0)
+        scale = _capped_scale(head, cons_of, balance)
         for p in head:
             own = p.grad if p.grad is not None else torch.zeros_like(p)
             if cons_of[id(p)] is not None:
                 own = own + scale * cons_of[id(p)]
             p.grad = own if others[id(p)] is None else others[id(p)] + own
     # the anchors belong to this block alone: their .grad holds this view's image part only
-    scale = torch.ones(())
-    if cap_anchors and anchor_params:
-        image = _norm([p.grad for p in anchor_params], like=anchor_params[0])
-        cons = _norm([cons_of[id(p)] for p in anchor_params], like=anchor_params[0])
-        scale = torch.clamp(balance * image / cons.clamp(min=1e-30), max=1.0)
+    scale = _capped_scale(anchor_params, cons_of, balance) if cap_anchors and anchor_params else 1.0
     for p in anchor_params:
         if cons_of[id(p)] is not None:
             p.grad = scale * cons_of[id(p)] if p.grad is None else p.grad + scale * cons_of[id(p)]
+
+
+def _capped_scale(group: list[torch.Tensor], cons_of: dict, balance: float) -> torch.Tensor:
+    """The factor (<= 1) that brings the consistency's gradient on `group` (by parameter id in `cons_of`)
+    down to at most `balance` times the image's, which the group's .grad holds."""
+    image = _norm([p.grad for p in group], like=group[0])
+    cons = _norm([cons_of[id(p)] for p in group], like=group[0])
+    return torch.clamp(balance * image / cons.clamp(min=1e-30), max=1.0)
 
 
 def _norm(tensors: list[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
