@@ -296,6 +296,10 @@ class PartitionConfig:
     # see: a block can explain its views; on the demo city +1 dB over cell, docs/method.md), all (the whole
     # cloud, as the Momentum-GS code); anchors outside the cell are dropped at the merge
     block_points: Literal["cell", "coverage", "all"] = "coverage"
+    # what the merged model keeps of each block: the neural Gaussians whose centres lie in its cell
+    # (gaussians), or the anchors that do, with all their Gaussians (anchors, as the Momentum-GS code);
+    # docs/method.md, Partitioning and merging
+    merge: Literal["gaussians", "anchors"] = "gaussians"
     min_views: CountOrZero = 5  # warn about blocks trained by fewer views; 0 = never
 
 

@@ -1,35 +1,89 @@
-"""Merge trained blocks into one model: each block keeps the anchors inside its own (half-open) cell, the
+"""Merge trained blocks into one model: each block keeps what lies inside its own (half-open) cell, the
 blocks are concatenated, and the shared student decoder decodes them all (docs/method.md, Partitioning and
-merging)."""
+merging).
+
+Two rules for "what lies inside":
+- `gaussians` (default): every neural Gaussian whose centre lies in the cell. A slot's centre does not depend
+  on the view, so this is a per-slot mask on the kept anchors (`AnchorField.slot_mask`); an anchor is kept
+  when any of its slots is, wherever the anchor itself lies. Each point of space is then drawn by the one
+  block that trained it together with its surroundings.
+- `anchors` (the Momentum-GS code's): every anchor whose position lies in the cell, with all its slots. The
+  slots of anchors near a border reach into the neighbour's cell, where the neighbour's own Gaussians
+  already explain the surface, and the neighbour's reach into this cell likewise: the two overlap.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from momentumgs.model.anchors import AnchorField
 from momentumgs.partition import Partition
 
+MERGE_RULES = ("gaussians", "anchors")
+_CHUNK = 1 << 20  # points per block_of_points call (bounds its float64 temporaries)
 
-def merge_blocks(fields: dict[int, AnchorField], partition: Partition) -> tuple[AnchorField, list[int]]:
-    """-> the merged field and the number of anchors each block contributed."""
-    voxel_sizes = {f.voxel_size for f in fields.values()}
+
+def owner_of(points: torch.Tensor, partition: Partition) -> torch.Tensor:
+    """The block holding each point [..., 3]. -> [...] long, on the points' device"""
+    flat = points.detach().reshape(-1, 3).cpu().double().numpy()
+    owner = np.concatenate(
+        [partition.block_of_points(flat[i : i + _CHUNK]) for i in range(0, len(flat), _CHUNK)]
+        or [np.zeros(0, np.int64)]
+    )
+    return torch.from_numpy(owner).to(points.device).reshape(points.shape[:-1])
+
+
+def block_share(field: AnchorField, block: int, partition: Partition, rule: str = "gaussians") -> AnchorField:
+    """The detached part of block `block`'s trained `field` that the merged model keeps, by `rule`."""
+    if rule == "anchors":
+        keep = owner_of(field.positions, partition) == block  # [N]
+        slot_mask = None
+    elif rule == "gaussians":
+        inside = owner_of(field.slot_means(), partition) == block  # [N, K]
+        if field.slot_mask is not None:
+            inside &= field.slot_mask
+        keep = inside.any(dim=1)  # [N]
+        slot_mask = inside[keep]
+    else:
+        raise ValueError(f"merge rule {rule!r}: choose one of {MERGE_RULES}")
+    return AnchorField(
+        positions=field.positions.detach()[keep],
+        features=nn.Parameter(field.features.detach()[keep], requires_grad=False),
+        offsets=nn.Parameter(field.offsets.detach()[keep], requires_grad=False),
+        log_scales=nn.Parameter(field.log_scales.detach()[keep], requires_grad=False),
+        voxel_size=field.voxel_size,
+        slot_mask=slot_mask,
+    )
+
+
+def concat_fields(fields: list[AnchorField]) -> AnchorField:
+    """The anchors of `fields`, one field after another. The slot mask is dropped when every slot is on."""
+    voxel_sizes = {f.voxel_size for f in fields}
     if len(voxel_sizes) != 1:
         raise ValueError(f"blocks were trained with different voxel sizes: {sorted(voxel_sizes)}")
-    kept: dict[str, list[torch.Tensor]] = {name: [] for name in ("positions", *AnchorField.PARAM_NAMES)}
-    counts = []
-    for b in range(len(partition.blocks)):
-        field = fields[b]
-        owner = partition.block_of_points(field.positions.detach().cpu().double().numpy())  # [N]
-        inside = torch.from_numpy(owner == b).to(field.positions.device)  # [N]
-        for name, tensors in kept.items():
-            tensors.append(getattr(field, name).detach()[inside])
-        counts.append(int(inside.sum()))
-    merged = AnchorField(
-        positions=torch.cat(kept["positions"]),
-        features=nn.Parameter(torch.cat(kept["features"])),
-        offsets=nn.Parameter(torch.cat(kept["offsets"])),
-        log_scales=nn.Parameter(torch.cat(kept["log_scales"])),
+
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(f, name).detach() for f in fields])
+
+    every_slot = [torch.ones(f.offsets.shape[:2], dtype=torch.bool, device=f.offsets.device) for f in fields]
+    slot_mask = torch.cat(
+        [f.slot_mask if f.slot_mask is not None else ones for f, ones in zip(fields, every_slot, strict=True)]
+    )  # [N, K]
+    return AnchorField(
+        positions=cat("positions"),
+        features=nn.Parameter(cat("features"), requires_grad=False),
+        offsets=nn.Parameter(cat("offsets"), requires_grad=False),
+        log_scales=nn.Parameter(cat("log_scales"), requires_grad=False),
         voxel_size=voxel_sizes.pop(),
+        slot_mask=None if bool(slot_mask.all()) else slot_mask,
     )
-    return merged, counts
+
+
+def merge_blocks(
+    fields: dict[int, AnchorField], partition: Partition, rule: str = "gaussians"
+) -> tuple[AnchorField, list[int]]:
+    """-> the merged field (blocks in index order) and the number of anchors each block contributed."""
+    shares = [block_share(fields[b], b, partition, rule) for b in range(len(partition.blocks))]
+    return concat_fields(shares), [s.n_anchors for s in shares]

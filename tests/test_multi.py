@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
 import torch
 from helpers import (
@@ -23,6 +22,8 @@ from helpers import (
 from momentumgs.checkpoint import load_checkpoint
 from momentumgs.config import load_config
 from momentumgs.errors import UserError
+from momentumgs.merge import merge_blocks, owner_of
+from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import (
     GaussianDecoder,
     MomentumTeacher,
@@ -161,16 +162,21 @@ def test_merge_keeps_each_blocks_own_cell(gt_test_scene, tmp_path):
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", "train.iterations=2"])
     trainer = start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
     trainer.run(progress=False)
-    model = load_model(tmp_path / "run" / "model.ckpt")
-    owner = trainer.partition.block_of_points(model.field.positions.double().numpy())
-    counts = model.info["anchors_per_block"]
-    assert sum(counts) == model.field.n_anchors
-    # the merged anchors come block after block, each inside its own cell
-    expected = np.repeat(np.arange(len(counts)), counts)
-    assert np.array_equal(owner, expected)
-    # the blocks overlapped (margins): merging dropped the anchors outside each cell
-    total = sum(a["positions"].shape[0] for a in block_anchors(tmp_path / "run"))
-    assert total > model.field.n_anchors
+    field = load_model(tmp_path / "run" / "model.ckpt").field
+    counts = load_model(tmp_path / "run" / "model.ckpt").info["anchors_per_block"]
+    assert sum(counts) == field.n_anchors
+    # the merged anchors come block after block; each keeps the slots whose Gaussians lie in its own cell
+    source = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))  # [N]
+    slot_owner = owner_of(field.slot_means(), trainer.partition)  # [N, K]
+    assert torch.equal(field.slot_mask, slot_owner == source[:, None])
+    # the blocks overlapped (margins, coverage): merging dropped the slots outside each cell
+    blocks = [AnchorField.from_state_dict(a) for a in block_anchors(tmp_path / "run")]
+    assert sum(f.n_anchors * f.n_offsets for f in blocks) > int(field.slot_mask.sum())
+    # by anchor (the Momentum-GS code's rule): the anchors inside each cell, all their slots
+    by_anchor, counts = merge_blocks(dict(enumerate(blocks)), trainer.partition, "anchors")
+    assert by_anchor.slot_mask is None
+    source = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    assert torch.equal(owner_of(by_anchor.positions, trainer.partition), source)
 
 
 def test_more_workers_than_blocks_is_a_clear_error(gt_test_scene, tmp_path):

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
+from momentumgs.merge import block_share, concat_fields
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import GaussianDecoder
 from momentumgs.model.store import AnchorModel, DecoderSpec
@@ -23,39 +23,10 @@ from momentumgs.train.trainer import Trainer
 from .models import ModelHolder
 
 
-def copy_field(field: AnchorField, keep: torch.Tensor | None = None) -> AnchorField:
-    """A detached copy of `field` (only the anchors in `keep` when given)."""
-
-    def take(t: torch.Tensor) -> torch.Tensor:
-        t = t.detach()
-        return t[keep] if keep is not None else t.clone()
-
-    return AnchorField(
-        positions=take(field.positions),
-        features=nn.Parameter(take(field.features), requires_grad=False),
-        offsets=nn.Parameter(take(field.offsets), requires_grad=False),
-        log_scales=nn.Parameter(take(field.log_scales), requires_grad=False),
-        voxel_size=field.voxel_size,
-    )
-
-
 def copy_decoder(spec: DecoderSpec, decoder: GaussianDecoder) -> GaussianDecoder:
     copy = spec.build().to(next(decoder.parameters()).device)
     copy.load_state_dict(decoder.state_dict())
     return copy.requires_grad_(False).eval()
-
-
-def concat_fields(fields: list[AnchorField]) -> AnchorField:
-    def cat(name: str) -> torch.Tensor:
-        return torch.cat([getattr(f, name).detach() for f in fields])
-
-    return AnchorField(
-        positions=cat("positions"),
-        features=nn.Parameter(cat("features"), requires_grad=False),
-        offsets=nn.Parameter(cat("offsets"), requires_grad=False),
-        log_scales=nn.Parameter(cat("log_scales"), requires_grad=False),
-        voxel_size=fields[0].voxel_size,
-    )
 
 
 class TrainingSnapshots:
@@ -86,11 +57,9 @@ class TrainingSnapshots:
     def _snapshot(self, trainer: Trainer) -> AnchorModel:
         shared = trainer.cfg.method.shared_decoder
         for b, block in trainer.resident_blocks():
-            field = block.field
-            owner = trainer.partition.block_of_points(field.positions.detach().cpu().double().numpy())
-            keep = torch.from_numpy(owner == b).to(field.positions.device)
+            share = block_share(block.field, b, trainer.partition, trainer.cfg.partition.merge)
             decoder = None if shared else copy_decoder(trainer.spec, trainer.decoder_of(b).module)
-            self._blocks[b] = (copy_field(field, keep), decoder)
+            self._blocks[b] = (share, decoder)
         ids = sorted(self._blocks)
         fields = [self._blocks[b][0] for b in ids]
         info = {"iteration": trainer.global_step, "live": True, "blocks_shown": ids}

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from momentumgs.data.scene import Camera, Scene
 from momentumgs.export.gaussians import BakedGaussians
 from momentumgs.export.sh import fit_sh, sh_bases
+from momentumgs.model.anchors import slot_means
 from momentumgs.model.appearance import resolve_appearance
 from momentumgs.model.decoder import Appearance, DecoderOutput, GaussianDecoder
 from momentumgs.model.prefilter import anchor_radii, visible_anchor_mask
@@ -209,7 +210,10 @@ def _bake_chunk(field, decoder, embedding, ids, views: BakeViews, visible, spher
     """Bake anchors `ids` [A] with `decoder` (and `embedding` [E] or None), keeping the slots kept in some
     view and opaque enough. -> BakedGaussians"""
     slots, ever_kept = _bake_slots(field, decoder, embedding, ids, views, visible, sphere, o)
-    return slots.subset(ever_kept & (slots.opacities >= o.min_opacity))
+    allowed = ever_kept & (slots.opacities >= o.min_opacity)  # [A*K]
+    if field.slot_mask is not None:  # a merged model's slots outside their block's cell
+        allowed &= field.slot_mask[ids].reshape(-1)
+    return slots.subset(allowed)
 
 
 def _bake_slots(field, decoder, embedding, ids, views: BakeViews, visible, sphere, o: _Options):
@@ -218,7 +222,7 @@ def _bake_slots(field, decoder, embedding, ids, views: BakeViews, visible, spher
     pos = field.positions[ids]  # [A, 3]
     feats = field.features[ids]  # [A, F]
     log_scales = field.log_scales[ids]  # [A, 6]
-    means = pos[:, None, :] + field.offsets[ids] * torch.exp(log_scales[:, None, :3])  # [A, K, 3]
+    means = slot_means(pos, field.offsets[ids], log_scales)  # [A, K, 3]
     a, k = means.shape[:2]
     n_cam, n_sph = visible.shape[0], sphere.shape[0]
     centers = views.centers.to(pos)

@@ -68,6 +68,9 @@ class AnchorField:
     offsets: nn.Parameter  # [N, K, 3] offsets O_v, in units of exp(log_scales[:, :3])
     log_scales: nn.Parameter  # [N, 6] l_v: [0:3] offset scale, [3:6] Gaussian scale
     voxel_size: float
+    # [N, K] bool: the slots that may decode; None: all. A merged model keeps each block's neural Gaussians
+    # in the block's own cell (momentumgs/merge.py), so an anchor near a border may keep only some slots.
+    slot_mask: torch.Tensor | None = None
 
     # names of the learnable tensors, in the order the optimizer groups use them
     PARAM_NAMES = ("features", "offsets", "log_scales")
@@ -88,15 +91,22 @@ class AnchorField:
         """Learnable tensors by name (for optimizer param groups)."""
         return {name: getattr(self, name) for name in self.PARAM_NAMES}
 
+    def slot_means(self) -> torch.Tensor:
+        """Centres of every slot's neural Gaussian (they do not depend on the view). [N, K, 3]"""
+        return slot_means(self.positions, self.offsets, self.log_scales)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Plain detached tensors (safe for torch.save/torch.load(weights_only=True))."""
-        return {
+        state = {
             "positions": self.positions.detach().clone(),
             "features": self.features.detach().clone(),
             "offsets": self.offsets.detach().clone(),
             "log_scales": self.log_scales.detach().clone(),
             "voxel_size": torch.tensor(self.voxel_size, dtype=torch.float64),
         }
+        if self.slot_mask is not None:
+            state["slot_mask"] = self.slot_mask.clone()
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> AnchorField:
@@ -109,12 +119,21 @@ class AnchorField:
         for name, lead in shapes.items():
             if tuple(state[name].shape[: len(lead)]) != lead:
                 raise ValueError(f"anchor state: '{name}' has shape {tuple(state[name].shape)}, {n} anchors")
+        slot_mask = state.get("slot_mask")
+        if slot_mask is not None:
+            if slot_mask.dtype != torch.bool or slot_mask.shape != state["offsets"].shape[:2]:
+                raise ValueError(
+                    f"anchor state: 'slot_mask' is {slot_mask.dtype} {tuple(slot_mask.shape)}, "
+                    f"expected bool {tuple(state['offsets'].shape[:2])}"
+                )
+            slot_mask = slot_mask.clone()
         return cls(
             positions=state["positions"].detach().clone(),
             features=nn.Parameter(state["features"].detach().clone()),
             offsets=nn.Parameter(state["offsets"].detach().clone()),
             log_scales=nn.Parameter(state["log_scales"].detach().clone()),
             voxel_size=float(state["voxel_size"]),
+            slot_mask=slot_mask,
         )
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -126,6 +145,7 @@ class AnchorField:
         for name in self.PARAM_NAMES:
             setattr(self, name, nn.Parameter(getattr(other, name).data.to(device)))
         self.voxel_size = other.voxel_size
+        self.slot_mask = None if other.slot_mask is None else other.slot_mask.to(device)
 
     def to(self, device: torch.device | str) -> AnchorField:
         return AnchorField(
@@ -134,7 +154,14 @@ class AnchorField:
             offsets=nn.Parameter(self.offsets.data.to(device), self.offsets.requires_grad),
             log_scales=nn.Parameter(self.log_scales.data.to(device), self.log_scales.requires_grad),
             voxel_size=self.voxel_size,
+            slot_mask=None if self.slot_mask is None else self.slot_mask.to(device),
         )
+
+
+def slot_means(positions: torch.Tensor, offsets: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """mu_vj = x_v + O_vj * exp(l_v[0:3]) for anchors positions [N, 3], offsets [N, K, 3] and log-scales
+    [N, 6]. -> [N, K, 3]"""
+    return positions[:, None, :] + offsets * torch.exp(log_scales[:, None, :3])
 
 
 def init_anchors_from_points(

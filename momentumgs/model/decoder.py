@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
 from torch import nn
 
-from momentumgs.model.anchors import AnchorField
+from momentumgs.model.anchors import AnchorField, slot_means
 
 # An image index into the decoder's embedding table, an embedding [A], or None (decoders without one).
 Appearance = int | torch.Tensor | None
@@ -130,6 +130,7 @@ class VisibleAnchors:
     features: torch.Tensor  # [V, F]
     offsets: torch.Tensor  # [V, K, 3]
     log_scales: torch.Tensor  # [V, 6]
+    slot_mask: torch.Tensor | None = None  # [V, K] bool, the slots that may decode (None: all)
 
 
 def gather_anchors(field: AnchorField, visible: torch.Tensor | None = None) -> VisibleAnchors:
@@ -146,6 +147,7 @@ def gather_anchors(field: AnchorField, visible: torch.Tensor | None = None) -> V
         features=field.features.index_select(0, ids),
         offsets=field.offsets.index_select(0, ids),
         log_scales=field.log_scales.index_select(0, ids),
+        slot_mask=None if field.slot_mask is None else field.slot_mask.index_select(0, ids),
     )
 
 
@@ -205,20 +207,23 @@ def decode(
     appearance: Appearance = None,
     keep: torch.Tensor | None = None,
 ) -> NeuralGaussians:
-    """Neural Gaussians of `anchors` seen from `cam_center` [3]. `keep` [V*K] overrides the
-    decoder's own alpha > 0 (the teacher uses the student's mask so both outputs align)."""
+    """Neural Gaussians of `anchors` seen from `cam_center` [3]: the slots with alpha > 0 that the
+    anchors' slot mask allows. `keep` [V*K] overrides that choice (the teacher uses the student's mask so
+    both outputs align)."""
     z = decoder_input(anchors, cam_center, decoder.use_distance)  # [V, in]
     raw = decoder(z, appearance)
     v, k = raw.opacity.shape
     if keep is None:
-        keep = (raw.opacity > 0).reshape(-1)  # [V*K]
+        on = raw.opacity > 0  # [V, K]
+        if anchors.slot_mask is not None:
+            on = on & anchors.slot_mask
+        keep = on.reshape(-1)  # [V*K]
     # index_select with the kept slots' indices: its backward (index_add) is much cheaper on the CPU than
     # that of boolean-mask indexing
     kept = keep.nonzero().squeeze(1)  # [M] v * K + j
     parent = torch.div(kept, k, rounding_mode="floor")  # [M]
     colors, quats, scales = _kept_attributes(raw, anchors, kept, parent)
-    offset_scale = torch.exp(anchors.log_scales[:, :3])  # [V, 3]
-    means = anchors.positions[:, None, :] + anchors.offsets * offset_scale[:, None, :]  # [V, K, 3]
+    means = slot_means(anchors.positions, anchors.offsets, anchors.log_scales)  # [V, K, 3]
     return NeuralGaussians(
         means=means.reshape(v * k, 3).index_select(0, kept),
         quats=quats,

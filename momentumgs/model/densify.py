@@ -156,8 +156,7 @@ def grow_anchors(
     device = field.positions.device
     grads = stats.mean_grad()  # [N*K]
     eligible = stats.grad_count > options.min_offset_visits  # [N*K]
-    slot_xyz = field.positions[:, None, :] + field.offsets * torch.exp(field.log_scales[:, None, :3])
-    slot_xyz = slot_xyz.reshape(-1, 3)  # [N*K, 3]
+    slot_xyz = field.slot_means().reshape(-1, 3)  # [N*K, 3]
     slot_feat = field.features.detach().repeat_interleave(k, dim=0)  # [N*K, F]
 
     occupied = field.positions  # grows with each level, so finer levels skip cells just filled
@@ -212,6 +211,9 @@ def add_anchors(field: AnchorField, new: NewAnchors, optimizer: torch.optim.Opti
     field.positions = torch.cat([field.positions, new.positions.to(field.positions)], dim=0)
     for name in AnchorField.PARAM_NAMES:
         setattr(field, name, extend_params(optimizer, getattr(field, name), getattr(new, name)))
+    if field.slot_mask is not None:  # new anchors may decode every slot
+        grown = field.slot_mask.new_ones(new.positions.shape[0], field.n_offsets)
+        field.slot_mask = torch.cat([field.slot_mask, grown])
 
 
 def remove_anchors(field: AnchorField, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
@@ -219,6 +221,8 @@ def remove_anchors(field: AnchorField, keep: torch.Tensor, optimizer: torch.opti
     field.positions = field.positions[keep]
     for name in AnchorField.PARAM_NAMES:
         setattr(field, name, keep_rows(optimizer, getattr(field, name), keep))
+    if field.slot_mask is not None:
+        field.slot_mask = field.slot_mask[keep]
 
 
 @dataclass

@@ -656,7 +656,7 @@ class Trainer:
         from momentumgs.merge import merge_blocks
 
         n = len(self.partition.blocks)
-        field, counts = merge_blocks(fields, self.partition)
+        field, counts = merge_blocks(fields, self.partition, self.cfg.partition.merge)
         info = {
             "iteration": iteration,
             "blocks": n,

@@ -1,0 +1,129 @@
+"""Merge finished runs' trained blocks by each rule of `partition.merge` and measure the merged models on the
+test views, so that the rules are compared on the same trained blocks (nothing is retrained or written).
+
+    python tools/merge_rules.py runs/ablation-survey/full/seed-0 runs/ablation-survey/full/seed-1 ...
+
+Per run and rule: PSNR / SSIM / LPIPS (VGG), raw and colour-corrected, the PSNR of the pixels near block
+borders and of the rest (as tools/ablation.py: pixels within `--seam-radius` of a surface owned by another
+block, the owners found from the depth of the run merged by the default rule, the same masks for every
+rule), the anchors and allowed slots of the merged field. Then mean ± std over the runs per rule, and the
+paired differences of each rule against `anchors`. One `JSON {...}` line per run and rule, per rule and per
+difference, then a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from ablation import (
+    block_id_map,
+    border_mask,
+    cell,
+    eval_views,
+    json_line,
+    masked_psnr,
+    model_renderer,
+    nan_mean,
+    spread,
+)
+
+from momentumgs.anchor_render import render_model_view
+from momentumgs.checkpoint import load_checkpoint
+from momentumgs.config import load_config
+from momentumgs.eval import evaluate
+from momentumgs.merge import MERGE_RULES, merge_blocks
+from momentumgs.model.anchors import AnchorField
+from momentumgs.model.store import AnchorModel, load_model
+from momentumgs.partition import load_partition
+from momentumgs.run import load_scene
+from momentumgs.train.paths import RunPaths
+
+# key, cell format
+KEYS = {
+    "psnr": ".2f",
+    "ssim": ".4f",
+    "lpips_vgg": ".4f",
+    "psnr_cc": ".2f",
+    "psnr_border": ".2f",
+    "psnr_interior": ".2f",
+    "anchors": ".0f",
+    "slots": ".0f",
+}
+
+
+def merged_models(run: Path) -> tuple[dict[str, AnchorModel], object]:
+    """The run's blocks merged by every rule, with the run's decoder. -> {rule: model}, partition"""
+    paths = RunPaths(run)
+    saved = load_model(paths.model)
+    if saved.block_decoders is not None:
+        raise SystemExit(f"{run}: a run with per-block decoders (independent blocks); merge it by hand")
+    partition = load_partition(paths.partition)
+    fields = {
+        b: AnchorField.from_state_dict(load_checkpoint(paths.block_file(b))["anchors"])
+        for b in range(len(partition.blocks))
+    }
+    models = {}
+    for rule in MERGE_RULES:
+        field, counts = merge_blocks(fields, partition, rule)
+        info = {**saved.info, "anchors_per_block": counts}
+        models[rule] = AnchorModel(field, saved.decoder, saved.spec, info)
+    return models, partition
+
+
+@torch.no_grad()
+def measure_run(run: Path, seam_radius: int) -> dict[str, dict]:
+    cfg = load_config(RunPaths(run).config)
+    scene = load_scene(cfg)
+    models, partition = merged_models(run)
+    views = eval_views(scene)
+    reference = models[MERGE_RULES[0]]
+    masks = {i: border_mask(block_id_map(reference, v, partition), seam_radius) for i, v in views.items()}
+    rows = {}
+    for rule, model in models.items():
+        means = evaluate(model_renderer(model, scene), scene, scene.test_ids).means
+        border, interior = [], []
+        for i, view in views.items():
+            image = render_model_view(model, view)
+            gt = torch.from_numpy(scene.load_image(i)).float() / 255
+            border.append(masked_psnr(image, gt, masks[i]))
+            interior.append(masked_psnr(image, gt, ~masks[i]))
+        field = model.field
+        slots = field.n_anchors * field.n_offsets if field.slot_mask is None else int(field.slot_mask.sum())
+        rows[rule] = {
+            **{k: means[k] for k in ("psnr", "ssim", "lpips_vgg", "psnr_cc")},
+            "psnr_border": nan_mean(border),
+            "psnr_interior": nan_mean(interior),
+            "anchors": field.n_anchors,
+            "slots": slots,
+        }
+        print(json_line({"kind": "run", "run": str(run), "rule": rule, **rows[rule]}), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="finished multi-block run folders")
+    parser.add_argument("--seam-radius", type=int, default=3, help="pixels counted as near a block border")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = [measure_run(run, args.seam_radius) for run in args.runs]
+    lines = ["| rule | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
+    for rule in MERGE_RULES:
+        stats = {k: spread([r[rule][k] for r in results]) for k in KEYS}
+        print(json_line({"kind": "rule", "rule": rule, **stats}))
+        lines.append(f"| {rule} | " + " | ".join(cell(stats[k], f) for k, f in KEYS.items()) + " |")
+    for rule in MERGE_RULES[:-1]:
+        diff = {k: spread([r[rule][k] - r["anchors"][k] for r in results]) for k in KEYS}
+        print(json_line({"kind": "difference", "a": rule, "b": "anchors", **diff}))
+        cells = [cell(diff[k], f, signed=True) for k, f in KEYS.items()]
+        lines.append(f"| {rule} − anchors | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
