@@ -28,6 +28,9 @@ Each run's densification window, slot length and weighting period are scaled to 
 (at 1000 iterations exactly the demo's). `--variant-set NAME:key=value,...` adds settings to one variant,
 after its own; `--set key=value` applies to every run before the variants' settings.
 
+Partitioned runs are merged by the config's `partition.merge` (by neural Gaussian by default);
+`tools/merge_rules.py RUN...` compares the merge rules on runs this tool kept, without training again.
+
 Reported per run and per variant (mean, sample std, min..max over the seeds): PSNR / SSIM / LPIPS (VGG) on
 the test views, raw and colour-corrected, the PSNR of the pixels near block borders ("border", the seams) and
 of the rest ("interior"), and the training seconds (loading and partitioning the scene included). Border
