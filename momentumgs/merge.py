@@ -41,9 +41,7 @@ def block_share(field: AnchorField, block: int, partition: Partition, rule: str 
         keep = owner_of(field.positions, partition) == block  # [N]
         slot_mask = None
     elif rule == "gaussians":
-        inside = owner_of(field.slot_means(), partition) == block  # [N, K]
-        if field.slot_mask is not None:
-            inside &= field.slot_mask
+        inside = (owner_of(field.slot_means(), partition) == block) & allowed_slots(field)  # [N, K]
         keep = inside.any(dim=1)  # [N]
         slot_mask = inside[keep]
     else:
@@ -58,6 +56,13 @@ def block_share(field: AnchorField, block: int, partition: Partition, rule: str 
     )
 
 
+def allowed_slots(field: AnchorField) -> torch.Tensor:
+    """The field's slot mask, all true when it has none. [N, K] bool"""
+    if field.slot_mask is not None:
+        return field.slot_mask
+    return torch.ones(field.offsets.shape[:2], dtype=torch.bool, device=field.offsets.device)
+
+
 def concat_fields(fields: list[AnchorField]) -> AnchorField:
     """The anchors of `fields`, one field after another. The slot mask is dropped when every slot is on."""
     voxel_sizes = {f.voxel_size for f in fields}
@@ -67,10 +72,7 @@ def concat_fields(fields: list[AnchorField]) -> AnchorField:
     def cat(name: str) -> torch.Tensor:
         return torch.cat([getattr(f, name).detach() for f in fields])
 
-    every_slot = [torch.ones(f.offsets.shape[:2], dtype=torch.bool, device=f.offsets.device) for f in fields]
-    slot_mask = torch.cat(
-        [f.slot_mask if f.slot_mask is not None else ones for f, ones in zip(fields, every_slot, strict=True)]
-    )  # [N, K]
+    slot_mask = torch.cat([allowed_slots(f) for f in fields])  # [N, K]
     return AnchorField(
         positions=cat("positions"),
         features=nn.Parameter(cat("features"), requires_grad=False),

@@ -33,7 +33,7 @@ from momentumgs.anchor_render import render_model_view
 from momentumgs.checkpoint import load_checkpoint
 from momentumgs.config import load_config
 from momentumgs.eval import evaluate
-from momentumgs.merge import MERGE_RULES, merge_blocks
+from momentumgs.merge import MERGE_RULES, allowed_slots, merge_blocks
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.store import AnchorModel, load_model
 from momentumgs.partition import load_partition
@@ -90,13 +90,12 @@ def measure_run(run: Path, seam_radius: int) -> dict[str, dict]:
             border.append(masked_psnr(image, gt, masks[i]))
             interior.append(masked_psnr(image, gt, ~masks[i]))
         field = model.field
-        slots = field.n_anchors * field.n_offsets if field.slot_mask is None else int(field.slot_mask.sum())
         rows[rule] = {
             **{k: means[k] for k in ("psnr", "ssim", "lpips_vgg", "psnr_cc")},
             "psnr_border": nan_mean(border),
             "psnr_interior": nan_mean(interior),
             "anchors": field.n_anchors,
-            "slots": slots,
+            "slots": int(allowed_slots(field).sum()),
         }
         print(json_line({"kind": "run", "run": str(run), "rule": rule, **rows[rule]}), flush=True)
     return rows
