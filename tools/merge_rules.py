@@ -24,7 +24,6 @@ from ablation import (
     eval_views,
     json_line,
     masked_psnr,
-    model_renderer,
     nan_mean,
     spread,
 )
@@ -81,11 +80,18 @@ def measure_run(run: Path, seam_radius: int) -> dict[str, dict]:
     reference = models[MERGE_RULES[0]]
     masks = {i: border_mask(block_id_map(reference, v, partition), seam_radius) for i, v in views.items()}
     rows = {}
+    index_of = {id(scene.cameras[i]): i for i in views}
     for rule, model in models.items():
-        means = evaluate(model_renderer(model, scene), scene, scene.test_ids).means
+        renders = {}  # the evaluation's own renders, reused for the seam PSNRs
+
+        def render(cam, model=model, renders=renders):
+            renders[index_of[id(cam)]] = image = render_model_view(model, views[index_of[id(cam)]])
+            return image
+
+        means = evaluate(render, scene, scene.test_ids).means
         border, interior = [], []
-        for i, view in views.items():
-            image = render_model_view(model, view)
+        for i in views:
+            image = renders[i]
             gt = torch.from_numpy(scene.load_image(i)).float() / 255
             border.append(masked_psnr(image, gt, masks[i]))
             interior.append(masked_psnr(image, gt, ~masks[i]))
