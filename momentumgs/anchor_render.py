@@ -72,28 +72,32 @@ def render_anchor_view(
 
 
 @torch.no_grad()
+def model_gaussians(model, view: View, appearance: Appearance = None) -> tuple[torch.Tensor, ...]:
+    """The neural Gaussians of a trained `AnchorModel` seen from `view`, each block's anchors decoded by its
+    own decoder when the model has per-block decoders (the independent-blocks ablation). -> means [M, 3],
+    quats [M, 4], scales [M, 3], opacities [M], colors [M, 3]"""
+    visible = visible_anchors(model.field, view)
+    if model.block_decoders is None:
+        groups = [(model.decoder, visible)]
+    else:
+        groups = [(d, visible & (model.anchor_block == b)) for b, d in enumerate(model.block_decoders)]
+    parts = []
+    for decoder, mask in groups:
+        chosen = resolve_appearance(decoder, appearance, model.info)
+        parts.append(decode(decoder, gather_anchors(model.field, mask), view.center, appearance=chosen))
+    names = ("means", "quats", "scales", "opacities", "colors")
+    return tuple(torch.cat([getattr(g, name) for g in parts]) for name in names)
+
+
 def render_model_view(
     model, view: View, background: torch.Tensor | None = None, appearance: Appearance = None
 ) -> torch.Tensor:
     """The image [H, W, 3] of a trained `AnchorModel` (model/store.py) from `view`, without gradients (for
     viewing, evaluation and export), in the neutral appearance unless `appearance` names a photo's row or
     gives an embedding (model/appearance.py). Models with per-block decoders (the independent-blocks
-    ablation) decode each block's anchors with its own decoder."""
+    ablation) decode each block's anchors with its own decoder (`model_gaussians`)."""
     if model.block_decoders is None:
         chosen = resolve_appearance(model.decoder, appearance, model.info)
         return render_anchor_view(model.field, model.decoder, view, background, appearance=chosen).image
-    visible = visible_anchors(model.field, view)
-    parts = []
-    for b, decoder in enumerate(model.block_decoders):
-        anchors = gather_anchors(model.field, visible & (model.anchor_block == b))
-        chosen = resolve_appearance(decoder, appearance, model.info)
-        parts.append(decode(decoder, anchors, view.center, appearance=chosen))
-    image, _, _ = rasterize_gaussians(
-        *(
-            torch.cat([getattr(g, name) for g in parts])
-            for name in ("means", "quats", "scales", "opacities", "colors")
-        ),
-        view,
-        background,
-    )
+    image, _, _ = rasterize_gaussians(*model_gaussians(model, view, appearance), view, background)
     return image

@@ -67,12 +67,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from momentumgs.anchor_render import render_model_view, visible_anchors
+from momentumgs.anchor_render import model_gaussians, render_model_view
 from momentumgs.config import Config, config_to_dict, load_config
 from momentumgs.errors import UserError
 from momentumgs.eval import evaluate
-from momentumgs.model.appearance import resolve_appearance
-from momentumgs.model.decoder import decode, gather_anchors
 from momentumgs.model.store import load_model
 from momentumgs.partition import Partition, load_partition
 from momentumgs.render.rasterize import rasterize
@@ -366,21 +364,9 @@ def model_renderer(model, scene):
 
 
 def expected_depth(model, view: View) -> tuple[np.ndarray, np.ndarray]:
-    """Expected camera z and alpha at each pixel, each block's anchors decoded by its own decoder when the
-    model has per-block decoders (independent blocks), as render_model_view does. -> [H, W], [H, W]"""
-    visible = visible_anchors(model.field, view)
-    if model.block_decoders is None:
-        groups = [(model.decoder, visible)]
-    else:
-        groups = [(d, visible & (model.anchor_block == b)) for b, d in enumerate(model.block_decoders)]
-    parts = []
-    for decoder, mask in groups:
-        appearance = resolve_appearance(decoder, None, model.info)
-        parts.append(decode(decoder, gather_anchors(model.field, mask), view.center, appearance=appearance))
-    means, quats, scales, opacities, colors = (
-        torch.cat([getattr(g, name) for g in parts])
-        for name in ("means", "quats", "scales", "opacities", "colors")
-    )
+    """Expected camera z and alpha at each pixel, the Gaussians as render_model_view draws them. -> [H, W],
+    [H, W]"""
+    means, quats, scales, opacities, colors = model_gaussians(model, view)
     out, alpha, _ = rasterize(
         means, quats, scales, opacities, colors[None], view.viewmat[None], view.K[None],
         view.width, view.height, render_mode="RGB+ED",
