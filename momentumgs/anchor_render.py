@@ -89,6 +89,7 @@ def model_gaussians(model, view: View, appearance: Appearance = None) -> tuple[t
     return tuple(torch.cat([getattr(g, name) for g in parts]) for name in names)
 
 
+@torch.no_grad()
 def render_model_view(
     model, view: View, background: torch.Tensor | None = None, appearance: Appearance = None
 ) -> torch.Tensor:

@@ -117,6 +117,17 @@ def test_bake_of_a_view_independent_decoder_renders_like_the_model():
         assert (img - ref).abs().max() < 2e-3
 
 
+def test_render_model_view_records_no_graph_for_a_trainable_model():
+    """Evaluation, export and the viewer render trained models whose parameters may still require grad:
+    their renders must not build an autograd graph (time and memory for nothing)."""
+    model = tiny_model(0)
+    model.decoder.requires_grad_(True)
+    model.field.features.requires_grad_(True)
+    view = camera_view(ring_cameras()[0], "cpu", 0)
+    image = render_model_view(model, view)
+    assert image.std() > 0.01 and not image.requires_grad
+
+
 def test_bake_follows_view_dependent_colour_and_drops_faint_gaussians():
     model = tiny_model(seed=2)
     cams = ring_cameras()
