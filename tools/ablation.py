@@ -37,9 +37,9 @@ of the rest ("interior"), and the training seconds (loading and partitioning the
 pixels lie within `--seam-radius` of a pixel owned by another block, a pixel's block found by back-projecting
 the rendered depth of the first partitioned variant's first run into its partition; the same masks serve
 every run, the single-block ones included (no partitioned variant: no seam values). Then the paired
-differences (per seed, then mean ± std over the seeds): full - independent, momentum - shared, full -
-single-wall, full - single-total and each defined variant - full. Output: one `JSON {...}` line per run, per
-variant and per difference, then two Markdown tables.
+differences (per seed, then mean ± std over the seeds): full - independent, momentum - shared,
+full - shared, full - single-wall, full - single-total and each defined variant - full. Output: one
+`JSON {...}` line per run, per variant and per difference, then two Markdown tables.
 
 Time: every variant x 3 seeds (the default) takes about 50 min with --jobs 2 on a 2-core CPU (two runs at
 once, one process each). A partitioned demo run (4 blocks x 1000 iterations) takes about 5 min on one core,
@@ -111,6 +111,7 @@ DEFAULT_VARIANTS = list(BUILTIN)
 COMPARISONS = [
     ("full", "independent"),
     ("momentum", "shared"),
+    ("full", "shared"),  # the teacher and weighting together
     ("full", "single-wall"),
     ("full", "single-total"),
 ]
