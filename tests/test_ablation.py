@@ -47,6 +47,12 @@ def test_single_block_budgets_settings_and_seeds_of_the_plan(tmp_path):
     assert (wide.partition.block_dim, wide.method.momentum, wide.method.weighting) == ([4, 1, 1], 0.5, True)
 
 
+def test_reported_differences_include_the_teacher_and_weighting_together():
+    tool = load_tool()
+    pairs = tool.comparisons(["full", "shared", "independent", "wide"])
+    assert pairs == [("full", "independent"), ("full", "shared"), ("wide", "full")]
+
+
 @pytest.mark.slow
 def test_ablation_over_two_seeds_reports_runs_summaries_differences_and_reuses_finished_runs(
     gt_test_scene, tmp_path
