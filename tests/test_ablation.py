@@ -53,6 +53,17 @@ def test_reported_differences_include_the_teacher_and_weighting_together():
     assert pairs == [("full", "independent"), ("full", "shared"), ("wide", "full")]
 
 
+def test_default_variants_are_the_method_against_what_it_replaces_and_all_names_every_one():
+    tool = load_tool()
+    variants = tool.known_variants(["wide:method.momentum=0.5"])
+    chosen = tool.chosen_variants(tool.parse_args([]), variants)
+    assert chosen == ["full", "independent", "single-wall", "wide"]
+    chosen = tool.chosen_variants(tool.parse_args(["--variants", "full", "all"]), variants)
+    assert chosen == ["full", "independent", "shared", "momentum", "single-total", "single-wall", "wide"]
+    assert tool.parse_args(["--jobs", "3"]).jobs == 3
+    assert tool.parse_args(["--threads", "64"]).jobs == 1  # never 0, however few cores
+
+
 @pytest.mark.slow
 def test_ablation_over_two_seeds_reports_runs_summaries_differences_and_reuses_finished_runs(
     gt_test_scene, tmp_path

@@ -1,9 +1,10 @@
 """Momentum-GS ablation over seeds: each variant trained with several seeds on one scene, its mean ± spread,
 and the paired differences between variants, so that a gap can be told from seed noise.
 
-    python tools/ablation.py --jobs 2                        # every variant x 3 seeds, demo city (~50 min)
-    python tools/ablation.py --jobs 2 --out runs/ablation    # keep the runs; the same command again continues
-    python tools/ablation.py --jobs 2 --variants full single-wall   # the method vs one block (~15 min)
+    python tools/ablation.py                        # full, independent, single-wall x 3 seeds (~50 min)
+    python tools/ablation.py --out runs/ablation    # keep the runs; the same command again continues
+    python tools/ablation.py --variants all         # every variant x 3 seeds (~1 h 50 min on 2 cores)
+    python tools/ablation.py --variants full shared --out runs/teacher   # the teacher and weighting's worth
     python tools/ablation.py --variants full single-wall --seeds 5 --variant-set full:method.momentum=0.99
     python tools/ablation.py --variants full --define coverage:partition.block_points=coverage
     python tools/ablation.py --scene path/to/scene --block-dim 2 4 1 --workers 2 --iterations 2000
@@ -11,8 +12,9 @@ and the paired differences between variants, so that a gap can be told from seed
 Defaults are the demo's (configs/demo.yaml): the cached demo city at downscale 2, 2x2x1 blocks, 2 workers,
 1000 iterations per block, 3 seeds (train.seed = 0, 1, 2; the scene and its partition stay the same).
 
-Variants (the paper's ablation on Building: 8 independent blocks 23.23, + momentum 23.56, + weighting 23.65
-PSNR), all on the `--block-dim` partition with `--workers` workers unless they say otherwise:
+Variants (the default: full, independent and single-wall, the method against what it replaces; `all`:
+every built-in one. The paper's ablation on Building: 8 independent blocks 23.23, + momentum 23.56,
++ weighting 23.65 PSNR), on the `--block-dim` partition with `--workers` workers unless they say otherwise:
     independent   one decoder per block, no teacher, no weighting
     shared        one shared decoder (gradients averaged over the workers), no teacher, no weighting
     momentum      shared decoder + momentum teacher (m = 0.9) and consistency loss
@@ -41,12 +43,15 @@ differences (per seed, then mean ± std over the seeds): full - independent, mom
 full - shared, full - single-wall, full - single-total and each defined variant - full. Output: one
 `JSON {...}` line per run, per variant and per difference, then two Markdown tables.
 
-Time: every variant x 3 seeds (the default) takes about 50 min with --jobs 2 on a 2-core CPU (two runs at
-once, one process each). A partitioned demo run (4 blocks x 1000 iterations) takes about 5 min on one core,
-so the 4 partitioned variants x 3 seeds make 60 core-min; a whole-scene block iteration costs about 1.1 times
-a block iteration of `full` (measured at 100 iterations per block), so single-total (4000 iterations, ~5.5
-min) and single-wall (2000, ~2.8 min) add 25 core-min; two runs at once run ~10% slower each, and start-up
-and evaluation add ~3 min. The longest runs start first, so that the jobs end close together.
+Time (measured on a 2-core CPU with the defaults' two runs at once, one process and one thread each): a
+partitioned demo run (4 blocks x 1000 iterations, 2000 global steps emulated in one process) takes 10-16 min;
+its blocks start from what their cameras see, and each drone view sees about half the city, so a block is
+nearly as heavy as the whole scene and a whole-scene iteration costs about 1.1 times a block's: single-wall
+(2000 iterations) about half a partitioned run, single-total (4000) about one. The defaults (6 partitioned
+runs and 3 single-wall ones, `--jobs` = the CPU cores) therefore take about 50 min on 2 cores, `--variants
+all` (12 partitioned, 6 single) about 1 h 50 min (sums of those run times, not timed end to end). The
+longest runs start first, so that the jobs end close together. At 3x the iterations a partitioned run
+takes about 40 min of one core.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -106,7 +112,8 @@ BUILTIN = {
         Variant("single-wall", ONE_BLOCK + PLAIN, budget="wall"),
     )
 }
-DEFAULT_VARIANTS = list(BUILTIN)
+# the method against what it replaces: separate blocks, and one block for the same wall time (`all`: BUILTIN)
+DEFAULT_VARIANTS = ["full", "independent", "single-wall"]
 # (a, b): the differences a - b that the table reports, when both ran
 COMPARISONS = [
     ("full", "independent"),
@@ -172,11 +179,12 @@ def known_variants(defines: list[str]) -> dict[str, Variant]:
 
 def chosen_variants(args, variants: dict[str, Variant]) -> list[str]:
     """--variants in their order, then the defined variants not named there."""
-    unknown = [n for n in args.variants if n not in variants]
+    named = [m for n in args.variants for m in (BUILTIN if n == "all" else [n])]
+    unknown = [n for n in named if n not in variants]
     if unknown:
         raise UserError(f"--variants: unknown {unknown}; known: {list(variants)}")
-    defined = [n for n in variants if n not in BUILTIN and n not in args.variants]
-    return list(dict.fromkeys([*args.variants, *defined]))
+    defined = [n for n in variants if n not in BUILTIN and n not in named]
+    return list(dict.fromkeys([*named, *defined]))
 
 
 def extra_settings(args, variants: dict[str, Variant]) -> dict[str, list[str]]:
@@ -573,7 +581,10 @@ def parse_args(argv=None):
     parser.add_argument("--downscale", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3, help="train.seed = 0 .. N-1 for every variant")
     parser.add_argument(
-        "--variants", nargs="+", default=DEFAULT_VARIANTS, help=f"of {list(BUILTIN)} and the --define ones"
+        "--variants",
+        nargs="+",
+        default=DEFAULT_VARIANTS,
+        help=f"of {list(BUILTIN)}, `all` of them, and the --define ones [{' '.join(DEFAULT_VARIANTS)}]",
     )
     parser.add_argument(
         "--define", dest="defines", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
@@ -593,13 +604,18 @@ def parse_args(argv=None):
         "that this folder holds finished (model.ckpt) with the same settings is reused, not trained again, "
         "so an interrupted ablation continues where it stopped; an unfinished one is trained from the start",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each")
+    parser.add_argument(
+        "--jobs", type=int, help="runs trained at once [the CPU cores / (--threads x processes per run)]"
+    )
     parser.add_argument(
         "--worker-processes", action="store_true",
         help="train a partitioned run's k workers in k processes (torchrun) instead of emulating them in one",
     )  # fmt: skip
     parser.add_argument("--train-run", help=argparse.SUPPRESS)  # internal: VARIANT:SEED, for --jobs
     args = parser.parse_args(argv)
+    if args.jobs is None:
+        processes_per_run = args.workers if args.worker_processes else 1
+        args.jobs = max(1, len(os.sched_getaffinity(0)) // (max(1, args.threads) * processes_per_run))
     if args.seeds < 1 or args.jobs < 1 or args.iterations < 1:
         parser.error("--seeds, --jobs and --iterations must be at least 1")
     return args
