@@ -53,6 +53,12 @@ def test_reported_differences_include_the_teacher_and_weighting_together():
     assert pairs == [("full", "independent"), ("full", "shared"), ("wide", "full")]
 
 
+def test_reported_differences_include_block_weighting_alone():
+    tool = load_tool()
+    pairs = tool.comparisons(["full", "momentum", "shared"])
+    assert pairs == [("momentum", "shared"), ("full", "shared"), ("full", "momentum")]
+
+
 def test_default_variants_are_the_method_against_what_it_replaces_and_all_names_every_one():
     tool = load_tool()
     variants = tool.known_variants(["wide:method.momentum=0.5"])

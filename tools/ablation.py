@@ -40,8 +40,8 @@ pixels lie within `--seam-radius` of a pixel owned by another block, a pixel's b
 the rendered depth of the first partitioned variant's first run into its partition; the same masks serve
 every run, the single-block ones included (no partitioned variant: no seam values). Then the paired
 differences (per seed, then mean ± std over the seeds): full - independent, momentum - shared,
-full - shared, full - single-wall, full - single-total and each defined variant - full. Output: one
-`JSON {...}` line per run, per variant and per difference, then two Markdown tables.
+full - shared, full - momentum, full - single-wall, full - single-total and each defined variant - full.
+Output: one `JSON {...}` line per run, per variant and per difference, then two Markdown tables.
 
 Time (measured on a 2-core CPU with the defaults' two runs at once, one process and one thread each): a
 partitioned demo run (4 blocks x 1000 iterations, 2000 global steps emulated in one process) takes 10-16 min;
@@ -119,6 +119,7 @@ COMPARISONS = [
     ("full", "independent"),
     ("momentum", "shared"),
     ("full", "shared"),  # the teacher and weighting together
+    ("full", "momentum"),  # block weighting alone
     ("full", "single-wall"),
     ("full", "single-total"),
 ]
