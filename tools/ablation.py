@@ -1,7 +1,7 @@
 """Momentum-GS ablation over seeds: each variant trained with several seeds on one scene, its mean ± spread,
 and the paired differences between variants, so that a gap can be told from seed noise.
 
-    python tools/ablation.py                        # full, independent, single-wall x 3 seeds (~50 min)
+    python tools/ablation.py                        # full, independent, single-wall x 3 seeds (~57 min)
     python tools/ablation.py --out runs/ablation    # keep the runs; the same command again continues
     python tools/ablation.py --variants all         # every variant x 3 seeds (~1 h 50 min on 2 cores)
     python tools/ablation.py --variants full shared --out runs/teacher   # the teacher and weighting's worth
@@ -48,8 +48,9 @@ partitioned demo run (4 blocks x 1000 iterations, 2000 global steps emulated in 
 its blocks start from what their cameras see, and each drone view sees about half the city, so a block is
 nearly as heavy as the whole scene and a whole-scene iteration costs about 1.1 times a block's: single-wall
 (2000 iterations) about half a partitioned run, single-total (4000) about one. The defaults (6 partitioned
-runs and 3 single-wall ones, `--jobs` = the CPU cores) therefore take about 50 min on 2 cores, `--variants
-all` (12 partitioned, 6 single) about 1 h 50 min (sums of those run times, not timed end to end). The
+runs and 3 single-wall ones, `--jobs` = the CPU cores) took 57 min end to end on a 2-core machine
+(timed: 1 min 40 s of it building the demo city into an empty cache, 55 min training and the report);
+`--variants all` (12 partitioned, 6 single) twice that, about 1 h 50 min (not timed end to end). The
 longest runs start first, so that the jobs end close together. At 3x the iterations a partitioned run
 takes about 40 min of one core.
 """
