@@ -420,3 +420,39 @@ def test_blocks_train_on_the_crops_of_their_cells_and_one_block_on_whole_views(
         cfg = load_config(None, [*over, *extra])
         whole = start_or_resume(cfg, scene_loader, tmp_path / extra[0].split("=")[0], resume=False)
         assert all(crops == {} for crops in whole.crops)
+
+
+def test_a_frozen_decoder_stops_learning_once_the_first_block_finishes(gt_test_scene, tmp_path):
+    """With method.freeze_decoder_at_finish the shared decoder and its teacher change at every
+    step until a block has all its iterations, and never after; the blocks still training go on learning
+    their anchors, without the consistency term (a teacher that no longer moves has nothing to add)."""
+    over = [*MULTI, f"data.path={gt_test_scene}", "method.freeze_decoder_at_finish=true"]
+    trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
+    learnt, frozen_steps, before = [], 0, {}
+    while not trainer.schedule.finished:
+        frozen = trainer.schedule.any_finished
+        assert trainer.decoder_frozen == frozen
+        decoder = {k: v.clone() for k, v in trainer.decoder.state_dict().items()}
+        teacher = [p.clone() for p in trainer.decoders[0].teacher.module.parameters()]
+        results = trainer.train_step()
+        moved = any(not torch.equal(v, trainer.decoder.state_dict()[k]) for k, v in decoder.items())
+        now = trainer.decoders[0].teacher.module.parameters()
+        teacher_moved = any(not torch.equal(a, b) for a, b in zip(teacher, now, strict=True))
+        assert moved == teacher_moved == (not frozen)
+        features = {b: block.field.features.detach().clone() for b, block in trainer.resident_blocks()}
+        if frozen:
+            frozen_steps += 1
+            assert all(r.consistency == 0.0 for r in results.values())
+            if frozen_steps > 1:  # the same blocks as one step before: their anchors still learn
+                assert all(not torch.equal(before[b], features[b]) for b in results)
+        else:
+            learnt.append(any(r.consistency > 0 for r in results.values()))
+        before = features
+    # 4 blocks of 12 iterations on 2 workers in slots of 4: the first two finish at global step 20 of 24
+    assert frozen_steps == 4 and len(learnt) == 20 and all(learnt[1:])
+
+    # independent blocks have a decoder each, which nobody else moves: nothing to freeze
+    independent = load_config(None, [*over, "method.shared_decoder=false"])
+    trainer = start_or_resume(independent, scene_loader, tmp_path / "independent", resume=False)
+    trainer.schedule.done_iterations[0] = trainer.schedule.iterations
+    assert trainer.schedule.any_finished and not trainer.decoder_frozen

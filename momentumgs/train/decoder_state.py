@@ -35,8 +35,9 @@ class DecoderState:
         self.schedules = lr_schedules(cfg.train.lr, total_steps, 1.0)
         self.teacher = MomentumTeacher(self.module) if teacher else None
 
-    def step(self, global_step: int, finite: bool) -> None:
-        if finite:
+    def step(self, global_step: int, apply: bool) -> None:
+        """One optimiser step at `global_step` if `apply` (else the gradients are only cleared)."""
+        if apply:
             apply_schedules(self.optimizer, self.schedules, global_step)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -51,6 +51,11 @@ class SlotSchedule:
         return all(d >= self.iterations for d in self.done_iterations)
 
     @property
+    def any_finished(self) -> bool:
+        """Whether some block has had all its iterations."""
+        return any(d >= self.iterations for d in self.done_iterations)
+
+    @property
     def total_steps(self) -> int:
         """Global steps of the whole run: the busiest worker's share."""
         return max(len(b) for b in self.blocks_of) * self.iterations

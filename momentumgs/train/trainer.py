@@ -224,8 +224,16 @@ class Trainer:
 
     # --- one global step --------------------------------------------------------------------------
 
+    @property
+    def decoder_frozen(self) -> bool:
+        """The shared decoder no longer learns: `method.freeze_decoder_at_finish` and a block has finished.
+        Every process knows the whole schedule, so all agree without communicating."""
+        mc = self.cfg.method
+        return mc.shared_decoder and mc.freeze_decoder_at_finish and self.schedule.any_finished
+
     def train_step(self) -> dict[int, StepResult]:
         mc = self.cfg.method
+        frozen = self.decoder_frozen
         active = {w: self.schedule.current(w) for w in self.comm.local_workers()}
         with phase("swap"):
             self._make_resident(active)
@@ -236,7 +244,7 @@ class Trainer:
         )
         with phase("teacher_update"):
             for state in stepping:
-                if state.teacher is not None and self.uses_teacher:
+                if state.teacher is not None and self.uses_teacher and not frozen:
                     state.teacher.update(state.module, mc.momentum)  # before the forward pass
 
         # The blocks (of all workers) that measure their quality after this step: only then do the block
@@ -259,7 +267,9 @@ class Trainer:
                 self.views[index],
                 gt,
                 teacher=decoder.teacher.module if decoder.teacher is not None else None,
-                lambda_consistency=consistency_weight(done[b], self.cfg.train.iterations, mc),
+                lambda_consistency=0.0
+                if frozen
+                else consistency_weight(done[b], self.cfg.train.iterations, mc),
                 terms=self.consistency_terms,
                 balance=mc.consistency_balance,
                 cap_anchors=mc.consistency_balance_anchors,
@@ -273,7 +283,7 @@ class Trainer:
             finite = all(r.finite for r in results.values())
         with phase("optimizer"):
             for state in stepping:
-                state.step(self.global_step, finite)
+                state.step(self.global_step, finite and not frozen)
         if finite:
             self.bad_steps = 0
         else:
