@@ -342,10 +342,11 @@ class MethodConfig:
     weighting_source: Literal["steps", "views"] = "views"
     weighting_view_stride: Count = 10
     shared_decoder: bool = True  # false: one decoder per block (the paper's "independent blocks" ablation)
-    # true: once the first block has all its iterations the shared decoder stops learning, so that the
-    # blocks still training fit their anchors to the decoder the merged model keeps and no finished block
-    # waits while the decoder moves on (the Momentum-GS code's last round; docs/method.md, Training schedule)
-    freeze_decoder_at_finish: bool = False
+    # true: once the first block has all its iterations the shared decoder (and its teacher) stops learning,
+    # so that the blocks still training fit their anchors to the decoder the merged model keeps and no
+    # finished block waits while the decoder moves on (the Momentum-GS code's last round; docs/method.md,
+    # Training schedule; +0.17 dB on the demo city, docs/quality.md). false: it learns to the last step
+    freeze_decoder_at_finish: bool = True
     # idle blocks kept in host RAM up to this, spilled to disk beyond (0: every idle block on disk)
     ram_budget_mb: NonNegative = 4096.0
     checksum_every: CountOrZero = 100  # compare the decoder replicas across workers this often; 0 = never

@@ -423,10 +423,11 @@ def test_blocks_train_on_the_crops_of_their_cells_and_one_block_on_whole_views(
 
 
 def test_a_frozen_decoder_stops_learning_once_the_first_block_finishes(gt_test_scene, tmp_path):
-    """With method.freeze_decoder_at_finish the shared decoder and its teacher change at every
+    """With method.freeze_decoder_at_finish (the default) the shared decoder and its teacher change at every
     step until a block has all its iterations, and never after; the blocks still training go on learning
     their anchors, without the consistency term (a teacher that no longer moves has nothing to add)."""
-    over = [*MULTI, f"data.path={gt_test_scene}", "method.freeze_decoder_at_finish=true"]
+    over = [*MULTI, f"data.path={gt_test_scene}"]
+    assert load_config(None, over).method.freeze_decoder_at_finish  # the default
     trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
     learnt, frozen_steps, before = [], 0, {}
     while not trainer.schedule.finished:
@@ -451,8 +452,22 @@ def test_a_frozen_decoder_stops_learning_once_the_first_block_finishes(gt_test_s
     # 4 blocks of 12 iterations on 2 workers in slots of 4: the first two finish at global step 20 of 24
     assert frozen_steps == 4 and len(learnt) == 20 and all(learnt[1:])
 
-    # independent blocks have a decoder each, which nobody else moves: nothing to freeze
-    independent = load_config(None, [*over, "method.shared_decoder=false"])
-    trainer = start_or_resume(independent, scene_loader, tmp_path / "independent", resume=False)
+    # with a per-photo appearance table the table still learns while the MLPs are frozen
+    with_table = load_config(None, [*over, "model.appearance=exposure"])
+    trainer = start_or_resume(with_table, scene_loader, tmp_path / "table", resume=False)
     trainer.schedule.done_iterations[0] = trainer.schedule.iterations
-    assert trainer.schedule.any_finished and not trainer.decoder_frozen
+    decoder = {k: v.clone() for k, v in trainer.decoder.state_dict().items()}
+    trainer.train_step()
+    moved = {k for k, v in decoder.items() if not torch.equal(v, trainer.decoder.state_dict()[k])}
+    assert moved == {"appearance.weight"}
+
+    # independent blocks have a decoder each, which nobody else moves: nothing to freeze; and the switch off
+    for extra, name in (
+        ("method.shared_decoder=false", "independent"),
+        ("method.freeze_decoder_at_finish=false", "off"),
+    ):
+        trainer = start_or_resume(
+            load_config(None, [*over, extra]), scene_loader, tmp_path / name, resume=False
+        )
+        trainer.schedule.done_iterations[0] = trainer.schedule.iterations
+        assert trainer.schedule.any_finished and not trainer.decoder_frozen, name

@@ -35,9 +35,14 @@ class DecoderState:
         self.schedules = lr_schedules(cfg.train.lr, total_steps, 1.0)
         self.teacher = MomentumTeacher(self.module) if teacher else None
 
-    def step(self, global_step: int, apply: bool) -> None:
-        """One optimiser step at `global_step` if `apply` (else the gradients are only cleared)."""
-        if apply:
+    def step(self, global_step: int, finite: bool, frozen: bool = False) -> None:
+        """One Adam step at `global_step` (none after a non-finite step). `frozen`: the MLPs keep their
+        weights (Adam skips a parameter without a gradient); a per-photo appearance table still learns."""
+        if finite:
+            if frozen:
+                for name, param in self.module.named_parameters():
+                    if not name.startswith("appearance."):
+                        param.grad = None
             apply_schedules(self.optimizer, self.schedules, global_step)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -283,7 +283,7 @@ class Trainer:
             finite = all(r.finite for r in results.values())
         with phase("optimizer"):
             for state in stepping:
-                state.step(self.global_step, finite and not frozen)
+                state.step(self.global_step, finite, frozen)
         if finite:
             self.bad_steps = 0
         else:
