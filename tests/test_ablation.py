@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "ablation.py"
@@ -45,6 +46,33 @@ def test_single_block_budgets_settings_and_seeds_of_the_plan(tmp_path):
     assert full.method.lambda_consistency == 5 and total.method.lambda_consistency == 50  # full only
     assert full.method.weighting_sigma == total.method.weighting_sigma == 3  # --set: every run
     assert (wide.partition.block_dim, wide.method.momentum, wide.method.weighting) == ([4, 1, 1], 0.5, True)
+
+
+def test_a_finished_run_is_reused_only_if_its_config_holds_every_setting_with_the_same_value(tmp_path):
+    tool = load_tool()
+    (run,) = tool.plan_runs(tool.parse_args(["--seeds", "1", "--variants", "full"]), "scene", tmp_path)
+    paths = tool.RunPaths(run.dir)
+    run.dir.mkdir(parents=True)
+    paths.model.write_bytes(b"finished")
+    written = tool.config_to_dict(run.cfg)
+    paths.config.write_text(yaml.safe_dump(written))
+    assert tool.reusable(run)
+
+    written["method"]["momentum"] = 0.5  # trained with another setting
+    paths.config.write_text(yaml.safe_dump(written))
+    with pytest.raises(tool.UserError, match=r"other settings \(method\.momentum\)"):
+        tool.reusable(run)
+
+    # written before a setting existed: loading would fill today's default, which it may not have trained with
+    written["method"]["momentum"] = run.cfg.method.momentum
+    del written["method"]["freeze_decoder_at_finish"]
+    paths.config.write_text(yaml.safe_dump(written))
+    with pytest.raises(
+        tool.UserError,
+        match=r"config.yaml: .*before these settings existed \(method\.freeze_decoder_at_finish\)",
+    ):
+        tool.reusable(run)
+    assert paths.model.read_bytes() == b"finished"  # refused, not cleared
 
 
 def test_reported_differences_include_the_teacher_and_weighting_together():

@@ -73,6 +73,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
 from momentumgs.anchor_render import model_gaussians, render_model_view
 from momentumgs.config import Config, config_to_dict, load_config
@@ -261,17 +262,26 @@ def plan_runs(args, scene_path: str, out_root: Path) -> list[Run]:
 # --- training -----------------------------------------------------------------------------------------------
 
 
+def flat_keys(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def config_differences(a: Config, b: Config) -> list[str]:
     """Dotted keys whose values differ between two configs."""
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    fa, fb = flat(config_to_dict(a)), flat(config_to_dict(b))
+    fa, fb = flat_keys(config_to_dict(a)), flat_keys(config_to_dict(b))
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
+def keys_not_written(path: Path, cfg: Config) -> list[str]:
+    """Settings of `cfg` that the config file at `path` does not hold: it was written by an older version,
+    before they existed. Loading fills them with today's defaults, which need not be what that run trained
+    with (a new setting's default may change the method), so such a run is not comparable."""
+    written = flat_keys(yaml.safe_load(path.read_text()) or {})
+    return sorted(k for k in flat_keys(config_to_dict(cfg)) if k not in written)
 
 
 def reusable(run: Run) -> bool:
@@ -279,6 +289,12 @@ def reusable(run: Run) -> bool:
     no checkpoints along the way (they would cost time and leave the seconds partial), so it starts again."""
     paths = RunPaths(run.dir)
     if paths.model.is_file():
+        missing = keys_not_written(paths.config, run.cfg)
+        if missing:
+            raise UserError(
+                f"{paths.config}: a finished run written before these settings existed "
+                f"({', '.join(missing)}); unknown how it trained for them: move it or choose another --out"
+            )
         differing = config_differences(load_config(paths.config), run.cfg)
         if differing:
             raise UserError(f"{run.dir}: a finished run with other settings ({', '.join(differing)})")
