@@ -620,7 +620,9 @@ def parse_args(argv=None):
         "--out",
         help="keep the runs here, one folder per variant and seed (default: a temporary folder). A run "
         "that this folder holds finished (model.ckpt) with the same settings is reused, not trained again, "
-        "so an interrupted ablation continues where it stopped; an unfinished one is trained from the start",
+        "so an interrupted ablation continues where it stopped; an unfinished one is trained from the "
+        "start. A finished run with other settings, or whose config.yaml lacks a setting (written by an "
+        "older version), is refused",
     )
     parser.add_argument(
         "--jobs", type=int, help="runs trained at once [the CPU cores / (--threads x processes per run)]"
