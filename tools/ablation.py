@@ -289,13 +289,14 @@ def reusable(run: Run) -> bool:
     no checkpoints along the way (they would cost time and leave the seconds partial), so it starts again."""
     paths = RunPaths(run.dir)
     if paths.model.is_file():
+        written = load_config(paths.config)  # a clear error for a file that is not a valid config
         missing = keys_not_written(paths.config, run.cfg)
         if missing:
             raise UserError(
                 f"{paths.config}: a finished run written before these settings existed "
                 f"({', '.join(missing)}); unknown how it trained for them: move it or choose another --out"
             )
-        differing = config_differences(load_config(paths.config), run.cfg)
+        differing = config_differences(written, run.cfg)
         if differing:
             raise UserError(f"{run.dir}: a finished run with other settings ({', '.join(differing)})")
         return True
