@@ -300,6 +300,11 @@ class PartitionConfig:
     # (gaussians), or the anchors that do, with all their Gaussians (anchors, as the Momentum-GS code);
     # docs/method.md, Partitioning and merging
     merge: Literal["gaussians", "anchors"] = "gaussians"
+    # after the merge, steps fitting the anchors near block borders to the training photos with the decoder
+    # fixed (momentumgs/train/seams.py; docs/method.md, Partitioning and merging); 0 = none (the paper)
+    seam_steps: CountOrZero = 200
+    # the anchors that move: those with a kept Gaussian within this fraction of a cell of another block
+    seam_band: Annotated[float, Range(gt=0, le=1)] = 0.1
     min_views: CountOrZero = 5  # warn about blocks trained by fewer views; 0 = never
 
 

@@ -73,6 +73,7 @@ MULTI = [
     "method.weighting_every=4",
     "method.weighting_view_stride=8",
     "method.checksum_every=4",
+    "partition.seam_steps=4",
     "model.n_offsets=5",
 ]
 

@@ -38,7 +38,8 @@ def test_single_block_budgets_settings_and_seeds_of_the_plan(tmp_path):
     full, total, wall, wide = (runs[v, 1] for v in ("full", "single-total", "single-wall", "wide"))
     assert full.train.iterations == 10
     assert total.train.iterations == 4 * 10  # n x it
-    assert wall.train.iterations == 4 * 10 // 2  # n x it / k
+    assert full.partition.seam_steps == 200  # the default, which the partitioned runs end with
+    assert wall.train.iterations == 4 * 10 // 2 + 200  # n x it / k, then the seam refinement's steps
     assert (total.partition.block_dim, total.method.workers) == ([1, 1, 1], 1)
     assert (total.method.momentum, total.method.weighting) == (0.0, False)
     assert (total.train.densify.start_iter, total.train.densify.end_iter) == (4, 34)  # its own length
@@ -105,7 +106,17 @@ def test_ablation_over_two_seeds_reports_runs_summaries_differences_and_reuses_f
     cmd = [sys.executable, str(TOOL), "--scene", str(gt_test_scene), "--out", str(tmp_path / "runs")]
     # downscale 4: LPIPS needs 32 pixels a side (the test city is 320x240)
     cmd += ["--iterations", "8", "--downscale", "4", "--block-dim", "2", "1", "1", "--workers", "2"]
-    cmd += ["--seeds", "2", "--variants", "full", "single-wall", "--jobs", "1"]
+    cmd += [
+        "--seeds",
+        "2",
+        "--variants",
+        "full",
+        "single-wall",
+        "--jobs",
+        "1",
+        "--set",
+        "partition.seam_steps=3",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = [json.loads(line[5:]) for line in proc.stdout.splitlines() if line.startswith("JSON ")]
@@ -121,7 +132,7 @@ def test_ablation_over_two_seeds_reports_runs_summaries_differences_and_reuses_f
     for seed in (0, 1):
         single = by["single-wall", seed]
         assert (single["blocks"], single["workers"]) == (1, 1)
-        assert single["iterations"] == n * it // k == full["global_steps"]
+        assert single["iterations"] == n * it // k + 3 == full["global_steps"] + 3  # + the seam steps
     for r in runs:
         for key in ("psnr", "psnr_cc", "psnr_border", "psnr_interior"):
             assert math.isfinite(r[key]) and r[key] > 5, (key, r)

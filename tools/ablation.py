@@ -23,8 +23,9 @@ every built-in one. The paper's ablation on Building: 8 independent blocks 23.23
                   the partitioned runs' total iterations: n blocks x iterations per block
     single-wall   the same single block for the partitioned runs' global steps: a worker trains its blocks one
                   after another, so k workers take ceil(n / k) x iterations steps (n x iterations / k when k
-                  divides n). Equal steps are equal wall time when the k workers run in parallel processes
-                  (`--worker-processes`, or torchrun), not when one process emulates them
+                  divides n), plus the seam refinement's steps after the merge (partition.seam_steps, each
+                  a step on the whole scene). Equal steps are equal wall time when the k workers run in
+                  parallel processes (`--worker-processes`, or torchrun), not when one process emulates them
     NAME          a `--define NAME:key=value,...` variant: full's settings plus these (run besides --variants)
 Each run's densification window, slot length and weighting period are scaled to its own iteration count
 (at 1000 iterations exactly the demo's). `--variant-set NAME:key=value,...` adds settings to one variant,
@@ -201,11 +202,14 @@ def extra_settings(args, variants: dict[str, Variant]) -> dict[str, list[str]]:
     return extra
 
 
-def variant_iterations(variant: Variant, per_block: int, n_blocks: int, workers: int) -> int:
+def variant_iterations(
+    variant: Variant, per_block: int, n_blocks: int, workers: int, seam_steps: int = 0
+) -> int:
     if variant.budget == "total":
         return n_blocks * per_block
-    if variant.budget == "wall":  # the slot schedule's global steps: the busiest worker's blocks in a row
-        return SlotSchedule(n_blocks, workers, per_block, per_block).total_steps
+    if variant.budget == "wall":  # the slot schedule's global steps: the busiest worker's blocks in a row,
+        # then the seam refinement's steps, each a step on the whole merged scene as one block's is
+        return SlotSchedule(n_blocks, workers, per_block, per_block).total_steps + seam_steps
     return per_block
 
 
@@ -226,7 +230,8 @@ def run_settings(args, scene_path: str, variant: Variant, extra: list[str], seed
     """Every override of one run, later ones winning: the tool's, --set, the variant's, --variant-set, the
     seed (so --set cannot undo a variant, and the seed is always the tool's)."""
     n_blocks = math.prod(args.block_dim)
-    iterations = variant_iterations(variant, args.iterations, n_blocks, args.workers)
+    seam_steps = load_config(args.config, list(args.overrides)).partition.seam_steps if n_blocks > 1 else 0
+    iterations = variant_iterations(variant, args.iterations, n_blocks, args.workers, seam_steps)
     return [
         f"data.path={scene_path}",
         f"data.downscale={args.downscale}",

@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ from momentumgs.train.losses import consistency_weight
 from momentumgs.train.measure import gt_image, spatial_scale, view_metrics, view_quality
 from momentumgs.train.metrics_log import MetricsLog
 from momentumgs.train.paths import RunPaths
+from momentumgs.train.seams import refine_seams
 from momentumgs.train.slots import SlotSchedule
 from momentumgs.train.stop import StopSignals, TrainingStopped
 from momentumgs.train.weighting import SOURCES, BlockQuality, StepMetrics, block_weights
@@ -528,7 +530,7 @@ class Trainer:
                 self.train_seconds, self._clock = self.seconds(), None
             if self.schedule.finished:
                 self.save_checkpoint()
-                self.finish()
+                self.finish(progress)
         except OSError as exc:  # disk full, permission denied, ...: the last complete checkpoint is intact
             raise UserError(self._stopped_text(os_error_text(exc))) from exc
 
@@ -627,8 +629,10 @@ class Trainer:
             "blocks": dict(sorted(blocks.items(), key=lambda item: int(item[0]))),
         }
 
-    def finish(self) -> None:
-        """Write each owned block's final anchors; the main process merges them into model.ckpt."""
+    def finish(self, progress: bool = False) -> None:
+        """Write each owned block's final anchors; the main process merges them, refines the seams and
+        writes model.ckpt. The other processes do not wait for it: the refinement is not bounded by the
+        collective timeout, and nothing after it is shared."""
         shared = self.cfg.method.shared_decoder
         for b, state in self.block_states():
             final = {"anchors": state["anchors"]}
@@ -641,9 +645,36 @@ class Trainer:
             finals = [load_checkpoint(self.paths.block_file(b)) for b in range(n)]
             fields = {b: AnchorField.from_state_dict(final["anchors"]) for b, final in enumerate(finals)}
             decoders = None if shared else [final["decoder"] for final in finals]
-            save_model(self.paths.model, self._merged_model(fields, decoders, self.cfg.train.iterations))
-        self.comm.barrier()
+            model = self._merged_model(fields, decoders, self.cfg.train.iterations)
+            if shared and n > 1 and self.cfg.partition.seam_steps > 0:
+                model = self._refine_seams(model, progress)
+            save_model(self.paths.model, model)
         self.store.close()
+
+    def _refine_seams(self, model: AnchorModel, progress: bool) -> AnchorModel:
+        """The merged model with its anchors near block borders fitted again (train/seams.py), on the
+        training device; its info records what moved and how long it took."""
+        from tqdm import tqdm
+
+        pc, t0 = self.cfg.partition, time.perf_counter()
+        model = model.to(self.device)
+        with tqdm(total=pc.seam_steps, desc="refine seams", disable=not progress, dynamic_ncols=True) as bar:
+            report = refine_seams(
+                model.field,
+                model.decoder,
+                self.scene,
+                {i: self.views[i] for i in self.scene.train_ids},
+                self.partition,
+                self.cfg.train,
+                self.spatial_scale,
+                pc.seam_steps,
+                pc.seam_band,
+                self.cfg.train.seed,
+                progress=lambda _: bar.update(),
+            )
+        model = model.to("cpu")
+        model.info["seams"] = {**asdict(report), "seconds": round(time.perf_counter() - t0, 3)}
+        return model
 
     def current_model(self) -> AnchorModel:
         """The blocks as they are now, merged, on the CPU (for tools and tests: every block must live in this
