@@ -159,8 +159,9 @@ def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_merge_keeps_each_blocks_own_cell(gt_test_scene, tmp_path):
-    cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", "train.iterations=2"])
-    trainer = start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
+    # the merge alone (the seam refinement after it is tests/test_seams.py's)
+    over = [*MULTI, f"data.path={gt_test_scene}", "train.iterations=2", "partition.seam_steps=0"]
+    trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
     trainer.run(progress=False)
     field = load_model(tmp_path / "run" / "model.ckpt").field
     counts = load_model(tmp_path / "run" / "model.ckpt").info["anchors_per_block"]

@@ -10,7 +10,7 @@ from test_merge import two_block_partition
 
 from momentumgs.anchor_render import render_anchor_view
 from momentumgs.checkpoint import load_checkpoint
-from momentumgs.merge import merge_blocks
+from momentumgs.merge import merge_blocks, owner_of
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.store import load_model
 from momentumgs.partition import load_partition
@@ -78,6 +78,8 @@ def test_refinement_moves_only_the_seam_anchors_and_fits_their_views_better(merg
     decoder_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
     loss_before = mean_loss(model, scene, views, scene.train_ids, cfg.train.lambda_dssim)
 
+    owner_before = owner_of(model.field.slot_means(), partition)  # [N, K]
+    mask_before = model.field.slot_mask.clone()
     report = refine_seams(
         model.field, model.decoder, scene, views, partition, cfg.train,
         spatial_scale(scene, scene.train_ids), steps=40, band=cfg.partition.seam_band, seed=0,
@@ -89,18 +91,31 @@ def test_refinement_moves_only_the_seam_anchors_and_fits_their_views_better(merg
         assert torch.equal(new[~movable], old[~movable]), name  # the rest of each block stays as trained
         assert not torch.equal(new[movable], old[movable]), name
         assert not model.field.params()[name].requires_grad  # handed back as a rendered model's
+    # cut again: a kept slot stays kept unless its centre left its block's cell
+    block = torch.where(mask_before, owner_before, -1).max(dim=1).values  # [N]
+    owner_after = owner_of(model.field.slot_means(), partition)
+    assert torch.equal(model.field.slot_mask, mask_before & (owner_after == block[:, None]))
+    assert report.dropped_slots == int((mask_before & ~model.field.slot_mask).sum())
     for name, old in decoder_before.items():
         assert torch.equal(model.decoder.state_dict()[name], old), name
     loss_after = mean_loss(model, scene, views, scene.train_ids, cfg.train.lambda_dssim)
     assert loss_after < loss_before - 1e-3, (loss_before, loss_after)
 
 
-def test_zero_steps_leave_the_model_as_merged(merged):
+def test_zero_steps_leave_the_model_as_merged_and_a_merge_by_anchor_keeps_its_slots(merged):
     cfg, scene, model, partition, views = merged
     before = {k: v.detach().clone() for k, v in model.field.params().items()}
+    mask = model.field.slot_mask.clone()
     report = refine_seams(model.field, model.decoder, scene, views, partition, cfg.train, 1.0, 0, 0.1, 0)
     assert report.steps == 0
     assert all(torch.equal(model.field.params()[k].detach(), v) for k, v in before.items())
+    # merged by anchor, every slot of a kept anchor stays wherever its centre goes
+    model.field.slot_mask = None
+    report = refine_seams(
+        model.field, model.decoder, scene, views, partition, cfg.train, 1.0, 3, 0.1, 0, rule="anchors"
+    )
+    assert report.steps == 3 and report.dropped_slots == 0 and model.field.slot_mask is None
+    model.field.slot_mask = mask
 
 
 def test_a_finished_run_writes_its_blocks_merged_with_the_seam_anchors_refined(finished_run):
@@ -119,10 +134,27 @@ def test_a_finished_run_writes_its_blocks_merged_with_the_seam_anchors_refined(f
     movable = seam_anchors(plain, partition, band_width(partition, cfg.partition.seam_band))
     assert int(movable.sum()) == info["seam_anchors"]
     assert torch.equal(model.field.positions, plain.positions)
-    assert torch.equal(model.field.slot_mask, plain.slot_mask)
+    assert not (model.field.slot_mask & ~plain.slot_mask).any()  # the refinement turns no slot on
+    # the merge's cut still holds: every kept Gaussian centre lies in its own block's cell
+    source = torch.repeat_interleave(torch.arange(len(blocks)), torch.tensor(model.info["anchors_per_block"]))
+    owner = owner_of(model.field.slot_means(), partition)  # [N, K]
+    assert not (model.field.slot_mask & (owner != source[:, None])).any()
+    assert info["dropped_slots"] == int((plain.slot_mask & ~model.field.slot_mask).sum())
     changed = np.zeros(plain.n_anchors, dtype=bool)
     for name, param in plain.params().items():
         new = model.field.params()[name].detach()
         assert torch.equal(new[~movable], param.detach()[~movable]), name
         changed |= (new != param.detach()).reshape(plain.n_anchors, -1).any(dim=1).numpy()
     assert changed[movable.numpy()].any()
+    # and it is what refine_seams makes of the plain merge with the run's settings and seed, bit for bit
+    scene = scene_loader(cfg)
+    views = {i: camera_view(scene.cameras[i], "cpu", i) for i in scene.train_ids}
+    pc = cfg.partition
+    scale = spatial_scale(scene, scene.train_ids)
+    refine_seams(
+        plain, model.decoder, scene, views, partition, cfg.train, scale, pc.seam_steps, pc.seam_band,
+        cfg.train.seed,
+    )  # fmt: skip
+    assert torch.equal(model.field.slot_mask, plain.slot_mask)
+    for name, param in plain.params().items():
+        assert torch.equal(model.field.params()[name], param), name

@@ -671,6 +671,7 @@ class Trainer:
                 pc.seam_band,
                 self.cfg.train.seed,
                 progress=lambda _: bar.update(),
+                rule=pc.merge,
             )
         model = model.to("cpu")
         model.info["seams"] = {**asdict(report), "seconds": round(time.perf_counter() - t0, 3)}
