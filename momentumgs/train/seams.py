@@ -8,7 +8,7 @@ neighbours in place close that gap. Only anchors with a kept neural Gaussian wit
 borders move; the rest of each block and the decoder stay as trained, so the refinement cannot overfit the
 interiors. Their Gaussians' centres may move a little (offsets and scales learn); afterwards the merge's
 cut is made again, so that every kept Gaussian still lies in its own block's cell: a slot whose centre
-crossed into another cell is dropped (0.1-1.5 % of the seam anchors' slots on the demo scenes). The
+crossed into another cell is dropped (under 1 % of the seam anchors' slots on the demo scenes). The
 learning rates are the training's at its end, decayed linearly to zero over the steps so that the last
 steps settle instead of stopping mid-move.
 """
