@@ -1,5 +1,7 @@
 """Merge finished runs' trained blocks by each rule of `partition.merge` and measure the merged models on the
 test views, so that the rules are compared on the same trained blocks (nothing is retrained or written).
+Each merged model then has its seams refined as training does (the run's `partition.seam_steps`, its band
+and seed; `--seam-steps 0` measures the plain merges), so the default rule reproduces the run's model.
 
     python tools/merge_rules.py runs/ablation-survey/full/seed-0 runs/ablation-survey/full/seed-1 ...
 
@@ -36,8 +38,11 @@ from momentumgs.merge import MERGE_RULES, allowed_slots, merge_blocks
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.store import AnchorModel, load_model
 from momentumgs.partition import load_partition
+from momentumgs.render.view import camera_view
 from momentumgs.run import load_scene
+from momentumgs.train.measure import spatial_scale
 from momentumgs.train.paths import RunPaths
+from momentumgs.train.seams import refine_seams
 
 # key, cell format
 KEYS = {
@@ -52,8 +57,9 @@ KEYS = {
 }
 
 
-def merged_models(run: Path) -> tuple[dict[str, AnchorModel], object]:
-    """The run's blocks merged by every rule, with the run's decoder. -> {rule: model}, partition"""
+def merged_models(run: Path, scene, cfg, seam_steps: int) -> tuple[dict[str, AnchorModel], object]:
+    """The run's blocks merged by every rule, with the run's decoder, their seams refined for `seam_steps`.
+    -> {rule: model}, partition"""
     paths = RunPaths(run)
     saved = load_model(paths.model)
     if saved.block_decoders is not None:
@@ -63,19 +69,30 @@ def merged_models(run: Path) -> tuple[dict[str, AnchorModel], object]:
         b: AnchorField.from_state_dict(load_checkpoint(paths.block_file(b))["anchors"])
         for b in range(len(partition.blocks))
     }
+    train_views = {i: camera_view(scene.cameras[i], "cpu", i) for i in scene.train_ids}
+    scale = spatial_scale(scene, scene.train_ids)
     models = {}
     for rule in MERGE_RULES:
         field, counts = merge_blocks(fields, partition, rule)
         info = {**saved.info, "anchors_per_block": counts}
+        if seam_steps > 0:
+            band, seed = cfg.partition.seam_band, cfg.train.seed
+            args = (scene, train_views, partition, cfg.train, scale, seam_steps, band, seed)
+            refine_seams(field, saved.decoder, *args, rule=rule)
         models[rule] = AnchorModel(field, saved.decoder, saved.spec, info)
     return models, partition
 
 
-@torch.no_grad()
-def measure_run(run: Path, seam_radius: int) -> dict[str, dict]:
+def measure_run(run: Path, seam_radius: int, seam_steps: int | None) -> dict[str, dict]:
     cfg = load_config(RunPaths(run).config)
     scene = load_scene(cfg)
-    models, partition = merged_models(run)
+    steps = cfg.partition.seam_steps if seam_steps is None else seam_steps
+    models, partition = merged_models(run, scene, cfg, steps)
+    with torch.no_grad():
+        return measure_models(run, scene, models, partition, seam_radius)
+
+
+def measure_models(run: Path, scene, models: dict[str, AnchorModel], partition, seam_radius: int) -> dict:
     views = eval_views(scene)
     reference = models[MERGE_RULES[0]]
     masks = {i: border_mask(block_id_map(reference, v, partition), seam_radius) for i, v in views.items()}
@@ -113,10 +130,13 @@ def main() -> None:
     )
     parser.add_argument("runs", nargs="+", type=Path, help="finished multi-block run folders")
     parser.add_argument("--seam-radius", type=int, default=3, help="pixels counted as near a block border")
+    parser.add_argument(
+        "--seam-steps", type=int, default=None, help="seam refinement steps (default: each run's; 0: none)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = [measure_run(run, args.seam_radius) for run in args.runs]
+    results = [measure_run(run, args.seam_radius, args.seam_steps) for run in args.runs]
     lines = ["| rule | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
     for rule in MERGE_RULES:
         stats = {k: spread([r[rule][k] for r in results]) for k in KEYS}
