@@ -303,7 +303,8 @@ class PartitionConfig:
     # after the merge, steps fitting the anchors near block borders to the training photos with the decoder
     # fixed (momentumgs/train/seams.py; docs/method.md, Partitioning and merging); 0 = none (the paper)
     seam_steps: CountOrZero = 200
-    # the anchors that move: those with a kept Gaussian within this fraction of a cell of another block
+    # the anchors that move: those with a kept Gaussian within this fraction of the AABB's extent per cell
+    # (the smaller ground axis's) of another block's cell
     seam_band: Annotated[float, Range(gt=0, le=1)] = 0.1
     min_views: CountOrZero = 5  # warn about blocks trained by fewer views; 0 = never
 

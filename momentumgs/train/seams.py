@@ -46,7 +46,8 @@ class SeamReport:
 
 
 def band_width(partition: Partition, band: float) -> float:
-    """`band` times the smallest ground extent of a cell, in world units."""
+    """`band` times the AABB's extent per cell along the ground axis where that is smaller, in world units
+    (for 2 cells along an axis, the part of each cell inside the AABB)."""
     extent = (partition.aabb[3:] - partition.aabb[:3]) / partition.grid_shape  # [3]
     return band * float(min(extent[a] for a in partition.axes[:2]))
 
