@@ -40,7 +40,8 @@ HOOKS = Path(__file__).resolve().parent / "crash_hooks"
 
 # 4 blocks (2x2) on 2 workers, 12 iterations per block = 24 global steps; a checkpoint every 4 steps,
 # densification every 4 iterations of a block, a periodic evaluation every 8 steps, a RAM budget that
-# spills every idle block. 80x60 views: the final evaluation's LPIPS needs 32 pixels a side.
+# spills every idle block, 4 seam-refinement steps after the merge. 80x60 views: the final evaluation's
+# LPIPS needs 32 pixels a side.
 RUN = [
     "data.downscale=4",
     "train.threads=1",
@@ -60,6 +61,7 @@ RUN = [
     "method.weighting_view_stride=4",
     "method.checksum_every=4",
     "method.ram_budget_mb=0.01",
+    "partition.seam_steps=4",
 ]
 # the small version for the tests: 40x30 views, no evaluation at all
 QUICK = [*RUN, "data.downscale=8", "train.eval_every=0"]
