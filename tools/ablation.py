@@ -230,7 +230,10 @@ def run_settings(args, scene_path: str, variant: Variant, extra: list[str], seed
     """Every override of one run, later ones winning: the tool's, --set, the variant's, --variant-set, the
     seed (so --set cannot undo a variant, and the seed is always the tool's)."""
     n_blocks = math.prod(args.block_dim)
-    seam_steps = load_config(args.config, list(args.overrides)).partition.seam_steps if n_blocks > 1 else 0
+    # the partitioned runs' seam steps, which a wall-time budget also buys (read only for that budget)
+    seam_steps = 0
+    if variant.budget == "wall" and n_blocks > 1:
+        seam_steps = load_config(args.config, list(args.overrides)).partition.seam_steps
     iterations = variant_iterations(variant, args.iterations, n_blocks, args.workers, seam_steps)
     return [
         f"data.path={scene_path}",
