@@ -412,6 +412,25 @@ def test_downsample_is_cached_and_used_by_the_loader(gt_test_scene, tmp_path):
         main(["prepare", "downsample", str(scene), "--factor", "3"])
 
 
+def test_scan_block_shares_of_the_scene():
+    """A block's points and anchors as a percentage of the scene's, in the report's text."""
+    from momentumgs.config import Config
+    from momentumgs.prepare.scan import ScanReport, block_estimate, set_shares, voxel_count
+
+    grid = np.stack(np.meshgrid(np.arange(10.0), np.arange(10.0), [0.0], indexing="ij"), -1).reshape(-1, 3)
+    points = np.concatenate([grid, grid + 0.1])  # [200, 3]: two points per unit voxel
+    assert voxel_count(points, 1.0) == 100
+    cfg = Config()
+    half = points[points[:, 0] < 5]  # [100, 3] a block over half the scene
+    report = ScanReport(Path("scene"), points=len(points), anchors=voxel_count(points, 1.0))
+    report.blocks = [block_estimate(0, half, 1.0, cfg, 100), block_estimate(1, points, 1.0, cfg, 100)]
+    set_shares(report.blocks, report.points, report.anchors)
+    assert [(b.point_share, b.anchor_share) for b in report.blocks] == [(50.0, 50.0), (100.0, 100.0)]
+    text = report.text()
+    assert "block 0: 100 points (50% of the scene's) -> 50 anchors (50%)" in text
+    assert "100 anchors in all" in text
+
+
 @pytest.mark.slow
 def test_scan_demo_city_report_and_warnings(gt_test_scene, tmp_path):
     result = cli(
@@ -429,6 +448,13 @@ def test_scan_demo_city_report_and_warnings(gt_test_scene, tmp_path):
     assert report["images"] == 24 and report["points"] > 1000 and len(report["blocks"]) == 4
     assert all(b["gaussians"] == 10 * b["anchors"] > 0 for b in report["blocks"])
     assert "block 3:" in result.stdout
+    # each block's share of the scene: coverage (the default) starts a block from more than its cell
+    assert 0 < report["anchors"] <= sum(b["anchors"] for b in report["blocks"])
+    for b in report["blocks"]:
+        assert b["point_share"] == pytest.approx(100 * b["points"] / report["points"])
+        assert b["anchor_share"] == pytest.approx(100 * b["anchors"] / report["anchors"])
+        assert 25 < b["anchor_share"] <= 100
+    assert f"({report['blocks'][3]['anchor_share']:.0f}%)" in result.stdout
 
     # a missing image, a camera far from the rest, and a millimetre-scale scene
     from momentumgs.prepare.scan import geometry_warnings

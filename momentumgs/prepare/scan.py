@@ -2,8 +2,10 @@
 
 Memory model (float32 = 4 bytes; per block, for the partition the config asks for):
 
-  anchors    = SfM points of the block (its cell plus margin) voxelised at model.voxel_size (0: the
-               median 3-NN spacing of the points, as training chooses it)
+  anchors    = SfM points of the block (partition.block_points) voxelised at model.voxel_size (0: the
+               median 3-NN spacing of the points, as training chooses it); each block's points and
+               anchors are also given as a share of the whole scene's (voxelised the same way), which
+               tells whether a block costs a block or the scene
   Gaussians  = model.n_offsets (10) x anchors
   state      = anchors x (learned floats  x 4 [value, grad, Adam m, Adam v] + 3 position floats
                + 2 x (n_offsets + 1) densification statistics); learned floats = feat_dim + 3 n_offsets + 6
@@ -55,6 +57,8 @@ class BlockEstimate:
     gaussians: int
     state_bytes: float
     vram_bytes: float
+    point_share: float = 0.0  # % of the scene's points
+    anchor_share: float = 0.0  # % of the scene's anchors (all its points voxelised alike)
 
 
 @dataclass
@@ -65,6 +69,7 @@ class ScanReport:
     points: int = 0
     sizes: dict = field(default_factory=dict)
     voxel_size: float = 0.0
+    anchors: int = 0  # the whole scene's points voxelised: what one block over the scene starts from
     train_resolution: tuple = (0, 0)
     blocks: list[BlockEstimate] = field(default_factory=list)
     ram_bytes: float = 0.0
@@ -78,11 +83,12 @@ class ScanReport:
             f"scan: {self.scene}",
             f"  images: {self.images} ({self.megapixels:.1f} megapixels in all; sizes {sizes})",
             f"  points: {self.points}",
-            f"  training resolution {w}x{h}, voxel size {self.voxel_size:.4g}",
+            f"  training resolution {w}x{h}, voxel size {self.voxel_size:.4g}, {self.anchors} anchors in all",
         ]
         for b in self.blocks:
             lines.append(
-                f"  block {b.index}: {b.points} points -> {b.anchors} anchors, {b.gaussians} Gaussians; "
+                f"  block {b.index}: {b.points} points ({b.point_share:.0f}% of the scene's) -> {b.anchors} "
+                f"anchors ({b.anchor_share:.0f}%), {b.gaussians} Gaussians; "
                 f"state {fmt_bytes(b.state_bytes)}, VRAM ~{fmt_bytes(b.vram_bytes)}"
             )
         if self.blocks:
@@ -211,9 +217,21 @@ def geometry_warnings(centres: np.ndarray, names: list[str], n_points: int, warn
 # --- estimate -----------------------------------------------------------------------------------
 
 
+def voxel_count(points: np.ndarray, voxel: float) -> int:
+    """Anchors the voxel initialisation makes from points [Q, 3] (as model.anchors.voxelize)."""
+    return len(np.unique(np.round(points / voxel).astype(np.int64), axis=0)) if len(points) else 0
+
+
+def set_shares(blocks: list[BlockEstimate], points: int, anchors: int) -> None:
+    """Each block's points and anchors as a percentage of the scene's `points` and `anchors`."""
+    for b in blocks:
+        b.point_share = 100.0 * b.points / max(points, 1)
+        b.anchor_share = 100.0 * b.anchors / max(anchors, 1)
+
+
 def block_estimate(index: int, points: np.ndarray, voxel: float, cfg, pixels: int) -> BlockEstimate:
     m = cfg.model
-    anchors = len(np.unique(np.round(points / voxel).astype(np.int64), axis=0)) if len(points) else 0
+    anchors = voxel_count(points, voxel)
     learned = m.feat_dim + 3 * m.n_offsets + 6
     per_anchor_state = 4 * (4 * learned + 3 + 2 * (m.n_offsets + 1))
     per_anchor_decode = 4 * (m.n_offsets * GAUSSIAN_FLOATS * 3 + 3 * m.hidden_dim * 2)
@@ -272,6 +290,8 @@ def scan_scene(root: str | Path, cfg) -> ScanReport:
     scene = Scene(cameras, points, np.zeros((len(points), 3), np.uint8), train_ids or [0], test_ids, root)
     for i, ids in enumerate(_blocks(scene, cfg, report.warnings)):
         report.blocks.append(block_estimate(i, points[ids], voxel, cfg, pixels))
+    report.anchors = voxel_count(points, voxel)
+    set_shares(report.blocks, len(points), report.anchors)
     all_state = sum(b.state_bytes for b in report.blocks)
     report.ram_bytes = (
         min(all_state, cfg.method.ram_budget_mb * 2**20) + cfg.data.image_cache_mb * 2**20 + PROCESS_BASELINE
