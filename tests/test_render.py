@@ -1,4 +1,8 @@
-"""The CPU rasterizer against an independent dense reference, gradients, edge cases and gsplat on CUDA."""
+"""The CPU rasterizers against an independent dense reference, gradients, edge cases and gsplat on CUDA.
+
+Every test runs with both CPU compositors: the compiled one (numba, the default) and the torch reference
+(`MOMENTUMGS_RASTERIZER`); tests/test_render_compiled.py compares the two directly on larger scenes.
+"""
 
 import math
 
@@ -7,6 +11,13 @@ import torch
 
 from momentumgs.render import rasterize
 from momentumgs.render.cpu import composite
+
+
+@pytest.fixture(autouse=True, params=["numba", "torch"])
+def cpu_backend(request, monkeypatch):
+    monkeypatch.setenv("MOMENTUMGS_RASTERIZER", request.param)
+    return request.param
+
 
 # --------------------------------------------------------------------------------------------------
 # Scenes and an independent reference: every pixel against every Gaussian, one Gaussian at a time in

@@ -1,10 +1,11 @@
-"""Time the CPU rasterizer (forward, forward + backward) on random scenes; one torch thread by default.
+"""Time the CPU rasterizers (forward, forward + backward) on random scenes; one torch thread by default.
 
-    python tools/bench_render.py                 # the standard table
-    python tools/bench_render.py --only 160x120/20000 --threads 2
+    python tools/bench_render.py                 # the standard table: compiled (numba) against torch
+    python tools/bench_render.py --only 160x120/20000 --threads 2 --backends numba
 
-Each configuration runs in its own process so that its peak memory (max RSS) is its own. Prints a
-table and one JSON line per configuration.
+Each configuration and back end (`MOMENTUMGS_RASTERIZER`: numba, the compiled default, or torch, the
+reference) runs in its own process so that its peak memory (max RSS) is its own. Prints a table with the
+speed-up of the first back end over the second and one JSON line per configuration and back end.
 """
 
 import argparse
@@ -84,6 +85,7 @@ def run_one(config, sigma_px, repeats):
         m["means2d"].detach(), m["conics"], m["opacities"], m["depths"], m["radii"], width, height
     )
     return {
+        "backend": os.environ.get("MOMENTUMGS_RASTERIZER", "default"),
         "config": config,
         "sigma_px": sigma_px,
         "width": width,
@@ -100,6 +102,17 @@ def run_one(config, sigma_px, repeats):
     }
 
 
+def run_child(config: str, sigma_px: str, backend: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", config, "--threads", str(args.threads)]
+    cmd += ["--sigma-px", sigma_px, "--repeats", str(args.repeats)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MOMENTUMGS_RASTERIZER=backend)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        print(out.stderr, file=sys.stderr)
+        raise SystemExit(f"{config} ({backend}) failed")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
@@ -107,6 +120,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sigma-px", default="0.7,1.5", help="screen sigmas in pixels, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--backends", default="numba,torch", help="CPU compositors, comma-separated")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -118,22 +132,28 @@ def main():
         print(json.dumps(run_one(args.child, float(args.sigma_px), args.repeats)))
         return
 
+    backends = args.backends.split(",")
     rows = []
     for sigma_px in args.sigma_px.split(","):
         for config in args.only or CONFIGS:
-            cmd = [sys.executable, __file__, "--child", config, "--threads", str(args.threads)]
-            cmd += ["--sigma-px", sigma_px, "--repeats", str(args.repeats)]
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if out.returncode != 0:
-                print(out.stderr, file=sys.stderr)
-                raise SystemExit(f"{config} failed")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            for backend in backends:
+                rows.append(run_child(config, sigma_px, backend, args))
 
-    columns = ("config", "sigma px", "visible", "radius", "pairs", "fwd ms", "fwd+bwd ms", "RSS MB")
-    print(" ".join(f"{c:>14}" for c in columns))
-    for r in rows:
+    columns = (
+        "backend",
+        "config",
+        "sigma px",
+        "visible",
+        "radius",
+        "pairs",
+        "fwd ms",
+        "fwd+bwd ms",
+        "RSS MB",
+    )
+    print(" ".join(f"{c:>12}" for c in columns), " speed-up" if len(backends) > 1 else "")
+    for i, r in enumerate(rows):
         values = (
+            r["backend"],
             r["config"],
             r["sigma_px"],
             r["visible"],
@@ -143,7 +163,9 @@ def main():
             r["forward_backward_ms"],
             r["max_rss_mb"],
         )
-        print(" ".join(f"{v:>14}" for v in values))
+        first = rows[i - i % len(backends)]  # the first back end of this configuration
+        ratio = f"{r['forward_backward_ms'] / first['forward_backward_ms']:9.1f}x" if r is not first else ""
+        print(" ".join(f"{v:>12}" for v in values), ratio)
     for r in rows:
         print(json.dumps(r))
     if any(math.isnan(r["mean_alpha"]) for r in rows):

@@ -55,7 +55,7 @@ def segmented_log_transmittance(log_keep: Tensor, pixel: Tensor, n_pixels: int) 
     return inclusive - log_keep, inclusive
 
 
-def _pixel_boxes(means2d: Tensor, radii: Tensor, width: int, height: int) -> tuple[Tensor, ...]:
+def pixel_boxes(means2d: Tensor, radii: Tensor, width: int, height: int) -> tuple[Tensor, ...]:
     """Inclusive pixel ranges x0, x1, y0, y1 [E] whose centres lie within the radius box, clipped."""
     rx, ry = radii[:, 0].to(means2d.dtype), radii[:, 1].to(means2d.dtype)
     x0 = torch.ceil(means2d[:, 0] - rx - 0.5).clamp(min=0).long()
@@ -199,7 +199,7 @@ def find_pairs(
     flat_ids = by_depth[torch.argsort(torch.div(by_depth, N, rounding_mode="floor"), stable=True)]
     camera = torch.div(flat_ids, N, rounding_mode="floor")
 
-    boxes = _pixel_boxes(means2d.reshape(-1, 2)[flat_ids], radii.reshape(-1, 2)[flat_ids], width, height)
+    boxes = pixel_boxes(means2d.reshape(-1, 2)[flat_ids], radii.reshape(-1, 2)[flat_ids], width, height)
     params = torch.cat([means2d.reshape(-1, 2), conics.reshape(-1, 3), opacities.reshape(-1, 1)], dim=1)
     params = params.index_select(0, flat_ids).T.contiguous()  # [6, E]
 

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from momentumgs.render.cpu import DEFAULT_PAIR_BUDGET, composite
+from momentumgs.render import compiled, cpu
+from momentumgs.render.cpu import DEFAULT_PAIR_BUDGET
 from momentumgs.render.projection import project_gaussians
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
@@ -210,19 +211,15 @@ def _rasterize_cpu(
         if backgrounds is not None:
             backgrounds = backgrounds.new_zeros(C, 1)
 
-    render_colors, render_alphas = composite(
-        means2d,
-        conics,
-        view_opacities,
-        colors,
-        depths,
-        radii,
-        width,
-        height,
-        backgrounds=backgrounds,
-        absgrad=absgrad,
-        pair_budget=pair_budget,
-    )
+    projected = (means2d, conics, view_opacities, colors, depths, radii, width, height)
+    if compiled.cpu_backend() == "numba":
+        render_colors, render_alphas = compiled.composite(
+            *projected, backgrounds=backgrounds, absgrad=absgrad
+        )
+    else:
+        render_colors, render_alphas = cpu.composite(
+            *projected, backgrounds=backgrounds, absgrad=absgrad, pair_budget=pair_budget
+        )
     if render_mode in ("ED", "RGB+ED"):
         expected_depth = render_colors[..., -1:] / render_alphas.clamp(min=1e-10)
         render_colors = torch.cat([render_colors[..., :-1], expected_depth], dim=-1)

@@ -1,0 +1,225 @@
+"""Compiled CPU compositing kernels (numba): the per-pixel rules of `momentumgs.render.cpu`, tile by tile.
+
+`momentumgs.render.cpu` enumerates every (Gaussian, pixel) pair with tensor operations and sorts them; that
+enumeration was most of a CPU training step. These kernels do what gsplat's CUDA kernels do instead: bin the
+Gaussians' pixel boxes into square tiles (in depth order, so each tile's list is front to back), then walk
+each pixel of a tile through its tile's list. The rules are the reference's (gsplat 1.5.3's `classic`
+compositing), to rounding:
+
+- a Gaussian is tried at the pixels inside its radius box (x0..x1, y0..y1, inclusive);
+- dx and dy are formed as the reference forms them (dx from the box's first column, then minus the column
+  offset) so that the culling tests see the same float values;
+- sigma < 0 or alpha < 1/255 skips; alpha = min(0.999, raw alpha); the pixel stops before the Gaussian that
+  would bring T to 1e-4 or below;
+- T is carried in float64 (the reference sums log(1 - alpha) in float64), colours are summed in float64.
+
+Within a tile the work is Gaussian by Gaussian (front to back), each touching only the pixels of its box in
+the tile, with per-pixel T, colour and "last contributor" kept for the tile; a tile ends once all its pixels
+have stopped. The backward goes back to front through the same lists, as gsplat's backward kernel does:
+each pixel starts from its final T and its last contributor, and recovers the T in front of each earlier
+contributor by dividing by (1 - alpha) (in float64, exact to rounding). It returns, per entry, the colour
+gradient and the moments sum(v_sigma * (dx, dy, dx^2, dx dy, dy^2, 1)); the conic and the mean gradients
+are formed from them in torch, once per Gaussian, as in the reference.
+
+Arrays are plain numpy, one entry per visible (camera, Gaussian) with a non-empty box, entries sorted by
+(camera, depth). Kernels compile once per dtype (float32, float64) and are cached on disk by numba.
+"""
+
+import numba
+import numpy as np
+
+TILE = 16  # pixels per tile side; any size gives the same images (the box test decides per pixel)
+STOP_TRANSMITTANCE = 1e-4
+
+
+@numba.njit(cache=True, nogil=True)
+def bin_tiles(boxes, cam_start, tiles_x, tiles_y):  # pragma: no cover - compiled
+    """Tile lists: offsets [C * tiles + 1] and entry ids, each tile's entries in entry (depth) order.
+
+    boxes [E, 4] int32 x0, x1, y0, y1 (inclusive, clipped, non-empty); cam_start [C + 1] entry offsets.
+    """
+    n_cams = cam_start.shape[0] - 1
+    n_tiles = tiles_x * tiles_y
+    counts = np.zeros(n_cams * n_tiles + 1, dtype=np.int64)
+    for cam in range(n_cams):
+        for e in range(cam_start[cam], cam_start[cam + 1]):
+            for ty in range(boxes[e, 2] // TILE, boxes[e, 3] // TILE + 1):
+                for tx in range(boxes[e, 0] // TILE, boxes[e, 1] // TILE + 1):
+                    counts[cam * n_tiles + ty * tiles_x + tx + 1] += 1
+    offsets = np.cumsum(counts)
+    fill = offsets[:-1].copy()
+    ids = np.empty(offsets[-1], dtype=np.int32)
+    for cam in range(n_cams):
+        for e in range(cam_start[cam], cam_start[cam + 1]):
+            for ty in range(boxes[e, 2] // TILE, boxes[e, 3] // TILE + 1):
+                for tx in range(boxes[e, 0] // TILE, boxes[e, 1] // TILE + 1):
+                    t = cam * n_tiles + ty * tiles_x + tx
+                    ids[fill[t]] = e
+                    fill[t] += 1
+    return offsets, ids
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _raw_alpha(params, consts, coords, e, x0, x, y):  # pragma: no cover - compiled
+    """(raw alpha, dx, dy) of entry e at pixel (x, y) of its box (first column x0); raw alpha 0 where the
+    pair is culled (sigma < 0, alpha < 1/255). The reference's float steps; coords [max(W, H)] holds 0, 1,
+    2, ... in the params' dtype (so that integers convert without leaving that dtype)."""
+    zero, half = consts[3], consts[0]
+    dx0 = params[e, 0] - (coords[x0] + half)
+    dx = dx0 - coords[x - x0]
+    dy = params[e, 1] - (coords[y] + half)
+    sigma = (half * params[e, 2] * dx + params[e, 3] * dy) * dx + half * params[e, 4] * dy * dy
+    if sigma < zero:
+        return zero, dx, dy
+    raw = params[e, 5] * np.exp(-sigma)
+    if raw < consts[1]:
+        return zero, dx, dy
+    return raw, dx, dy
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tile_rect(t, tiles_x, tiles_y, width, height):  # pragma: no cover - compiled
+    """Camera, first column, first row, columns and rows of tile t."""
+    cam = t // (tiles_x * tiles_y)
+    ty, tx = divmod(t % (tiles_x * tiles_y), tiles_x)
+    return cam, tx * TILE, ty * TILE, min(TILE, width - tx * TILE), min(TILE, height - ty * TILE)
+
+
+@numba.njit(cache=True, nogil=True)
+def forward(params, colors, boxes, offsets, ids, width, height, tiles_x, tiles_y, consts, coords):  # noqa: E501
+    """Composited colours [C, H, W, D] (no background), T behind each pixel [C, H, W] (float64) and the
+    position in its tile's list of each pixel's last contributor [C, H, W] (-1 for none).
+
+    params [E, 6] mean x, mean y, conic a, b, c, opacity; colors [E, D]; consts [4]: 0.5, 1/255, 0.999, 0
+    in the params' dtype.
+    """
+    n_tiles = offsets.shape[0] - 1
+    n_cams = n_tiles // (tiles_x * tiles_y)
+    D = colors.shape[1]
+    image = np.zeros((n_cams, height, width, D), dtype=colors.dtype)
+    final_t = np.ones((n_cams, height, width), dtype=np.float64)
+    last = np.full((n_cams, height, width), -1, dtype=np.int32)
+    T = np.empty((TILE, TILE), dtype=np.float64)
+    acc = np.empty((TILE, TILE, D), dtype=np.float64)
+    done = np.empty((TILE, TILE), dtype=np.bool_)
+    max_alpha = consts[2]
+    for t in range(n_tiles):
+        lo, hi = offsets[t], offsets[t + 1]
+        if lo == hi:
+            continue
+        cam, px, py, nx, ny = _tile_rect(t, tiles_x, tiles_y, width, height)
+        T[:] = 1.0
+        acc[:] = 0.0
+        done[:] = False
+        n_done = 0
+        for i in range(lo, hi):
+            e = ids[i]
+            x0 = boxes[e, 0]
+            for y in range(max(boxes[e, 2], py), min(boxes[e, 3], py + ny - 1) + 1):
+                for x in range(max(x0, px), min(boxes[e, 1], px + nx - 1) + 1):
+                    ly, lx = y - py, x - px
+                    if done[ly, lx]:
+                        continue
+                    raw, _, _ = _raw_alpha(params, consts, coords, e, x0, x, y)
+                    if raw == 0.0:
+                        continue
+                    alpha = min(raw, max_alpha)
+                    next_t = T[ly, lx] * (1.0 - alpha)
+                    if next_t <= STOP_TRANSMITTANCE:
+                        done[ly, lx] = True
+                        n_done += 1
+                        continue
+                    weight = alpha * T[ly, lx]
+                    for d in range(D):
+                        acc[ly, lx, d] += weight * colors[e, d]
+                    T[ly, lx] = next_t
+                    last[cam, y, x] = i
+            if n_done == nx * ny:
+                break
+        for ly in range(ny):
+            for lx in range(nx):
+                final_t[cam, py + ly, px + lx] = T[ly, lx]
+                for d in range(D):
+                    image[cam, py + ly, px + lx, d] = acc[ly, lx, d]
+    return image, final_t, last
+
+
+@numba.njit(cache=True, nogil=True)
+def backward(
+    params,
+    colors,
+    boxes,
+    offsets,
+    ids,
+    width,
+    height,
+    tiles_x,
+    tiles_y,
+    consts,
+    coords,
+    final_t,
+    last,
+    v_image,
+    tail,
+    absgrad,
+):  # pragma: no cover - compiled
+    """Per entry: v_colors [E, D], moments [E, 6] = sums of v_sigma (dx, dy, dx^2, dx dy, dy^2, 1) and,
+    with absgrad, the summed absolute screen-space mean gradients [E, 2] (all float64).
+
+    final_t, last: from `forward`; v_image [C, H, W, D]; tail [C, H, W] float64: T_final (background . v -
+    v_alpha), what lies behind the last contributor of each pixel. dL/dalpha_k = T_k c_k.v - (sum behind k
+    of w_j c_j.v + tail) / (1 - alpha_k); no gradient through alpha where the 0.999 clamp holds.
+    """
+    E, D = colors.shape
+    v_colors = np.zeros((E, D), dtype=np.float64)
+    moments = np.zeros((E, 6), dtype=np.float64)
+    v_abs = np.zeros((E if absgrad else 0, 2), dtype=np.float64)
+    T = np.empty((TILE, TILE), dtype=np.float64)
+    behind = np.empty((TILE, TILE), dtype=np.float64)
+    max_alpha = consts[2]
+    for t in range(offsets.shape[0] - 1):
+        lo, hi = offsets[t], offsets[t + 1]
+        if lo == hi:
+            continue
+        cam, px, py, nx, ny = _tile_rect(t, tiles_x, tiles_y, width, height)
+        last_in_tile = -1
+        for ly in range(ny):
+            for lx in range(nx):
+                T[ly, lx] = final_t[cam, py + ly, px + lx]
+                behind[ly, lx] = tail[cam, py + ly, px + lx]
+                last_in_tile = max(last_in_tile, last[cam, py + ly, px + lx])
+        for i in range(last_in_tile, lo - 1, -1):
+            e = ids[i]
+            x0 = boxes[e, 0]
+            for y in range(max(boxes[e, 2], py), min(boxes[e, 3], py + ny - 1) + 1):
+                for x in range(max(x0, px), min(boxes[e, 1], px + nx - 1) + 1):
+                    if i > last[cam, y, x]:
+                        continue
+                    raw, dx, dy = _raw_alpha(params, consts, coords, e, x0, x, y)
+                    if raw == 0.0:
+                        continue
+                    ly, lx = y - py, x - px
+                    alpha = min(raw, max_alpha)
+                    T_k = T[ly, lx] / (1.0 - alpha)
+                    weight = alpha * T_k
+                    c_dot_v = 0.0
+                    for d in range(D):
+                        v = v_image[cam, y, x, d]
+                        c_dot_v += colors[e, d] * v
+                        v_colors[e, d] += weight * v
+                    v_alpha = T_k * c_dot_v - behind[ly, lx] / (1.0 - alpha)
+                    behind[ly, lx] += weight * c_dot_v
+                    T[ly, lx] = T_k
+                    v_sigma = -raw * v_alpha if raw <= max_alpha else 0.0
+                    v_sigma_dx, v_sigma_dy = v_sigma * dx, v_sigma * dy
+                    moments[e, 0] += v_sigma_dx
+                    moments[e, 1] += v_sigma_dy
+                    moments[e, 2] += v_sigma_dx * dx
+                    moments[e, 3] += v_sigma_dx * dy
+                    moments[e, 4] += v_sigma_dy * dy
+                    moments[e, 5] += v_sigma
+                    if absgrad:
+                        a, b, c = params[e, 2], params[e, 3], params[e, 4]
+                        v_abs[e, 0] += abs(a * v_sigma_dx + b * v_sigma_dy)
+                        v_abs[e, 1] += abs(b * v_sigma_dx + c * v_sigma_dy)
+    return v_colors, moments, v_abs
