@@ -1,12 +1,10 @@
-"""Export: bake, PLY (INRIA layout), .splat, SPZ, readers, CLI, and a third-party reader (splat-transform)."""
+"""Export: bake, PLY (INRIA layout), .splat, SPZ, glTF, readers, CLI (foreign readers: test_interop.py)."""
 
 from __future__ import annotations
 
 import gzip
-import os
-import shutil
+import json
 import struct
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -24,9 +22,11 @@ from momentumgs.errors import UserError
 from momentumgs.export import (
     BakedGaussians,
     bake,
+    read_glb,
     read_ply,
     read_spz,
     render_baked,
+    write_glb,
     write_ply,
     write_splat,
     write_spz,
@@ -41,7 +41,6 @@ INRIA_PROPERTIES_DEGREE_3 = (
     + [f"f_rest_{i}" for i in range(45)]
     + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
 )
-SPLAT_TRANSFORM = "@playcanvas/splat-transform@2.7.1"  # the newest release that runs on Node 18-20
 
 
 def ring_cameras(n: int = 8, w: int = 48, h: int = 36) -> list[Camera]:
@@ -289,22 +288,43 @@ def test_splat_byte_layout(tmp_path):
 # ---------------------------------------------------------------- SPZ
 
 
-def test_spz_round_trip_within_quantisation(tmp_path):
-    g = random_gaussians(m=200, degree=3)
-    path = write_spz(tmp_path / "m.spz", g)
-    raw = gzip.decompress(path.read_bytes())
-    magic, version, n, degree, bits, flags, _ = struct.unpack_from("<IIIBBBB", raw)
-    assert (magic, version, n, degree, bits, flags) == (0x5053474E, 2, 200, 3, 12, 0)
-    assert len(raw) == 16 + 200 * (9 + 1 + 3 + 3 + 3 + 45)
-    back = read_spz(path)
-    assert (back.means - g.means).abs().max() <= 0.5 / 4096 + 1e-6
+def _assert_spz_close(back: BakedGaussians, g: BakedGaussians, bits: int = 12, rotation_dot: float = 0.999):
+    """Equal within SPZ's quantisation steps (load-spz.cc)."""
+    assert back.count == g.count and back.sh_degree == g.sh_degree
+    assert (back.means - g.means).abs().max() <= 0.5 / 2**bits + 1e-6 * max(1.0, float(g.means.abs().max()))
     assert (back.scales.log() - g.scales.log()).abs().max() <= 1 / 32 + 1e-5
     assert (back.opacities - g.opacities).abs().max() <= 0.5 / 255 + 1e-6
     assert (back.sh[:, 0] - g.sh[:, 0]).abs().max() <= 0.5 / (0.15 * 255) + 1e-5
-    # round(x * 128), then snapped to a bucket of 8 (5 bits, degree 1) or 16 (4 bits, degrees 2-3)
-    assert (back.sh[:, 1:4] - g.sh[:, 1:4]).abs().max() <= 4.5 / 128 + 1e-5
-    assert (back.sh[:, 4:] - g.sh[:, 4:]).abs().max() <= 8.5 / 128 + 1e-5
-    assert (back.quats * g.quats).sum(dim=1).abs().min() > 0.99  # the same rotation up to sign
+    if g.sh.shape[1] > 1:
+        # round(x * 128), then snapped to a bucket of 8 (5 bits, degree 1) or 16 (4 bits, degrees 2-3)
+        assert (back.sh[:, 1:4] - g.sh[:, 1:4]).abs().max() <= 4.5 / 128 + 1e-5
+        assert (back.sh[:, 4:] - g.sh[:, 4:]).abs().max() <= 8.5 / 128 + 1e-5
+    assert (back.quats * g.quats).sum(dim=1).abs().min() > rotation_dot  # the same rotation up to sign
+
+
+def test_spz_v4_layout_and_round_trip(tmp_path):
+    import zstandard
+
+    g = random_gaussians(m=200, degree=3)
+    data = write_spz(tmp_path / "m.spz", g).read_bytes()  # version 4 by default
+    magic, version, n, degree, bits, flags, streams, toc = struct.unpack_from("<IIIBBBBI", data)
+    assert (magic, version, n, degree, bits, flags, streams, toc) == (0x5053474E, 4, 200, 3, 12, 0, 6, 32)
+    assert data[20:32] == bytes(12)  # reserved
+    sizes = [struct.unpack_from("<QQ", data, 32 + 16 * i) for i in range(6)]
+    assert [u for _, u in sizes] == [200 * k for k in (9, 1, 3, 3, 4, 45)]
+    offset = 32 + 16 * 6
+    for packed, unpacked in sizes:  # six independent ZSTD frames, back to back, nothing after them
+        assert len(zstandard.ZstdDecompressor().decompress(data[offset : offset + packed])) == unpacked
+        offset += packed
+    assert offset == len(data)
+    back = read_spz(tmp_path / "m.spz")
+    assert back.info["spz_version"] == 4
+    _assert_spz_close(back, g)
+    # Degree 0 has no SH stream at all (five streams), as the reference writes it.
+    flat = random_gaussians(m=50, degree=0)
+    data = write_spz(tmp_path / "flat.spz", flat).read_bytes()
+    assert struct.unpack_from("<B", data, 15)[0] == 5
+    _assert_spz_close(read_spz(tmp_path / "flat.spz"), flat)
     # Coordinates beyond 2^11 lower the fractional bits so that they still fit 24 bits.
     far = BakedGaussians(g.means * 3000, g.quats, g.scales, g.opacities, g.sh)
     back_far = read_spz(write_spz(tmp_path / "far.spz", far))
@@ -312,10 +332,29 @@ def test_spz_round_trip_within_quantisation(tmp_path):
     assert bits < 12 and (back_far.means - far.means).abs().max() <= 0.5 / 2**bits + 1e-3
 
 
+def test_spz_v2_and_v3_still_written_and_read(tmp_path):
+    g = random_gaussians(m=200, degree=3)
+    for version, rot_bytes, rotation_dot in ((2, 3, 0.99), (3, 4, 0.999)):
+        path = write_spz(tmp_path / f"v{version}.spz", g, version=version)
+        raw = gzip.decompress(path.read_bytes())
+        magic, v, n, degree, bits, flags, _ = struct.unpack_from("<IIIBBBB", raw)
+        assert (magic, v, n, degree, bits, flags) == (0x5053474E, version, 200, 3, 12, 0)
+        assert len(raw) == 16 + 200 * (9 + 1 + 3 + 3 + rot_bytes + 45)
+        back = read_spz(path)
+        assert back.info["spz_version"] == version
+        _assert_spz_close(back, g, rotation_dot=rotation_dot)
+    # Versions 3 and 4 hold the same arrays: only the container differs.
+    v3, v4 = read_spz(tmp_path / "v3.spz"), read_spz(write_spz(tmp_path / "v4.spz", g))
+    for name in ("means", "quats", "scales", "opacities", "sh"):
+        assert torch.equal(getattr(v3, name), getattr(v4, name)), name
+    with pytest.raises(ValueError, match="SPZ version 5"):
+        write_spz(tmp_path / "v5.spz", g, version=5)
+
+
 def test_bad_spz_files_give_one_line_errors(tmp_path):
-    data = write_spz(tmp_path / "m.spz", random_gaussians(m=20)).read_bytes()
+    data = write_spz(tmp_path / "m.spz", random_gaussians(m=20), version=2).read_bytes()
     (tmp_path / "cut.spz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError, match="cut.spz: not a gzipped SPZ file or truncated"):
+    with pytest.raises(UserError, match="cut.spz: not an SPZ file .* or truncated"):
         read_spz(tmp_path / "cut.spz")
     raw = gzip.decompress(data)
     (tmp_path / "short.spz").write_bytes(gzip.compress(raw[:-7]))
@@ -324,6 +363,124 @@ def test_bad_spz_files_give_one_line_errors(tmp_path):
     (tmp_path / "magic.spz").write_bytes(gzip.compress(b"XXXX" + raw[4:]))
     with pytest.raises(UserError, match="not an SPZ file"):
         read_spz(tmp_path / "magic.spz")
+
+
+def test_bad_spz_v4_files_give_one_line_errors(tmp_path):
+    v4 = write_spz(tmp_path / "m.spz", random_gaussians(m=300)).read_bytes()
+    packed_positions = struct.unpack_from("<Q", v4, 32)[0]
+    cases = {
+        "cut_header.spz": (v4[:20], r"truncated SPZ header \(20 bytes\)"),
+        "cut_toc.spz": (v4[:60], "truncated SPZ table of contents"),
+        "cut.spz": (v4[:-10], "SPZ file truncated in the SH stream"),
+        "long.spz": (v4 + b"\0" * 5, "5 bytes after the last SPZ stream"),
+        "version.spz": (v4[:4] + struct.pack("<I", 9) + v4[8:], r"SPZ version 9 is not supported"),
+        "count.spz": (
+            v4[:8] + struct.pack("<I", 301) + v4[12:],
+            "SPZ positions stream holds 2700 bytes, 2709",
+        ),
+        "garbled.spz": (
+            v4[:128] + bytes(b ^ 0x5A for b in v4[128 : 96 + packed_positions]) + v4[96 + packed_positions :],
+            "corrupt SPZ positions stream",
+        ),
+        "extensions.spz": (v4[:14] + b"\x02" + v4[15:], "SPZ extensions are not supported"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UserError, match=message) as err:
+            read_spz(tmp_path / name)
+        assert str(err.value).startswith(f"{tmp_path / name}: ") and "\n" not in str(err.value), name
+
+
+# ---------------------------------------------------------------- glTF
+
+
+def test_glb_structure(tmp_path):
+    g = random_gaussians(m=30, degree=2)
+    data = write_glb(tmp_path / "m.glb", g).read_bytes()
+    magic, version, total = struct.unpack_from("<III", data)
+    assert (magic, version, total) == (0x46546C67, 2, len(data))
+    json_len, json_type = struct.unpack_from("<II", data, 12)
+    assert json_type == 0x4E4F534A and json_len % 4 == 0
+    doc = json.loads(data[20 : 20 + json_len])
+    bin_len, bin_type = struct.unpack_from("<II", data, 20 + json_len)
+    assert bin_type == 0x004E4942 and bin_len % 4 == 0 and 28 + json_len + bin_len == len(data)
+    binary = data[28 + json_len :]
+    assert doc["asset"]["version"] == "2.0" and doc["extensionsUsed"] == ["KHR_gaussian_splatting"]
+    assert "extensionsRequired" not in doc  # a viewer without the extension still draws the points
+    assert doc["scenes"][0]["nodes"] == [0] and doc["nodes"][0]["mesh"] == 0
+    (prim,) = doc["meshes"][0]["primitives"]
+    assert prim["mode"] == 0
+    assert prim["extensions"]["KHR_gaussian_splatting"] == {
+        "kernel": "ellipse",
+        "colorSpace": "srgb_rec709_display",
+        "projection": "perspective",
+        "sortingMethod": "cameraDistance",
+    }
+    k = "KHR_gaussian_splatting:"
+    sh_names = [f"{k}SH_DEGREE_0_COEF_0"] + [
+        f"{k}SH_DEGREE_{d}_COEF_{c}" for d in (1, 2) for c in range(2 * d + 1)
+    ]
+    assert list(prim["attributes"]) == [
+        "POSITION",
+        "COLOR_0",
+        f"{k}ROTATION",
+        f"{k}SCALE",
+        f"{k}OPACITY",
+        *sh_names,
+    ]
+    want = {"POSITION": ("VEC3", 5126), "COLOR_0": ("VEC4", 5121), f"{k}ROTATION": ("VEC4", 5126)}
+    want.update({f"{k}SCALE": ("VEC3", 5126), f"{k}OPACITY": ("SCALAR", 5126)})
+    want.update({n: ("VEC3", 5126) for n in sh_names})
+
+    def values(name):
+        acc = doc["accessors"][prim["attributes"][name]]
+        view = doc["bufferViews"][acc["bufferView"]]
+        assert (acc["type"], acc["componentType"]) == want[name] and acc["count"] == 30
+        assert view["byteOffset"] % 4 == 0 and view["target"] == 34962 and "byteStride" not in view
+        width = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}[acc["type"]]
+        dtype = np.float32 if acc["componentType"] == 5126 else np.uint8
+        assert view["byteLength"] == 30 * width * np.dtype(dtype).itemsize
+        return acc, np.frombuffer(binary, dtype, 30 * width, view["byteOffset"]).reshape(30, width)
+
+    acc, pos = values("POSITION")
+    # glTF's axes: half a turn about z from 3DGS PLY's (x and y negate); min / max exactly the data's
+    np.testing.assert_array_equal(pos, g.means.numpy() * np.array([-1, -1, 1], dtype=np.float32))
+    assert acc["min"] == pos.min(axis=0).tolist() and acc["max"] == pos.max(axis=0).tolist()
+    acc, color = values("COLOR_0")
+    assert acc["normalized"] is True
+    np.testing.assert_allclose(color[:, 3], g.opacities.numpy() * 255, atol=0.5 + 1e-4)
+    _, rot = values(f"{k}ROTATION")  # x y z w, unit
+    np.testing.assert_allclose(np.linalg.norm(rot, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(rot[:, 3], g.quats[:, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(values(f"{k}SCALE")[1], g.scales.numpy())  # linear
+    np.testing.assert_allclose(values(f"{k}OPACITY")[1][:, 0], g.opacities.numpy())
+    np.testing.assert_array_equal(values(f"{k}SH_DEGREE_0_COEF_0")[1], g.sh[:, 0].numpy())
+    np.testing.assert_array_equal(values(f"{k}SH_DEGREE_1_COEF_1")[1], g.sh[:, 2].numpy())  # z: even in x, y
+    np.testing.assert_array_equal(values(f"{k}SH_DEGREE_1_COEF_0")[1], -g.sh[:, 1].numpy())  # y: odd
+    np.testing.assert_array_equal(values(f"{k}SH_DEGREE_2_COEF_0")[1], g.sh[:, 4].numpy())  # xy: even
+
+    back = read_glb(tmp_path / "m.glb")  # our reader undoes the axes
+    for name in ("means", "scales", "opacities", "sh"):
+        assert torch.allclose(getattr(back, name), getattr(g, name), atol=1e-6), name
+    assert (back.quats * g.quats).sum(dim=1).abs().min() > 1 - 1e-6
+
+
+def test_bad_glb_files_give_one_line_errors(tmp_path):
+    data = write_glb(tmp_path / "m.glb", random_gaussians(m=10, degree=0)).read_bytes()
+    cases = {
+        "cut.glb": (data[:-4], "truncated"),
+        "magic.glb": (b"XXXX" + data[4:], "not a glTF 2.0 binary file"),
+        "tiny.glb": (data[:10], "not a .glb file"),
+        "plain.glb": (
+            data.replace(b'KHR_gaussian_splatting":{', b'KHR_gaussian_splattinX":{'),
+            "no KHR_gaussian",
+        ),
+    }
+    for name, (bad, message) in cases.items():
+        (tmp_path / name).write_bytes(bad)
+        with pytest.raises(UserError, match=message) as err:
+            read_glb(tmp_path / name)
+        assert str(err.value).startswith(f"{tmp_path / name}: ") and "\n" not in str(err.value), name
 
 
 # ---------------------------------------------------------------- CLI
@@ -357,7 +514,13 @@ def test_cli_export_and_render(tiny_run, tmp_path, capsys):
     count = read_ply(ply).count
     assert f"{count} Gaussians" in out and "MB" in out
     assert main(["export", str(run), "--out", str(tmp_path / "m.spz"), "--sh-degree", "1"]) == 0
-    assert read_spz(tmp_path / "m.spz").sh_degree == 1 and read_spz(tmp_path / "m.spz").count == count
+    spz = read_spz(tmp_path / "m.spz")
+    assert spz.sh_degree == 1 and spz.count == count and spz.info["spz_version"] == 4
+    old = tmp_path / "m2.spz"
+    assert main(["export", str(run), "--format", "spz", "--spz-version", "2", "--out", str(old)]) == 0
+    assert gzip.decompress(old.read_bytes())[4] == 2 and read_spz(old).count == count
+    assert main(["export", str(run), "--format", "glb"]) == 0
+    assert read_glb(run / "export" / "model.glb").count == count
     assert main(["export", str(run), "--format", "splat"]) == 0
     assert (run / "export" / "model.splat").stat().st_size == 32 * count
 
@@ -365,6 +528,11 @@ def test_cli_export_and_render(tiny_run, tmp_path, capsys):
 
     view = scene.test_ids[0]
     assert main(["render", str(ply), "--view", str(view), "--out", str(tmp_path / "png")]) == 0
+    for baked in (tmp_path / "m.spz", run / "export" / "model.glb"):  # cameras from --scene
+        out = tmp_path / f"png_{baked.suffix[1:]}"
+        scene_path = yaml.safe_load((run / "config.yaml").read_text())["data"]["path"]
+        args = ["render", str(baked), "--view", str(view), "--out", str(out), "--scene", scene_path]
+        assert main(args) == 0 and len(list(out.glob("*.png"))) == 1
     assert main(["render", str(run), "--all-test", "--out", str(tmp_path / "png_run")]) == 0
     img = cv2.imread(str(tmp_path / "png" / f"{Path(scene.cameras[view].name).stem}.png"))
     assert img.shape == (scene.cameras[view].height, scene.cameras[view].width, 3)
@@ -380,94 +548,3 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
     assert main(["render", str(tmp_path / "x.ply"), "--view", "0", "--out", str(tmp_path / "o")]) == 2
     assert "no such PLY file" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------- third-party reader
-
-
-def _splat_transform() -> Path:
-    """splat-transform installed once into a cache folder; skips when Node/npm or the registry is missing."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        pytest.skip("node and npm are needed for the splat-transform check")
-    major = int(
-        subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()[1:].split(".")[0]
-    )
-    if major < 18:
-        pytest.skip(f"splat-transform 2.7 needs Node >= 18, found {major}")
-    root = Path(os.environ.get("MOMENTUMGS_TOOLS_CACHE", Path(tempfile.gettempdir()) / "momentumgs-tools"))
-    prefix = root / SPLAT_TRANSFORM.replace("/", "_").replace("@", "")
-    exe = prefix / "node_modules" / ".bin" / "splat-transform"
-    if not exe.exists():
-        prefix.mkdir(parents=True, exist_ok=True)
-        cmd = [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), SPLAT_TRANSFORM]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        except subprocess.TimeoutExpired:
-            pytest.skip("npm install of splat-transform timed out (offline?)")
-        if done.returncode != 0 or not exe.exists():
-            pytest.skip(f"npm install of {SPLAT_TRANSFORM} failed (offline?): {done.stderr.strip()[-200:]}")
-    return exe
-
-
-def _convert(exe: Path, src: Path, dst: Path) -> str:
-    done = subprocess.run([str(exe), "-w", str(src), str(dst)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout + done.stderr
-
-
-@pytest.mark.slow
-def test_splat_transform_reads_our_ply_and_spz(tmp_path):
-    exe = _splat_transform()
-    model = tiny_model(seed=5)
-    g = bake(model, ring_cameras())
-    ply = write_ply(tmp_path / "ours.ply", g)
-    spz = write_spz(tmp_path / "ours.spz", g)
-
-    # Our PLY -> their CSV: the same values, by property name.
-    log = _convert(exe, ply, tmp_path / "theirs.csv")
-    print(log)
-    theirs = np.genfromtxt(tmp_path / "theirs.csv", delimiter=",", names=True)
-    ours = PlyData.read(str(ply))["vertex"]
-    assert len(theirs) == g.count
-    for name in (
-        "x",
-        "y",
-        "z",
-        "scale_0",
-        "scale_2",
-        "opacity",
-        "f_dc_0",
-        "f_dc_2",
-        "rot_0",
-        "rot_3",
-        "f_rest_44",
-    ):
-        np.testing.assert_allclose(theirs[name], ours[name], rtol=1e-4, atol=1e-5, err_msg=name)
-
-    # Our SPZ -> their PLY (decoded by the reference SPZ library): equal to our own SPZ reader, and to the
-    # Gaussians within the format's quantisation.
-    print(_convert(exe, spz, tmp_path / "from_spz.ply"))
-    via_them, via_us = read_ply(tmp_path / "from_spz.ply"), read_spz(spz)
-    assert via_them.count == g.count
-    for name in ("means", "scales", "opacities", "sh"):
-        assert torch.allclose(getattr(via_them, name), getattr(via_us, name), atol=1e-5), name
-    assert (via_them.quats * via_us.quats).sum(dim=1).abs().min() > 1 - 1e-5
-    assert (via_them.means - g.means).abs().max() <= 0.5 / 4096 + 1e-6
-    assert (via_them.opacities - g.opacities).abs().max() <= 0.5 / 255 + 1e-6
-    assert (via_them.sh[:, 0] - g.sh[:, 0]).abs().max() <= 0.5 / (0.15 * 255) + 1e-5
-    assert (via_them.quats * g.quats).sum(dim=1).abs().min() > 0.99
-
-    # Our .splat -> their PLY: the same Gaussians (in the file's sorted order) within 8-bit colour / alpha.
-    print(_convert(exe, write_splat(tmp_path / "ours.splat", g), tmp_path / "from_splat.ply"))
-    from_splat = read_ply(tmp_path / "from_splat.ply")
-    assert from_splat.count == g.count
-    mine = g.means[:, 0].argsort()
-    theirs_order = from_splat.means[:, 0].argsort()
-    assert torch.equal(from_splat.means[theirs_order], g.means[mine])
-    assert torch.allclose(from_splat.scales[theirs_order], g.scales[mine], rtol=1e-4)
-    assert (from_splat.opacities[theirs_order] - g.opacities[mine]).abs().max() <= 1.5 / 255
-    rgb_theirs = 0.5 + SH_C0 * from_splat.sh[theirs_order, 0]
-    rgb_ours = (0.5 + SH_C0 * g.sh[mine, 0]).clamp(0, 1)
-    assert (rgb_theirs - rgb_ours).abs().max() <= 1.5 / 255
-    assert (from_splat.quats[theirs_order] * g.quats[mine]).sum(dim=1).abs().min() > 0.98

@@ -18,9 +18,18 @@ def cmd_render(args) -> int:
 
 def add_export_parsers(sub) -> None:
     """Register `export` and `render` on the main parser's subparsers."""
-    p = sub.add_parser("export", help="bake a trained run into explicit Gaussians: PLY, .splat or SPZ")
+    p = sub.add_parser("export", help="bake a trained run into explicit Gaussians: PLY, .splat, SPZ or glTF")
     p.add_argument("run", help="run folder")
-    p.add_argument("--format", choices=["ply", "splat", "spz"], help="default: from --out's suffix, else ply")
+    p.add_argument(
+        "--format", choices=["ply", "splat", "spz", "glb"], help="default: from --out's suffix, else ply"
+    )
+    p.add_argument(
+        "--spz-version",
+        type=int,
+        default=4,
+        choices=[2, 3, 4],
+        help="SPZ version to write (default 4, ZSTD streams; 2 or 3, gzip, for readers older than 2026)",
+    )
     p.add_argument("--out", help="output file (default RUN/export/model.<format>; never an existing one)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--sh-degree", type=int, default=3, choices=[0, 1, 2, 3], help="SH degree of the colours")
@@ -39,8 +48,10 @@ def add_export_parsers(sub) -> None:
     )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("render", help="render views of a run or of a baked .ply / .spz to PNG files")
-    p.add_argument("source", help="run folder, or a .ply / .spz file (cameras from its run or --scene)")
+    p = sub.add_parser("render", help="render views of a run or of a baked .ply / .spz / .glb to PNG files")
+    p.add_argument(
+        "source", help="run folder, or a .ply / .spz / .glb file (cameras from its run or --scene)"
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--view", type=int, help="camera index in the scene")
     which.add_argument("--all-test", action="store_true", help="every test view")

@@ -15,14 +15,15 @@ from momentumgs.config import load_config
 from momentumgs.errors import UserError
 from momentumgs.export.bake import bake
 from momentumgs.export.gaussians import BakedGaussians, render_baked
+from momentumgs.export.gltf import read_glb, write_glb
 from momentumgs.export.ply import read_ply, write_ply
 from momentumgs.export.refine import refine_baked
 from momentumgs.export.splat import write_splat
-from momentumgs.export.spz import read_spz, write_spz
+from momentumgs.export.spz import SPZ_WRITE_VERSION, SPZ_WRITE_VERSIONS, read_spz, write_spz
 from momentumgs.io_utils import refuse_existing, write_bytes_atomic
 
-FORMATS = {"ply": write_ply, "splat": write_splat, "spz": write_spz}
-BAKED_SUFFIXES = (".ply", ".spz")
+FORMATS = {"ply": write_ply, "splat": write_splat, "spz": write_spz, "glb": write_glb}
+BAKED_SUFFIXES = (".ply", ".spz", ".glb")
 
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
@@ -59,16 +60,22 @@ def export_run(
     refine_epochs: int = 0,
     force: bool = False,
     appearance: str | None = None,
+    spz_version: int = SPZ_WRITE_VERSION,
 ) -> tuple[Path, BakedGaussians]:
     """Bake the model of `run_dir`, optionally refine it for `refine_epochs` passes over the training views,
     and write it as `fmt` (from `out`'s suffix when not given; default ply) to `out` (default
     RUN/export/model.<ext>; an existing file is replaced only with `force`). Colours are those of the
-    training photo named `appearance`, by default the neutral appearance. -> (path written, the Gaussians)"""
+    training photo named `appearance`, by default the neutral appearance. SPZ is written in version
+    `spz_version` (4; 2 or 3 for older readers). -> (path written, the Gaussians)"""
     if fmt is None:
         suffix = Path(out).suffix.lstrip(".").lower() if out else ""
         fmt = suffix if suffix in FORMATS else "ply"
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    if spz_version not in SPZ_WRITE_VERSIONS:
+        raise UserError(
+            f"--spz-version {spz_version}: choose one of {', '.join(map(str, SPZ_WRITE_VERSIONS))}"
+        )
     path = Path(out) if out else Path(run_dir) / "export" / f"model.{fmt}"
     model, cfg = load_run(run_dir)
     refuse_existing(path, force)  # before baking, which takes a while
@@ -78,7 +85,10 @@ def export_run(
     if refine_epochs > 0 and scene is not None:
         baked = refine_baked(baked, model, scene, refine_epochs * len(scene.train_ids), appearance=row)
     try:
-        FORMATS[fmt](path, baked)
+        if fmt == "spz":
+            write_spz(path, baked, version=spz_version)
+        else:
+            FORMATS[fmt](path, baked)
     except OSError as exc:
         raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from None
     return path, baked
@@ -103,7 +113,14 @@ def photo_appearance_row(model, name: str) -> int:
 def cmd_export(args) -> int:
     t0 = time.perf_counter()
     path, baked = export_run(
-        args.run, args.format, args.out, args.sh_degree, args.refine, args.force, args.appearance
+        args.run,
+        args.format,
+        args.out,
+        args.sh_degree,
+        args.refine,
+        args.force,
+        args.appearance,
+        args.spz_version,
     )
     size_mb = path.stat().st_size / 1e6
     print(
@@ -114,10 +131,12 @@ def cmd_export(args) -> int:
 
 
 def read_baked(path: str | Path) -> BakedGaussians:
-    """A baked file: .ply (INRIA layout) or .spz."""
+    """A baked file: .ply (INRIA layout), .spz (versions 2 to 4) or .glb (KHR_gaussian_splatting)."""
     path = Path(path)
     if path.suffix.lower() == ".spz":
         return read_spz(path)
+    if path.suffix.lower() == ".glb":
+        return read_glb(path)
     return read_ply(path)
 
 

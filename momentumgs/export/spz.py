@@ -1,24 +1,35 @@
 """SPZ, Niantic's compressed Gaussian splat format (github.com/nianticlabs/spz, src/cc/load-spz.cc, MIT).
 
-We write version 2 and read versions 2 and 3. A file is the gzip of
+We write version 4 (default), 3 or 2 and read versions 2, 3 and 4. Every version stores the same six
+attribute arrays, point after point:
 
-    header (16 bytes, little endian): magic 0x5053474e ("NGSP"), version u32, number of points u32,
-        SH degree u8, fractional bits u8, flags u8 (bit 0: antialiased; bit 1: extensions follow), reserved u8
     positions   N x 3 x 24-bit signed fixed point, value * 2^fractional_bits
     alphas      N x u8, sigmoid(opacity) * 255
     colours     N x 3 x u8, f_dc * (0.15 * 255) + 0.5 * 255 (a wider range than 0.282 so that DC terms that
                 higher bands bring back into range survive)
     scales      N x 3 x u8, (log scale + 10) * 16
     rotations   v2: N x 3 x u8, x y z of the unit quaternion with w >= 0, times 127.5 plus 127.5;
-                v3: N x u32 "smallest three" (index of the largest component in the top 2 bits, then 3 x
+                v3, v4: N x u32 "smallest three" (index of the largest component in the top 2 bits, then 3 x
                 (sign bit + 9-bit magnitude / sqrt(1/2)))
     SH          N x D x 3 x u8 (D = 3, 8, 15 coefficients after the DC, channel innermost),
                 round(x * 128) + 128 snapped to buckets of 8 (degree 1, 5 bits) or 16 (higher bands, 4 bits)
 
-every u8 rounded half away from zero and clamped to 0..255. The spec fixes the stored axes as RUB (x right,
-y up, z back, three.js); 3DGS PLY data is RDF (y down, z forward), so writing flips y and z: positions,
-the quaternion's x y z (x, -y, -z) and the SH coefficients odd in y or z (the spec's flipSh table).
-The writer picks the largest fractional bits (at most 12, the reference value) that hold every coordinate.
+every u8 rounded half away from zero and clamped to 0..255. Versions 2 and 3 are the gzip of
+
+    header (16 bytes, little endian): magic 0x5053474e ("NGSP"), version u32, number of points u32,
+        SH degree u8, fractional bits u8, flags u8 (bit 0: antialiased; bit 1: extensions follow), reserved u8
+    the six arrays, concatenated
+
+Version 4 is not gzipped: a 32-byte header (magic, version, number of points u32, SH degree u8, fractional
+bits u8, flags u8, number of streams u8, byte offset of the table of contents u32, 12 reserved bytes), any
+extensions, the table of contents (per stream: compressed size u64, uncompressed size u64) and then each
+array as its own ZSTD frame, in the order above; an empty array (SH of degree 0) has no stream. Separate
+streams compress better (each array has its own statistics) and decompress in parallel.
+
+The spec fixes the stored axes as RUB (x right, y up, z back, three.js); 3DGS PLY data is RDF (y down,
+z forward), so writing flips y and z: positions, the quaternion's x y z (x, -y, -z) and the SH coefficients
+odd in y or z (the spec's flipSh table). The writer picks the largest fractional bits (at most 12, the
+reference value) that hold every coordinate.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import zstandard
 
 from momentumgs.errors import UserError
 from momentumgs.export.gaussians import BakedGaussians
@@ -37,12 +49,17 @@ from momentumgs.export.sh import n_coeffs
 from momentumgs.io_utils import write_bytes_atomic
 
 SPZ_MAGIC = 0x5053474E
-SPZ_WRITE_VERSION = 2
-SPZ_READ_VERSIONS = (2, 3)
+SPZ_WRITE_VERSION = 4
+SPZ_WRITE_VERSIONS = (2, 3, 4)
+SPZ_READ_VERSIONS = (2, 3, 4)
 SPZ_COLOR_SCALE = 0.15
-SPZ_MAX_POINTS = 10_000_000  # the reference loader's limit
-_HEADER = struct.Struct("<IIIBBBB")
+SPZ_MAX_POINTS = 10_000_000  # the reference loader's limit for versions 2 and 3
+SPZ_ZSTD_LEVEL = 12  # the reference writer's level
+_HEADER = struct.Struct("<IIIBBBB")  # versions 2 and 3, inside the gzip
+_HEADER_V4 = struct.Struct("<IIIBBBBI12x")  # version 4: + number of streams, table of contents offset
+_TOC_ENTRY = struct.Struct("<QQ")  # compressed size, uncompressed size
 _FLAG_EXTENSIONS = 0x2
+_STREAMS = ("positions", "alphas", "colours", "scales", "rotations", "SH")
 # RDF (3DGS PLY) <-> RUB (SPZ): a half turn about x, its own inverse.
 _FLIP_P = np.array([1.0, -1.0, -1.0], dtype=np.float32)
 # Sign of each SH coefficient after the DC under that flip (x = 1, y = z = -1 in the spec's table:
@@ -66,10 +83,10 @@ def _fractional_bits(positions: np.ndarray) -> int:
     return bits
 
 
-def spz_payload(g: BakedGaussians) -> bytes:
-    """The uncompressed SPZ (version 2) bytes of `g`."""
+def spz_arrays(g: BakedGaussians, version: int = SPZ_WRITE_VERSION) -> tuple[int, list[np.ndarray]]:
+    """The quantised attribute arrays of `g` in SPZ's stream order, for `version` (its rotation
+    encoding). -> (fractional bits, [positions, alphas, colours, scales, rotations, SH], each uint8)"""
     degree = g.sh_degree
-    n = g.count
     pos = g.means.detach().cpu().numpy().astype(np.float32) * _FLIP_P  # [N, 3] RUB
     bits = _fractional_bits(pos)
     fixed = (np.sign(pos) * np.floor(np.abs(pos.astype(np.float64)) * (1 << bits) + 0.5)).astype(np.int64)
@@ -77,63 +94,100 @@ def spz_payload(g: BakedGaussians) -> bytes:
     positions = np.stack([(fixed >> s) & 0xFF for s in (0, 8, 16)], axis=-1).astype(np.uint8)  # [N, 3, 3]
 
     opacity = g.opacities.detach().cpu().numpy().astype(np.float32)
-    alphas = _to_u8(opacity * 255.0)
+    alphas = _to_u8(opacity * 255.0)  # [N]
     sh = g.sh.detach().cpu().numpy().astype(np.float32)  # [N, B, 3]
-    colors = _to_u8(sh[:, 0, :] * (SPZ_COLOR_SCALE * 255.0) + 0.5 * 255.0)
-    scales = _to_u8((np.log(np.maximum(g.scales.detach().cpu().numpy(), 1e-30)) + 10.0) * 16.0)
+    colors = _to_u8(sh[:, 0, :] * (SPZ_COLOR_SCALE * 255.0) + 0.5 * 255.0)  # [N, 3]
+    scales = _to_u8((np.log(np.maximum(g.scales.detach().cpu().numpy(), 1e-30)) + 10.0) * 16.0)  # [N, 3]
 
     q = g.quats.detach().cpu().numpy().astype(np.float32)  # [N, 4] wxyz
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    xyz = q[:, 1:] * _FLIP_P  # the half turn about x negates the quaternion's y and z
-    xyz = np.where(q[:, :1] < 0, -xyz, xyz)  # w >= 0 so that w = sqrt(1 - |xyz|^2) on reading
-    rotations = _to_u8(xyz * 127.5 + 127.5)
+    xyzw = np.concatenate([q[:, 1:] * _FLIP_P, q[:, :1]], axis=1)  # the half turn about x negates y and z
+    rotations = _first_three(xyzw) if version == 2 else _pack_smallest_three(xyzw)
 
     rest = sh[:, 1:, :] * _FLIP_SH[: n_coeffs(degree) - 1, None]  # [N, D, 3]
     q_sh = np.sign(rest * 128.0) * np.floor(np.abs(rest * 128.0) + 0.5) + 128.0
     bucket = np.where(np.arange(rest.shape[1]) < 3, 8, 16)[None, :, None]  # 5 bits degree 1, 4 bits above
     q_sh = np.trunc((q_sh + bucket // 2) / bucket) * bucket
-    sh_bytes = np.clip(q_sh, 0, 255).astype(np.uint8)
-
-    header = _HEADER.pack(SPZ_MAGIC, SPZ_WRITE_VERSION, n, degree, bits, 0, 0)
-    body = [positions, alphas, colors, scales, rotations, sh_bytes]
-    return header + b"".join(np.ascontiguousarray(a).tobytes() for a in body)
+    sh_bytes = np.clip(q_sh, 0, 255).astype(np.uint8)  # [N, D, 3]
+    return bits, [positions, alphas, colors, scales, rotations, sh_bytes]
 
 
-def write_spz(path: str | Path, g: BakedGaussians) -> Path:
-    """Write `g` as a gzipped SPZ (version 2), atomically. -> the path"""
+def _first_three(xyzw: np.ndarray) -> np.ndarray:
+    """Version-2 rotations: x y z of the quaternion with w >= 0 (w follows from unit length). [N, 4] ->
+    [N, 3] u8"""
+    xyz = np.where(xyzw[:, 3:] < 0, -xyzw[:, :3], xyzw[:, :3])
+    return _to_u8(xyz * 127.5 + 127.5)
+
+
+def _pack_smallest_three(xyzw: np.ndarray) -> np.ndarray:
+    """Version-3/4 rotations (load-spz.cc, packQuaternionSmallestThree): the index of the largest |component|
+    in the top 2 bits, then the other three in xyzw order, each a sign bit and 9 bits of |c| / sqrt(1/2);
+    the largest is made positive (q and -q are the same rotation) and follows from unit length.
+    [N, 4] unit -> [N, 4] u8 (a little-endian u32)"""
+    n = xyzw.shape[0]
+    largest = np.argmax(np.abs(xyzw), axis=1)  # [N], the first of equal maxima, as the reference
+    negate = xyzw[np.arange(n), largest] < 0
+    comp = largest.astype(np.uint32)
+    mask = (1 << 9) - 1
+    for i in range(4):
+        here = largest != i
+        sign = ((xyzw[:, i] < 0) ^ negate).astype(np.uint32)
+        mag = np.floor(mask * (np.abs(xyzw[:, i]) / np.sqrt(0.5)) + 0.5)
+        mag = np.minimum(mag, mask).astype(np.uint32)  # |c| <= sqrt(1/2) up to rounding
+        comp = np.where(here, (comp << 10) | (sign << 9) | mag, comp)
+    return np.stack([(comp >> s) & 0xFF for s in (0, 8, 16, 24)], axis=1).astype(np.uint8)
+
+
+def spz_bytes(g: BakedGaussians, version: int = SPZ_WRITE_VERSION) -> bytes:
+    """The SPZ file of `g`, version 4 (ZSTD streams behind a table of contents), 3 or 2 (gzip)."""
+    if version not in SPZ_WRITE_VERSIONS:
+        raise ValueError(f"SPZ version {version}: writes {SPZ_WRITE_VERSIONS}")
+    bits, arrays = spz_arrays(g, version)
+    streams = [np.ascontiguousarray(a).tobytes() for a in arrays]
+    if version < 4:
+        header = _HEADER.pack(SPZ_MAGIC, version, g.count, g.sh_degree, bits, 0, 0)
+        return gzip.compress(header + b"".join(streams), compresslevel=6, mtime=0)
+    streams = [s for s in streams if s]  # no SH stream at degree 0, as the reference writes
+    codec = zstandard.ZstdCompressor(level=SPZ_ZSTD_LEVEL)  # frames carry their content size
+    frames = [codec.compress(s) for s in streams]
+    header = _HEADER_V4.pack(SPZ_MAGIC, 4, g.count, g.sh_degree, bits, 0, len(frames), _HEADER_V4.size)
+    toc = b"".join(_TOC_ENTRY.pack(len(f), len(s)) for f, s in zip(frames, streams, strict=True))
+    return header + toc + b"".join(frames)
+
+
+def write_spz(path: str | Path, g: BakedGaussians, version: int = SPZ_WRITE_VERSION) -> Path:
+    """Write `g` as SPZ (version 4 by default; 3 or 2 for older readers), atomically. -> the path"""
     if g.sh_degree > 3:
-        raise ValueError(f"SPZ version 2 holds SH degrees 0 to 3, got {g.sh_degree}")
-    if g.count > SPZ_MAX_POINTS:
-        raise ValueError(f"{g.count} Gaussians: SPZ readers load at most {SPZ_MAX_POINTS}")
+        raise ValueError(f"SPZ holds SH degrees 0 to 3, got {g.sh_degree}")
+    if g.count == 0:
+        raise ValueError("SPZ readers refuse files of 0 Gaussians")
+    if version < 4 and g.count > SPZ_MAX_POINTS:
+        raise ValueError(f"{g.count} Gaussians: SPZ version {version} readers load at most {SPZ_MAX_POINTS}")
     path = Path(path)
-    write_bytes_atomic(path, gzip.compress(spz_payload(g), compresslevel=6, mtime=0))
+    write_bytes_atomic(path, spz_bytes(g, version))
     return path
 
 
 def read_spz(path: str | Path) -> BakedGaussians:
-    """Read an SPZ file of version 2 or 3 (no extensions) back into RDF (3DGS PLY) axes. A malformed file
-    raises a one-line UserError naming it."""
+    """Read an SPZ file of version 2, 3 (gzip) or 4 (ZSTD streams; no extensions) back into RDF (3DGS PLY)
+    axes. A malformed file raises a one-line UserError naming it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such SPZ file")
+    data = path.read_bytes()
+    if data[:4] == struct.pack("<I", SPZ_MAGIC):
+        return _read_v4(path, data)
     try:
-        data = gzip.decompress(path.read_bytes())
+        data = gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as exc:
-        raise UserError(f"{path}: not a gzipped SPZ file or truncated ({exc})") from None
+        raise UserError(
+            f"{path}: not an SPZ file (neither version 4 nor gzip) or truncated ({exc})"
+        ) from None
     if len(data) < _HEADER.size:
         raise UserError(f"{path}: truncated SPZ header ({len(data)} bytes)")
     magic, version, n, degree, bits, flags, _ = _HEADER.unpack_from(data)
-    if magic != SPZ_MAGIC:
-        raise UserError(f"{path}: not an SPZ file (magic {magic:#010x})")
-    if version not in SPZ_READ_VERSIONS:
-        raise UserError(f"{path}: SPZ version {version} is not supported (reads {SPZ_READ_VERSIONS})")
-    if flags & _FLAG_EXTENSIONS:
-        raise UserError(f"{path}: SPZ extensions are not supported")
-    if n > SPZ_MAX_POINTS or degree > 3:
-        raise UserError(f"{path}: implausible SPZ header ({n} points, SH degree {degree})")
-    d = n_coeffs(degree) - 1
-    rot_bytes = 3 if version == 2 else 4
-    sizes = [9 * n, n, 3 * n, 3 * n, rot_bytes * n, 3 * d * n]
+    _check_header(path, magic, version, n, degree, flags, (2, 3))
+    sizes = _stream_sizes(n, degree, version)
     expected = _HEADER.size + sum(sizes)
     if len(data) != expected:
         raise UserError(f"{path}: SPZ body has {len(data)} bytes, {expected} expected for {n} points")
@@ -141,8 +195,65 @@ def read_spz(path: str | Path) -> BakedGaussians:
     for size in sizes:
         arrays.append(np.frombuffer(data, dtype=np.uint8, count=size, offset=offset))
         offset += size
-    positions, alphas, colors, scales, rotations, sh_bytes = arrays
-    return _unpack(n, degree, bits, version, positions, alphas, colors, scales, rotations, sh_bytes, path)
+    return _unpack(n, degree, bits, version, *arrays, path)
+
+
+def _check_header(path, magic, version, n, degree, flags, versions) -> None:
+    if magic != SPZ_MAGIC:
+        raise UserError(f"{path}: not an SPZ file (magic {magic:#010x})")
+    if version not in versions:
+        raise UserError(f"{path}: SPZ version {version} is not supported here (reads {SPZ_READ_VERSIONS})")
+    if flags & _FLAG_EXTENSIONS:
+        raise UserError(f"{path}: SPZ extensions are not supported")
+    if n == 0 or degree > 3 or (version < 4 and n > SPZ_MAX_POINTS):
+        raise UserError(f"{path}: implausible SPZ header ({n} points, SH degree {degree})")
+
+
+def _stream_sizes(n: int, degree: int, version: int) -> list[int]:
+    """Bytes of each of the six arrays for `n` points."""
+    rot_bytes = 3 if version == 2 else 4
+    return [9 * n, n, 3 * n, 3 * n, rot_bytes * n, 3 * (n_coeffs(degree) - 1) * n]
+
+
+def _read_v4(path: Path, data: bytes) -> BakedGaussians:
+    """Version 4: header, table of contents, one ZSTD frame per non-empty array."""
+    if len(data) < _HEADER_V4.size:
+        raise UserError(f"{path}: truncated SPZ header ({len(data)} bytes)")
+    magic, version, n, degree, bits, flags, n_streams, toc_at = _HEADER_V4.unpack_from(data)
+    _check_header(path, magic, version, n, degree, flags, (4,))
+    sizes = [s for s in _stream_sizes(n, degree, version) if s > 0]
+    names = [name for name, s in zip(_STREAMS, _stream_sizes(n, degree, version), strict=True) if s > 0]
+    if n_streams != len(sizes) or toc_at != _HEADER_V4.size:
+        raise UserError(
+            f"{path}: SPZ table of contents of {n_streams} streams at byte {toc_at}, expected "
+            f"{len(sizes)} at byte {_HEADER_V4.size}"
+        )
+    offset = toc_at + n_streams * _TOC_ENTRY.size
+    if len(data) < offset:
+        raise UserError(f"{path}: truncated SPZ table of contents ({len(data)} bytes)")
+    codec = zstandard.ZstdDecompressor()
+    arrays = []
+    for i, (name, size) in enumerate(zip(names, sizes, strict=True)):
+        packed, unpacked = _TOC_ENTRY.unpack_from(data, toc_at + i * _TOC_ENTRY.size)
+        if unpacked != size:
+            raise UserError(
+                f"{path}: SPZ {name} stream holds {unpacked} bytes, {size} expected for {n} points"
+            )
+        if offset + packed > len(data):
+            raise UserError(f"{path}: SPZ file truncated in the {name} stream ({len(data)} bytes)")
+        try:
+            raw = codec.decompress(data[offset : offset + packed], max_output_size=size)
+        except zstandard.ZstdError as exc:
+            raise UserError(f"{path}: corrupt SPZ {name} stream ({exc})") from None
+        if len(raw) != size:
+            raise UserError(f"{path}: SPZ {name} stream decompresses to {len(raw)} bytes, {size} expected")
+        arrays.append(np.frombuffer(raw, dtype=np.uint8))
+        offset += packed
+    if offset != len(data):
+        raise UserError(f"{path}: {len(data) - offset} bytes after the last SPZ stream")
+    if degree == 0:
+        arrays.append(np.zeros(0, dtype=np.uint8))
+    return _unpack(n, degree, bits, version, *arrays, path)
 
 
 def _unpack(n, degree, bits, version, positions, alphas, colors, scales, rotations, sh_bytes, path):
