@@ -418,6 +418,16 @@ def baseline_tree(stack: ExitStack, ref: str) -> Path:
     return tree.resolve()
 
 
+def describe_commit() -> str:
+    """`git describe` of this checkout; "unknown" for a copy of the tree without git or its history."""
+    try:
+        git = ["git", "-C", str(ROOT), "describe", "--always", "--dirty"]
+        done = subprocess.run(git, capture_output=True)
+    except OSError:
+        return "unknown"
+    return done.stdout.decode().strip() or "unknown"
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -452,8 +462,7 @@ def main() -> None:
         demo = load_config(ROOT / MULTI).demo
         args.scene = str(cached_demo_scene(size=demo.size, seed=demo.seed))
     args.scene = str(Path(args.scene).resolve())
-    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True)
-    print(f"bench {commit.stdout.decode().strip()}: {args.scene}, device {args.device}, sections {args.only}")
+    print(f"bench {describe_commit()}: {args.scene}, device {args.device}, sections {args.only}")
     print(f"{args.threads} thread(s) per process, {os.cpu_count()} CPUs, torch {torch.__version__}")
     t0 = time.perf_counter()
     with ExitStack() as stack:
