@@ -465,6 +465,32 @@ def test_glb_structure(tmp_path):
     assert (back.quats * g.quats).sum(dim=1).abs().min() > 1 - 1e-6
 
 
+def test_glb_with_spz_compression(tmp_path):
+    g = random_gaussians(m=40, degree=3)
+    data = write_glb(tmp_path / "m.glb", g, spz=True).read_bytes()
+    json_len = struct.unpack_from("<I", data, 12)[0]
+    doc = json.loads(data[20 : 20 + json_len])
+    binary = data[28 + json_len :]
+    spz_ext = "KHR_gaussian_splatting_compression_spz_2"
+    assert doc["extensionsUsed"] == ["KHR_gaussian_splatting", spz_ext]
+    assert doc["extensionsRequired"] == [spz_ext]  # the accessors hold no data of their own
+    (prim,) = doc["meshes"][0]["primitives"]
+    view = doc["bufferViews"][
+        prim["extensions"]["KHR_gaussian_splatting"]["extensions"][spz_ext]["bufferView"]
+    ]
+    payload = binary[view["byteOffset"] : view["byteOffset"] + view["byteLength"]]
+    assert payload == write_spz(tmp_path / "v3.spz", g, version=3).read_bytes()  # SPZ v3, as write_spz
+    accessors = [doc["accessors"][i] for i in prim["attributes"].values()]
+    assert all("bufferView" not in a and a["count"] == 40 for a in accessors)
+    assert len(accessors) == 5 + 16
+    position = doc["accessors"][prim["attributes"]["POSITION"]]
+    quantised = read_spz(tmp_path / "v3.spz")
+    assert position["max"] == (quantised.means * torch.tensor([-1.0, -1.0, 1.0])).amax(dim=0).tolist()
+    back = read_glb(tmp_path / "m.glb")
+    for name in ("means", "quats", "scales", "opacities", "sh"):
+        assert torch.equal(getattr(back, name), getattr(quantised, name)), name
+
+
 def test_bad_glb_files_give_one_line_errors(tmp_path):
     data = write_glb(tmp_path / "m.glb", random_gaussians(m=10, degree=0)).read_bytes()
     cases = {
@@ -521,6 +547,12 @@ def test_cli_export_and_render(tiny_run, tmp_path, capsys):
     assert gzip.decompress(old.read_bytes())[4] == 2 and read_spz(old).count == count
     assert main(["export", str(run), "--format", "glb"]) == 0
     assert read_glb(run / "export" / "model.glb").count == count
+    small = tmp_path / "small.glb"
+    assert main(["export", str(run), "--format", "glb", "--glb-spz", "--out", str(small)]) == 0
+    assert (
+        read_glb(small).count == count
+        and small.stat().st_size < (run / "export" / "model.glb").stat().st_size
+    )
     assert main(["export", str(run), "--format", "splat"]) == 0
     assert (run / "export" / "model.splat").stat().st_size == 32 * count
 

@@ -30,6 +30,12 @@ def add_export_parsers(sub) -> None:
         choices=[2, 3, 4],
         help="SPZ version to write (default 4, ZSTD streams; 2 or 3, gzip, for readers older than 2026)",
     )
+    p.add_argument(
+        "--glb-spz",
+        action="store_true",
+        help="a .glb holding the Gaussians SPZ-compressed (KHR_gaussian_splatting_compression_spz_2, a "
+        "draft: for viewers that have it, e.g. CesiumJS)",
+    )
     p.add_argument("--out", help="output file (default RUN/export/model.<format>; never an existing one)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--sh-degree", type=int, default=3, choices=[0, 1, 2, 3], help="SH degree of the colours")

@@ -61,12 +61,14 @@ def export_run(
     force: bool = False,
     appearance: str | None = None,
     spz_version: int = SPZ_WRITE_VERSION,
+    glb_spz: bool = False,
 ) -> tuple[Path, BakedGaussians]:
     """Bake the model of `run_dir`, optionally refine it for `refine_epochs` passes over the training views,
     and write it as `fmt` (from `out`'s suffix when not given; default ply) to `out` (default
     RUN/export/model.<ext>; an existing file is replaced only with `force`). Colours are those of the
     training photo named `appearance`, by default the neutral appearance. SPZ is written in version
-    `spz_version` (4; 2 or 3 for older readers). -> (path written, the Gaussians)"""
+    `spz_version` (4; 2 or 3 for older readers); a .glb SPZ-compressed with `glb_spz`.
+    -> (path written, the Gaussians)"""
     if fmt is None:
         suffix = Path(out).suffix.lstrip(".").lower() if out else ""
         fmt = suffix if suffix in FORMATS else "ply"
@@ -87,6 +89,8 @@ def export_run(
     try:
         if fmt == "spz":
             write_spz(path, baked, version=spz_version)
+        elif fmt == "glb":
+            write_glb(path, baked, spz=glb_spz)
         else:
             FORMATS[fmt](path, baked)
     except OSError as exc:
@@ -121,6 +125,7 @@ def cmd_export(args) -> int:
         args.force,
         args.appearance,
         args.spz_version,
+        args.glb_spz,
     )
     size_mb = path.stat().st_size / 1e6
     print(

@@ -24,6 +24,15 @@ splat-transform does, the writer turns the data half a turn about z: x and y neg
 quaternion's x and y, and in the SH coefficients odd in x + y (degree 1: y, x; degree 2: yz, xz;
 degree 3: all but xyz and z(x^2 - y^2)), so the scene stands upright in a glTF viewer when the PLY's
 -y is up (COLMAP scenes are usually so).
+
+With `spz=True` the Gaussians are stored SPZ-compressed instead (`KHR_gaussian_splatting_compression_spz_2`,
+a draft that extends the extension; KhronosGroup/glTF, extensions/2.0/Khronos/
+KHR_gaussian_splatting_compression_spz_2): one buffer view holds an SPZ file of version 3 (gzip; the
+format of the SPZ library's version 2, which the draft names), packed from glTF's LUF axes, i.e. the SPZ
+file `write_spz` writes; the attributes keep their accessors (type, count, POSITION's bounds) without a
+buffer view, the extension object sits inside the KHR_gaussian_splatting one, and the file lists it in
+`extensionsRequired`: a viewer without it has no data to show. About 10 times smaller than the float
+attributes, with SPZ's quantisation.
 """
 
 from __future__ import annotations
@@ -38,9 +47,12 @@ import torch
 from momentumgs.errors import UserError
 from momentumgs.export.gaussians import BakedGaussians
 from momentumgs.export.sh import MAX_SH_DEGREE, SH_C0
+from momentumgs.export.spz import decode_spz, spz_bytes
 from momentumgs.io_utils import write_bytes_atomic
 
 EXTENSION = "KHR_gaussian_splatting"
+SPZ_EXTENSION = "KHR_gaussian_splatting_compression_spz_2"
+SPZ_IN_GLB_VERSION = 3  # gzip, smallest-three rotations: what the SPZ library's version 2 writes
 GLB_MAGIC = 0x46546C67  # "glTF"
 _CHUNK_JSON = 0x4E4F534A  # "JSON"
 _CHUNK_BIN = 0x004E4942  # "BIN\0"
@@ -91,14 +103,18 @@ def gltf_attributes(g: BakedGaussians) -> dict[str, np.ndarray]:
     return attributes
 
 
-def glb_bytes(g: BakedGaussians) -> bytes:
-    """The .glb file of `g`: 12-byte header, JSON chunk, binary chunk."""
+def glb_bytes(g: BakedGaussians, spz: bool = False) -> bytes:
+    """The .glb file of `g`: 12-byte header, JSON chunk, binary chunk. `spz`: the Gaussians SPZ-compressed
+    in one buffer view (KHR_gaussian_splatting_compression_spz_2), the accessors without data."""
     views, accessors, semantics, blobs, offset = [], [], {}, [], 0
+    compressed = spz_bytes(g, SPZ_IN_GLB_VERSION) if spz else b""
+    if spz:  # the accessors describe the decoded values: POSITION's bounds are the quantised ones
+        g = decode_spz(compressed, "the SPZ payload")
+        views.append({"buffer": 0, "byteOffset": 0, "byteLength": len(compressed)})
+        blobs.append(compressed + b"\0" * (-len(compressed) % 4))
+        offset = len(blobs[-1])
     for name, values in gltf_attributes(g).items():
-        data = np.ascontiguousarray(values).tobytes()
-        views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(data), "target": _ARRAY_BUFFER})
         accessor = {
-            "bufferView": len(views) - 1,
             "componentType": _UNSIGNED_BYTE if values.dtype == np.uint8 else _FLOAT,
             "count": g.count,
             "type": {1: "SCALAR", 3: "VEC3", 4: "VEC4"}[values.shape[1]],
@@ -108,10 +124,16 @@ def glb_bytes(g: BakedGaussians) -> bytes:
         if name == "POSITION":
             accessor["min"] = values.min(axis=0).tolist()
             accessor["max"] = values.max(axis=0).tolist()
+        if not spz:
+            data = np.ascontiguousarray(values).tobytes()
+            views.append(
+                {"buffer": 0, "byteOffset": offset, "byteLength": len(data), "target": _ARRAY_BUFFER}
+            )
+            accessor = {"bufferView": len(views) - 1, **accessor}
+            blobs.append(data + b"\0" * (-len(data) % 4))
+            offset += len(blobs[-1])
         accessors.append(accessor)
         semantics[name] = len(accessors) - 1
-        blobs.append(data + b"\0" * (-len(data) % 4))
-        offset += len(blobs[-1])
     binary = b"".join(blobs)
     splatting = {
         "kernel": "ellipse",
@@ -119,10 +141,13 @@ def glb_bytes(g: BakedGaussians) -> bytes:
         "projection": "perspective",
         "sortingMethod": "cameraDistance",
     }
+    if spz:
+        splatting["extensions"] = {SPZ_EXTENSION: {"bufferView": 0}}
     primitive = {"attributes": semantics, "mode": 0, "extensions": {EXTENSION: splatting}}
     document = {
         "asset": {"version": "2.0", "generator": "momentumgs"},
-        "extensionsUsed": [EXTENSION],
+        "extensionsUsed": [EXTENSION, SPZ_EXTENSION] if spz else [EXTENSION],
+        **({"extensionsRequired": [SPZ_EXTENSION]} if spz else {}),
         "scene": 0,
         "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0, "name": "gaussians"}],
@@ -145,21 +170,21 @@ def glb_bytes(g: BakedGaussians) -> bytes:
     )
 
 
-def write_glb(path: str | Path, g: BakedGaussians) -> Path:
-    """Write `g` as a .glb with KHR_gaussian_splatting, atomically. -> the path"""
+def write_glb(path: str | Path, g: BakedGaussians, spz: bool = False) -> Path:
+    """Write `g` as a .glb with KHR_gaussian_splatting (`spz`: SPZ-compressed), atomically. -> the path"""
     if g.sh_degree > MAX_SH_DEGREE:
         raise ValueError(f"{EXTENSION} holds SH degrees 0 to {MAX_SH_DEGREE}, got {g.sh_degree}")
     if g.count == 0:
         raise ValueError("a glTF accessor holds at least one element: no Gaussians to write")
     path = Path(path)
-    write_bytes_atomic(path, glb_bytes(g))
+    write_bytes_atomic(path, glb_bytes(g, spz))
     return path
 
 
 def read_glb(path: str | Path) -> BakedGaussians:
     """Read the first KHR_gaussian_splatting primitive of a .glb (float attributes, as `write_glb` and
-    splat-transform write them) back into RDF (3DGS PLY) axes. A malformed file raises a one-line
-    UserError naming it."""
+    splat-transform write them, or SPZ-compressed) back into RDF (3DGS PLY) axes. A malformed file raises
+    a one-line UserError naming it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such glTF file")
@@ -176,6 +201,9 @@ def read_glb(path: str | Path) -> BakedGaussians:
     )
     if primitive is None:
         raise UserError(f"{path}: no {EXTENSION} primitive")
+    compression = primitive["extensions"][EXTENSION].get("extensions", {}).get(SPZ_EXTENSION)
+    if compression is not None:
+        return decode_spz(_buffer_view(path, document, binary, compression.get("bufferView")), path)
     attributes = primitive.get("attributes", {})
     degree = 0
     while degree < MAX_SH_DEGREE and sh_semantics(degree + 1)[-1] in attributes:
@@ -230,6 +258,18 @@ def _glb_chunks(path: Path, data: bytes) -> tuple[dict, bytes]:
             raise UserError(f"{path}: the second .glb chunk is not a whole binary chunk")
         binary = data[at + 8 : at + 8 + length]
     return document, binary
+
+
+def _buffer_view(path: Path, document: dict, binary: bytes, index) -> bytes:
+    """The bytes of buffer view `index` of the binary chunk."""
+    try:
+        view = document["bufferViews"][index]
+        start, length = view.get("byteOffset", 0), view["byteLength"]
+        if view.get("buffer", 0) != 0 or start + length > len(binary):
+            raise KeyError("outside the binary chunk")
+    except (KeyError, IndexError, TypeError) as exc:
+        raise UserError(f"{path}: buffer view {index} is not readable here ({exc})") from None
+    return binary[start : start + length]
 
 
 def _accessor(path: Path, document: dict, binary: bytes, index: int) -> np.ndarray:

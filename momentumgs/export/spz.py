@@ -174,7 +174,11 @@ def read_spz(path: str | Path) -> BakedGaussians:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such SPZ file")
-    data = path.read_bytes()
+    return decode_spz(path.read_bytes(), path)
+
+
+def decode_spz(data: bytes, path: str | Path) -> BakedGaussians:
+    """The Gaussians of SPZ bytes (any version read here); `path` names their file in errors."""
     if data[:4] == struct.pack("<I", SPZ_MAGIC):
         return _read_v4(path, data)
     try:
@@ -215,7 +219,7 @@ def _stream_sizes(n: int, degree: int, version: int) -> list[int]:
     return [9 * n, n, 3 * n, 3 * n, rot_bytes * n, 3 * (n_coeffs(degree) - 1) * n]
 
 
-def _read_v4(path: Path, data: bytes) -> BakedGaussians:
+def _read_v4(path: str | Path, data: bytes) -> BakedGaussians:
     """Version 4: header, table of contents, one ZSTD frame per non-empty array."""
     if len(data) < _HEADER_V4.size:
         raise UserError(f"{path}: truncated SPZ header ({len(data)} bytes)")

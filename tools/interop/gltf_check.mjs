@@ -2,6 +2,7 @@
 //   node gltf_check.mjs validate IN.glb OUT.json   the validator's report
 //   node gltf_check.mjs read IN.glb OUT.json       extensionsUsed, and per primitive its mode, extensions and
 //                                                  every attribute's values (flattened) as glTF-Transform reads them
+//   node gltf_check.mjs spz IN.glb OUT.spz         the buffer view named by KHR_gaussian_splatting_compression_spz_2
 import { readFileSync, writeFileSync } from 'node:fs';
 import { NodeIO } from '@gltf-transform/core';
 import validator from 'gltf-validator';
@@ -35,7 +36,15 @@ if (command === 'validate') {
   const gltfPrimitives = json.meshes.flatMap((m) => m.primitives);
   primitives.forEach((p, i) => { p.extensions = gltfPrimitives[i].extensions ?? {}; });
   writeFileSync(output, JSON.stringify({ extensionsUsed: json.extensionsUsed ?? [], primitives }));
+} else if (command === 'spz') {
+  // glTF-Transform's reader refuses a required extension it lacks; its JSON / resource split does not.
+  const { json, resources } = await new NodeIO().binaryToJSON(bytes);
+  const primitive = json.meshes[0].primitives[0];
+  const index = primitive.extensions.KHR_gaussian_splatting.extensions.KHR_gaussian_splatting_compression_spz_2.bufferView;
+  const view = json.bufferViews[index];
+  const buffer = resources['@glb.bin'];
+  writeFileSync(output, buffer.subarray(view.byteOffset ?? 0, (view.byteOffset ?? 0) + view.byteLength));
 } else {
-  console.error('usage: node gltf_check.mjs validate|read IN.glb OUT.json');
+  console.error('usage: node gltf_check.mjs validate|read|spz IN.glb OUT');
   process.exit(2);
 }

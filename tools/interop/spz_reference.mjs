@@ -1,6 +1,7 @@
 // Niantic's reference SPZ library (its WebAssembly build, npm @adobe/spz) as a command line, for
 // tests/test_interop.py:
-//   node spz_reference.mjs decode IN.spz OUT.json          the Gaussians in RDF (3DGS PLY) axes
+//   node spz_reference.mjs decode IN.spz OUT.json [AXES]   the Gaussians in RDF (3DGS PLY) axes, or AXES
+//                                                          (LUF: glTF's)
 //   node spz_reference.mjs encode IN.json OUT.spz VERSION  write them (same JSON) as SPZ VERSION
 // JSON: numPoints, shDegree, positions [N*3], scales [N*3] (log), rotations [N*4] (x y z w),
 // alphas [N] (logit), colors [N*3] (SH DC), sh [N*D*3] (coefficient after the DC, channel innermost).
@@ -8,12 +9,13 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import createSpzModule from '@adobe/spz';
 
 const FIELDS = ['positions', 'scales', 'rotations', 'alphas', 'colors', 'sh'];
-const [command, input, output, version] = process.argv.slice(2);
+const [command, input, output, option] = process.argv.slice(2);
 const spz = await createSpzModule();
 const RDF = spz.CoordinateSystem.RDF;
 
 if (command === 'decode') {
-  const cloud = spz.loadSpzFromBuffer(new Uint8Array(readFileSync(input)), { to: RDF });
+  const to = option ? spz.CoordinateSystem[option] : RDF;
+  const cloud = spz.loadSpzFromBuffer(new Uint8Array(readFileSync(input)), { to });
   if (!cloud || cloud.numPoints === 0) {
     console.error(`${input}: the reference library could not load it`);
     process.exit(1);
@@ -25,7 +27,7 @@ if (command === 'decode') {
   const json = JSON.parse(readFileSync(input, 'utf8'));
   const cloud = { numPoints: json.numPoints, shDegree: json.shDegree, antialiased: false, extensions: [] };
   for (const f of FIELDS) cloud[f] = new Float32Array(json[f]);
-  const options = { version: Number(version), from: RDF, sh1Bits: 5, shRestBits: 4 };
+  const options = { version: Number(option), from: RDF, sh1Bits: 5, shRestBits: 4 };
   const bytes = spz.saveSpzToBuffer(cloud, options);
   if (!bytes || bytes.length === 0) {
     console.error('the reference library could not save the cloud');
