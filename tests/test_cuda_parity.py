@@ -191,7 +191,7 @@ def refined(scene, device: str) -> dict:
     movable = seam_anchors(field, part, band_width(part, 0.1))
     before = {n: p.detach().clone() for n, p in field.params().items()}
     decoder_before = {n: v.clone() for n, v in decoder.state_dict().items()}
-    loss_before = mean_loss(field, decoder, scene, views, scene.train_ids, device)
+    loss_before = mean_loss(field, decoder, scene, views, scene.train_ids[::3], device)
     cfg = TrainConfig()
     report = refine_seams(
         field, decoder, scene, views, part, cfg, spatial_scale(scene, scene.train_ids), SEAM_STEPS, 0.1, 0
@@ -203,7 +203,7 @@ def refined(scene, device: str) -> dict:
         "after": {n: p.detach().cpu() for n, p in field.params().items()},
         "decoder_kept": all(torch.equal(decoder.state_dict()[n], v) for n, v in decoder_before.items()),
         "loss_before": loss_before,
-        "loss_after": mean_loss(field, decoder, scene, views, scene.train_ids, device),
+        "loss_after": mean_loss(field, decoder, scene, views, scene.train_ids[::3], device),
         "slot_mask": field.slot_mask.cpu(),
     }
 
