@@ -54,19 +54,7 @@ DEFAULT_BUDGET_S = 480.0
 TAIL_CHARS = 4000  # of each check's output, in the summary (the log holds all of it)
 CLI = "import sys; from momentumgs.cli import main; sys.exit(main())"  # `momentumgs` without an install
 # The modules the checks import (the import name; pip's name differs for some).
-MODULES = (
-    "torch",
-    "gsplat",
-    "pycolmap",
-    "plyfile",
-    "numpy",
-    "scipy",
-    "skimage",
-    "cv2",
-    "yaml",
-    "PIL",
-    "pytest",
-)
+MODULES = "torch gsplat pycolmap plyfile numpy scipy skimage cv2 yaml PIL pytest".split()
 
 # Inspect a finished check: (its output, its exit code) -> (key figures, the problem or None when it passed).
 Inspect = Callable[[str, int], tuple[dict, str | None]]
