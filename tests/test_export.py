@@ -382,13 +382,67 @@ def test_bad_spz_v4_files_give_one_line_errors(tmp_path):
             v4[:128] + bytes(b ^ 0x5A for b in v4[128 : 96 + packed_positions]) + v4[96 + packed_positions :],
             "corrupt SPZ positions stream",
         ),
-        "extensions.spz": (v4[:14] + b"\x02" + v4[15:], "SPZ extensions are not supported"),
+        "flag.spz": (
+            v4[:14] + b"\x02" + v4[15:],
+            "table of contents of 6 streams at byte 32, expected 6 after",
+        ),
     }
     for name, (data, message) in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(UserError, match=message) as err:
             read_spz(tmp_path / name)
         assert str(err.value).startswith(f"{tmp_path / name}: ") and "\n" not in str(err.value), name
+
+
+def _with_extensions(v4: bytes, records: bytes) -> bytes:
+    """A version-4 file (without extensions) with extension records put between header and contents."""
+    header = bytearray(v4[:32])
+    header[14] |= 0x2
+    header[16:20] = struct.pack("<I", 32 + len(records))
+    return bytes(header) + records + v4[32:]
+
+
+def test_spz_declared_axes(tmp_path):
+    from momentumgs.export.spz import SPZ_AXES
+
+    g = random_gaussians(m=120, degree=3)
+    rub = write_spz(tmp_path / "rub.spz", g).read_bytes()
+    rdf = write_spz(tmp_path / "rdf.spz", g, axes="RDF").read_bytes()
+    # SPZ_ADOBE_coordinate_system: flag bit 1, the record between the header and the table of contents
+    assert rdf[14] == 0x2 and struct.unpack_from("<I", rdf, 16)[0] == 44
+    assert rdf[32:44] == struct.pack("<III", 0xADBE0003, 4, 6)  # RDF is the extension's value 6
+    assert rdf[44:] != rub[32:]  # the data are stored otherwise ...
+    for name in ("rub", "rdf"):
+        back = read_spz(tmp_path / f"{name}.spz")  # ... and read back the same
+        assert back.info["spz_axes"] == name.upper()
+        _assert_spz_close(back, g)
+    for axes in SPZ_AXES:  # every system made of axis flips, reflections included
+        back = read_spz(write_spz(tmp_path / f"{axes}.spz", g, axes=axes))
+        assert back.info["spz_axes"] == axes
+        _assert_spz_close(back, g)
+    # An extension we do not know is skipped (as the reference does); a rotated system is refused.
+    unknown = struct.pack("<II", 0x12340001, 3) + b"abc"
+    (tmp_path / "unknown.spz").write_bytes(_with_extensions(rub, unknown))
+    back = read_spz(tmp_path / "unknown.spz")
+    assert back.info["spz_skipped_extensions"] == ["0x12340001"] and back.info["spz_axes"] == "RUB"
+    _assert_spz_close(back, g)
+    (tmp_path / "rotated.spz").write_bytes(_with_extensions(rub, struct.pack("<III", 0xADBE0003, 4, 12)))
+    with pytest.raises(UserError, match=r"rotated.spz: SPZ coordinate system 12 \(axes swapped"):
+        read_spz(tmp_path / "rotated.spz")
+    (tmp_path / "cut_record.spz").write_bytes(_with_extensions(rub, struct.pack("<II", 0xADBE0003, 4)))
+    with pytest.raises(UserError, match="cut_record.spz: SPZ extension 0xadbe0003 runs past its block"):
+        read_spz(tmp_path / "cut_record.spz")
+    # Versions 2 and 3 hold extension records after the arrays; we read them there, but write them in
+    # version 4 only (the reference library does not find them in a gzip file).
+    raw = bytearray(gzip.decompress(write_spz(tmp_path / "v3.spz", g, version=3).read_bytes()))
+    raw[14] |= 0x2
+    rotated = read_spz(write_spz(tmp_path / "rdf4.spz", g, axes="RDF"))
+    (tmp_path / "v3rdf.spz").write_bytes(gzip.compress(bytes(raw) + struct.pack("<III", 0xADBE0003, 4, 6)))
+    back = read_spz(tmp_path / "v3rdf.spz")  # RUB data read as RDF: half a turn about x from the truth
+    assert back.info["spz_axes"] == "RDF"
+    assert torch.allclose(back.means * torch.tensor([1.0, -1.0, -1.0]), rotated.means, atol=1e-6)
+    with pytest.raises(ValueError, match="version 4 files only"):
+        write_spz(tmp_path / "v2rdf.spz", g, version=2, axes="RDF")
 
 
 # ---------------------------------------------------------------- glTF
@@ -545,6 +599,9 @@ def test_cli_export_and_render(tiny_run, tmp_path, capsys):
     old = tmp_path / "m2.spz"
     assert main(["export", str(run), "--format", "spz", "--spz-version", "2", "--out", str(old)]) == 0
     assert gzip.decompress(old.read_bytes())[4] == 2 and read_spz(old).count == count
+    ply_axes = tmp_path / "rdf.spz"
+    assert main(["export", str(run), "--out", str(ply_axes), "--spz-axes", "RDF"]) == 0
+    assert read_spz(ply_axes).info["spz_axes"] == "RDF"
     assert main(["export", str(run), "--format", "glb"]) == 0
     assert read_glb(run / "export" / "model.glb").count == count
     small = tmp_path / "small.glb"

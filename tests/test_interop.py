@@ -211,6 +211,17 @@ def test_we_read_splat_transforms_spz_v4(tools, tmp_path):
     assert_within_spz_quantisation(half_turn(back, "x"), g)
 
 
+def test_both_readers_agree_on_our_spz_with_declared_rdf_axes(tools, tmp_path):
+    """`axes="RDF"` (SPZ_ADOBE_coordinate_system): the data in 3DGS PLY axes, as splat-transform reads
+    every SPZ, and declared, so that the reference library converts it as it should."""
+    g = random_gaussians(m=300, degree=3, seed=9)
+    ours = write_spz(tmp_path / "ours.spz", g, axes="RDF")
+    _convert(ours, tmp_path / "theirs.ply")
+    assert_within_spz_quantisation(read_ply(tmp_path / "theirs.ply"), g)  # no half turn
+    _node("spz_reference.mjs", "decode", ours, tmp_path / "ref.json")
+    assert_within_spz_quantisation(_from_reference_json(tmp_path / "ref.json"), g)
+
+
 @pytest.mark.slow
 def test_splat_transform_reads_our_ply_and_splat(tools, tmp_path):
     g = random_gaussians(m=200, degree=3, seed=5)

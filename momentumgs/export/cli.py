@@ -31,6 +31,13 @@ def add_export_parsers(sub) -> None:
         help="SPZ version to write (default 4, ZSTD streams; 2 or 3, gzip, for readers older than 2026)",
     )
     p.add_argument(
+        "--spz-axes",
+        default="RUB",
+        choices=["RUB", "RDF"],
+        help="axes of the SPZ data: RUB (default, the SPZ spec's) or RDF (3DGS PLY's, declared by the "
+        "SPZ_ADOBE_coordinate_system extension: SuperSplat shows it as the PLY; version 4)",
+    )
+    p.add_argument(
         "--glb-spz",
         action="store_true",
         help="a .glb holding the Gaussians SPZ-compressed (KHR_gaussian_splatting_compression_spz_2, a "

@@ -62,12 +62,14 @@ def export_run(
     appearance: str | None = None,
     spz_version: int = SPZ_WRITE_VERSION,
     glb_spz: bool = False,
+    spz_axes: str = "RUB",
 ) -> tuple[Path, BakedGaussians]:
     """Bake the model of `run_dir`, optionally refine it for `refine_epochs` passes over the training views,
     and write it as `fmt` (from `out`'s suffix when not given; default ply) to `out` (default
     RUN/export/model.<ext>; an existing file is replaced only with `force`). Colours are those of the
     training photo named `appearance`, by default the neutral appearance. SPZ is written in version
-    `spz_version` (4; 2 or 3 for older readers); a .glb SPZ-compressed with `glb_spz`.
+    `spz_version` (4; 2 or 3 for older readers) in `spz_axes` (RUB, the spec's; RDF, declared: 3DGS PLY
+    axes, as SuperSplat reads SPZ); a .glb SPZ-compressed with `glb_spz`.
     -> (path written, the Gaussians)"""
     if fmt is None:
         suffix = Path(out).suffix.lstrip(".").lower() if out else ""
@@ -78,6 +80,8 @@ def export_run(
         raise UserError(
             f"--spz-version {spz_version}: choose one of {', '.join(map(str, SPZ_WRITE_VERSIONS))}"
         )
+    if fmt == "spz" and spz_axes != "RUB" and spz_version < 4:
+        raise UserError(f"--spz-axes {spz_axes}: declared in SPZ version 4 files only (--spz-version 4)")
     path = Path(out) if out else Path(run_dir) / "export" / f"model.{fmt}"
     model, cfg = load_run(run_dir)
     refuse_existing(path, force)  # before baking, which takes a while
@@ -88,7 +92,7 @@ def export_run(
         baked = refine_baked(baked, model, scene, refine_epochs * len(scene.train_ids), appearance=row)
     try:
         if fmt == "spz":
-            write_spz(path, baked, version=spz_version)
+            write_spz(path, baked, version=spz_version, axes=spz_axes)
         elif fmt == "glb":
             write_glb(path, baked, spz=glb_spz)
         else:
@@ -126,6 +130,7 @@ def cmd_export(args) -> int:
         args.appearance,
         args.spz_version,
         args.glb_spz,
+        args.spz_axes,
     )
     size_mb = path.stat().st_size / 1e6
     print(

@@ -28,8 +28,14 @@ streams compress better (each array has its own statistics) and decompress in pa
 
 The spec fixes the stored axes as RUB (x right, y up, z back, three.js); 3DGS PLY data is RDF (y down,
 z forward), so writing flips y and z: positions, the quaternion's x y z (x, -y, -z) and the SH coefficients
-odd in y or z (the spec's flipSh table). The writer picks the largest fractional bits (at most 12, the
-reference value) that hold every coordinate.
+odd in y or z (the spec's flipSh table). A file may declare other axes with the extension
+SPZ_ADOBE_coordinate_system (extensions/README.md of the reference; a record u32 type 0xADBE0003, u32
+length 4, u32 system; records sit between the v4 header and its table of contents, after the arrays in
+v2/v3, and flag bit 1 says they are there): the reader honours the systems made of axis flips (RUB, RDF,
+LUF, ...), skips extensions it does not know, and the writer declares RDF on request (`axes="RDF"`, version
+4 only: the data stays in 3DGS PLY axes, which PlayCanvas splat-transform and SuperSplat assume of every
+SPZ). The writer picks the largest fractional bits (at most 12, the reference value) that hold every
+coordinate.
 """
 
 from __future__ import annotations
@@ -60,11 +66,37 @@ _HEADER_V4 = struct.Struct("<IIIBBBBI12x")  # version 4: + number of streams, ta
 _TOC_ENTRY = struct.Struct("<QQ")  # compressed size, uncompressed size
 _FLAG_EXTENSIONS = 0x2
 _STREAMS = ("positions", "alphas", "colours", "scales", "rotations", "SH")
-# RDF (3DGS PLY) <-> RUB (SPZ): a half turn about x, its own inverse.
-_FLIP_P = np.array([1.0, -1.0, -1.0], dtype=np.float32)
-# Sign of each SH coefficient after the DC under that flip (x = 1, y = z = -1 in the spec's table:
-# y, z, x, xy, yz, 1, xz, 1, y, xyz, y, z, x, z, x).
-_FLIP_SH = np.array([-1, -1, 1, -1, 1, 1, -1, 1, -1, 1, -1, -1, 1, -1, 1], dtype=np.float32)
+_EXT_RECORD = struct.Struct("<II")  # extension type, payload bytes
+_EXT_COORDINATES = 0xADBE0003  # SPZ_ADOBE_coordinate_system: payload u32, the system
+# The extension's systems made of axis flips, by their value (9-16, its "rotated family", swap y and z).
+SPZ_AXES = {"LDB": 1, "RDB": 2, "LUB": 3, "RUB": 4, "LDF": 5, "RDF": 6, "LUF": 7, "RUF": 8}
+# Which of x, y, z each SH basis function after the DC is odd in (gsplat's order: y, z, x | xy, yz,
+# 2z^2-x^2-y^2, xz, x^2-y^2 | y(3x^2-y^2), xyz, y(4z^2-..), z(2z^2-..), x(4z^2-..), z(x^2-y^2), x(x^2-3y^2)).
+_SH_ODD = np.array(
+    [[0, 1, 0], [0, 0, 1], [1, 0, 0]]
+    + [[1, 1, 0], [0, 1, 1], [0, 0, 0], [1, 0, 1], [0, 0, 0]]
+    + [[0, 1, 0], [1, 1, 1], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 0, 1], [1, 0, 0]],
+    dtype=bool,
+)
+
+
+def axis_flips(src: str, dst: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What takes data in axes `src` to axes `dst` (names of SPZ_AXES): the sign of each coordinate [3], of
+    the quaternion's x y z [3] and of each SH coefficient after the DC [15]. A flip of two axes is a half
+    turn, which negates those two quaternion components; a flip of one or three is a turn times -1, and
+    -1 leaves every covariance alone, so the quaternion takes the turn's signs (f times its determinant).
+    RDF -> RUB: (1, -1, -1), the quaternion (1, -1, -1), the SH as the spec's flipSh table."""
+    sign = {"R": 1, "L": -1, "U": 1, "D": -1, "B": 1, "F": -1}
+    f = np.array([sign[a] * sign[b] for a, b in zip(src, dst, strict=True)], dtype=np.float32)
+    sh = np.where(_SH_ODD, f, 1.0).prod(axis=1).astype(np.float32)
+    return f, f * f.prod(), sh
+
+
+def _coordinates_record(axes: str) -> bytes:
+    """The SPZ_ADOBE_coordinate_system record declaring `axes` (none for RUB, the spec's own)."""
+    if axes == "RUB":
+        return b""
+    return _EXT_RECORD.pack(_EXT_COORDINATES, 4) + struct.pack("<I", SPZ_AXES[axes])
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
@@ -83,11 +115,15 @@ def _fractional_bits(positions: np.ndarray) -> int:
     return bits
 
 
-def spz_arrays(g: BakedGaussians, version: int = SPZ_WRITE_VERSION) -> tuple[int, list[np.ndarray]]:
-    """The quantised attribute arrays of `g` in SPZ's stream order, for `version` (its rotation
-    encoding). -> (fractional bits, [positions, alphas, colours, scales, rotations, SH], each uint8)"""
+def spz_arrays(
+    g: BakedGaussians, version: int = SPZ_WRITE_VERSION, axes: str = "RUB"
+) -> tuple[int, list[np.ndarray]]:
+    """The quantised attribute arrays of `g` (3DGS PLY axes) in SPZ's stream order, stored in `axes`, for
+    `version` (its rotation encoding). -> (fractional bits, [positions, alphas, colours, scales, rotations,
+    SH], each uint8)"""
     degree = g.sh_degree
-    pos = g.means.detach().cpu().numpy().astype(np.float32) * _FLIP_P  # [N, 3] RUB
+    flip_p, flip_q, flip_sh = axis_flips("RDF", axes)
+    pos = g.means.detach().cpu().numpy().astype(np.float32) * flip_p  # [N, 3] in `axes`
     bits = _fractional_bits(pos)
     fixed = (np.sign(pos) * np.floor(np.abs(pos.astype(np.float64)) * (1 << bits) + 0.5)).astype(np.int64)
     fixed = fixed.astype(np.uint32)  # two's complement; the low three bytes are the 24-bit value
@@ -101,10 +137,10 @@ def spz_arrays(g: BakedGaussians, version: int = SPZ_WRITE_VERSION) -> tuple[int
 
     q = g.quats.detach().cpu().numpy().astype(np.float32)  # [N, 4] wxyz
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    xyzw = np.concatenate([q[:, 1:] * _FLIP_P, q[:, :1]], axis=1)  # the half turn about x negates y and z
+    xyzw = np.concatenate([q[:, 1:] * flip_q, q[:, :1]], axis=1)
     rotations = _first_three(xyzw) if version == 2 else _pack_smallest_three(xyzw)
 
-    rest = sh[:, 1:, :] * _FLIP_SH[: n_coeffs(degree) - 1, None]  # [N, D, 3]
+    rest = sh[:, 1:, :] * flip_sh[: n_coeffs(degree) - 1, None]  # [N, D, 3]
     q_sh = np.sign(rest * 128.0) * np.floor(np.abs(rest * 128.0) + 0.5) + 128.0
     bucket = np.where(np.arange(rest.shape[1]) < 3, 8, 16)[None, :, None]  # 5 bits degree 1, 4 bits above
     q_sh = np.trunc((q_sh + bucket // 2) / bucket) * bucket
@@ -138,25 +174,38 @@ def _pack_smallest_three(xyzw: np.ndarray) -> np.ndarray:
     return np.stack([(comp >> s) & 0xFF for s in (0, 8, 16, 24)], axis=1).astype(np.uint8)
 
 
-def spz_bytes(g: BakedGaussians, version: int = SPZ_WRITE_VERSION) -> bytes:
-    """The SPZ file of `g`, version 4 (ZSTD streams behind a table of contents), 3 or 2 (gzip)."""
+def spz_bytes(g: BakedGaussians, version: int = SPZ_WRITE_VERSION, axes: str = "RUB") -> bytes:
+    """The SPZ file of `g`, version 4 (ZSTD streams behind a table of contents), 3 or 2 (gzip), stored in
+    `axes` (RUB, the spec's; another name of SPZ_AXES is declared by SPZ_ADOBE_coordinate_system)."""
     if version not in SPZ_WRITE_VERSIONS:
         raise ValueError(f"SPZ version {version}: writes {SPZ_WRITE_VERSIONS}")
-    bits, arrays = spz_arrays(g, version)
+    if axes not in SPZ_AXES:
+        raise ValueError(f"SPZ axes {axes}: choose one of {', '.join(SPZ_AXES)}")
+    if axes != "RUB" and version < 4:
+        # The reference library skips extension records after the arrays of a gzip file (its stream there
+        # cannot tell how many bytes remain), so it would read such a file as RUB.
+        raise ValueError(f"SPZ axes {axes} are declared in version 4 files only")
+    bits, arrays = spz_arrays(g, version, axes)
     streams = [np.ascontiguousarray(a).tobytes() for a in arrays]
+    extensions = _coordinates_record(axes)
+    flags = _FLAG_EXTENSIONS if extensions else 0
     if version < 4:
-        header = _HEADER.pack(SPZ_MAGIC, version, g.count, g.sh_degree, bits, 0, 0)
-        return gzip.compress(header + b"".join(streams), compresslevel=6, mtime=0)
+        header = _HEADER.pack(SPZ_MAGIC, version, g.count, g.sh_degree, bits, flags, 0)
+        return gzip.compress(header + b"".join(streams) + extensions, compresslevel=6, mtime=0)
     streams = [s for s in streams if s]  # no SH stream at degree 0, as the reference writes
     codec = zstandard.ZstdCompressor(level=SPZ_ZSTD_LEVEL)  # frames carry their content size
     frames = [codec.compress(s) for s in streams]
-    header = _HEADER_V4.pack(SPZ_MAGIC, 4, g.count, g.sh_degree, bits, 0, len(frames), _HEADER_V4.size)
+    toc_at = _HEADER_V4.size + len(extensions)
+    header = _HEADER_V4.pack(SPZ_MAGIC, 4, g.count, g.sh_degree, bits, flags, len(frames), toc_at)
     toc = b"".join(_TOC_ENTRY.pack(len(f), len(s)) for f, s in zip(frames, streams, strict=True))
-    return header + toc + b"".join(frames)
+    return header + extensions + toc + b"".join(frames)
 
 
-def write_spz(path: str | Path, g: BakedGaussians, version: int = SPZ_WRITE_VERSION) -> Path:
-    """Write `g` as SPZ (version 4 by default; 3 or 2 for older readers), atomically. -> the path"""
+def write_spz(
+    path: str | Path, g: BakedGaussians, version: int = SPZ_WRITE_VERSION, axes: str = "RUB"
+) -> Path:
+    """Write `g` as SPZ (version 4 by default; 3 or 2 for older readers) in `axes` (RUB, the spec's; RDF
+    keeps 3DGS PLY axes and says so), atomically. -> the path"""
     if g.sh_degree > 3:
         raise ValueError(f"SPZ holds SH degrees 0 to 3, got {g.sh_degree}")
     if g.count == 0:
@@ -164,13 +213,14 @@ def write_spz(path: str | Path, g: BakedGaussians, version: int = SPZ_WRITE_VERS
     if version < 4 and g.count > SPZ_MAX_POINTS:
         raise ValueError(f"{g.count} Gaussians: SPZ version {version} readers load at most {SPZ_MAX_POINTS}")
     path = Path(path)
-    write_bytes_atomic(path, spz_bytes(g, version))
+    write_bytes_atomic(path, spz_bytes(g, version, axes))
     return path
 
 
 def read_spz(path: str | Path) -> BakedGaussians:
-    """Read an SPZ file of version 2, 3 (gzip) or 4 (ZSTD streams; no extensions) back into RDF (3DGS PLY)
-    axes. A malformed file raises a one-line UserError naming it."""
+    """Read an SPZ file of version 2, 3 (gzip) or 4 (ZSTD streams) back into RDF (3DGS PLY) axes, from RUB
+    or the axes its SPZ_ADOBE_coordinate_system declares. A malformed file raises a one-line UserError
+    naming it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such SPZ file")
@@ -193,13 +243,14 @@ def decode_spz(data: bytes, path: str | Path) -> BakedGaussians:
     _check_header(path, magic, version, n, degree, flags, (2, 3))
     sizes = _stream_sizes(n, degree, version)
     expected = _HEADER.size + sum(sizes)
-    if len(data) != expected:
+    if len(data) < expected or (len(data) > expected and not flags & _FLAG_EXTENSIONS):
         raise UserError(f"{path}: SPZ body has {len(data)} bytes, {expected} expected for {n} points")
     arrays, offset = [], _HEADER.size
     for size in sizes:
         arrays.append(np.frombuffer(data, dtype=np.uint8, count=size, offset=offset))
         offset += size
-    return _unpack(n, degree, bits, version, *arrays, path)
+    axes, skipped = _read_extensions(path, data[expected:])
+    return _unpack(n, degree, bits, version, *arrays, path, axes, skipped)
 
 
 def _check_header(path, magic, version, n, degree, flags, versions) -> None:
@@ -207,8 +258,6 @@ def _check_header(path, magic, version, n, degree, flags, versions) -> None:
         raise UserError(f"{path}: not an SPZ file (magic {magic:#010x})")
     if version not in versions:
         raise UserError(f"{path}: SPZ version {version} is not supported here (reads {SPZ_READ_VERSIONS})")
-    if flags & _FLAG_EXTENSIONS:
-        raise UserError(f"{path}: SPZ extensions are not supported")
     if n == 0 or degree > 3 or (version < 4 and n > SPZ_MAX_POINTS):
         raise UserError(f"{path}: implausible SPZ header ({n} points, SH degree {degree})")
 
@@ -227,10 +276,15 @@ def _read_v4(path: str | Path, data: bytes) -> BakedGaussians:
     _check_header(path, magic, version, n, degree, flags, (4,))
     sizes = [s for s in _stream_sizes(n, degree, version) if s > 0]
     names = [name for name, s in zip(_STREAMS, _stream_sizes(n, degree, version), strict=True) if s > 0]
-    if n_streams != len(sizes) or toc_at != _HEADER_V4.size:
+    if (
+        n_streams != len(sizes)
+        or toc_at < _HEADER_V4.size
+        or (toc_at > _HEADER_V4.size) != bool(flags & _FLAG_EXTENSIONS)
+    ):
+        where = "just after the header" if not flags & _FLAG_EXTENSIONS else "after the extensions"
         raise UserError(
             f"{path}: SPZ table of contents of {n_streams} streams at byte {toc_at}, expected "
-            f"{len(sizes)} at byte {_HEADER_V4.size}"
+            f"{len(sizes)} {where}"
         )
     offset = toc_at + n_streams * _TOC_ENTRY.size
     if len(data) < offset:
@@ -257,24 +311,53 @@ def _read_v4(path: str | Path, data: bytes) -> BakedGaussians:
         raise UserError(f"{path}: {len(data) - offset} bytes after the last SPZ stream")
     if degree == 0:
         arrays.append(np.zeros(0, dtype=np.uint8))
-    return _unpack(n, degree, bits, version, *arrays, path)
+    axes, skipped = _read_extensions(path, data[_HEADER_V4.size : toc_at])
+    return _unpack(n, degree, bits, version, *arrays, path, axes, skipped)
 
 
-def _unpack(n, degree, bits, version, positions, alphas, colors, scales, rotations, sh_bytes, path):
+def _read_extensions(path, block: bytes) -> tuple[str, list[str]]:
+    """The axes declared by SPZ_ADOBE_coordinate_system in the extension records `block` (RUB without
+    one), and the types of the records skipped (unknown here, as the reference skips them)."""
+    axes, skipped, at = "RUB", [], 0
+    while at < len(block):
+        if at + _EXT_RECORD.size > len(block):
+            raise UserError(f"{path}: truncated SPZ extension record at byte {at} of {len(block)}")
+        kind, length = _EXT_RECORD.unpack_from(block, at)
+        payload = block[at + _EXT_RECORD.size : at + _EXT_RECORD.size + length]
+        if len(payload) != length:
+            raise UserError(f"{path}: SPZ extension {kind:#010x} runs past its block")
+        if kind == _EXT_COORDINATES and length == 4:
+            value = struct.unpack("<I", payload)[0]
+            names = {v: k for k, v in SPZ_AXES.items()} | {0: "RUB"}  # unspecified: RUB, as the reference
+            if value not in names:
+                raise UserError(
+                    f"{path}: SPZ coordinate system {value} (axes swapped, not only flipped) is not read here"
+                )
+            axes = names[value]
+        else:
+            skipped.append(f"{kind:#010x}")
+        at += _EXT_RECORD.size + length
+    return axes, skipped
+
+
+def _unpack(
+    n, degree, bits, version, positions, alphas, colors, scales, rotations, sh_bytes, path, axes, skipped
+):
+    flip_p, flip_q, flip_sh = axis_flips(axes, "RDF")
     p = positions.reshape(n, 3, 3).astype(np.int32)
     fixed = p[..., 0] | (p[..., 1] << 8) | (p[..., 2] << 16)
     fixed = np.where(fixed & 0x800000, fixed - (1 << 24), fixed)  # sign extension
-    means = fixed.astype(np.float32) / (1 << bits) * _FLIP_P
+    means = fixed.astype(np.float32) / (1 << bits) * flip_p
     if version == 2:
         xyz = rotations.reshape(n, 3).astype(np.float32) / 127.5 - 1.0
         w = np.sqrt(np.maximum(0.0, 1.0 - (xyz * xyz).sum(axis=1, keepdims=True)))
         quats = np.concatenate([w, xyz], axis=1)  # wxyz
     else:
         quats = _smallest_three(rotations.reshape(n, 4))
-    quats[:, 1:] *= _FLIP_P
+    quats[:, 1:] *= flip_q
     dc = (colors.reshape(n, 3).astype(np.float32) / 255.0 - 0.5) / SPZ_COLOR_SCALE
     rest = (sh_bytes.reshape(n, -1, 3).astype(np.float32) - 128.0) / 128.0
-    rest = rest * _FLIP_SH[: rest.shape[1], None]
+    rest = rest * flip_sh[: rest.shape[1], None]
     opacities = alphas.astype(np.float32) / 255.0
     return BakedGaussians(
         means=torch.from_numpy(means),
@@ -282,7 +365,13 @@ def _unpack(n, degree, bits, version, positions, alphas, colors, scales, rotatio
         scales=torch.from_numpy(np.exp(scales.reshape(n, 3).astype(np.float32) / 16.0 - 10.0)),
         opacities=torch.from_numpy(opacities),
         sh=torch.from_numpy(np.concatenate([dc[:, None, :], rest], axis=1)),
-        info={"source": str(path), "spz_version": version, "fractional_bits": bits},
+        info={
+            "source": str(path),
+            "spz_version": version,
+            "fractional_bits": bits,
+            "spz_axes": axes,
+            **({"spz_skipped_extensions": skipped} if skipped else {}),
+        },
     )
 
 
