@@ -19,7 +19,16 @@ import torch
 from plyfile import PlyData
 from test_export import SH_C0, random_gaussians
 
-from momentumgs.export import BakedGaussians, read_ply, read_spz, write_glb, write_ply, write_splat, write_spz
+from momentumgs.export import (
+    BakedGaussians,
+    read_glb,
+    read_ply,
+    read_spz,
+    write_glb,
+    write_ply,
+    write_splat,
+    write_spz,
+)
 from momentumgs.export.gltf import EXTENSION, SPZ_EXTENSION, sh_semantics
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools" / "interop"
@@ -336,6 +345,10 @@ def test_gltf_transform_reads_our_glb_as_splat_transform_writes_it(tools, tmp_pa
     cov_ours = covariances(back.quats, back.scales)
     cov_theirs = covariances(torch.cat([xyzw_t[:, 3:], xyzw_t[:, :3]], dim=1), back.scales)
     assert torch.allclose(cov_ours, cov_theirs, atol=1e-9)
+    # Their .glb read by us: the Gaussians, back in 3DGS PLY axes (the quaternion other, the covariance not).
+    d = differences(read_glb(tmp_path / "theirs.glb"), g)
+    assert d["covariance_rel"] <= 1e-5
+    assert max(v for k, v in d.items() if k not in ("covariance_rel", "rotation_dot")) <= 1e-6
 
 
 def test_reference_library_reads_the_spz_in_our_glb(tools, tmp_path):
