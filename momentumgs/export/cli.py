@@ -35,7 +35,7 @@ def add_export_parsers(sub) -> None:
         default="RUB",
         choices=["RUB", "RDF"],
         help="axes of the SPZ data: RUB (default, the SPZ spec's) or RDF (3DGS PLY's, declared by the "
-        "SPZ_ADOBE_coordinate_system extension: SuperSplat shows it as the PLY; version 4)",
+        "SPZ_ADOBE_coordinate_system extension: the axes splat-transform assumes of any SPZ; version 4)",
     )
     p.add_argument(
         "--glb-spz",
