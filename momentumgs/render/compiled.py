@@ -61,6 +61,8 @@ class TileSet:
         dtype = self.params.dtype
         self.consts = np.array([0.5, ALPHA_THRESHOLD, MAX_ALPHA, 0.0], dtype=dtype)
         self.coords = np.arange(max(width, height, 1), dtype=dtype)
+        opacity = self.params[:, 5].astype(np.float64)
+        self.log_levels = np.log(np.maximum(opacity / ALPHA_THRESHOLD, 1.0))  # [E] the largest sigma drawn
         self.tiles_x, self.tiles_y = math.ceil(width / tiles.TILE), math.ceil(height / tiles.TILE)
         cam_start = torch.searchsorted(camera, torch.arange(C + 1, device=camera.device)).numpy()
         self.offsets, self.ids = tiles.bin_tiles(self.boxes, cam_start, self.tiles_x, self.tiles_y)
@@ -79,6 +81,7 @@ class TileSet:
             self.tiles_y,
             self.consts,
             self.coords,
+            self.log_levels,
         )
 
 

@@ -78,6 +78,29 @@ def _raw_alpha(params, consts, coords, e, x0, x, y):  # pragma: no cover - compi
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _row_span(params, e, y, x_lo, x_hi, log_levels):  # pragma: no cover - compiled
+    """The columns [first, last] of row y within [x_lo, x_hi] where entry e may reach alpha 1/255.
+
+    sigma <= ln(255 opacity) is an interval of a convex quadratic along the row; it is solved in float64
+    and widened by one pixel on each side, as the reference does (the exact per-pixel test follows, so this
+    only skips work: an ellipse fills at most pi/4 of its box).
+    """
+    half_a = 0.5 * np.float64(params[e, 2])
+    dy = np.float64(params[e, 1]) - (y + 0.5)
+    b_dy = np.float64(params[e, 3]) * dy
+    rest = 0.5 * np.float64(params[e, 4]) * dy * dy - log_levels[e]
+    disc = b_dy * b_dy - 4.0 * half_a * rest
+    if disc < -4.0 * half_a * 1e-4:  # the row's smallest sigma is above the level beyond rounding
+        return 1, 0
+    half_width = np.sqrt(max(disc, 0.0)) / (2.0 * half_a)
+    # dx = mean x - (x + 0.5) is smallest-sigma at dx = -b dy / a
+    centre = np.float64(params[e, 0]) - 0.5 + b_dy / (2.0 * half_a)
+    first = max(x_lo, int(np.ceil(centre - half_width)) - 1)
+    last = min(x_hi, int(np.floor(centre + half_width)) + 1)
+    return first, last
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _tile_rect(t, tiles_x, tiles_y, width, height):  # pragma: no cover - compiled
     """Camera, first column, first row, columns and rows of tile t."""
     cam = t // (tiles_x * tiles_y)
@@ -86,12 +109,14 @@ def _tile_rect(t, tiles_x, tiles_y, width, height):  # pragma: no cover - compil
 
 
 @numba.njit(cache=True, nogil=True)
-def forward(params, colors, boxes, offsets, ids, width, height, tiles_x, tiles_y, consts, coords):  # noqa: E501
+def forward(
+    params, colors, boxes, offsets, ids, width, height, tiles_x, tiles_y, consts, coords, log_levels
+):  # pragma: no cover - compiled
     """Composited colours [C, H, W, D] (no background), T behind each pixel [C, H, W] (float64) and the
     position in its tile's list of each pixel's last contributor [C, H, W] (-1 for none).
 
     params [E, 6] mean x, mean y, conic a, b, c, opacity; colors [E, D]; consts [4]: 0.5, 1/255, 0.999, 0
-    in the params' dtype.
+    in the params' dtype; log_levels [E] float64: ln(max(1, 255 opacity)), the largest sigma drawn.
     """
     n_tiles = offsets.shape[0] - 1
     n_cams = n_tiles // (tiles_x * tiles_y)
@@ -115,8 +140,10 @@ def forward(params, colors, boxes, offsets, ids, width, height, tiles_x, tiles_y
         for i in range(lo, hi):
             e = ids[i]
             x0 = boxes[e, 0]
+            x_lo, x_hi = max(x0, px), min(boxes[e, 1], px + nx - 1)
             for y in range(max(boxes[e, 2], py), min(boxes[e, 3], py + ny - 1) + 1):
-                for x in range(max(x0, px), min(boxes[e, 1], px + nx - 1) + 1):
+                first, last_x = _row_span(params, e, y, x_lo, x_hi, log_levels)
+                for x in range(first, last_x + 1):
                     ly, lx = y - py, x - px
                     if done[ly, lx]:
                         continue
@@ -157,6 +184,7 @@ def backward(
     tiles_y,
     consts,
     coords,
+    log_levels,
     final_t,
     last,
     v_image,
@@ -191,8 +219,10 @@ def backward(
         for i in range(last_in_tile, lo - 1, -1):
             e = ids[i]
             x0 = boxes[e, 0]
+            x_lo, x_hi = max(x0, px), min(boxes[e, 1], px + nx - 1)
             for y in range(max(boxes[e, 2], py), min(boxes[e, 3], py + ny - 1) + 1):
-                for x in range(max(x0, px), min(boxes[e, 1], px + nx - 1) + 1):
+                first, last_x = _row_span(params, e, y, x_lo, x_hi, log_levels)
+                for x in range(first, last_x + 1):
                     if i > last[cam, y, x]:
                         continue
                     raw, dx, dy = _raw_alpha(params, consts, coords, e, x0, x, y)
