@@ -26,7 +26,7 @@ from momentumgs.errors import ConfigError
 #
 # Each field states its allowed values in its annotation, and `check_config` checks them all at load:
 #   Annotated[int, Range(ge=1)]           a finite number within bounds (ge >=, gt >, le <=, lt <)
-#   Literal["a", "b"]                     one of these strings
+#   Literal["a", "b"]                     one of these strings (`off`, which YAML reads as false, too)
 #   bool                                  true or false (the type says it all)
 #   Annotated[str, Device()]              auto, cpu, cuda or cuda:N
 #   Annotated[list[int], ListOf(...)]     a list of set lengths, each item within a Range, maybe a rule
@@ -402,6 +402,40 @@ def check_config(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"{key}: expected {check.describe(base)}, got {value!r}")
 
 
+class _Spelled:
+    """A YAML 1.1 boolean with the word it was written as (yes, no, on, off, true, false in any case).
+
+    YAML reads `off` as false; a field whose choices hold the word takes the word (`model.appearance: off`
+    is the choice "off", and so is `--set model.appearance=off`), a string field takes it as text, and any
+    other field gets the boolean. Knowing the word, `no` and `off` never stand for one another."""
+
+    __slots__ = ("value", "text")
+
+    def __init__(self, value: bool, text: str):
+        self.value, self.text = value, text
+
+    def __bool__(self) -> bool:
+        return self.value
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader, but a boolean keeps the word it was written as (_Spelled)."""
+
+
+_Loader.add_constructor(
+    "tag:yaml.org,2002:bool", lambda loader, node: _Spelled(loader.construct_yaml_bool(node), node.value)
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no Python objects
+
+
+def _plain(value: Any) -> Any:
+    """`value` (as _load_yaml gives it) with each _Spelled back to its boolean."""
+    return value.value if isinstance(value, _Spelled) else value
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -409,6 +443,13 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotated type `tp`; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
+    if isinstance(value, _Spelled) and origin not in (typing.Union, types.UnionType):
+        if value.text in (typing.get_args(tp) if origin is Literal else ()) or tp is str:
+            return value.text  # the choice (or the text) as written, which YAML 1.1 reads as a boolean
+        if origin is Literal:
+            choices = ", ".join(map(str, typing.get_args(tp)))
+            raise ConfigError(f"config key '{key}': expected one of {choices}, got {value.text}")
+        value = value.value
     if origin is Literal:  # here only the type of its choices; which ones, check_config
         return _coerce(value, type(typing.get_args(tp)[0]), key)
     if origin in (typing.Union, types.UnionType):
@@ -448,7 +489,7 @@ def _apply(obj: Any, data: dict, prefix: str = "") -> None:
     """Set the fields of dataclass `obj` from the nested dict `data`, checking keys and types."""
     if not isinstance(data, dict):
         where = prefix.rstrip(".") or "top level"
-        raise ConfigError(f"config key '{where}': expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config key '{where}': expected a mapping, got {type(_plain(data)).__name__}")
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for name, value in data.items():
@@ -471,7 +512,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"--set '{text}': empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -492,7 +533,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not path.is_file():
             raise ConfigError(f"config file {path}: not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = _load_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             where = f" (line {line + 1})" if line is not None else ""

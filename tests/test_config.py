@@ -217,6 +217,55 @@ def test_every_field_rejects_what_it_does_not_allow(key, hint):
         assert "\n" not in message
 
 
+def field_value(cfg, key):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+CHOICES = [
+    (key, choice)
+    for key, hint in FIELDS
+    if typing.get_origin(value_type(hint)) is typing.Literal
+    for choice in typing.get_args(value_type(hint))
+]
+
+
+@pytest.mark.parametrize("key, choice", CHOICES, ids=[f"{key}={choice}" for key, choice in CHOICES])
+def test_every_choice_is_taken_as_typed(tmp_path, key, choice):
+    """Each choice of each field, unquoted, through --set and in a YAML file: `off`, which YAML 1.1 reads
+    as false, is the choice "off" where a field has it."""
+    assert field_value(load_config(None, [f"{key}={choice}"]), key) == choice
+    *sections, name = key.split(".")
+    text = "".join(f"{'  ' * depth}{section}:\n" for depth, section in enumerate(sections))
+    path = tmp_path / "c.yaml"
+    path.write_text(text + f"{'  ' * len(sections)}{name}: {choice}\n")
+    assert field_value(load_config(path), key) == choice
+
+
+def test_yaml_booleans_keep_their_word():
+    """A word YAML 1.1 reads as a boolean is the choice of that spelling, never another one of its meaning;
+    a field without that choice names its choices, a text field takes the word, a boolean field the value."""
+    from momentumgs.config import _apply, _load_yaml
+
+    assert ("model.appearance", "off") in CHOICES
+
+    @dataclasses.dataclass
+    class Answers:
+        answer: typing.Literal["no", "off", "yes"] = "yes"
+
+    for word in ("no", "off", "yes"):
+        answers = Answers()
+        _apply(answers, _load_yaml(f"answer: {word}"))
+        assert answers.answer == word
+    with pytest.raises(ConfigError, match=r"^config key 'answer': expected one of no, off, yes, got false$"):
+        _apply(Answers(), _load_yaml("answer: false"))
+    with pytest.raises(ConfigError, match=r"^config key 'partition.assign': expected one of vis.*, got on$"):
+        load_config(None, ["partition.assign=on"])
+    cfg = load_config(None, ["data.path=yes", "model.use_distance=on", "demo.appearance=No"])
+    assert (cfg.data.path, cfg.model.use_distance, cfg.demo.appearance) == ("yes", True, False)
+
+
 def test_defaults_and_boundary_values_are_allowed():
     check_config(Config())
     allowed = [
