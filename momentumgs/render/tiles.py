@@ -60,21 +60,26 @@ def bin_tiles(boxes, cam_start, tiles_x, tiles_y):  # pragma: no cover - compile
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _raw_alpha(params, consts, coords, e, x0, x, y):  # pragma: no cover - compiled
-    """(raw alpha, dx, dy) of entry e at pixel (x, y) of its box (first column x0); raw alpha 0 where the
-    pair is culled (sigma < 0, alpha < 1/255). The reference's float steps; coords [max(W, H)] holds 0, 1,
-    2, ... in the params' dtype (so that integers convert without leaving that dtype)."""
-    zero, half = consts[3], consts[0]
+def _row_terms(params, consts, coords, e, x0, y):  # pragma: no cover - compiled
+    """Entry e along row y, in the params' dtype and the reference's float steps: dx at the box's first
+    column x0, a/2, b dy, c/2 dy^2 and dy, so that sigma = (a/2 dx + b dy) dx + c/2 dy^2 with dx = dx0 - k
+    at column x0 + k. coords [max(W, H)] holds 0, 1, 2, ... in that dtype (integers convert without
+    leaving it)."""
+    half = consts[0]
     dx0 = params[e, 0] - (coords[x0] + half)
-    dx = dx0 - coords[x - x0]
     dy = params[e, 1] - (coords[y] + half)
-    sigma = (half * params[e, 2] * dx + params[e, 3] * dy) * dx + half * params[e, 4] * dy * dy
+    return dx0, half * params[e, 2], params[e, 3] * dy, half * params[e, 4] * dy * dy, dy
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _raw_alpha(opacity, half_a, b_dy, half_c_dy2, dx, consts):  # pragma: no cover - compiled
+    """opacity exp(-sigma) at dx along a row, 0 where the pair is culled (sigma < 0, alpha < 1/255)."""
+    zero = consts[3]
+    sigma = (half_a * dx + b_dy) * dx + half_c_dy2
     if sigma < zero:
-        return zero, dx, dy
-    raw = params[e, 5] * np.exp(-sigma)
-    if raw < consts[1]:
-        return zero, dx, dy
-    return raw, dx, dy
+        return zero
+    raw = opacity * np.exp(-sigma)
+    return raw if raw >= consts[1] else zero
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -141,13 +146,15 @@ def forward(
             e = ids[i]
             x0 = boxes[e, 0]
             x_lo, x_hi = max(x0, px), min(boxes[e, 1], px + nx - 1)
+            opacity = params[e, 5]
             for y in range(max(boxes[e, 2], py), min(boxes[e, 3], py + ny - 1) + 1):
                 first, last_x = _row_span(params, e, y, x_lo, x_hi, log_levels)
+                dx0, half_a, b_dy, half_c_dy2, _ = _row_terms(params, consts, coords, e, x0, y)
                 for x in range(first, last_x + 1):
                     ly, lx = y - py, x - px
                     if done[ly, lx]:
                         continue
-                    raw, _, _ = _raw_alpha(params, consts, coords, e, x0, x, y)
+                    raw = _raw_alpha(opacity, half_a, b_dy, half_c_dy2, dx0 - coords[x - x0], consts)
                     if raw == 0.0:
                         continue
                     alpha = min(raw, max_alpha)
@@ -204,6 +211,8 @@ def backward(
     v_abs = np.zeros((E if absgrad else 0, 2), dtype=np.float64)
     T = np.empty((TILE, TILE), dtype=np.float64)
     behind = np.empty((TILE, TILE), dtype=np.float64)
+    last_tile = np.empty((TILE, TILE), dtype=np.int32)
+    v_color = np.empty(D, dtype=np.float64)
     max_alpha = consts[2]
     for t in range(offsets.shape[0] - 1):
         lo, hi = offsets[t], offsets[t + 1]
@@ -215,41 +224,61 @@ def backward(
             for lx in range(nx):
                 T[ly, lx] = final_t[cam, py + ly, px + lx]
                 behind[ly, lx] = tail[cam, py + ly, px + lx]
-                last_in_tile = max(last_in_tile, last[cam, py + ly, px + lx])
+                last_tile[ly, lx] = last[cam, py + ly, px + lx]
+                last_in_tile = max(last_in_tile, last_tile[ly, lx])
         for i in range(last_in_tile, lo - 1, -1):
             e = ids[i]
             x0 = boxes[e, 0]
             x_lo, x_hi = max(x0, px), min(boxes[e, 1], px + nx - 1)
+            opacity = params[e, 5]
+            # this entry's sums over the tile's pixels, in registers; added to the arrays once
+            s_dx = s_dy = s_dxdx = s_dxdy = s_dydy = s_1 = abs_x = abs_y = 0.0
+            v_color[:] = 0.0
             for y in range(max(boxes[e, 2], py), min(boxes[e, 3], py + ny - 1) + 1):
                 first, last_x = _row_span(params, e, y, x_lo, x_hi, log_levels)
+                dx0, half_a, b_dy, half_c_dy2, dy = _row_terms(params, consts, coords, e, x0, y)
+                ly = y - py
                 for x in range(first, last_x + 1):
-                    if i > last[cam, y, x]:
+                    lx = x - px
+                    if i > last_tile[ly, lx]:
                         continue
-                    raw, dx, dy = _raw_alpha(params, consts, coords, e, x0, x, y)
+                    dx = dx0 - coords[x - x0]
+                    raw = _raw_alpha(opacity, half_a, b_dy, half_c_dy2, dx, consts)
                     if raw == 0.0:
                         continue
-                    ly, lx = y - py, x - px
                     alpha = min(raw, max_alpha)
-                    T_k = T[ly, lx] / (1.0 - alpha)
+                    keep = 1.0 / (1.0 - alpha)
+                    T_k = T[ly, lx] * keep
                     weight = alpha * T_k
                     c_dot_v = 0.0
                     for d in range(D):
                         v = v_image[cam, y, x, d]
                         c_dot_v += colors[e, d] * v
-                        v_colors[e, d] += weight * v
-                    v_alpha = T_k * c_dot_v - behind[ly, lx] / (1.0 - alpha)
+                        v_color[d] += weight * v
+                    v_alpha = T_k * c_dot_v - behind[ly, lx] * keep
                     behind[ly, lx] += weight * c_dot_v
                     T[ly, lx] = T_k
                     v_sigma = -raw * v_alpha if raw <= max_alpha else 0.0
                     v_sigma_dx, v_sigma_dy = v_sigma * dx, v_sigma * dy
-                    moments[e, 0] += v_sigma_dx
-                    moments[e, 1] += v_sigma_dy
-                    moments[e, 2] += v_sigma_dx * dx
-                    moments[e, 3] += v_sigma_dx * dy
-                    moments[e, 4] += v_sigma_dy * dy
-                    moments[e, 5] += v_sigma
+                    s_dx += v_sigma_dx
+                    s_dy += v_sigma_dy
+                    s_dxdx += v_sigma_dx * dx
+                    s_dxdy += v_sigma_dx * dy
+                    s_dydy += v_sigma_dy * dy
+                    s_1 += v_sigma
                     if absgrad:
                         a, b, c = params[e, 2], params[e, 3], params[e, 4]
-                        v_abs[e, 0] += abs(a * v_sigma_dx + b * v_sigma_dy)
-                        v_abs[e, 1] += abs(b * v_sigma_dx + c * v_sigma_dy)
+                        abs_x += abs(a * v_sigma_dx + b * v_sigma_dy)
+                        abs_y += abs(b * v_sigma_dx + c * v_sigma_dy)
+            moments[e, 0] += s_dx
+            moments[e, 1] += s_dy
+            moments[e, 2] += s_dxdx
+            moments[e, 3] += s_dxdy
+            moments[e, 4] += s_dydy
+            moments[e, 5] += s_1
+            for d in range(D):
+                v_colors[e, d] += v_color[d]
+            if absgrad:
+                v_abs[e, 0] += abs_x
+                v_abs[e, 1] += abs_y
     return v_colors, moments, v_abs
