@@ -1,6 +1,11 @@
 """Errors that reach the user as one line (the CLI prints them and exits with code 2), and the one-line
 text of an operating-system error."""
 
+from __future__ import annotations
+
+import errno
+import os
+
 EXIT_USER_ERROR = 2  # the CLI's exit status after a UserError
 # a worker process whose collective failed because another worker is gone; its launcher names the lost one
 EXIT_WORKER_LOST = 3
@@ -30,3 +35,15 @@ def os_error_text(exc: OSError) -> str:
     if exc.filename is not None:
         return f"{exc.filename}: {cause}"
     return " ".join(cause.split())
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # the errors that freeing space fixes
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def with_path(exc: OSError, path: str | os.PathLike) -> OSError:
+    """`exc`, naming `path` if it names no file (a failed write or fsync names none: "No space left on
+    device" alone would not say where)."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path))

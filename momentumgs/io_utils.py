@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from momentumgs.errors import UserError
+from momentumgs.errors import UserError, with_path
 
 
 @contextlib.contextmanager
@@ -30,6 +30,12 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as exc:  # a failed write or fsync names no file: name the one being written
+        tmp.unlink(missing_ok=True)
+        named = with_path(exc, target)
+        if named is exc:
+            raise
+        raise named from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -1,5 +1,6 @@
 """A disk that fills while training: one line naming the file and the cause, exit code 2, the last complete
-checkpoint intact, and `train --resume` finishes the run bit-exact once space is free. The fault is injected
+checkpoint intact, and `train --resume` finishes the run bit-exact once space is free. Other write errors name
+their file and their own fix (a removed run folder is not a full disk). The fault is injected
 inside the real write path (`momentumgs.io_utils`), part-way through a file; the same check run with a
 non-atomic writer fails, so it can tell."""
 
@@ -123,3 +124,70 @@ def test_the_check_fails_with_a_non_atomic_writer(gt_test_scene, tmp_path, monke
     code, err = _run_until_the_disk_fills(gt_test_scene, tmp_path / "run", monkeypatch, capsys)
     assert code == 2 and "latest.json: No space left on device" in err
     assert not _latest_names_step_8(tmp_path / "run")  # half a latest.json: the check sees it
+
+
+class _FailingWrite:
+    """A file opened for appending whose write fails with `errno` and, like a real failed write, names no
+    file."""
+
+    def __init__(self, path, mode="r", *args, **kwargs):
+        self.errno = _FailingWrite.errno
+
+    def write(self, data: str) -> int:
+        raise OSError(self.errno, os.strerror(self.errno))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+@pytest.fixture
+def small_trainer(gt_test_scene, tmp_path):
+    cfg = load_config(None, [*MULTI, "train.checkpoint_every=4", f"data.path={gt_test_scene}"])
+    trainer = start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
+    trainer.run(progress=False, stop_after=4)  # the checkpoint of step 4
+    return trainer
+
+
+@pytest.mark.slow
+def test_a_write_error_names_its_file_and_the_fix_that_fits_it(small_trainer, monkeypatch):
+    """Only a full disk (or quota) asks for free space; every line names the file that failed."""
+    from momentumgs.errors import UserError
+    from momentumgs.train import metrics_log
+
+    run = small_trainer.paths.root
+    monkeypatch.setattr(metrics_log, "open", _FailingWrite, raising=False)
+    fixes = {
+        errno.ENOSPC: "free space on its disk",
+        errno.EDQUOT: "free space on its disk",
+        errno.EACCES: "make it writable",
+        errno.EIO: "fix the cause",
+    }
+    for number, fix in fixes.items():
+        _FailingWrite.errno = number
+        with pytest.raises(UserError) as info:
+            small_trainer.run(progress=False, stop_after=4)
+        step = small_trainer.global_step
+        assert str(info.value) == (
+            f"{run / 'metrics.jsonl'}: {os.strerror(number)}; training stopped at step {step}, the last "
+            f"complete checkpoint (step_00000004) is intact; {fix} and resume with "
+            f"`momentumgs train --resume {run}`"
+        )
+
+
+@pytest.mark.slow
+def test_a_run_folder_removed_while_training_is_not_a_full_disk(small_trainer):
+    import shutil
+
+    from momentumgs.errors import UserError
+
+    run = small_trainer.paths.root
+    shutil.rmtree(run)
+    with pytest.raises(UserError) as info:
+        small_trainer.run(progress=False, stop_after=4)
+    assert str(info.value) == (
+        f"{run / 'metrics.jsonl'}: No such file or directory; training stopped at step 8: the run folder "
+        f"{run} was removed (its config.yaml is gone), nothing is left to resume; train the run again"
+    )

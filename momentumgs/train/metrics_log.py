@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from momentumgs.errors import with_path
 from momentumgs.io_utils import write_text_atomic
 
 KINDS = ("train", "eval")
@@ -33,8 +34,14 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         assert record.get("kind") in KINDS and "step" in record, record
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a failed write names no file
+            named = with_path(exc, self.path)
+            if named is exc:
+                raise
+            raise named from exc
 
 
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:

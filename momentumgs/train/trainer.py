@@ -33,7 +33,7 @@ import torch
 from momentumgs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, verify_checkpoint
 from momentumgs.config import Config
 from momentumgs.data.scene import Scene
-from momentumgs.errors import UserError, os_error_text
+from momentumgs.errors import DISK_FULL, NOT_WRITABLE, UserError, os_error_text
 from momentumgs.io_utils import write_text_atomic
 from momentumgs.memory import peak_rss_mb
 from momentumgs.model.anchors import AnchorField, choose_voxel_size, init_anchors_from_points
@@ -532,7 +532,7 @@ class Trainer:
                 self.save_checkpoint()
                 self.finish(progress)
         except OSError as exc:  # disk full, permission denied, ...: the last complete checkpoint is intact
-            raise UserError(self._stopped_text(os_error_text(exc))) from exc
+            raise UserError(self._stopped_text(exc)) from exc
 
     def _loop(self, end: int, step0: int, t0: float, bar, stop: StopSignals, on_step) -> None:
         """Global steps until `end`, with their logging, evaluation, checks and checkpoints; a stop signal
@@ -583,12 +583,30 @@ class Trainer:
         self.comm.max_(flag)
         return int(flag.item()) or None
 
-    def _stopped_text(self, cause: str) -> str:
+    def _stopped_text(self, exc: OSError) -> str:
+        """One line for an operating-system error that stopped training: the error with its path, and the fix
+        that fits it (free space for a full disk only)."""
+        cause, root, step = os_error_text(exc), self.paths.root, self.global_step
+        if not self.paths.config.is_file():  # the run folder (or its config) was deleted while training
+            return (
+                f"{cause}; training stopped at step {step}: the run folder {root} was removed (its "
+                f"{self.paths.config.name} is gone), nothing is left to resume; train the run again"
+            )
+        if exc.errno in DISK_FULL:
+            fix = "free space on its disk"
+        elif exc.errno in NOT_WRITABLE:
+            fix = "make it writable"
+        else:
+            fix = "fix the cause"
         latest = self._latest_dir()
-        kept = f"the last complete checkpoint ({latest.name}) is intact" if latest else "no checkpoint yet"
+        if latest is None or not latest.is_dir():
+            return (
+                f"{cause}; training stopped at step {step} with no checkpoint to resume from; {fix} and "
+                "start it again in an empty folder"
+            )
         return (
-            f"{cause}; training stopped at step {self.global_step}, {kept}; fix the cause (free space) and "
-            f"resume with `momentumgs train --resume {self.paths.root}`"
+            f"{cause}; training stopped at step {step}, the last complete checkpoint ({latest.name}) is "
+            f"intact; {fix} and resume with `momentumgs train --resume {root}`"
         )
 
     def seconds(self) -> float:
