@@ -19,10 +19,10 @@ outside). Differences from them, and why:
   centre and visibility rules, which need nothing but the scene; the SSIM rule loads a model and renders
   on a device, so it lives in partition_ssim.py and is handed in (`partition_ssim.make_assigner`).
 - Which SfM points a block starts from is `block_points`: its cell plus a margin (`cell`), those plus every
-  point its cameras see (`coverage`, as VastGaussian), coverage at full density only in a band around the
-  cell and thinned to a coarse grid beyond it (`band`: a block's cost stays bounded as the scene grows), or
-  the whole cloud (`all`, as the Momentum-GS code). Anchors outside the cell only serve training: the merge
-  keeps each block's own cell.
+  point its cameras see (`coverage`, as VastGaussian), the cell plus margin with the rest of coverage
+  thinned to a coarse grid (`coarse`: a block's cost stays bounded as the scene grows), or the whole cloud
+  (`all`, as the Momentum-GS code). Anchors outside the cell only serve training: the merge keeps each
+  block's own cell.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ PARTITION_FORMAT = "momentumgs-partition"
 PARTITION_VERSION = 1
 AXIS_NAMES = "xyz"
 ASSIGN_MODES = ("visibility", "center", "ssim")
-BLOCK_POINTS = ("cell", "coverage", "band", "all")  # what each block starts from: start_point_ids
+BLOCK_POINTS = ("cell", "coverage", "coarse", "all")  # what each block starts from: start_point_ids
 
 UP_AXIS_MIN_COS = 0.9  # detected up must lie within ~26 degrees of a world axis
 UP_AXIS_MIN_GAP = 0.05  # second-smallest eigenvalue of the camera x-axis scatter (trace 1) for a clear up
@@ -55,11 +55,9 @@ MAX_CAMERAS_OUTSIDE = 0.1  # fraction of train camera centres that may lie outsi
 MAX_VISIBILITY_POINTS = 20_000  # per block, a fixed random subset for the visibility test (cost bound)
 MIN_CROP = 16  # pixels: a view's crop is at least this wide and high (the SSIM window is 11)
 COLUMN_POINTS = 1024  # points per ground column of the view index (balances box tests against projections)
-# block_points "band": what the block's cameras see is kept at full density within BAND x the cell's size
-# (contracted, per axis) around the cell, and beyond it thinned to one point per 1/COARSE_CELLS of the cell
-# per axis, so that a block's anchors grow with its cell, not with what its views reach (docs/method.md,
-# Partitioning and merging)
-BAND = 0.15
+# block_points "coarse": beyond the cell plus margin, what the block's cameras see is thinned to one point
+# per cube of 1/COARSE_CELLS of the cell per axis (contracted), so that a block's anchors grow with its
+# cell, not with what its views reach (docs/method.md, Partitioning and merging, for the measurements)
 COARSE_CELLS = 32
 
 
@@ -767,7 +765,7 @@ def partition_scene(scene: Scene, cfg, assigner: CameraAssigner | None = None) -
         b.camera_ids = np.asarray(cams, dtype=np.int64)
     check_blocks(part)
     part.block_points = cfg.block_points
-    seen_based = cfg.block_points in ("coverage", "band")
+    seen_based = cfg.block_points in ("coverage", "coarse")
     columns = point_columns(scene.points, part.axes[:2]) if seen_based else None
     for b in part.blocks:
         b.point_ids = start_point_ids(scene, b, cfg.block_points, columns, y)
@@ -786,11 +784,11 @@ def start_point_ids(
     cell: its cell plus the margin (the least memory; its views show much that no anchor can explain);
     coverage: those plus every point one of its cameras sees (in the image, in front; no occlusion test), as
       VastGaussian's coverage-based selection: the block can explain its views, memory grows with them;
-    band: coverage's points within BAND of the cell as they are, the rest thinned to a coarse grid
-      (`band_point_ids`): the views are still explained, roughly far from the cell, at a bounded cost;
+    coarse: cell's points, and coverage's beyond them thinned to a coarse grid (`coarse_point_ids`): the
+      views are still explained, roughly away from the cell, at a cost that grows with the cell;
     all: the whole cloud, as the Momentum-GS code does.
     Anchors outside the cell only serve training: the merge keeps each block's own cell.
-    `contracted` [P, 3] is scene.points contracted by the partition's AABB (needed by band)."""
+    `contracted` [P, 3] is scene.points contracted by the partition's AABB (needed by coarse)."""
     if mode == "cell":
         return block.point_ids
     if mode == "all":
@@ -799,8 +797,8 @@ def start_point_ids(
     if mode == "coverage":
         return np.flatnonzero(seen)
     if contracted is None:
-        raise ValueError("start_point_ids: block_points band needs the contracted points")
-    return band_point_ids(contracted, seen, block)
+        raise ValueError("start_point_ids: block_points coarse needs the contracted points")
+    return coarse_point_ids(contracted, seen, block)
 
 
 def coverage_mask(scene: Scene, block: Block, columns: PointColumns | None = None) -> np.ndarray:
@@ -814,19 +812,18 @@ def coverage_mask(scene: Scene, block: Block, columns: PointColumns | None = Non
     return seen
 
 
-def band_point_ids(y: np.ndarray, seen: np.ndarray, block: Block) -> np.ndarray:
-    """block_points "band" from the contracted points y [P, 3] and coverage's mask seen [P]: the block's
-    own points (cell plus margin), the seen points within BAND x the cell's size of the cell, and of the
-    seen points beyond, the first in each cube of 1 / COARSE_CELLS of the cell. The coarse points become
-    sparse anchors whose initial scales (the distance to their neighbours) cover the gaps, so the block's
-    views keep a rough background without a full-density copy of it. In contracted space the grid also
-    thins far points more, as it does the cells. -> [Q] int64 sorted ids"""
-    size = block.cell_max - block.cell_min  # [3]
-    near = points_in_box(y, block.cell_min - BAND * size, block.cell_max + BAND * size)  # [P]
-    keep = seen & near
+def coarse_point_ids(y: np.ndarray, seen: np.ndarray, block: Block) -> np.ndarray:
+    """block_points "coarse" from the contracted points y [P, 3] and coverage's mask seen [P]: the block's
+    own points (cell plus margin) and, of the seen points beyond them, the first in each cube of
+    1 / COARSE_CELLS of the cell. The coarse points become sparse anchors whose initial scales (the
+    distance to their neighbours) span the gaps, so the block's views keep a rough context without a
+    full-density copy of it. In contracted space the grid also thins far points more, as it does the
+    cells. -> [Q] int64 sorted ids"""
+    keep = np.zeros(len(y), dtype=bool)  # [P]
     keep[block.point_ids] = True
     far = np.flatnonzero(seen & ~keep)  # [F]
     if len(far):
+        size = block.cell_max - block.cell_min  # [3]
         cube = np.floor(y[far] / (size / COARSE_CELLS)).astype(np.int64)  # [F, 3]
         _, first = np.unique(cube, axis=0, return_index=True)
         keep[far[first]] = True

@@ -13,7 +13,6 @@ from momentumgs.config import PartitionConfig
 from momentumgs.data.colmap import load_colmap_scene
 from momentumgs.data.scene import Scene
 from momentumgs.partition import (
-    BAND,
     COARSE_CELLS,
     MIN_CROP,
     CameraAssigner,
@@ -217,35 +216,28 @@ def test_block_points_cell_coverage_all(scene, part):
 
 
 def coarse_cubes(y: np.ndarray, cell_size: np.ndarray) -> set[tuple]:
-    """The coarse cubes of band's grid that contracted points y [F, 3] fall in."""
+    """The cubes of coarse's grid that contracted points y [F, 3] fall in."""
     return {tuple(c) for c in np.floor(y / (cell_size / COARSE_CELLS)).astype(np.int64)}
 
 
-def test_block_points_band_is_coverage_near_the_cell_and_coarse_beyond(scene, part):
-    """band = the cell (+ margin), coverage's points within BAND of the cell, and beyond it at most one of
-    coverage's points per coarse cube: fewer than coverage, never a point coverage lacks."""
+def test_block_points_coarse_is_the_cell_and_coverage_on_a_coarse_grid(scene, part):
+    """coarse = the cell (+ margin) and, of coverage's points beyond it, one per coarse cube, every cube
+    that coverage reaches kept: fewer than coverage, never a point coverage lacks."""
     cover = partition_scene(scene, PartitionConfig(block_points="coverage"))
-    band = partition_scene(scene, PartitionConfig(block_points="band"))
-    assert band.block_points == "band"
-    y = contract(scene.points, band.aabb)  # [P, 3]
-    thinned = 0
-    for cell_b, cover_b, band_b in zip(part.blocks, cover.blocks, band.blocks, strict=True):
-        assert np.array_equal(cover_b.camera_ids, band_b.camera_ids)
-        cell_ids, cover_ids, band_ids = set(cell_b.point_ids), set(cover_b.point_ids), set(band_b.point_ids)
-        assert cell_ids <= band_ids < cover_ids  # all of cell's, strictly fewer than coverage's
-        size = band_b.cell_max - band_b.cell_min
-        lo, hi = band_b.cell_min - BAND * size, band_b.cell_max + BAND * size
-        near = ((y >= lo) & (y <= hi)).all(axis=1)  # [P] within the band
-        # coverage's points in the band are all kept
-        cover_near = {i for i in cover_ids if near[i]}
-        assert cover_near <= band_ids
-        # beyond the band: one point per coarse cube at most, and every cube coverage reaches keeps one
-        far_band = np.array(sorted(i for i in band_ids - cell_ids if not near[i]), dtype=np.int64)
-        far_cover = np.array(sorted(i for i in cover_ids - cell_ids if not near[i]), dtype=np.int64)
-        assert len(coarse_cubes(y[far_band], size)) == len(far_band)
-        assert coarse_cubes(y[far_band], size) == coarse_cubes(y[far_cover], size)
-        thinned += len(far_cover) - len(far_band)
-    assert thinned > 0  # the coarse grid dropped some of coverage's far points
+    coarse = partition_scene(scene, PartitionConfig(block_points="coarse"))
+    assert coarse.block_points == "coarse"
+    y = contract(scene.points, coarse.aabb)  # [P, 3]
+    for cell_b, cover_b, coarse_b in zip(part.blocks, cover.blocks, coarse.blocks, strict=True):
+        assert np.array_equal(cover_b.camera_ids, coarse_b.camera_ids)
+        cell_ids, cover_ids = set(cell_b.point_ids), set(cover_b.point_ids)
+        coarse_ids = set(coarse_b.point_ids)
+        assert cell_ids < coarse_ids < cover_ids  # all of cell's and more, strictly fewer than coverage's
+        # beyond the cell + margin: one point per coarse cube, and every cube coverage reaches keeps one
+        size = coarse_b.cell_max - coarse_b.cell_min
+        far_coarse = np.array(sorted(coarse_ids - cell_ids), dtype=np.int64)
+        far_cover = np.array(sorted(cover_ids - cell_ids), dtype=np.int64)
+        assert len(coarse_cubes(y[far_coarse], size)) == len(far_coarse) < len(far_cover)
+        assert coarse_cubes(y[far_coarse], size) == coarse_cubes(y[far_cover], size)
 
 
 @pytest.mark.parametrize("axes", [(0, 1, 2), (2, 0, 1)])  # up z; the same scene with y up (x, z ground)
@@ -327,7 +319,7 @@ def test_block_points_round_trip_and_bad_value(tmp_path, scene):
     assert all(
         np.array_equal(a.point_ids, b.point_ids) for a, b in zip(cover.blocks, loaded.blocks, strict=True)
     )
-    expected = "partition.block_points: expected one of cell, coverage, band, all"
+    expected = "partition.block_points: expected one of cell, coverage, coarse, all"
     with pytest.raises(PartitionError, match=expected):
         partition_scene(scene, PartitionConfig(block_points="everything"))
 
