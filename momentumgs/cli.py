@@ -145,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg or run_config(run_dir, overrides), args.processes, bool(args.view), resume_dir=args.resume
     )
     if processes > 1:
-        check_before_processes(cfg, run_dir)
+        check_before_processes(cfg, run_dir, processes)
         print(f"training in {processes} processes (torchrun; --processes 1 runs every worker in this one)")
         train_in_processes(
             cfg, run_dir, processes, not args.no_progress, resume=bool(args.resume), overrides=overrides

@@ -25,7 +25,7 @@ from momentumgs.io_utils import refuse_existing, write_text_atomic
 from momentumgs.partition import load_partition, partition_scene, save_partition
 from momentumgs.train.comm import init_from_env, launched_by_torchrun
 from momentumgs.train.paths import RunPaths, check_new_run_dir, prepare_run_dir
-from momentumgs.train.trainer import Trainer, check_workers
+from momentumgs.train.trainer import Trainer, check_workers, intact_step_dir
 
 
 def resolve_device(name: str) -> torch.device:
@@ -247,14 +247,17 @@ def check_resume_processes(run_dir: str | Path, processes: int, option: str | No
         )
 
 
-def check_before_processes(cfg: Config | None, run_dir: str | Path) -> None:
+def check_before_processes(cfg: Config | None, run_dir: str | Path, processes: int) -> None:
     """What would stop training in its first seconds, checked once in this process before `torchrun`
-    starts the workers (each would print the same error, and torchrun its traceback): the run folder and
-    the scene for a new run, the checkpoint's presence and the saved config for a resume."""
+    starts the `processes` workers (each would print the same error, and torchrun its traceback): the run
+    folder and the scene for a new run; for a resume the saved config and partition, and an intact
+    checkpoint (every file of it)."""
     paths = RunPaths(Path(run_dir))
     if cfg is None:
         prepare_run_dir(paths, resume=True)
         run_config(run_dir)
+        blocks = len(load_partition(paths.partition).blocks)
+        intact_step_dir(paths, blocks, checkpoint_processes(run_dir) or processes)
         return
     check_new_run_dir(paths)
     load_scene(cfg)

@@ -452,3 +452,31 @@ def test_export_force_replaces_the_file(world, tmp_path, capsys):
     assert run_cli([*args, "--force"], capsys)[0] == 0
     assert out.stat().st_size % 32 == 0 and out.stat().st_size > 32
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.splat"]  # no temporary file left
+
+
+def test_a_two_process_resume_of_corrupt_checkpoints_is_one_line(world, tmp_path):
+    """A resume in two processes checks the checkpoint before it starts them: one line, none of theirs."""
+    import subprocess
+
+    from helpers import cli_cmd, one_thread_env
+
+    from momentumgs.run import checkpoint_processes
+
+    run = Path(shutil.copytree(world.run, tmp_path / "run"))
+    (step_dir,) = (run / "checkpoints").glob("step_*")
+    shutil.copy2(step_dir / "shared_rank0.ckpt", step_dir / "shared_rank1.ckpt")  # as two processes write
+    for file in step_dir.iterdir():
+        halve(file)
+    assert checkpoint_processes(run) == 2  # the resume's default: two processes
+    proc = subprocess.run(
+        cli_cmd("train", "--resume", run, "--no-progress"),
+        capture_output=True,
+        text=True,
+        env=one_thread_env(),
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    assert lines[0].startswith(f"momentumgs: error: {run}: no intact checkpoint to resume ({step_dir}/")
+    assert lines[0].endswith("start the run again in an empty folder")

@@ -69,6 +69,41 @@ def check_workers(workers: int, n_blocks: int) -> None:
         raise UserError(f"method.workers={workers} is more than the {n_blocks} blocks of the partition")
 
 
+def latest_step_dir(paths: RunPaths) -> Path | None:
+    """The step folder a run's `latest.json` names (None when it is absent or unreadable)."""
+    try:
+        return paths.checkpoints / json.loads(paths.latest.read_text())["dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def intact_step_dir(paths: RunPaths, blocks: int, processes: int) -> tuple[Path, list[str]]:
+    """The newest complete, intact step folder of a run of `blocks` blocks written by `processes` processes:
+    the one `latest.json` names, else the newest older one; and what is wrong with the newer ones passed
+    over. Every file of the folder is checked, so all processes choose the same one (and the launcher of
+    the processes can refuse a run with none before it starts them)."""
+    latest = latest_step_dir(paths)
+    older = sorted((p for p in paths.checkpoints.glob("step_*") if p != latest), reverse=True)
+    candidates = ([latest] if latest is not None else []) + older
+    if not candidates:
+        raise UserError(f"{paths.root}: no checkpoint to resume (expected {paths.latest})")
+    problems = []
+    for step_dir in candidates:
+        try:
+            for r in range(processes):
+                verify_checkpoint(step_dir / f"shared_rank{r}.ckpt")
+            for b in range(blocks):
+                verify_checkpoint(step_dir / f"block_{b:03d}.ckpt")
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            continue
+        return step_dir, problems
+    raise CheckpointError(
+        f"{paths.root}: no intact checkpoint to resume ({problems[0]}); start the run again in an empty "
+        "folder"
+    )
+
+
 class Trainer:
     def __init__(
         self,
@@ -445,37 +480,18 @@ class Trainer:
 
     def _latest_dir(self) -> Path | None:
         """The step folder `latest.json` names (None when it is absent or unreadable)."""
-        try:
-            return self.paths.checkpoints / json.loads(self.paths.latest.read_text())["dir"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return latest_step_dir(self.paths)
 
     def _resume_dir(self) -> Path:
-        """The newest complete, intact step folder: the one `latest.json` names, else (with a warning) the
-        newest older one. Every file of the folder is checked, so all processes choose the same one."""
-        latest = self._latest_dir()
-        older = sorted((p for p in self.paths.checkpoints.glob("step_*") if p != latest), reverse=True)
-        candidates = ([latest] if latest is not None else []) + older
-        if not candidates:
-            raise UserError(f"{self.paths.root}: no checkpoint to resume (expected {self.paths.latest})")
-        n = len(self.partition.blocks)
-        problems = []
-        for step_dir in candidates:
-            try:
-                for r in range(self.comm.world_size):
-                    verify_checkpoint(step_dir / f"shared_rank{r}.ckpt")
-                for b in range(n):
-                    verify_checkpoint(step_dir / f"block_{b:03d}.ckpt")
-            except CheckpointError as exc:
-                problems.append(str(exc))
-                continue
-            if problems and self.comm.is_main:
-                print(
-                    f"momentumgs: warning: {problems[0]}; resuming from the older checkpoint {step_dir.name}",
-                    file=sys.stderr,
-                )
-            return step_dir
-        raise CheckpointError(f"{self.paths.root}: no intact checkpoint to resume ({problems[0]})")
+        """The newest complete, intact step folder (`intact_step_dir`), with a warning when it is not the
+        latest."""
+        step_dir, problems = intact_step_dir(self.paths, len(self.partition.blocks), self.comm.world_size)
+        if problems and self.comm.is_main:
+            print(
+                f"momentumgs: warning: {problems[0]}; resuming from the older checkpoint {step_dir.name}",
+                file=sys.stderr,
+            )
+        return step_dir
 
     def load_checkpoint(self) -> None:
         step_dir = self._resume_dir()
