@@ -18,10 +18,15 @@ def cmd_render(args) -> int:
 
 def add_export_parsers(sub) -> None:
     """Register `export` and `render` on the main parser's subparsers."""
-    p = sub.add_parser("export", help="bake a trained run into explicit Gaussians: PLY, .splat, SPZ or glTF")
+    p = sub.add_parser(
+        "export", help="bake a trained run into explicit Gaussians: PLY, .splat, SPZ, glTF or 3D Tiles"
+    )
     p.add_argument("run", help="run folder")
     p.add_argument(
-        "--format", choices=["ply", "splat", "spz", "glb"], help="default: from --out's suffix, else ply"
+        "--format",
+        choices=["ply", "splat", "spz", "glb", "tiles"],
+        help="default: from --out's suffix, else ply; tiles: a 3D Tiles 1.1 tileset with levels of detail "
+        "(a folder; default RUN/export/tiles)",
     )
     p.add_argument(
         "--spz-version",
@@ -42,6 +47,24 @@ def add_export_parsers(sub) -> None:
         action="store_true",
         help="a .glb holding the Gaussians SPZ-compressed (KHR_gaussian_splatting_compression_spz_2, a "
         "draft: for viewers that have it, e.g. CesiumJS)",
+    )
+    p.add_argument(
+        "--levels",
+        default="1,0.25,0.06",
+        metavar="F,F,...",
+        help="tiles: the share of each block's Gaussians each level keeps, full detail first (default "
+        "1,0.25,0.06)",
+    )
+    p.add_argument(
+        "--lod-merge",
+        action="store_true",
+        help="tiles: coarse levels' Gaussians absorb the dropped ones nearest them (size, colour)",
+    )
+    p.add_argument(
+        "--origin",
+        metavar="LAT,LON[,HEIGHT]",
+        help="tiles: place the scene on the globe, its origin at this WGS84 point (degrees, metres), its up "
+        "axis up, its units as metres",
     )
     p.add_argument("--out", help="output file (default RUN/export/model.<format>; never an existing one)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")

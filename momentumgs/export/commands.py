@@ -120,6 +120,8 @@ def photo_appearance_row(model, name: str) -> int:
 
 def cmd_export(args) -> int:
     t0 = time.perf_counter()
+    if args.format == "tiles":
+        return _cmd_export_tiles(args, t0)
     path, baked = export_run(
         args.run,
         args.format,
@@ -136,6 +138,32 @@ def cmd_export(args) -> int:
     print(
         f"{baked.count} Gaussians (of {baked.info.get('slots')} neural Gaussian slots, SH degree "
         f"{args.sh_degree}) -> {path} ({size_mb:.2f} MB) in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def _cmd_export_tiles(args, t0: float) -> int:
+    from momentumgs.export.tiles3d import export_tiles
+
+    if args.refine:
+        raise UserError("--refine: not with --format tiles (each level is cut from the bake as it is)")
+    summary = export_tiles(
+        args.run,
+        args.out,
+        args.levels,
+        args.origin,
+        args.lod_merge,
+        args.sh_degree,
+        args.appearance,
+        args.force,
+    )
+    shares = ", ".join(
+        f"{sum(b['levels'][i]['gaussians'] for b in summary.blocks)}"
+        for i in range(len(summary.blocks[0]["levels"]))
+    )
+    print(
+        f"{summary.gaussians} Gaussians in {len(summary.blocks)} blocks, levels of {shares} -> "
+        f"{summary.path}/tileset.json ({summary.bytes / 1e6:.2f} MB) in {time.perf_counter() - t0:.1f} s"
     )
     return 0
 
