@@ -13,7 +13,7 @@ from PIL import Image
 from momentumgs.config import load_config
 from momentumgs.errors import UserError
 from momentumgs.report.build import MARKER, write_report
-from momentumgs.report.curves import block_series, running_mean, step_rates
+from momentumgs.report.curves import block_series, running_mean, step_rates, training_panels
 from momentumgs.report.views import error_map, side_by_side
 from momentumgs.train.metrics_log import read_metrics
 
@@ -117,6 +117,24 @@ def test_curves_follow_each_block_and_rates_use_wall_time():
     steps, rates = step_rates(records)
     assert steps.tolist() == [4, 6] and rates.tolist() == [2.0, 1.0]
     assert running_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2).tolist() == [1.0, 2.0, 4.0, 6.0]
+
+
+def test_the_test_psnr_panel_shows_a_curve_or_is_left_out():
+    """A run with periodic evaluations plots their test PSNR; one without (train.eval_every = 0, the demo's)
+    has no such panel, not an empty one."""
+    logged = {"psnr": 12.0, "loss": 0.1, "consistency": 0.01, "anchors": 50, "gaussians": 400, "weight": 1.0}
+    train = [{"step": s, "seconds": float(s), "blocks": {"0": {"iteration": s, **logged}}} for s in (2, 4, 6)]
+    evals = [{"step": 4, "blocks": {"0": {"psnr": 20.0}}}, {"step": 6, "blocks": {"0": {"psnr": 21.0}}}]
+
+    def titles(fig):
+        return [ax.get_title() for ax in fig.axes]
+
+    with_evals = training_panels(train, evals, ["red"])
+    (panel,) = [ax for ax in with_evals.axes if ax.get_title().startswith("test PSNR")]
+    assert panel.lines and panel.lines[0].get_ydata().tolist() == [20.0, 21.0]
+    without = training_panels(train, [], ["red"])
+    assert titles(without) == [t for t in titles(with_evals) if not t.startswith("test PSNR")]
+    assert all(ax.lines for ax in without.axes)  # every panel shown has a curve
 
 
 IMAGES_SHOWN = (

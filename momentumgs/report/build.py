@@ -94,8 +94,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
                 (
                     "Training",
                     '<img src="curves.png" alt="training curves">'
-                    '<p class="note">Faint: the logged steps; solid: their running mean; dots: periodic '
-                    "evaluations (train.eval_every).</p>",
+                    '<p class="note">Faint: the logged steps; solid: their running mean'
+                    + ("; dots: periodic evaluations (train.eval_every)" if evals else "")
+                    + ".</p>",
                 )
             )
         if partition is not None:

@@ -57,12 +57,20 @@ def step_rates(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def training_figure(train: list[dict], evals: list[dict], colors: list[str]) -> bytes:
-    """Eight panels as PNG bytes: the per-block keys of BLOCK_PANELS over each block's iterations, the
-    periodic evaluations' test PSNR per block (train.eval_every) and the global steps per second over the
-    global steps. `colors`: one matplotlib colour per block."""
+    """`training_panels` as PNG bytes."""
+    fig = training_panels(train, evals, colors)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def training_panels(train: list[dict], evals: list[dict], colors: list[str]) -> Figure:
+    """The per-block keys of BLOCK_PANELS over each block's iterations, the periodic evaluations' test PSNR
+    per block (train.eval_every; a run without any has no such panel) and the global steps per second over
+    the global steps. `colors`: one matplotlib colour per block."""
     fig = Figure(figsize=(15, 6.5), dpi=90, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 4).ravel()
+    axes = list(fig.subplots(2, 4).ravel())
     for ax, (title, key, noisy) in zip(axes, BLOCK_PANELS, strict=False):
         for b, (xs, values) in block_series(train, key).items():
             color = colors[b % len(colors)]
@@ -74,23 +82,22 @@ def training_figure(train: list[dict], evals: list[dict], colors: list[str]) -> 
             ax.set_yscale("symlog", linthresh=1e-6) if key == "consistency" else ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("block iteration", fontsize=9)
-    ax = axes[6]
-    for b, (xs, values) in block_series(evals, "psnr", x="step").items():
-        ax.plot(xs, values, "o-", color=colors[b % len(colors)], markersize=4)
-    ax.set_title("test PSNR (dB), periodic evaluation", fontsize=10)
-    if not evals:
-        ax.text(0.5, 0.5, "none (train.eval_every = 0)", ha="center", va="center", transform=ax.transAxes)
-    ax = axes[7]
+    if evals:
+        ax = axes[6]
+        for b, (xs, values) in block_series(evals, "psnr", x="step").items():
+            ax.plot(xs, values, "o-", color=colors[b % len(colors)], markersize=4)
+        ax.set_title("test PSNR (dB), periodic evaluation", fontsize=10)
+    else:  # no periodic evaluation (train.eval_every = 0): no empty panel
+        fig.delaxes(axes.pop(6))
+    ax = axes[len(BLOCK_PANELS) + bool(evals)]
     steps, rates = step_rates(train)
     ax.plot(steps, rates, color="black", linewidth=1.2)
     ax.set_title("global steps per second", fontsize=10)
-    for ax in axes[6:]:
+    for ax in axes[len(BLOCK_PANELS) :]:
         ax.set_xlabel("global step", fontsize=9)
     for ax in axes:
         ax.grid(alpha=0.3)
     handles, labels = axes[1].get_legend_handles_labels()
     if handles:
         axes[0].legend(handles, labels, fontsize=8, loc="upper right")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return fig
