@@ -68,6 +68,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_partition(args: argparse.Namespace) -> int:
     from momentumgs.io_utils import refuse_existing
     from momentumgs.partition import save_partition
+    from momentumgs.render.backend import check_render_device
     from momentumgs.run import load_scene, make_partition, resolve_device
 
     for path in (args.out, args.preview):
@@ -79,8 +80,11 @@ def cmd_partition(args: argparse.Namespace) -> int:
         check_preview_path(args.preview)  # before the partition is computed
     cfg = _config(args)
     cfg.data.path = args.scene
+    device = resolve_device(cfg.train.device)
+    if cfg.partition.assign == "ssim":  # renders a coarse model: test the device before loading the scene
+        check_render_device(device, "--set train.device=cpu")
     scene = load_scene(cfg)
-    part = make_partition(scene, cfg, resolve_device(cfg.train.device))
+    part = make_partition(scene, cfg, device)
     print(part.summary())
     for b in part.blocks:
         if len(b.camera_ids) < cfg.partition.min_views:
@@ -221,17 +225,9 @@ def _check_viewer_args(args: argparse.Namespace, prefix: str) -> None:
 def cmd_view(args: argparse.Namespace) -> int:
     from momentumgs_viewer import serve_forever
 
-    from momentumgs.config import Device
-    from momentumgs.render.backend import check_render_device
-    from momentumgs.run import resolve_device
+    from momentumgs.run import checked_device
 
-    if not Device().allows(args.device):
-        raise UserError(f"--device {args.device}: must be {Device().describe(str)}")
-    try:
-        device = resolve_device(args.device)
-    except UserError:
-        raise UserError(f"--device {args.device}: CUDA is not available on this machine") from None
-    check_render_device(device, "--device cpu")
+    device = checked_device(args.device)
     serve_forever(args.path, _view_options(args, device))
     return 0
 
@@ -248,9 +244,10 @@ def _add_viewer_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from momentumgs.run import evaluate_run
+    from momentumgs.run import checked_device, evaluate_run
 
-    evaluate_run(args.run, args.split, force=args.force, appearance=args.appearance, reference=args.reference)
+    device = checked_device(args.device) if args.device is not None else None
+    evaluate_run(args.run, args.split, args.force, args.appearance, args.reference, device=device)
     return 0
 
 
@@ -355,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--reference", metavar="DIR", help="compare with the images of this folder (same names) instead"
+    )
+    p.add_argument(
+        "--device", help="where to render: auto, cpu, cuda or cuda:N (default: the run's train.device)"
     )
     p.set_defaults(func=cmd_eval)
 

@@ -38,6 +38,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def checked_device(name: str, option: str = "--device") -> torch.device:
+    """The device of a command's `option` (e.g. `--device cuda:1`), after a test render there: a GPU that
+    gsplat cannot use stops the command now, in one line that names the fix (`option` cpu)."""
+    from momentumgs.config import Device
+    from momentumgs.render.backend import check_render_device
+
+    if not Device().allows(name):
+        raise UserError(f"{option} {name}: must be {Device().describe(str)}")
+    try:
+        device = resolve_device(name)
+    except UserError:
+        raise UserError(f"{option} {name}: CUDA is not available on this machine") from None
+    check_render_device(device, f"{option} cpu")
+    return device
+
+
 def load_scene(cfg: Config) -> Scene:
     """The COLMAP scene a config names (data.path)."""
     from momentumgs.data.colmap import load_colmap_scene
@@ -60,6 +76,16 @@ def run_config(run_dir: str | Path, overrides: list[str] = ()) -> Config:
     if not path.is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
     return load_config(path, list(overrides))
+
+
+def run_device(cfg: Config) -> torch.device:
+    """Where a command that reads a run (eval, report) renders by default: its train.device, after a test
+    render there (`--device cpu` renders on the CPU instead)."""
+    from momentumgs.render.backend import check_render_device
+
+    device = resolve_device(cfg.train.device)
+    check_render_device(device, "--device cpu")
+    return device
 
 
 def make_partition(scene: Scene, cfg: Config, device: torch.device):
@@ -342,11 +368,13 @@ def evaluate_run(
     force: bool = False,
     appearance: str = "mean",
     reference: str | Path | None = None,
+    device: torch.device | None = None,
 ) -> None:
     """Evaluate a finished run's model on its scene's `split` views under the test-time `appearance`
     protocol (eval_appearance.py); write eval/ and print the summary. `reference`: a folder of images
     (the photos' names) to compare with instead of the photos. An earlier result of the same split,
-    protocol and reference is replaced only with `force`."""
+    protocol and reference is replaced only with `force`. `device`: where to render (default the run's
+    train.device, after a test render there)."""
     from momentumgs.anchor_render import render_model_view
     from momentumgs.data.scene import read_image
     from momentumgs.eval import evaluate, write_eval
@@ -369,7 +397,7 @@ def evaluate_run(
     for name in (f"{stem}.json", f"{stem}_per_image.csv"):
         refuse_existing(paths.eval_dir / name, force)
     cfg = run_config(run_dir)
-    device = resolve_device(cfg.train.device)
+    device = device or run_device(cfg)
     model = load_model(paths.model, device)
     scene = load_scene(cfg)
     ids = scene.test_ids if split == "test" else scene.train_ids

@@ -139,3 +139,37 @@ def test_the_real_gsplat_import_fails_as_one_line(tmp_path, monkeypatch, capsys)
     line = _one_error_line(capsys)
     assert rc == EXIT_USER_ERROR and line.startswith("momentumgs: error: gsplat cannot render on cuda: ")
     assert "or pass --set train.device=cpu (slow)" in line
+
+
+def _tiny_run(run, scene) -> None:
+    """A run folder with a small untrained model whose config names `scene`."""
+    from momentumgs.model.anchors import init_anchors_from_points
+    from momentumgs.model.store import AnchorModel, DecoderSpec, save_model
+
+    field = init_anchors_from_points(torch.rand(50, 3) * 2 - 1, voxel_size=0.25, n_offsets=4, feat_dim=8)
+    spec = DecoderSpec(feat_dim=8, n_offsets=4, hidden_dim=16)
+    run.mkdir()
+    save_model(run / "model.ckpt", AnchorModel(field, spec.build().requires_grad_(False), spec, {}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"path": str(scene)}}))
+
+
+def test_eval_report_and_an_ssim_partition_stop_before_loading_the_scene(broken_gpu, tmp_path, capsys):
+    """eval and report render on the run's train.device, partition's SSIM assigner on train.device: each
+    tests it first; the fix the line names (--device cpu, --set train.device=cpu) goes past the check."""
+    scene, run = tmp_path / "no_scene", tmp_path / "run"
+    _tiny_run(run, scene)
+    for command in (["eval", str(run)], ["report", str(run)]):
+        assert main(command) == EXIT_USER_ERROR
+        _assert_names_cause_and_fix(_one_error_line(capsys), _cause(broken_gpu), "--device cpu")
+        assert main([*command, "--device", "cpu"]) == EXIT_USER_ERROR
+        assert "no_scene" in _one_error_line(capsys)
+        assert main([*command, "--device", "gpu"]) == EXIT_USER_ERROR
+        assert "--device gpu: must be auto, cpu, cuda or cuda:N" in _one_error_line(capsys)
+    partition = ["partition", str(scene), "--set", "partition.assign=ssim"]
+    assert main(partition) == EXIT_USER_ERROR
+    _assert_names_cause_and_fix(_one_error_line(capsys), _cause(broken_gpu), "--set train.device=cpu")
+    assert main([*partition, "--set", "train.device=cpu"]) == EXIT_USER_ERROR
+    assert "no_scene" in _one_error_line(capsys)
+    assert main(["partition", str(scene)]) == EXIT_USER_ERROR  # the visibility assigner renders nothing
+    assert "no_scene" in _one_error_line(capsys)
+    assert not (run / "eval").exists() and not (run / "report").exists()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 from momentumgs import __version__
@@ -26,7 +27,7 @@ from momentumgs.report.blocks import block_metric_rows, psnr_by_block
 from momentumgs.report.curves import training_figure
 from momentumgs.report.page import ViewEntry, blocks_table, facts_table, metrics_table, page, view_figures
 from momentumgs.report.views import RenderedViews, error_map, evaluate_with_renders, renders_of, side_by_side
-from momentumgs.run import duration_text, load_scene, resolve_device, run_config
+from momentumgs.run import duration_text, load_scene, run_config, run_device
 from momentumgs.train.metrics_log import read_metrics
 from momentumgs.train.paths import RunPaths
 
@@ -49,16 +50,19 @@ def earlier_evaluation(paths: RunPaths, info: dict, names: list[str]) -> EvalRes
     return result
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+def write_report(
+    run_dir: str | Path, out_dir: str | Path | None = None, device: torch.device | None = None
+) -> Path:
     """Evaluate the run's model on its test views (or reuse the evaluation `train` just wrote) and write the
-    report; returns the page's path."""
+    report; returns the page's path. `device`: where to render (default the run's train.device, after a test
+    render there)."""
     paths = RunPaths(Path(run_dir))
     if not paths.model.is_file():
         raise UserError(f"{run_dir}: no trained model (expected {paths.model}); has training finished?")
     out = Path(out_dir) if out_dir is not None else paths.root / "report"
     check_replaceable(out)
     cfg = run_config(paths.root)
-    device = resolve_device(cfg.train.device)
+    device = device or run_device(cfg)
     model = load_model(paths.model, device)
     scene = load_scene(cfg)
     split, ids = ("test", scene.test_ids) if scene.test_ids else ("train (every 8th: no test views)", None)
