@@ -1,9 +1,10 @@
 """How much of what a block's training views show can the block's own anchors explain?
 
-For each block and each way of choosing its start points (`partition.block_points`: cell, coverage, all),
-prints the share of the SfM points visible in the block's views (in the image, in front; no occlusion test)
-that lie OUTSIDE the block's start points: what the block's loss asks it to reproduce with no anchor there.
-Also the start points and voxel anchors per block (memory grows with them). One JSON line per block and mode.
+For each block and each way of choosing its start points (`partition.block_points`: cell, coverage, coarse,
+all), prints the share of the SfM points visible in the block's views (in the image, in front; no occlusion
+test) that lie OUTSIDE the block's start points: what the block's loss asks it to reproduce with no anchor
+there. Also the start points and voxel anchors per block (memory grows with them). One JSON line per block and
+mode.
 
     python tools/block_coverage.py                        # the cached demo city, configs/demo.yaml
     python tools/block_coverage.py --scene SCENE -c configs/demo.yaml --set partition.block_dim=[2,4,1]
