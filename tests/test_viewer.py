@@ -378,6 +378,43 @@ def test_browser_splats_look_like_the_server_render(tiny_trained, tmp_path):
 @pytest.mark.slow
 @pytest.mark.browser
 @needs_chromium
+def test_view_splats_look_like_the_server_render_from_the_start(tiny_trained, tmp_path):
+    """`view --splats`: the browser draws the splats from the first page load (no switch from the server
+    renderer), over the renderer's black as the server frame has it, not over viser's white page."""
+    from momentumgs_viewer.app import SERVER_MODE
+    from PIL import Image
+
+    trainer = tiny_trained
+    viewer = Viewer(
+        ModelHolder(trainer.current_model()),
+        RunInfo(train_cameras=trainer.scene.train_cameras),
+        ViewerOptions(port=0, max_res=160, still_res=320, rest_s=0.2, verbose=False, splats=True),
+    )
+    browser = Chromium(viewer.url, tmp_path / "profile")
+    try:
+        for group in viewer.groups.values():
+            group.visible = False
+        wait_for(lambda: viewer.sessions, 60, "the page to connect")
+        session = next(iter(viewer.sessions.values()))
+        wait_for(lambda: session.camera is not None, 60, "the page's camera")
+        splats = next(_settled_screenshots(browser, 90))
+        assert _scene_region(splats).std() > 10  # the scene, not a blank page
+
+        viewer.set_mode(SERVER_MODE)  # the same camera, drawn by our rasterizer
+        wait_for(lambda: session.worker.rendered >= 2, 60, "a still frame")
+        server, _ = _page_showing_the_frame(browser, session)
+        Image.fromarray(server).save(tmp_path / "server.png")
+        Image.fromarray(splats).save(tmp_path / "splats.png")
+        psnr = _psnr(_scene_region(server), _scene_region(splats))
+        assert psnr >= 20, f"server frame and browser splats: {psnr} dB"
+    finally:
+        browser.close()
+        viewer.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@needs_chromium
 def test_a_finished_run_opens_in_the_browser_with_every_block(finished_run, tmp_path):
     """`momentumgs view RUN` on a run trained to the end: the page connects and shows our render, and the
     per-block table holds all four blocks with their figures."""
