@@ -398,6 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(message: str) -> None:
+    """Print the one-line error, or, in a worker of `momentumgs train`, leave it to the launcher (which
+    prints the first worker's, once)."""
+    from momentumgs.train.launch import leave_worker_error
+
+    if not leave_worker_error(message):
+        print(f"momentumgs: error: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -413,12 +422,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        print(f"momentumgs: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return EXIT_USER_ERROR
     except OSError as exc:  # disk full, permission denied, a path under a file, ...
         if args.debug:
             raise
-        print(f"momentumgs: error: {os_error_text(exc)}", file=sys.stderr)
+        _error(os_error_text(exc))
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("momentumgs: interrupted", file=sys.stderr)

@@ -24,6 +24,7 @@ from momentumgs.errors import EXIT_USER_ERROR, EXIT_WORKER_LOST, UserError
 from momentumgs.io_utils import refuse_existing, write_text_atomic
 from momentumgs.partition import load_partition, partition_scene, save_partition
 from momentumgs.train.comm import init_from_env, launched_by_torchrun
+from momentumgs.train.launch import ERRORS_ENV, first_worker_error
 from momentumgs.train.paths import RunPaths, check_new_run_dir, prepare_run_dir
 from momentumgs.train.trainer import Trainer, check_workers, intact_step_dir
 
@@ -300,7 +301,8 @@ def train_in_processes(
     """Train `cfg` (or resume `run_dir` with `overrides`) with one worker per process under torchrun (this
     machine only), then return."""
     with tempfile.TemporaryDirectory(prefix="momentumgs-") as tmp:
-        report = Path(tmp) / "failures.json"
+        report, errors = Path(tmp) / "failures.json", Path(tmp) / "errors"
+        errors.mkdir()
         cmd = [sys.executable, "-m", "momentumgs.train.launch", str(report)]
         cmd += ["--standalone", f"--nproc_per_node={processes}", "--max-restarts=0"]
         cmd += ["-m", "momentumgs.cli", "train", "--no-eval"]
@@ -311,14 +313,16 @@ def train_in_processes(
             config = Path(tmp) / "config.yaml"
             config.write_text(dump_config(cfg))
             cmd += ["-c", str(config), "--out", str(run_dir)]
-        proc = subprocess.Popen(cmd if progress else [*cmd, "--no-progress"])
+        env = {**os.environ, ERRORS_ENV: str(errors)}  # a worker's error: one line here, not one per worker
+        proc = subprocess.Popen(cmd if progress else [*cmd, "--no-progress"], env=env)
         try:
             code = proc.wait()
         except KeyboardInterrupt:  # the workers saw the same Ctrl-C: they save a checkpoint and exit
             code = proc.wait()
         failures = json.loads(report.read_text()) if report.is_file() else {}
+        error = first_worker_error(errors)
     if code != 0:
-        raise UserError(failure_text(run_dir, processes, code, failures))
+        raise UserError(error or failure_text(run_dir, processes, code, failures))
 
 
 def failure_text(run_dir: str | Path, processes: int, code: int, failures: dict[str, dict]) -> str:
@@ -328,7 +332,11 @@ def failure_text(run_dir: str | Path, processes: int, code: int, failures: dict[
     # (exit 3) is not the cause
     lost = {r: f for r, f in failures.items() if f["exitcode"] not in (EXIT_USER_ERROR, EXIT_WORKER_LOST)}
     # torchrun stops the others with SIGTERM: name the worker that died first
-    lost = {r: f for r, f in lost.items() if f["signal"] != "SIGTERM"} or lost
+    killed = {r: f for r, f in lost.items() if f["signal"] != "SIGTERM"}
+    on_error = any(f["exitcode"] == EXIT_USER_ERROR for f in failures.values())
+    lost = killed if on_error else killed or lost  # after a worker's error, torchrun stopped the others
+    if on_error and not lost:
+        return f"{run_dir}: training in {processes} processes stopped on a worker's error (above)"
     if lost:
         how = {
             r: f"killed by {f['signal']}" if f["signal"] else f"failed with exit {f['exitcode']}"

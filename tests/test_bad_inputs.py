@@ -480,3 +480,24 @@ def test_a_two_process_resume_of_corrupt_checkpoints_is_one_line(world, tmp_path
     assert len(lines) == 1, proc.stdout + proc.stderr
     assert lines[0].startswith(f"momentumgs: error: {run}: no intact checkpoint to resume ({step_dir}/")
     assert lines[0].endswith("start the run again in an empty folder")
+
+
+def test_a_failing_two_process_run_prints_its_error_once(world, tmp_path):
+    """Both workers meet the same error (a checkpoint that is intact but not a run's, which only loading it
+    tells): the run prints it once, in one line, without torchrun's OMP_NUM_THREADS banner."""
+    import os
+    import subprocess
+
+    from helpers import cli_cmd
+
+    from momentumgs.checkpoint import save_checkpoint
+
+    run = Path(shutil.copytree(world.run, tmp_path / "run"))
+    (step_dir,) = (run / "checkpoints").glob("step_*")
+    for rank in (0, 1):  # as two processes write
+        save_checkpoint(step_dir / f"shared_rank{rank}.ckpt", {"format": "something else"})
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # as a user's shell has it
+    command = cli_cmd("train", "--resume", run, "--no-progress")
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"momentumgs: error: {step_dir}: not a momentumgs run checkpoint"]

@@ -330,6 +330,35 @@ def test_resume_in_processes_runs_the_resume_command(monkeypatch, tmp_path):
     assert training_processes(cfg, None, live_view=False) == 1
 
 
+def test_a_worker_error_is_not_a_lost_worker(tmp_path, monkeypatch):
+    """A worker that stopped on its error left it for the launcher, which prints the first one (by time);
+    torchrun then stopped the other worker with SIGTERM, which is no lost worker."""
+    import signal
+
+    from momentumgs.cli import _error
+    from momentumgs.run import failure_text
+    from momentumgs.train.launch import ERRORS_ENV, first_worker_error
+
+    errors = tmp_path / "errors"
+    errors.mkdir()
+    monkeypatch.setenv(ERRORS_ENV, str(errors))
+    sigterm = signal.getsignal(signal.SIGTERM)  # a worker that left its error lets SIGTERM end it
+    try:
+        for rank, message, ns in ((1, "disk full here", 1), (0, "and there", 2)):
+            monkeypatch.setenv("RANK", str(rank))
+            _error(message)
+            os.utime(errors / f"rank{rank}.txt", ns=(ns, ns))
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    assert first_worker_error(errors) == "disk full here"
+
+    failures = {"0": {"exitcode": 2, "signal": None}, "1": {"exitcode": -15, "signal": "SIGTERM"}}
+    text = failure_text(tmp_path, 2, 1, failures)
+    assert text == f"{tmp_path}: training in 2 processes stopped on a worker's error (above)"
+    failures = {"0": {"exitcode": 3, "signal": None}, "1": {"exitcode": -9, "signal": "SIGKILL"}}
+    assert "lost worker process rank 1 of 2 (killed by SIGKILL)" in failure_text(tmp_path, 2, 1, failures)
+
+
 def test_one_process_per_worker_on_a_cpu_with_the_cores(monkeypatch):
     cfg = load_config(None, ["method.workers=2", "partition.block_dim=[2,2,1]", "train.device=cpu"])
     monkeypatch.setattr(os, "cpu_count", lambda: 2)

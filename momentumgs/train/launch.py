@@ -5,6 +5,10 @@ kept as data for the caller instead of a traceback.
 same rendezvous, no restarts) and, when workers fail, writes REPORT: {rank: {"exitcode", "signal"}} for every
 failed worker, so that `run.train_in_processes` can print one line naming the lost worker. It dies with its
 parent (Linux), so that a killed `momentumgs train` leaves no workers training behind.
+
+A worker that stops on a clear error (a UserError, an OSError) leaves its one-line message in the folder
+named by $MOMENTUMGS_ERRORS instead of printing it: every worker may meet the same error, and the caller
+prints the first one, once.
 """
 
 from __future__ import annotations
@@ -15,6 +19,33 @@ import os
 import signal
 import sys
 from pathlib import Path
+
+ERRORS_ENV = "MOMENTUMGS_ERRORS"  # the folder where workers leave their error messages (rankR.txt)
+
+
+def leave_worker_error(message: str) -> bool:
+    """In a worker of `run.train_in_processes`: write `message` (one line) for the caller to print, and
+    let a SIGTERM from torchrun (which stops the other workers now) end this process quietly (pycolmap's
+    handler would print a stack dump). False elsewhere: the caller prints the message itself."""
+    folder = os.environ.get(ERRORS_ENV)
+    if not folder:
+        return False
+    try:
+        (Path(folder) / f"rank{os.environ.get('RANK', '0')}.txt").write_text(message)
+    except OSError:
+        return False
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return True
+
+
+def first_worker_error(folder: Path) -> str | None:
+    """The message the workers left in `folder` first (by time, then rank), or None."""
+    files = sorted(folder.glob("rank*.txt"), key=lambda f: (f.stat().st_mtime_ns, int(f.stem[4:])))
+    for file in files:
+        message = file.read_text().strip()
+        if message:
+            return message
+    return None
 
 
 def die_with_parent() -> None:
@@ -45,6 +76,8 @@ def main(argv: list[str]) -> int:
 
     die_with_parent()
     os.environ["MOMENTUMGS_LAUNCHED"] = "1"  # workers leave the report of a lost worker to the launcher
+    # torchrun's default for several processes per machine, set here: torchrun would print a banner about it
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     report_path, torchrun_args = Path(argv[0]), argv[1:]
     # the caller reports failures in one line; torchrun's own log lines and summary would repeat them
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
