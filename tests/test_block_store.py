@@ -180,8 +180,9 @@ def test_failed_spill_keeps_the_block_in_ram(tmp_path, monkeypatch):
     original = _snapshot(state)
     with BlockStore(0, tmp_path) as store:
         store.put(1, state)
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(OSError, match="No space left") as info:
             store.flush()
+        assert info.value.errno == 28  # ENOSPC: training's error line asks for free space (and no other)
         assert store.in_ram(1)
         assert states_equal(store.take(1), original)
 

@@ -360,7 +360,8 @@ class BlockStore:
     def _raise_write_errors(self) -> None:
         if self._write_errors:
             error = self._write_errors.pop(0)
-            raise OSError(f"spilling a block to {self.spill_dir} failed; it stays in RAM: {error}") from error
+            text = f"spilling a block to {self.spill_dir} failed; it stays in RAM: {error}"
+            raise OSError(getattr(error, "errno", None), text) from error  # its errno: a full disk says so
 
     # --- background jobs (on the I/O thread) ------------------------------------------------------
 
