@@ -70,6 +70,9 @@ window.state = {status: 'starting'};
         status: tileset.tilesLoaded ? 'loaded' : 'loading', frames, webgl2: scene.context.webgl2,
         selected: tileset.statistics.selected, contentsReady: tileset.statistics.numberOfLoadedTilesTotal,
         canvas: [scene.canvas.width, scene.canvas.height], fov: scene.camera.frustum.fov,
+        // CesiumJS 1.145's private state of the splats it draws: how many, and whether a rebuild is pending
+        splats: tileset.gaussianSplatPrimitive ? tileset.gaussianSplatPrimitive._numSplats : 0,
+        pending: !!(tileset.gaussianSplatPrimitive && tileset.gaussianSplatPrimitive._pendingSnapshot),
         fovy: scene.camera.frustum.fovy, aspect: scene.camera.frustum.aspectRatio,
       };
     });
@@ -174,11 +177,9 @@ class Server:
         self.httpd.server_close()
 
 
-def render_levels(tiles_dir: Path, cam, work: Path, levels: list[int], settle_s: float = 4.0) -> dict:
+def render_levels(tiles_dir: Path, cam, work: Path, levels: list[int], settle_s: float = 2.0) -> dict:
     """Cesium's render of `cam` for each level (and the whole tileset, key 'all', its own LoD choosing).
     -> {level: [H, W, 3] uint8}, and the page states under 'states'"""
-    import time
-
     from browser import wait_for
 
     tiles_dir = Path(tiles_dir)
@@ -198,17 +199,28 @@ def render_levels(tiles_dir: Path, cam, work: Path, levels: list[int], settle_s:
                 browser = _Chromium("about:blank", work / "profile")
             browser.open(url, settle_s=0.5)
 
-            def ready(browser=browser):
+            expected = None if key == "all" else _level_count(tileset, key)
+
+            seen = []
+
+            def ready(browser=browser, expected=expected, seen=seen):
                 s = browser.evaluate("window.state") or {}
-                return s.get("status") == "failed" or (s.get("status") == "loaded" and s.get("frames", 0) > 3)
+                if s.get("status") == "failed":
+                    return True
+                splats = s.get("splats", 0)
+                done = s.get("status") == "loaded" and not s.get("pending") and s.get("frames", 0) > 3
+                seen.append(splats if done else -1)
+                if expected:
+                    return done and splats == expected
+                # Cesium's own choice: loads the coarse levels first, then refines; the same count for 2 s
+                return done and splats > 0 and len(seen) >= 20 and len(set(seen[-20:])) == 1
 
             wait_for(ready, 120, f"Cesium to load {name}")
             state = browser.evaluate("window.state")
             if state.get("status") == "failed":
                 raise AssertionError(f"Cesium failed on {name}: {state.get('message')}")
-            time.sleep(settle_s)  # the splats' sort runs in a worker: let a few frames use it
+            out[key] = _settled(browser, w, h, settle_s)
             states[key] = browser.evaluate("window.state")
-            out[key] = browser.screenshot()[:h, :w]
     finally:
         if browser is not None:
             browser.close()
@@ -217,6 +229,37 @@ def render_levels(tiles_dir: Path, cam, work: Path, levels: list[int], settle_s:
             (tiles_dir / f"_level_{level}.json").unlink(missing_ok=True)
     out["states"] = states
     return out
+
+
+def zoomed(cam, factor: int):
+    """The camera `cam` with `factor` times its pixels (same pose and field of view)."""
+    import dataclasses
+
+    K = cam.K.copy()
+    K[:2] *= factor
+    return dataclasses.replace(cam, K=K, width=cam.width * factor, height=cam.height * factor)
+
+
+def _level_count(tileset: dict, level: int) -> int:
+    """How many Gaussians level `level` of the tileset holds (asset.extras.momentumgs.counts)."""
+    return sum(block[level] for block in tileset["asset"]["extras"]["momentumgs"]["counts"])
+
+
+def _settled(browser, w: int, h: int, step_s: float, timeout_s: float = 120.0) -> np.ndarray:
+    """The page's image once it stops changing: CesiumJS builds the splats' textures and sorts them in a
+    worker after the tiles have loaded, over several frames."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    last = browser.screenshot()[:h, :w]
+    while True:
+        time.sleep(step_s)
+        image = browser.screenshot()[:h, :w]
+        if np.abs(image.astype(np.int16) - last).mean() < 0.01 and image.any():
+            return image
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Cesium's image still changed after {timeout_s:.0f} s")
+        last = image
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -260,10 +303,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("tiles")
     p.add_argument("--view", type=int, default=None, help="camera index (default: the first test view)")
     p.add_argument("--out", default=None, help="folder for the PNGs (default: none written)")
+    p.add_argument("--zoom", type=int, default=1, help="render at this multiple of the view's size")
     a = p.parse_args(argv)
     cfg = load_config(Path(a.run) / "config.yaml")
     scene = load_scene(cfg)
-    cam = scene.cameras[scene.test_ids[0] if a.view is None else a.view]
+    cam = zoomed(scene.cameras[scene.test_ids[0] if a.view is None else a.view], a.zoom)
     tileset = json.loads((Path(a.tiles) / "tileset.json").read_text())
     levels = list(range(len(tileset["asset"]["extras"]["momentumgs"]["levels"])))
     import tempfile

@@ -254,6 +254,9 @@ def write_tileset(
         if not children:
             raise UserError("no Gaussians to write: every block is empty")
         document = tileset_document(children, scene_lo, scene_hi, up_axis, origin, fractions, merge)
+        document["asset"]["extras"]["momentumgs"]["counts"] = [
+            [r["gaussians"] for r in b["levels"]] for b in summary.blocks
+        ]
         write_text_atomic(tmp / "tileset.json", json.dumps(document, indent=1))
         replace_dir(tmp, out)
     except BaseException:
