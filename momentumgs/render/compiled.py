@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from momentumgs.render.cpu import MAX_ALPHA, pixel_boxes
+from momentumgs.render.cpu import MAX_ALPHA, moment_gradients, pixel_boxes
 from momentumgs.render.projection import ALPHA_THRESHOLD
 from momentumgs.timing import phase
 
@@ -156,13 +156,7 @@ class _TileBlend(torch.autograd.Function):
             v_colors = colors.new_zeros(C * N, D).index_copy_(
                 0, flat, torch.from_numpy(v_entry_colors).to(dtype)
             )
-            # sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, dx = mean x - pixel x: dsigma/dmean x = a dx + b dy
-            a, b, c = conics.reshape(C * N, 3).T
-            s_dx, s_dy, s_dxdx, s_dxdy, s_dydy, s_1 = moments.T
-            v_means2d = torch.stack([a * s_dx + b * s_dy, b * s_dx + c * s_dy], dim=-1).reshape(C, N, 2)
-            v_conics = torch.stack([0.5 * s_dxdx, s_dxdy, 0.5 * s_dydy], dim=-1).reshape(C, N, 3)
-            # alpha = opacity * vis: dL/dopacity = -sum v_sigma / opacity (contributors have opacity >= 1/255)
-            v_opacities = -(s_1 / opacities.reshape(C * N).clamp(min=1e-30)).reshape(C, N)
+            v_means2d, v_conics, v_opacities = moment_gradients(moments.T, conics, opacities)
             if absgrad:
                 v_abs = colors.new_zeros(C * N, 2).index_copy_(0, flat, torch.from_numpy(entry_abs).to(dtype))
                 means2d.absgrad = v_abs.reshape(C, N, 2)

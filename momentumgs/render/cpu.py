@@ -261,6 +261,21 @@ def composite(
     return _Blend.apply(means2d, conics, opacities, colors, backgrounds, pairs, width, height, absgrad)
 
 
+def moment_gradients(moments: Tensor, conics: Tensor, opacities: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of means2d [C, N, 2], conics [C, N, 3] and opacities [C, N] from each Gaussian's sums of
+    v_sigma times (dx, dy, dx^2, dx dy, dy^2, 1) [6, C * N] (v_sigma = dL/dsigma per composited pair)."""
+    C, N = opacities.shape
+    # sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, dx = mean x - pixel x: dsigma/dmean x = a dx + b dy, ...
+    a, b, c = conics.reshape(C * N, 3).T
+    s_dx, s_dy, s_dxdx, s_dxdy, s_dydy, s_1 = moments
+    v_means2d = torch.stack([a * s_dx + b * s_dy, b * s_dx + c * s_dy], dim=-1).reshape(C, N, 2)
+    v_conics = torch.stack([0.5 * s_dxdx, s_dxdy, 0.5 * s_dydy], dim=-1).reshape(C, N, 3)
+    # alpha = opacity * vis, so dL/dopacity = sum vis v_alpha = -sum v_sigma / opacity (Gaussians with
+    # pairs have opacity >= 1/255; the others have s_1 = 0)
+    v_opacities = -(s_1 / opacities.reshape(C * N).clamp(min=1e-30)).reshape(C, N)
+    return v_means2d, v_conics, v_opacities
+
+
 def _scatter_rows(out: Tensor, index: Tensor, rows: Tensor | list[Tensor]) -> None:
     """out[r].index_add_(0, index, rows[r]) for every row r: one 1D index_add per row is the fastest."""
     for r in range(len(rows)):
@@ -357,14 +372,7 @@ class _Blend(torch.autograd.Function):
                 v_x, v_y = a * v_sigma_dx + b * v_sigma_dy, b * v_sigma_dx + c * v_sigma_dy
                 _scatter_rows(v_abs, f, [v_x.abs(), v_y.abs()])
 
-        # sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, dx = mean x - pixel x: dsigma/dmean x = a dx + b dy, ...
-        a, b, c = conics.reshape(C * N, 3).T
-        s_dx, s_dy, s_dxdx, s_dxdy, s_dydy, s_1 = moments
-        v_means2d = torch.stack([a * s_dx + b * s_dy, b * s_dx + c * s_dy], dim=-1).reshape(C, N, 2)
-        v_conics = torch.stack([0.5 * s_dxdx, s_dxdy, 0.5 * s_dydy], dim=-1).reshape(C, N, 3)
-        # alpha = opacity * vis, so dL/dopacity = sum vis v_alpha = -sum v_sigma / opacity (Gaussians with
-        # pairs have opacity >= 1/255; the others have s_1 = 0)
-        v_opacities = -(s_1 / opacities.reshape(C * N).clamp(min=1e-30)).reshape(C, N)
+        v_means2d, v_conics, v_opacities = moment_gradients(moments, conics, opacities)
         if v_abs is not None:
             means2d.absgrad = v_abs.T.reshape(C, N, 2)
         v_colors = v_colors_t.T.reshape(C, N, D)
