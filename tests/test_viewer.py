@@ -416,6 +416,37 @@ def test_view_splats_look_like_the_server_render_from_the_start(tiny_trained, tm
 @pytest.mark.slow
 @pytest.mark.browser
 @needs_chromium
+def test_view_splats_are_over_black_in_a_tab_whose_camera_is_not_seen(tiny_trained, tmp_path, monkeypatch):
+    """`view --splats` sends the renderer's black to a tab as it connects, not only at its first camera
+    report: a tab whose report the session never sees (one sent before the session's handler was there)
+    shows the splats over black too, not over viser's white page."""
+    from momentumgs_viewer.app import ClientSession
+
+    monkeypatch.setattr(ClientSession, "_camera_moved", lambda self, camera: None)
+    trainer = tiny_trained
+    viewer = Viewer(
+        ModelHolder(trainer.current_model()),
+        RunInfo(train_cameras=trainer.scene.train_cameras),
+        ViewerOptions(port=0, max_res=160, still_res=320, rest_s=0.2, verbose=False, splats=True),
+    )
+    browser = Chromium(viewer.url, tmp_path / "profile")
+    try:
+        for group in viewer.groups.values():
+            group.visible = False
+        wait_for(lambda: viewer.sessions, 60, "the page to connect")
+        shown = next((s for s in _settled_screenshots(browser, 120) if _scene_region(s).std() > 10), None)
+        assert shown is not None, "the splats never showed"
+        viewer.splats.visible = False  # what is behind them
+        backdrop = next(_settled_screenshots(browser, 60))
+        assert _scene_region(backdrop).mean() < 5, _scene_region(backdrop).mean()
+    finally:
+        browser.close()
+        viewer.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@needs_chromium
 def test_a_finished_run_opens_in_the_browser_with_every_block(finished_run, tmp_path):
     """`momentumgs view RUN` on a run trained to the end: the page connects and shows our render, and the
     per-block table holds all four blocks with their figures."""

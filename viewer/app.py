@@ -63,6 +63,8 @@ class ClientSession:
             self.render, self.deliver, viewer.resolutions, viewer.options.rest_s, viewer.report_error
         )
         client.camera.on_update(self._camera_moved)
+        if viewer.mode == BROWSER_MODE:  # `view --splats`: no camera report is needed to show it
+            self.show_backdrop()
 
     def _camera_moved(self, camera) -> None:
         self.camera = ClientCamera.from_handle(camera)
@@ -88,11 +90,12 @@ class ClientSession:
         self.viewer.show_frame_stats(image, self.worker.last_seconds, still)
 
     def show_backdrop(self) -> None:
-        """The renderer's background behind the splats, as the server's frames have it. Only once the tab
-        has reported its camera: viser's page drops a background image that comes before its canvas."""
-        if self.camera is not None and not self.backdrop:
+        """The renderer's background behind the splats, as the server's frames have it: sent as the tab
+        connects (its camera report may come before this session's handler, and then never), and again at
+        its first camera report (a page may drop a background image that comes before its canvas)."""
+        if not self.backdrop:
             self.client.scene.set_background_image(backdrop_image(), format="png")
-            self.backdrop = True
+            self.backdrop = self.camera is not None
 
 
 class Viewer:
