@@ -4,7 +4,7 @@ Scale (default): a synthetic model of --gaussians Gaussians (SH degree 3) in --b
 each block made when the writer asks for it (as `run_blocks` bakes them), written as a tileset; prints the
 time, the peak RSS and what the whole model would take in RAM at once, then one JSON line.
 
-    python tools/bench_tiles.py [--gaussians 5000000] [--blocks 20] [--out FOLDER] [--lod-merge]
+    python tools/bench_tiles.py [--gaussians 5000000] [--blocks 20] [--out FOLDER] [--lod-prune]
 
 Quality (--quality RUN): our CPU render of each level of every block of a trained run, pruned and merged
 (export/lod.py), against the full detail on the run's test views: mean PSNR per level, then one JSON line.
@@ -70,7 +70,9 @@ def bench_scale(a) -> dict:
     out = work / "tiles" if a.out is None else work
     t0 = time.perf_counter()
     try:
-        summary = write_tileset(out, blocks(), "-y", parse_levels(a.levels), merge=a.lod_merge, force=True)
+        summary = write_tileset(
+            out, blocks(), "-y", parse_levels(a.levels), merge=not a.lod_prune, force=True
+        )
         seconds = time.perf_counter() - t0
         files = sum(1 for _ in out.rglob("*.glb"))
     finally:
@@ -80,7 +82,7 @@ def bench_scale(a) -> dict:
         "gaussians": sum(made),
         "blocks": a.blocks,
         "levels": list(parse_levels(a.levels)),
-        "lod_merge": a.lod_merge,
+        "lod_merge": not a.lod_prune,
         "seconds": round(seconds, 1),
         "gaussians_per_s": round(sum(made) / seconds),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -150,7 +152,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--gaussians", type=int, default=5_000_000)
     p.add_argument("--blocks", type=int, default=20)
     p.add_argument("--levels", default=",".join(f"{v:g}" for v in DEFAULT_LEVELS))
-    p.add_argument("--lod-merge", action="store_true")
+    p.add_argument("--lod-prune", action="store_true", help="levels only pruned (default: merged)")
     p.add_argument("--out", help="keep the tileset here (default: a temporary folder, removed)")
     p.add_argument("--quality", metavar="RUN", help="measure the levels of a trained run instead")
     a = p.parse_args(argv)

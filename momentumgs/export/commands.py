@@ -152,7 +152,7 @@ def _cmd_export_tiles(args, t0: float) -> int:
         args.out,
         args.levels,
         args.origin,
-        args.lod_merge,
+        not args.lod_prune,
         args.sh_degree,
         args.appearance,
         args.force,

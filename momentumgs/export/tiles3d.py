@@ -7,10 +7,11 @@ boundingVolume, geometricError, refine, transform); content: glTF with KHR_gauss
     OUT/block_BBB/level_L.glb       block BBB's level L (0: full detail; higher: coarser, export/lod.py)
 
 The tree is the scene -> its blocks -> each block's levels, coarsest first, each the only child of the next
-coarser one, all `refine: REPLACE` (a level replaces the coarser one: with `--lod-merge` a coarse level's
-Gaussians are not those of the finer one). The root has no content; its geometric error is the largest
-block's diagonal (the error of showing nothing). A block's top tile holds its coarsest level, with that
-level's geometric error (export/lod.py: the detail it leaves out); the full level is the leaf, error 0.
+coarser one, all `refine: REPLACE` (a level replaces the coarser one: a coarse level's Gaussians are not
+those of the finer one, they absorb the dropped ones, export/lod.py). The root has no content; its
+geometric error is the largest block's diagonal (the error of showing nothing). A block's top tile holds
+its coarsest level, with that level's geometric error (export/lod.py: the detail it leaves out); the full
+level is the leaf, error 0.
 
 Frames. Each block's tile carries a `transform` that moves its Gaussians from the block's centre (they are
 stored relative to it: SPZ's fixed point and the viewer's float32 keep their precision at city scale). The
@@ -197,7 +198,7 @@ def write_tileset(
     up_axis: str = "-y",
     fractions=DEFAULT_LEVELS,
     origin: tuple[float, float, float] | None = None,
-    merge: bool = False,
+    merge: bool = True,
     force: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> TilesetSummary:
@@ -349,7 +350,7 @@ def export_tiles(
     out: str | Path | None = None,
     levels=DEFAULT_LEVELS,
     origin: str | None = None,
-    merge: bool = False,
+    merge: bool = True,
     sh_degree: int = 3,
     appearance: str | None = None,
     force: bool = False,
