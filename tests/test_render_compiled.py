@@ -164,3 +164,30 @@ def test_no_visible_gaussian(monkeypatch):
     assert alpha.abs().max() == 0
     torch.testing.assert_close(img, scene["backgrounds"][:, None, None, :].expand_as(img))
     assert grads["means"].abs().max() == 0
+
+
+def test_tiles_on_several_threads_equal_one_thread(monkeypatch):
+    # several torch threads: the tiles are split into ranges rendered at once; the images are the same
+    # to the bit (tiles share no pixel), the gradients to the order of the per-range sums
+    scene = stress_scene(9, n=800, cameras=2, width=70, height=50)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = render_and_grads("numba", scene, monkeypatch)
+        torch.set_num_threads(3)
+        three = render_and_grads("numba", scene, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], three[0]) and torch.equal(one[1], three[1])
+    assert_same(three, one, atol=0, rtol_grad=1e-12)
+
+
+def test_tile_ranges_balance_the_work():
+    offsets = torch.tensor([0, 0, 10, 10, 40, 41, 90, 100]).numpy()  # 7 tiles, 100 entries
+    assert compiled.tile_ranges(offsets, 1) == [(0, 7)]
+    ranges = compiled.tile_ranges(offsets, 3)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 7
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))  # consecutive, no gap
+    work = [int(offsets[hi] - offsets[lo]) for lo, hi in ranges]
+    assert sum(work) == 100 and max(work) <= 60
+    assert compiled.tile_ranges(torch.zeros(5, dtype=torch.long).numpy(), 4) == [(0, 4)]  # nothing to draw

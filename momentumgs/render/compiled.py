@@ -8,6 +8,7 @@ algebra of the backward); the kernels do the per-pixel work.
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -114,16 +115,59 @@ def _entry_colors(colors: Tensor, flat_ids: Tensor) -> np.ndarray:
     return colors.detach().reshape(C * N, D).index_select(0, flat_ids).numpy()  # [E, D]
 
 
+def tile_ranges(offsets: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """Split the tiles into at most `parts` consecutive ranges of about equal work (tile-list entries)."""
+    n_tiles = offsets.shape[0] - 1
+    if parts <= 1 or offsets[-1] == 0:
+        return [(0, n_tiles)]
+    targets = offsets[-1] * np.arange(1, parts) / parts
+    cuts = np.searchsorted(offsets, targets).tolist()
+    bounds = sorted({0, n_tiles, *[min(max(c, 0), n_tiles) for c in cuts]})
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _on_threads(kernel, ranges: list[tuple[int, int]]) -> list:
+    """kernel(lo, hi) for each range: on one thread per range when there are several (the kernels release
+    the GIL), else here."""
+    if len(ranges) == 1:
+        return [kernel(*ranges[0])]
+    with ThreadPoolExecutor(len(ranges)) as pool:
+        return list(pool.map(lambda r: kernel(*r), ranges))
+
+
+def _forward_tiles(tileset: TileSet, entry_colors: np.ndarray) -> tuple[np.ndarray, ...]:
+    from momentumgs.render import tiles
+
+    C, N, width, height = tileset.shape
+    image = np.zeros((C, height, width, entry_colors.shape[1]), dtype=entry_colors.dtype)
+    final_t = np.ones((C, height, width), dtype=np.float64)
+    last = np.full((C, height, width), -1, dtype=np.int32)
+    args = tileset.kernel_args(entry_colors)
+    ranges = tile_ranges(tileset.offsets, torch.get_num_threads())
+    _on_threads(lambda lo, hi: tiles.forward(*args, lo, hi, image, final_t, last), ranges)
+    return image, final_t, last
+
+
+def _backward_tiles(tileset: TileSet, entry_colors: np.ndarray, extra: tuple) -> tuple[np.ndarray, ...]:
+    from momentumgs.render import tiles
+
+    args = (*tileset.kernel_args(entry_colors), *extra)
+    ranges = tile_ranges(tileset.offsets, torch.get_num_threads())
+    parts = _on_threads(lambda lo, hi: tiles.backward(*args, lo, hi), ranges)
+    totals = parts[0]  # with one thread: exactly the kernel's sums
+    for part in parts[1:]:
+        totals = tuple(a + b for a, b in zip(totals, part, strict=True))
+    return totals
+
+
 class _TileBlend(torch.autograd.Function):
     """Front-to-back blending by the tile kernels; backward by the kernel, then the conic algebra."""
 
     @staticmethod
     def forward(ctx, means2d, conics, opacities, colors, backgrounds, tileset: TileSet, absgrad: bool):
-        from momentumgs.render import tiles
-
         C, N, width, height = tileset.shape
         entry_colors = _entry_colors(colors, tileset.flat_ids)
-        image, final_t64, last = tiles.forward(*tileset.kernel_args(entry_colors))
+        image, final_t64, last = _forward_tiles(tileset, entry_colors)
         image = torch.from_numpy(image)  # [C, H, W, D]
         final_t = torch.from_numpy(final_t64).to(colors.dtype)  # [C, H, W]
         image = image + final_t[..., None] * backgrounds[:, None, None, :]
@@ -134,8 +178,6 @@ class _TileBlend(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, v_image, v_alphas):
-        from momentumgs.render import tiles
-
         with phase("rasterize_backward"):
             conics, opacities, colors, backgrounds = ctx.saved_tensors
             tileset, entry_colors, final_t, final_t64, last, absgrad, means2d = ctx.tiles
@@ -145,9 +187,8 @@ class _TileBlend(torch.autograd.Function):
             # what lies behind each pixel's last contributor: the background and the alpha output
             bg_dot_v = (v_image * backgrounds[:, None, None, :]).sum(-1)  # [C, H, W]
             tail = (final_t * (bg_dot_v - v_alphas[..., 0])).double().contiguous()
-            v_entry_colors, entry_moments, entry_abs = tiles.backward(
-                *tileset.kernel_args(entry_colors), final_t64, last, v_image.numpy(), tail.numpy(), absgrad
-            )
+            extra = (final_t64, last, v_image.numpy(), tail.numpy(), absgrad)
+            v_entry_colors, entry_moments, entry_abs = _backward_tiles(tileset, entry_colors, extra)
             flat = tileset.flat_ids
             dtype = colors.dtype
             moments = colors.new_zeros(C * N, 6).index_copy_(

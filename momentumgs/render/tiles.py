@@ -115,25 +115,38 @@ def _tile_rect(t, tiles_x, tiles_y, width, height):  # pragma: no cover - compil
 
 @numba.njit(cache=True, nogil=True)
 def forward(
-    params, colors, boxes, offsets, ids, width, height, tiles_x, tiles_y, consts, coords, log_levels
+    params,
+    colors,
+    boxes,
+    offsets,
+    ids,
+    width,
+    height,
+    tiles_x,
+    tiles_y,
+    consts,
+    coords,
+    log_levels,
+    tile_lo,
+    tile_hi,
+    image,
+    final_t,
+    last,
 ):  # pragma: no cover - compiled
-    """Composited colours [C, H, W, D] (no background), T behind each pixel [C, H, W] (float64) and the
-    position in its tile's list of each pixel's last contributor [C, H, W] (-1 for none).
+    """Composite tiles [tile_lo, tile_hi) into image [C, H, W, D] (no background; zeros beforehand), T
+    behind each pixel final_t [C, H, W] (float64; ones beforehand) and last [C, H, W] (-1 beforehand), the
+    position in its tile's list of each pixel's last contributor. Tile ranges share no pixel, so ranges
+    may run at once on several threads (the kernel holds no GIL).
 
     params [E, 6] mean x, mean y, conic a, b, c, opacity; colors [E, D]; consts [4]: 0.5, 1/255, 0.999, 0
     in the params' dtype; log_levels [E] float64: ln(max(1, 255 opacity)), the largest sigma drawn.
     """
-    n_tiles = offsets.shape[0] - 1
-    n_cams = n_tiles // (tiles_x * tiles_y)
     D = colors.shape[1]
-    image = np.zeros((n_cams, height, width, D), dtype=colors.dtype)
-    final_t = np.ones((n_cams, height, width), dtype=np.float64)
-    last = np.full((n_cams, height, width), -1, dtype=np.int32)
     T = np.empty((TILE, TILE), dtype=np.float64)
     acc = np.empty((TILE, TILE, D), dtype=np.float64)
     done = np.empty((TILE, TILE), dtype=np.bool_)
     max_alpha = consts[2]
-    for t in range(n_tiles):
+    for t in range(tile_lo, tile_hi):
         lo, hi = offsets[t], offsets[t + 1]
         if lo == hi:
             continue
@@ -175,7 +188,6 @@ def forward(
                 final_t[cam, py + ly, px + lx] = T[ly, lx]
                 for d in range(D):
                     image[cam, py + ly, px + lx, d] = acc[ly, lx, d]
-    return image, final_t, last
 
 
 @numba.njit(cache=True, nogil=True)
@@ -197,9 +209,12 @@ def backward(
     v_image,
     tail,
     absgrad,
+    tile_lo,
+    tile_hi,
 ):  # pragma: no cover - compiled
-    """Per entry: v_colors [E, D], moments [E, 6] = sums of v_sigma (dx, dy, dx^2, dx dy, dy^2, 1) and,
-    with absgrad, the summed absolute screen-space mean gradients [E, 2] (all float64).
+    """Per entry, over the tiles [tile_lo, tile_hi): v_colors [E, D], moments [E, 6] = sums of v_sigma
+    (dx, dy, dx^2, dx dy, dy^2, 1) and, with absgrad, the summed absolute screen-space mean gradients
+    [E, 2] (all float64). Ranges run on several threads add their own sums afterwards.
 
     final_t, last: from `forward`; v_image [C, H, W, D]; tail [C, H, W] float64: T_final (background . v -
     v_alpha), what lies behind the last contributor of each pixel. dL/dalpha_k = T_k c_k.v - (sum behind k
@@ -214,7 +229,7 @@ def backward(
     last_tile = np.empty((TILE, TILE), dtype=np.int32)
     v_color = np.empty(D, dtype=np.float64)
     max_alpha = consts[2]
-    for t in range(offsets.shape[0] - 1):
+    for t in range(tile_lo, tile_hi):
         lo, hi = offsets[t], offsets[t + 1]
         if lo == hi:
             continue
