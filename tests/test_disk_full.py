@@ -191,3 +191,72 @@ def test_a_run_folder_removed_while_training_is_not_a_full_disk(small_trainer):
         f"{run / 'metrics.jsonl'}: No such file or directory; training stopped at step 8: the run folder "
         f"{run} was removed (its config.yaml is gone), nothing is left to resume; train the run again"
     )
+
+
+FULL_DISK_IN_RANK_1 = '''
+"""Loaded at start-up by the processes of the test's run: in the worker of rank 1, the checkpoint files it
+writes from the `after`+1-th on meet a full disk (a failed write names no file)."""
+import errno
+import os
+
+if os.environ.get("RANK") == "1":
+    import builtins
+
+    from momentumgs import io_utils
+
+    written = [0]
+
+    class _Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def _open(path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        if "w" in mode and ".ckpt." in os.path.basename(str(path)):
+            written[0] += 1
+            if written[0] > AFTER:
+                return _Full(f)
+        return f
+
+    io_utils.open = _open
+'''
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_one_of_two_processes_is_one_line_with_the_path(gt_test_scene, tmp_path):
+    """Rank 1's disk fills while it writes its part of the step-8 checkpoint: the run prints rank 1's line
+    (the file, the cause, free space and resume), once; not "lost worker process rank 1 (SIGTERM)"."""
+    import subprocess
+    import sys
+
+    from helpers import one_thread_env
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("two worker processes need two cores")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    # rank 1 writes blocks 1 and 3 and its shared state at each checkpoint: the 4th file is step 8's first
+    (hooks / "sitecustomize.py").write_text(FULL_DISK_IN_RANK_1.replace("AFTER", "3"))
+    env = one_thread_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(hooks), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    run = tmp_path / "run"
+    args = _train_args(gt_test_scene, run)
+    args[args.index("--processes") + 1] = "2"
+    proc = subprocess.run(
+        [sys.executable, "-m", "momentumgs.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"momentumgs: error: {run}/checkpoints/step_00000008/block_001.ckpt: No space left on device; "
+        "training stopped at step 8, the last complete checkpoint (step_00000004) is intact; free space on "
+        f"its disk and resume with `momentumgs train --resume {run}`"
+    ]
