@@ -40,7 +40,7 @@ class TileSet:
     """The visible entries of one render, ordered by (camera, depth), binned into tiles (no gradient)."""
 
     def __init__(self, means2d, conics, opacities, depths, radii, width: int, height: int):
-        from momentumgs.render import tiles
+        import momentumgs.render.tiles as tiles
 
         C, N = depths.shape
         visible = torch.nonzero((radii > 0).all(dim=-1).reshape(-1)).squeeze(1)  # flat ids
@@ -136,7 +136,7 @@ def _on_threads(kernel, ranges: list[tuple[int, int]]) -> list:
 
 
 def _forward_tiles(tileset: TileSet, entry_colors: np.ndarray) -> tuple[np.ndarray, ...]:
-    from momentumgs.render import tiles
+    import momentumgs.render.tiles as tiles
 
     C, N, width, height = tileset.shape
     image = np.zeros((C, height, width, entry_colors.shape[1]), dtype=entry_colors.dtype)
@@ -149,7 +149,7 @@ def _forward_tiles(tileset: TileSet, entry_colors: np.ndarray) -> tuple[np.ndarr
 
 
 def _backward_tiles(tileset: TileSet, entry_colors: np.ndarray, extra: tuple) -> tuple[np.ndarray, ...]:
-    from momentumgs.render import tiles
+    import momentumgs.render.tiles as tiles
 
     args = (*tileset.kernel_args(entry_colors), *extra)
     ranges = tile_ranges(tileset.offsets, torch.get_num_threads())

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from momentumgs.render import compiled, cpu
-from momentumgs.render.cpu import DEFAULT_PAIR_BUDGET
+from momentumgs.render.compiled import composite as composite_tiles
+from momentumgs.render.compiled import cpu_backend
+from momentumgs.render.cpu import DEFAULT_PAIR_BUDGET, composite
 from momentumgs.render.projection import project_gaussians
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
@@ -212,12 +213,10 @@ def _rasterize_cpu(
             backgrounds = backgrounds.new_zeros(C, 1)
 
     projected = (means2d, conics, view_opacities, colors, depths, radii, width, height)
-    if compiled.cpu_backend() == "numba":
-        render_colors, render_alphas = compiled.composite(
-            *projected, backgrounds=backgrounds, absgrad=absgrad
-        )
+    if cpu_backend() == "numba":
+        render_colors, render_alphas = composite_tiles(*projected, backgrounds=backgrounds, absgrad=absgrad)
     else:
-        render_colors, render_alphas = cpu.composite(
+        render_colors, render_alphas = composite(
             *projected, backgrounds=backgrounds, absgrad=absgrad, pair_budget=pair_budget
         )
     if render_mode in ("ED", "RGB+ED"):
