@@ -142,9 +142,44 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _cmd_export_tiles(args, t0: float) -> int:
-    from momentumgs.export.tiles3d import export_tiles
+def export_tiles(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    levels: str = "1,0.25,0.06",
+    origin: str | None = None,
+    merge: bool = True,
+    sh_degree: int = 3,
+    appearance: str | None = None,
+    force: bool = False,
+):
+    """`momentumgs export RUN --format tiles`: the run's model baked block by block (its partition.json)
+    into a 3D Tiles tileset at `out` (default RUN/export/tiles; export/tiles3d.py). -> TilesetSummary"""
+    from momentumgs.export.lod import parse_levels
+    from momentumgs.export.tiles3d import parse_origin, run_blocks, write_tileset
+    from momentumgs.partition import load_partition
+    from momentumgs.train.paths import RunPaths
 
+    fractions = parse_levels(levels)
+    where = None if origin is None else parse_origin(origin)
+    out = Path(out) if out else Path(run_dir) / "export" / "tiles"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; a tileset is a folder")
+    model, cfg = load_run(run_dir)
+    refuse_existing(out, force)
+    paths = RunPaths(Path(run_dir))
+    if not paths.partition.is_file():
+        raise UserError(f"{run_dir}: no partition.json; a tileset needs the run's blocks")
+    partition = load_partition(paths.partition)
+    row = None if appearance is None else photo_appearance_row(model, appearance)
+    blocks = run_blocks(model, partition, _scene_or_none(cfg), sh_degree, row)
+
+    def log(line: str) -> None:
+        print(f"  {line}", file=sys.stderr)
+
+    return write_tileset(out, blocks, partition.up_axis, fractions, where, merge, force=force, log=log)
+
+
+def _cmd_export_tiles(args, t0: float) -> int:
     if args.refine:
         raise UserError("--refine: not with --format tiles (each level is cut from the bake as it is)")
     summary = export_tiles(

@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -343,40 +342,3 @@ def run_blocks(
         baked = bake(sub, scene, sh_degree=sh_degree, appearance=appearance)
         if baked.count:
             yield block.index, baked
-
-
-def export_tiles(
-    run_dir: str | Path,
-    out: str | Path | None = None,
-    levels=DEFAULT_LEVELS,
-    origin: str | None = None,
-    merge: bool = True,
-    sh_degree: int = 3,
-    appearance: str | None = None,
-    force: bool = False,
-) -> TilesetSummary:
-    """`momentumgs export RUN --format tiles`: the run's model baked block by block into a tileset at `out`
-    (default RUN/export/tiles)."""
-    from momentumgs.export.commands import _scene_or_none, load_run, photo_appearance_row
-    from momentumgs.partition import load_partition
-    from momentumgs.train.paths import RunPaths
-
-    fractions = parse_levels(levels)
-    where = None if origin is None else parse_origin(origin)
-    out = Path(out) if out else Path(run_dir) / "export" / "tiles"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; a tileset is a folder")
-    model, cfg = load_run(run_dir)
-    refuse_existing(out, force)
-    paths = RunPaths(Path(run_dir))
-    if not paths.partition.is_file():
-        raise UserError(f"{run_dir}: no partition.json; a tileset needs the run's blocks")
-    partition = load_partition(paths.partition)
-    row = None if appearance is None else photo_appearance_row(model, appearance)
-    scene = _scene_or_none(cfg)
-    blocks = run_blocks(model, partition, scene, sh_degree, row)
-
-    def log(line: str) -> None:
-        print(f"  {line}", file=sys.stderr)
-
-    return write_tileset(out, blocks, partition.up_axis, fractions, where, merge, force=force, log=log)
