@@ -45,8 +45,9 @@ class TileSet:
         C, N = depths.shape
         visible = torch.nonzero((radii > 0).all(dim=-1).reshape(-1)).squeeze(1)  # flat ids
         # (camera, depth) order as the reference: by depth, then stably by camera
-        by_depth = visible[torch.argsort(depths.reshape(-1)[visible], stable=True)]
-        flat = by_depth[torch.argsort(torch.div(by_depth, N, rounding_mode="floor"), stable=True)]
+        flat = visible[torch.argsort(depths.reshape(-1)[visible], stable=True)]
+        if C > 1:
+            flat = flat[torch.argsort(torch.div(flat, N, rounding_mode="floor"), stable=True)]
         boxes = torch.stack(
             pixel_boxes(means2d.reshape(-1, 2)[flat], radii.reshape(-1, 2)[flat], width, height), 1
         )
@@ -56,8 +57,8 @@ class TileSet:
 
         self.flat_ids = flat  # [E]
         self.shape = (C, N, width, height)
-        params = torch.cat([means2d.reshape(-1, 2), conics.reshape(-1, 3), opacities.reshape(-1, 1)], dim=1)
-        self.params = params.index_select(0, flat).numpy()  # [E, 6]
+        columns = (means2d.reshape(-1, 2), conics.reshape(-1, 3), opacities.reshape(-1, 1))
+        self.params = torch.cat([x.index_select(0, flat) for x in columns], dim=1).numpy()  # [E, 6]
         self.boxes = boxes.to(torch.int32).numpy()  # [E, 4]
         dtype = self.params.dtype
         self.consts = np.array([0.5, ALPHA_THRESHOLD, MAX_ALPHA, 0.0], dtype=dtype)
