@@ -266,6 +266,16 @@ class TrainConfig:
     # before the others stop; a worker that dies is noticed at once. Must exceed the longest time one
     # process works alone between collectives (a checkpoint of its blocks, an evaluation).
     collective_timeout_s: Positive = 600.0
+    # every learning rate reaches its final value at this fraction of its span (a block's iterations; the
+    # decoder's, `decoder_lr_clock`) and holds it after; 1 = decays over the whole span, 0.5 = the Momentum-GS
+    # code (max_steps 30 000 of 60 000; docs/method.md, Official recipe)
+    lr_hold_after: Annotated[float, Range(gt=0, le=1)] = 1.0
+    # the decoder's schedule runs over the global steps of the whole run (run) or follows the iteration of the
+    # block it is trained by (block, as the Momentum-GS code: it restarts with each block's turns)
+    decoder_lr_clock: Literal["run", "block"] = "run"
+    # the offsets' rates are multiplied by 1.1 x the spread of the training cameras: of the whole scene
+    # (scene), or of the block's own training views (block, as the Momentum-GS code)
+    spatial_lr_scale: Literal["scene", "block"] = "scene"
     lr: OptimConfig = field(default_factory=OptimConfig)
     densify: DensifyOptions = field(default_factory=DensifyOptions)
 
@@ -349,11 +359,20 @@ class MethodConfig:
     # "steps": the mean over those iterations of the block's own training renders (free, an approximation)
     weighting_source: Literal["steps", "views"] = "views"
     weighting_view_stride: Count = 10
+    # a block's quality: an EMA over its measurements, q <- 0.9 q + 0.1 measured (ema), or its latest
+    # measurement (latest: the Momentum-GS code, whose EMA steps every iteration toward the latest measurement
+    # and so reaches it within a few dozen iterations; docs/method.md, Block weighting)
+    weighting_smoothing: Literal["ema", "latest"] = "ema"
     shared_decoder: bool = True  # false: one decoder per block (the paper's "independent blocks" ablation)
+    # the shared decoder's Adam moments: one state (shared), or one per slot index, the position j of the
+    # block being trained in its worker's rotation (per_slot: the Momentum-GS code keeps the MLPs' moments in
+    # each block's optimizer; docs/method.md, Training schedule)
+    decoder_optimizer: Literal["shared", "per_slot"] = "shared"
     # true: once the first block has all its iterations the shared decoder (and its teacher) stops learning,
     # so that the blocks still training fit their anchors to the decoder the merged model keeps and no
-    # finished block waits while the decoder moves on (the Momentum-GS code's last round; docs/method.md,
-    # Training schedule; +0.17 dB on the demo city, docs/quality.md). false: it learns to the last step
+    # finished block waits while the decoder moves on (ours: the Momentum-GS code has a freeze branch that
+    # never runs; docs/method.md, Training schedule; +0.17 dB on the demo city, docs/quality.md). false: it
+    # learns to the last step (the Momentum-GS code)
     freeze_decoder_at_finish: bool = True
     # idle blocks kept in host RAM up to this, spilled to disk beyond (0: every idle block on disk)
     ram_budget_mb: NonNegative = 4096.0

@@ -40,3 +40,19 @@ def test_step_metrics_average_the_steps_since_the_last_take():
         m.add(psnr, ssim)
     assert m.take_mean() == pytest.approx((21.0, 0.6))
     assert m.take_mean() is None  # reset
+
+
+def test_latest_smoothing_is_the_latest_measurement():
+    """`method.weighting_smoothing: latest`, the Momentum-GS code's: its EMA steps every iteration toward the
+    latest measurement (0.9 old + 0.1 new), so after a few dozen iterations it is that measurement."""
+    q = BlockQuality()
+    for psnr, ssim in [(20.0, 0.5), (30.0, 1.0), (25.0, 0.7)]:
+        q.update(psnr, ssim, "latest")
+        assert (q.psnr, q.ssim) == (psnr, ssim)
+    # the code's per-iteration EMA over one 500-iteration slot after a measurement: the same value
+    code_psnr = 20.0
+    for _ in range(500):
+        code_psnr = 0.9 * code_psnr + 0.1 * 30.0
+    assert code_psnr == pytest.approx(30.0, abs=1e-12)
+    with pytest.raises(ValueError, match="smoothing"):
+        q.update(1.0, 1.0, "iteration")

@@ -57,7 +57,7 @@ class Block:
         self.cfg = cfg
         self.spatial_scale = spatial_scale
         self.optimizer = anchor_optimizer(field, cfg.lr, spatial_scale)
-        self.schedules = lr_schedules(cfg.lr, cfg.iterations, spatial_scale)
+        self.schedules = lr_schedules(cfg.lr, cfg.iterations, spatial_scale, cfg.lr_hold_after)
         self.densifier = ScaffoldDensifier(cfg.densify, field, seed + 1) if densifier is None else densifier
         self.sampler = ViewSampler(view_ids, seed)
         self.iteration = 0  # completed steps
@@ -165,7 +165,8 @@ class Block:
         # The field's Parameters were replaced: rebuild the optimizer around them, then restore its moments.
         self.optimizer = anchor_optimizer(self.field, self.cfg.lr, self.spatial_scale)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.schedules = lr_schedules(self.cfg.lr, self.cfg.iterations, self.spatial_scale)
+        cfg = self.cfg
+        self.schedules = lr_schedules(cfg.lr, cfg.iterations, self.spatial_scale, cfg.lr_hold_after)
         self.densifier.load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])
 

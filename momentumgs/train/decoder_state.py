@@ -26,36 +26,68 @@ def decoder_spec(cfg: Config, scene: Scene) -> DecoderSpec:
 
 
 class DecoderState:
-    """A student decoder with its Adam, its learning-rate schedules and (optionally) its momentum teacher."""
+    """A student decoder with its Adam, its learning-rate schedules and (optionally) its momentum teacher.
 
-    def __init__(self, spec: DecoderSpec, cfg: Config, total_steps: int, device: torch.device, teacher: bool):
+    `slots` > 1 (`method.decoder_optimizer: per_slot`): one Adam per slot index over the same parameters,
+    each with its own moments and step count; a step uses the one of the slot it is given. The schedules span
+    the run's `total_steps` (`train.decoder_lr_clock: run`) or a block's iterations (`block`), as the caller's
+    clock counts."""
+
+    def __init__(
+        self,
+        spec: DecoderSpec,
+        cfg: Config,
+        total_steps: int,
+        device: torch.device,
+        teacher: bool,
+        slots: int = 1,
+    ):
         torch.manual_seed(cfg.train.seed)  # every replica (and every independent decoder) starts the same
+        tc = cfg.train
         self.module: GaussianDecoder = spec.build().to(device)
-        self.optimizer = decoder_optimizer(self.module, cfg.train.lr)
-        self.schedules = lr_schedules(cfg.train.lr, total_steps, 1.0)
+        self.optimizers = [decoder_optimizer(self.module, tc.lr) for _ in range(slots)]
+        span = tc.iterations if tc.decoder_lr_clock == "block" else total_steps
+        self.schedules = lr_schedules(tc.lr, span, 1.0, tc.lr_hold_after)
         self.teacher = MomentumTeacher(self.module) if teacher else None
 
-    def step(self, global_step: int, finite: bool, frozen: bool = False) -> None:
-        """One Adam step at `global_step` (none after a non-finite step). `frozen`: the MLPs keep their
-        weights (Adam skips a parameter without a gradient); a per-photo appearance table still learns."""
+    @property
+    def optimizer(self) -> torch.optim.Adam:
+        """The Adam of slot 0 (the only one unless `per_slot`)."""
+        return self.optimizers[0]
+
+    def step(self, clock: int, finite: bool, frozen: bool = False, slot: int = 0) -> None:
+        """One Adam step (the Adam of `slot`) at schedule position `clock` (none after a non-finite step).
+        `frozen`: the MLPs keep their weights (Adam skips a parameter without a gradient); a per-photo
+        appearance table still learns."""
+        optimizer = self.optimizers[slot]
         if finite:
             if frozen:
                 for name, param in self.module.named_parameters():
                     if not name.startswith("appearance."):
                         param.grad = None
-            apply_schedules(self.optimizer, self.schedules, global_step)
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            apply_schedules(optimizer, self.schedules, clock)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "decoder": self.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizers[0].state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else {},
         }
+        if len(self.optimizers) > 1:
+            state["slot_optimizers"] = [o.state_dict() for o in self.optimizers]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["decoder"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizers = state.get("slot_optimizers", [state["optimizer"]])
+        if len(optimizers) != len(self.optimizers):
+            raise ValueError(
+                f"the checkpoint holds {len(optimizers)} decoder Adam states, this run expects "
+                f"{len(self.optimizers)} (method.decoder_optimizer or the blocks per worker changed)"
+            )
+        for optimizer, saved in zip(self.optimizers, optimizers, strict=True):
+            optimizer.load_state_dict(saved)
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])

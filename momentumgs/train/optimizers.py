@@ -45,11 +45,15 @@ def decoder_optimizer(decoder: GaussianDecoder, lr: OptimConfig) -> torch.optim.
     return torch.optim.Adam(groups, lr=0.0, eps=ADAM_EPS)
 
 
-def lr_schedules(lr: OptimConfig, iterations: int, spatial_scale: float) -> dict[str, ExpSchedule]:
-    """Per param-group schedules spanning the run's `iterations` (constant groups decay from x to x)."""
+def lr_schedules(
+    lr: OptimConfig, iterations: int, spatial_scale: float, hold_after: float = 1.0
+) -> dict[str, ExpSchedule]:
+    """Per param-group schedules over `iterations` (constant groups decay from x to x): each reaches its final
+    rate at `hold_after` x `iterations` and holds it after (`train.lr_hold_after`)."""
+    max_steps = max(1, round(hold_after * iterations))
 
     def span(init: float, final: float) -> ExpSchedule:
-        return ExpSchedule(init, final, iterations)
+        return ExpSchedule(init, final, max_steps)
 
     return {
         "features": span(lr.features, lr.features),

@@ -127,8 +127,11 @@ class Trainer:
         self.spec = decoder_spec(cfg, scene)
         # one shared student decoder, or one per block for the "independent blocks" ablation
         count = 1 if mc.shared_decoder else n
+        # the shared decoder's Adam moments: one state, or one per slot index (method.decoder_optimizer)
+        per_slot = mc.shared_decoder and mc.decoder_optimizer == "per_slot"
+        slots = max(len(blocks) for blocks in self.schedule.blocks_of) if per_slot else 1
         self.decoders = [
-            DecoderState(self.spec, cfg, self.schedule.total_steps, device, self.uses_teacher)
+            DecoderState(self.spec, cfg, self.schedule.total_steps, device, self.uses_teacher, slots)
             for _ in range(count)
         ]
         self.views = [camera_view(c, device, i) for i, c in enumerate(scene.cameras)]
@@ -184,7 +187,14 @@ class Trainer:
     def _new_block(self, block_id: int, field: AnchorField) -> Block:
         views = [int(i) for i in self.partition.blocks[block_id].camera_ids]
         seed = self.cfg.train.seed + 1000 * (block_id + 1)
-        return Block(field, views, self.cfg.train, self.spatial_scale, seed)
+        return Block(field, views, self.cfg.train, self.block_spatial_scale(views), seed)
+
+    def block_spatial_scale(self, views: list[int]) -> float:
+        """The offsets' learning-rate scale of a block training on `views`: the whole scene's, or 1.1 x the
+        spread of the block's own views (`train.spatial_lr_scale: block`)."""
+        if self.cfg.train.spatial_lr_scale == "block" and views:
+            return spatial_scale(self.scene, views)
+        return self.spatial_scale
 
     def _block_from_state(self, block_id: int, state: dict) -> Block:
         block = self._new_block(block_id, AnchorField.from_state_dict(state["anchors"]).to(self.device))
@@ -319,8 +329,13 @@ class Trainer:
         else:  # independent decoders: each learns from its own block only; nothing crosses workers
             finite = all(r.finite for r in results.values())
         with phase("optimizer"):
-            for state in stepping:
-                state.step(self.global_step, finite, frozen)
+            if mc.shared_decoder:
+                clock, slot = self._decoder_clock(current), self._decoder_slot()
+                self.decoders[0].step(clock, finite, frozen, slot)
+            else:
+                for b in active.values():
+                    if b is not None:
+                        self.decoders[b].step(self._decoder_clock([b]), finite, frozen)
         if finite:
             self.bad_steps = 0
         else:
@@ -349,6 +364,25 @@ class Trainer:
             )
         return results
 
+    def _decoder_clock(self, blocks: list[int]) -> int:
+        """Where the decoder's schedules stand at this step: the global step (`train.decoder_lr_clock: run`)
+        or the iteration of the blocks trained in it (`block`; the fewest done when they differ)."""
+        if self.cfg.train.decoder_lr_clock == "block" and blocks:
+            return min(self.schedule.done_iterations[b] for b in blocks)
+        return self.global_step
+
+    def _decoder_slot(self) -> int:
+        """Which of the shared decoder's Adam states this step uses (`method.decoder_optimizer: per_slot`):
+        the slot index of the block of the first active worker, its position in that worker's rotation (all
+        workers are at the same position while they own equally many blocks). 0 with one state."""
+        if len(self.decoders[0].optimizers) == 1:
+            return 0
+        for w in range(self.comm.workers):
+            b = self.schedule.current(w)
+            if b is not None:
+                return self.schedule.blocks_of[w].index(b)
+        return 0
+
     def _average_decoder_grads(self, results: dict[int, StepResult]) -> bool:
         """Sum the decoder gradients of all active workers everywhere, divide by their number."""
         params = list(self.decoder.parameters())
@@ -375,12 +409,12 @@ class Trainer:
         if mc.weighting_source == "steps":
             steps = self.step_metrics[block_id].take_mean()
             if steps is not None:
-                self.qualities[block_id].update(*steps)
+                self.qualities[block_id].update(*steps, mc.weighting_smoothing)
             return
         ids = block.sampler.view_ids[:: mc.weighting_view_stride]
         decoder = self.decoder_of(block_id).module
         quality = view_quality(block.field, decoder, self.scene, self.views, ids, self.crops[block_id])
-        self.qualities[block_id].update(*quality)
+        self.qualities[block_id].update(*quality, mc.weighting_smoothing)
 
     def _sync_weights(self) -> None:
         """Share every block's smoothed quality (each is known to its owner only), then reweight."""

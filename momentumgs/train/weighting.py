@@ -2,8 +2,9 @@
 
 Each block's PSNR and SSIM are measured every `every` iterations on every `view_stride`-th of its training
 views (`source: views`, the paper's; a few % of a step when frequent) or as the mean over those iterations of
-its own training renders (`source: steps`, free), and smoothed by an EMA; the leading block sets the
-reference. A block that lags gets a larger loss weight:
+its own training renders (`source: steps`, free), and smoothed by an EMA over the measurements (`smoothing:
+ema`) or taken as the latest measurement (`smoothing: latest`, the Momentum-GS code's); the leading block sets
+the reference. A block that lags gets a larger loss weight:
 
     w_b = 2 - exp(-[(PSNR_max - PSNR_b)^2 + (10 SSIM_max - 10 SSIM_b)^2] / (2 sigma^2))
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 SMOOTHING = 0.9  # EMA: new = 0.9 * old + 0.1 * measured
 SOURCES = ("steps", "views")
+SMOOTHINGS = ("ema", "latest")  # method.weighting_smoothing
 
 
 def block_weight(psnr: float, ssim: float, psnr_max: float, ssim_max: float, sigma: float) -> float:
@@ -36,8 +38,12 @@ class BlockQuality:
     def measured(self) -> bool:
         return not math.isnan(self.psnr)
 
-    def update(self, psnr: float, ssim: float) -> None:
-        if not self.measured:
+    def update(self, psnr: float, ssim: float, smoothing: str = "ema") -> None:
+        """Take a measurement: the first as is; then an EMA step (`ema`) or the measurement itself (`latest`,
+        as the Momentum-GS code's EMA, which steps every iteration toward the latest measurement)."""
+        if smoothing not in SMOOTHINGS:
+            raise ValueError(f"smoothing {smoothing!r}: expected one of {SMOOTHINGS}")
+        if not self.measured or smoothing == "latest":
             self.psnr, self.ssim = psnr, ssim
         else:
             self.psnr = SMOOTHING * self.psnr + (1 - SMOOTHING) * psnr
