@@ -246,6 +246,26 @@ def test_cli_export_tiles(tiny_tiles_run, tmp_path, capsys):
         assert words in err and "\n" not in err, err
 
 
+def test_cli_lod_tune_fits_only_the_coarse_levels(tiny_tiles_run, tmp_path, capsys):
+    run, _ = tiny_tiles_run
+    args = ["export", str(run), "--format", "tiles", "--levels", "1,0.3", "--sh-degree", "1"]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--out", str(tmp_path / "tuned"), "--lod-tune", "1"]) == 0
+    capsys.readouterr()
+
+    def world_means(tiles: Path, level: int) -> torch.Tensor:
+        block = json.loads((tiles / "tileset.json").read_text())["root"]["children"][0]
+        centre = TILES_FROM_WORLD.T @ _matrix(block["transform"])[:3, 3]
+        return read_glb(tiles / "block_000" / f"level_{level}.glb").means.double() + torch.from_numpy(centre)
+
+    for level, same in ((0, True), (1, False)):
+        a = read_glb(tmp_path / "plain" / "block_000" / f"level_{level}.glb")
+        b = read_glb(tmp_path / "tuned" / "block_000" / f"level_{level}.glb")
+        moved = world_means(tmp_path / "plain", level) - world_means(tmp_path / "tuned", level)
+        assert moved.abs().max() < 1e-3  # the fit moves no Gaussian (SPZ's fixed point aside)
+        assert a.opacities.equal(b.opacities) == same and a.sh.equal(b.sh) == same
+
+
 # ---------------------------------------------------------------- readers we did not write
 
 

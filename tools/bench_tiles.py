@@ -9,7 +9,10 @@ time, the peak RSS and what the whole model would take in RAM at once, then one 
 Quality (--quality RUN): our CPU render of each level of every block of a trained run, pruned and merged
 (export/lod.py), against the full detail on the run's test views: mean PSNR per level, then one JSON line.
 
-    python tools/bench_tiles.py --quality RUN [--levels 1,0.25,0.06]
+    python tools/bench_tiles.py --quality RUN [--levels 1,0.25,0.06] [--tune EPOCHS]
+
+--tune also fits each merged coarse level (opacity, scales, SH; export/refine.py) to its block's anchors'
+renders for EPOCHS passes over the block's training views, and reports what it gains.
 """
 
 from __future__ import annotations
@@ -103,8 +106,10 @@ def bench_scale(a) -> dict:
 
 
 def bench_quality(a) -> dict:
+    from momentumgs.export.bake import bake
     from momentumgs.export.commands import _scene_or_none, load_run
-    from momentumgs.export.tiles3d import run_blocks
+    from momentumgs.export.refine import refine_baked
+    from momentumgs.export.tiles3d import block_models
     from momentumgs.partition import load_partition
     from momentumgs.render.view import camera_view
 
@@ -112,11 +117,21 @@ def bench_quality(a) -> dict:
     scene = _scene_or_none(cfg)
     partition = load_partition(Path(a.quality) / "partition.json")
     fractions = parse_levels(a.levels)
-    variants = {"prune": [[] for _ in fractions], "merge": [[] for _ in fractions]}
-    for _, g in run_blocks(model, partition, scene):
+    names = ["prune", "merge"] + (["merge+tune"] if a.tune else [])
+    variants = {name: [[] for _ in fractions] for name in names}
+    tune_s = 0.0
+    for index, sub in block_models(model, partition):
+        g = bake(sub, scene)
         for name, merge in (("prune", False), ("merge", True)):
             for k, level in enumerate(make_levels(g, fractions, merge)):
                 variants[name][k].append(level.gaussians)
+        if a.tune:  # each coarse level fitted to the block's own anchors' renders from its training views
+            cams = [scene.cameras[int(i)] for i in partition.blocks[index].camera_ids]
+            t0 = time.perf_counter()
+            for k, level in enumerate(make_levels(g, fractions, True)):
+                steps = 0 if k == 0 else a.tune * len(cams)
+                variants["merge+tune"][k].append(refine_baked(level.gaussians, sub, cams, steps))
+            tune_s += time.perf_counter() - t0
 
     def joined(parts):
         return BakedGaussians(
@@ -144,7 +159,17 @@ def bench_quality(a) -> dict:
     for name, levels in rows.items():
         shown = ", ".join(f"{r['fraction']:g}: {r['psnr']:.2f} dB" for r in levels[1:])
         print(f"{name}: PSNR against the full detail ({len(views)} test views) {shown}")
-    return {"run": str(a.quality), "views": len(views), **rows}
+    if a.tune:
+        print(
+            f"fine-tune: {a.tune} pass(es) over each block's training views per coarse level, {tune_s:.1f} s"
+        )
+    return {
+        "run": str(a.quality),
+        "views": len(views),
+        "tune_epochs": a.tune,
+        "tune_s": round(tune_s, 1),
+        **rows,
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -155,6 +180,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--lod-prune", action="store_true", help="levels only pruned (default: merged)")
     p.add_argument("--out", help="keep the tileset here (default: a temporary folder, removed)")
     p.add_argument("--quality", metavar="RUN", help="measure the levels of a trained run instead")
+    p.add_argument(
+        "--tune", type=int, default=0, metavar="EPOCHS", help="--quality: also fine-tune each level"
+    )
     a = p.parse_args(argv)
     row = bench_quality(a) if a.quality else bench_scale(a)
     print(json.dumps(row))

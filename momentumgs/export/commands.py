@@ -151,11 +151,14 @@ def export_tiles(
     sh_degree: int = 3,
     appearance: str | None = None,
     force: bool = False,
+    tune_epochs: int = 0,
 ):
     """`momentumgs export RUN --format tiles`: the run's model baked block by block (its partition.json)
-    into a 3D Tiles tileset at `out` (default RUN/export/tiles; export/tiles3d.py). -> TilesetSummary"""
+    into a 3D Tiles tileset at `out` (default RUN/export/tiles; export/tiles3d.py). With `tune_epochs`,
+    each coarse level is fitted (export/refine.py) to the renders of its block's anchors for that many
+    passes over the block's training views. -> TilesetSummary"""
     from momentumgs.export.lod import parse_levels
-    from momentumgs.export.tiles3d import parse_origin, run_blocks, write_tileset
+    from momentumgs.export.tiles3d import block_models, parse_origin, write_tileset
     from momentumgs.partition import load_partition
     from momentumgs.train.paths import RunPaths
 
@@ -171,12 +174,36 @@ def export_tiles(
         raise UserError(f"{run_dir}: no partition.json; a tileset needs the run's blocks")
     partition = load_partition(paths.partition)
     row = None if appearance is None else photo_appearance_row(model, appearance)
-    blocks = run_blocks(model, partition, _scene_or_none(cfg), sh_degree, row)
+    scene = _scene_or_none(cfg)
+    if tune_epochs > 0 and scene is None:
+        raise UserError("--lod-tune: needs the run's scene (its training views)")
+    current = {}
+
+    def blocks():
+        for index, sub in block_models(model, partition):
+            baked = bake(sub, scene, sh_degree=sh_degree, appearance=row)
+            if baked.count:
+                current["model"] = sub
+                yield index, baked
+
+    def tune(index: int, g: BakedGaussians) -> BakedGaussians:
+        cams = [scene.cameras[int(i)] for i in partition.blocks[index].camera_ids]
+        return refine_baked(g, current["model"], cams, tune_epochs * len(cams), appearance=row)
 
     def log(line: str) -> None:
         print(f"  {line}", file=sys.stderr)
 
-    return write_tileset(out, blocks, partition.up_axis, fractions, where, merge, force=force, log=log)
+    return write_tileset(
+        out,
+        blocks(),
+        partition.up_axis,
+        fractions,
+        where,
+        merge,
+        force=force,
+        log=log,
+        tune=tune if tune_epochs > 0 else None,
+    )
 
 
 def _cmd_export_tiles(args, t0: float) -> int:
@@ -191,6 +218,7 @@ def _cmd_export_tiles(args, t0: float) -> int:
         args.sh_degree,
         args.appearance,
         args.force,
+        args.lod_tune,
     )
     shares = ", ".join(
         f"{sum(b['levels'][i]['gaussians'] for b in summary.blocks)}"

@@ -200,9 +200,11 @@ def write_tileset(
     merge: bool = True,
     force: bool = False,
     log: Callable[[str], None] | None = None,
+    tune: Callable[[int, BakedGaussians], BakedGaussians] | None = None,
 ) -> TilesetSummary:
     """Write the tileset of `blocks` ((block index, its Gaussians), one at a time) to the folder `out` (an
-    earlier one replaced only with `force`). See the module doc. -> what was written"""
+    earlier one replaced only with `force`). `tune(block index, level's Gaussians)`, if given, fine-tunes
+    each coarse level before it is written. See the module doc. -> what was written"""
     out = Path(out)
     fractions = parse_levels(fractions)
     refuse_existing(out, force)
@@ -217,6 +219,9 @@ def write_tileset(
             name = f"block_{index:03d}"
             levels = make_levels(g, fractions, merge)
             del g
+            if tune is not None:
+                for level in levels[1:]:
+                    level.gaussians = tune(index, level.gaussians)
             lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
             for level in levels:
                 a, b = world_bounds(level.gaussians)
@@ -312,12 +317,9 @@ def _column_major(m: np.ndarray) -> list[float]:
 # --- a run's blocks ------------------------------------------------------------------------------------
 
 
-def run_blocks(
-    model, partition, scene, sh_degree: int = 3, appearance=None
-) -> Iterator[tuple[int, BakedGaussians]]:
-    """Bake a trained run block by block: the anchors whose position lies in each block's cell
-    (partition.block_of_points), each block baked alone, so only one block's Gaussians are in memory."""
-    from momentumgs.export.bake import bake
+def block_models(model, partition) -> Iterator[tuple[int, object]]:
+    """The run's model cut into its blocks: for each block with anchors, (its index, an AnchorModel of the
+    anchors whose position lies in its cell (partition.block_of_points) and the shared decoder)."""
     from momentumgs.model.anchors import AnchorField
     from momentumgs.model.store import AnchorModel
 
@@ -331,14 +333,27 @@ def run_blocks(
         if ids.numel() == 0:
             continue
         part = {k: (v if k == "voxel_size" else v[ids]) for k, v in state.items()}
-        sub = AnchorModel(
-            AnchorField.from_state_dict(part),
-            model.decoder,
-            model.spec,
-            model.info,
-            model.block_decoders,
-            None if model.anchor_block is None else model.anchor_block[ids],
+        yield (
+            block.index,
+            AnchorModel(
+                AnchorField.from_state_dict(part),
+                model.decoder,
+                model.spec,
+                model.info,
+                model.block_decoders,
+                None if model.anchor_block is None else model.anchor_block[ids],
+            ),
         )
+
+
+def run_blocks(
+    model, partition, scene, sh_degree: int = 3, appearance=None
+) -> Iterator[tuple[int, BakedGaussians]]:
+    """Bake a trained run block by block (block_models), each block baked alone, so only one block's
+    Gaussians are in memory."""
+    from momentumgs.export.bake import bake
+
+    for index, sub in block_models(model, partition):
         baked = bake(sub, scene, sh_degree=sh_degree, appearance=appearance)
         if baked.count:
-            yield block.index, baked
+            yield index, baked
