@@ -6,6 +6,7 @@ tests' rule: skipped where missing on a developer's machine, failures in CI (`CI
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -372,6 +373,18 @@ def test_cesium_renders_each_level_like_ours(tools, finished_run, tmp_path):
     chosen = psnr(theirs["all"], ours[0])
     print(f"Cesium's own choice vs our full detail: {chosen:.2f} dB")
     assert to_full[2] - 0.5 <= chosen <= to_full[0] + 0.5 and theirs["all"].mean() > 5
+    # from 20 times as far, CesiumJS's own choice by our geometric errors draws coarser levels
+    doc = json.loads((out / "tileset.json").read_text())
+    scene_centre = TILES_FROM_WORLD.T @ np.asarray(doc["root"]["boundingVolume"]["box"][:3])
+    distance = np.linalg.norm(cam.center - scene_centre)
+    centre = cam.center - 19.0 * distance * cam.viewmat[2, :3]  # backwards along the optical axis
+    far = np.eye(4)
+    far[:3, :3], far[:3, 3] = cam.viewmat[:3, :3], -cam.viewmat[:3, :3] @ centre
+    seen = render_levels(out, dataclasses.replace(cam, viewmat=far), tmp_path / "web-far", [])
+    counts = doc["asset"]["extras"]["momentumgs"]["counts"]
+    near, drawn = theirs["states"]["all"]["splats"], seen["states"]["all"]["splats"]
+    print(f"CesiumJS draws {near} splats near, {drawn} from 20x as far (levels: {np.sum(counts, axis=0)})")
+    assert drawn < near
 
 
 CESIUM_PSNR_DB = 25.0  # CesiumJS 1.145's splats (a narrower kernel, tiny splats dropped) vs our rasterizer
