@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from browser import needs_chromium
 from test_export import random_gaussians, tiny_run  # noqa: F401  (tiny_run: a fixture)
 
 from momentumgs.cli import main
@@ -332,17 +333,15 @@ def test_enu_frame_is_cesiums(tools, tmp_path, where):
 
 @pytest.mark.interop
 @pytest.mark.browser
+@needs_chromium
 def test_cesium_renders_each_level_like_ours(tools, finished_run, tmp_path):
     """The demo city (the session's 4-block run) exported as tiles and placed on the globe; one test view
     rendered by CesiumJS per level and with its own LoD choice, against our CPU render of each level."""
-    from browser import CHROMIUM
     from cesium_tiles import our_level_render, psnr, render_levels, zoomed
 
     from momentumgs.config import load_config
     from momentumgs.run import load_scene
 
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
     out = tmp_path / "tiles"
     assert (
         main(
