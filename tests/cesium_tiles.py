@@ -3,11 +3,13 @@ headless chromium: render one camera of a tileset written by `momentumgs export 
 a time, and compare with our own CPU render of the same level. Used by tests/test_tiles.py; also a command
 that prints the figures for a run (docs/formats.md records them):
 
-    python tests/cesium_tiles.py RUN TILESET_DIR [--view I] [--out FOLDER]
+    python tests/cesium_tiles.py RUN TILESET_DIR [--view I] [--zoom Z] [--out FOLDER]
 
 Cesium is served from node_modules by a local HTTP server (no network: no ion, imagery, terrain or globe).
-One level is shown by a copy of tileset.json cut below that level (`level_tileset`), its tiles' contents the
-exported ones; the camera is the scene camera's, carried through the tileset's frames (`cesium_camera`).
+One level is shown by a copy of tileset.json cut below that level (`level_tileset`, written in a work
+folder, not in the tileset's), its tiles' contents the exported ones; the camera is the scene camera's,
+carried through the tileset's frames (`cesium_camera`). CesiumJS's readiness is read from private state of
+its splat primitive (1.145: `_numSplats`, `_pendingSnapshot`), then the image must stop changing.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ window.state = {status: 'starting'};
     scene.highDynamicRange = false;
     scene.postProcessStages.fxaa.enabled = false;
     window.state = {status: 'loading', webgl2: scene.context.webgl2};
-    const tileset = await Cesium.Cesium3DTileset.fromUrl('/tiles/' + %(tileset)s, {
+    const tileset = await Cesium.Cesium3DTileset.fromUrl(%(tileset)s, {
       maximumScreenSpaceError: %(sse)f, skipLevelOfDetail: false,
     });
     scene.primitives.add(tileset);
@@ -85,15 +87,16 @@ window.state = {status: 'starting'};
 """
 
 
-def level_tileset(tileset: dict, level: int) -> dict:
+def level_tileset(tileset: dict, level: int, prefix: str = "") -> dict:
     """A copy of `tileset` that shows level `level` of every block (0: full detail): each block's chain is
-    cut at that level's tile, which becomes the leaf."""
+    cut at that level's tile, which becomes the leaf; `prefix` goes before each content URI."""
     doc = json.loads(json.dumps(tileset))
     for i, block in enumerate(doc["root"]["children"]):
         node, top = block, block
         while not node["content"]["uri"].endswith(f"/level_{level}.glb"):
             node = node["children"][0]
         cut = {k: v for k, v in node.items() if k != "children"}
+        cut["content"] = {"uri": prefix + node["content"]["uri"]}
         cut["geometricError"] = 0.0
         if "transform" in top:
             cut["transform"] = top["transform"]
@@ -161,11 +164,11 @@ class Server:
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def page(self, name: str, tileset_name: str, camera: dict, w: int, h: int, sse: float = 1e-3) -> str:
+    def page(self, name: str, tileset_path: str, camera: dict, w: int, h: int, sse: float = 1e-3) -> str:
         text = PAGE % {
             "w": w,
             "h": h,
-            "tileset": json.dumps(tileset_name),
+            "tileset": json.dumps(tileset_path),
             "camera": json.dumps(camera),
             "sse": sse,
         }
@@ -185,15 +188,15 @@ def render_levels(tiles_dir: Path, cam, work: Path, levels: list[int], settle_s:
     tiles_dir = Path(tiles_dir)
     tileset = json.loads((tiles_dir / "tileset.json").read_text())
     camera = cesium_camera(cam, tileset["root"]["transform"])
+    server = Server(tiles_dir, work)  # the level tilesets beside the pages, their contents under tiles/
     for level in levels:
-        (tiles_dir / f"_level_{level}.json").write_text(json.dumps(level_tileset(tileset, level)))
-    server = Server(tiles_dir, work)
+        (work / f"level_{level}.json").write_text(json.dumps(level_tileset(tileset, level, "tiles/")))
     out, states = {}, {}
     w, h = cam.width, cam.height
     browser = None
     try:
         for key in [*levels, "all"]:
-            name = "tileset.json" if key == "all" else f"_level_{key}.json"
+            name = "/tiles/tileset.json" if key == "all" else f"/level_{key}.json"
             url = server.page(f"level_{key}.html", name, camera, w, h, 16.0 if key == "all" else 1e-3)
             if browser is None:
                 browser = _Chromium("about:blank", work / "profile")
@@ -225,8 +228,6 @@ def render_levels(tiles_dir: Path, cam, work: Path, levels: list[int], settle_s:
         if browser is not None:
             browser.close()
         server.close()
-        for level in levels:
-            (tiles_dir / f"_level_{level}.json").unlink(missing_ok=True)
     out["states"] = states
     return out
 
