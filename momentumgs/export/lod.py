@@ -105,29 +105,36 @@ def make_levels(
         kept = order[:n].sort().values  # the file order of the kept ones
         part = g.subset(kept)
         if merge and n < g.count:
-            part = _absorb(part, g.subset(order[n:]))
+            part = _absorb(part, g, order[n:])
         part.info = {**g.info, "level_fraction": fraction, "level_of": g.count}
         levels.append(Level(part, fraction, error))
     return levels
 
 
-def _absorb(kept: BakedGaussians, dropped: BakedGaussians) -> BakedGaussians:
-    """`kept` with each dropped Gaussian's importance and colour merged into its nearest kept one."""
+def _absorb(
+    kept: BakedGaussians, g: BakedGaussians, dropped: torch.Tensor, chunk: int = 1 << 16
+) -> BakedGaussians:
+    """`kept` with each dropped Gaussian (indices `dropped` into `g`) merged into its nearest kept one: its
+    importance into the kept one's two largest axes, its colour into the kept one's SH. The dropped ones are
+    taken `chunk` at a time (bounded memory: a block's dropped Gaussians are most of it)."""
     from scipy.spatial import cKDTree
 
-    nearest = cKDTree(kept.means.double().numpy()).query(dropped.means.double().numpy(), k=1)[1]
-    nearest = torch.from_numpy(np.asarray(nearest, dtype=np.int64))
-    own, extra = importance(kept).double(), importance(dropped).double()
-    absorbed = torch.zeros_like(own).index_add_(0, nearest, extra)  # [K]
-    total = own + absorbed
-    growth = torch.sqrt(total / own.clamp_min(1e-30)).clamp(1.0, MAX_GROWTH)  # per axis of the two largest
-    s = kept.scales.double()
-    largest_two = torch.zeros_like(s, dtype=torch.bool)
-    top = s.argsort(dim=1, descending=True)[:, :2]
-    largest_two.scatter_(1, top, True)
-    scales = torch.where(largest_two, s * growth[:, None], s).float()
+    tree = cKDTree(kept.means.double().numpy())
+    own = importance(kept).double()
+    total = own.clone()
     # colour is linear in the SH coefficients: the weighted mean of coefficients is that of the colours
     sh = kept.sh.double() * own[:, None, None]
-    sh = sh.index_add_(0, nearest, dropped.sh.double() * extra[:, None, None])
+    for start in range(0, dropped.numel(), chunk):
+        ids = dropped[start : start + chunk]
+        nearest = torch.from_numpy(np.asarray(tree.query(g.means[ids].double().numpy(), k=1)[1], np.int64))
+        s = g.scales[ids].sort(dim=1, descending=True).values
+        extra = (g.opacities[ids] * s[:, 0] * s[:, 1]).double()  # importance()
+        total.index_add_(0, nearest, extra)
+        sh.index_add_(0, nearest, g.sh[ids].double() * extra[:, None, None])
+    growth = torch.sqrt(total / own.clamp_min(1e-30)).clamp(1.0, MAX_GROWTH)  # per axis of the two largest
+    scales = kept.scales.double()
+    largest_two = torch.zeros_like(scales, dtype=torch.bool)
+    largest_two.scatter_(1, scales.argsort(dim=1, descending=True)[:, :2], True)
+    scales = torch.where(largest_two, scales * growth[:, None], scales).float()
     sh = (sh / total.clamp_min(1e-30)[:, None, None]).float()
     return BakedGaussians(kept.means, kept.quats, scales, kept.opacities, sh, dict(kept.info))
