@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +267,21 @@ def test_cli_lod_tune_fits_only_the_coarse_levels(tiny_tiles_run, tmp_path, caps
         moved = world_means(tmp_path / "plain", level) - world_means(tmp_path / "tuned", level)
         assert moved.abs().max() < 1e-3  # the fit moves no Gaussian (SPZ's fixed point aside)
         assert a.opacities.equal(b.opacities) == same and a.sh.equal(b.sh) == same
+
+
+def test_bench_tiles_prints_time_and_peak_rss(tmp_path):
+    """tools/bench_tiles.py at a tiny size: its figures and the JSON line."""
+    bench = Path(__file__).resolve().parent.parent / "tools" / "bench_tiles.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--gaussians", "3000", "--blocks", "3", "--out", str(tmp_path / "t")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert row["gaussians"] == 3000 and row["files"] == 9 and row["peak_rss_mb"] > 0 and row["seconds"] > 0
+    assert (tmp_path / "t" / "tileset.json").is_file() and "peak RSS" in done.stdout
 
 
 # ---------------------------------------------------------------- readers we did not write
