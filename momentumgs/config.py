@@ -303,11 +303,11 @@ class PartitionConfig:
     # fraction of the cell size added around a block for its points and visibility test
     margin: Annotated[float, Range(ge=0, lt=1)] = 0.1
     # the SfM points each block starts from: cell (its cell + margin), coverage (also every point its cameras
-    # see: a block can explain its views; on the demo city +1 dB over cell, docs/method.md), all (the whole
-    # cloud, as the Momentum-GS code), coarse (cell, and the rest of coverage on a coarse grid: a block's
-    # anchors grow with its cell, not with its views' reach; docs/method.md); anchors outside the cell are
-    # dropped at the merge
-    block_points: Literal["cell", "coverage", "coarse", "all"] = "coverage"
+    # see: a block can explain its views; on the demo city +1 dB over cell, docs/method.md), coarse (cell,
+    # and the rest of coverage on a coarse grid: a block's anchors grow with its cell, not with its views'
+    # reach; as good as coverage on both demo scenes at 40-59 % of its anchors, docs/quality.md), all (the
+    # whole cloud, as the Momentum-GS code); anchors outside the cell are dropped at the merge
+    block_points: Literal["cell", "coverage", "coarse", "all"] = "coarse"
     # what the merged model keeps of each block: the neural Gaussians whose centres lie in its cell
     # (gaussians), or the anchors that do, with all their Gaussians (anchors, as the Momentum-GS code);
     # docs/method.md, Partitioning and merging

@@ -448,7 +448,7 @@ def test_scan_demo_city_report_and_warnings(gt_test_scene, tmp_path):
     assert report["images"] == 24 and report["points"] > 1000 and len(report["blocks"]) == 4
     assert all(b["gaussians"] == 10 * b["anchors"] > 0 for b in report["blocks"])
     assert "block 3:" in result.stdout
-    # each block's share of the scene: coverage (the default) starts a block from more than its cell
+    # each block's share of the scene: coarse (the default) starts a block from more than its cell
     assert 0 < report["anchors"] <= sum(b["anchors"] for b in report["blocks"])
     for b in report["blocks"]:
         assert b["point_share"] == pytest.approx(100 * b["points"] / report["points"])
