@@ -203,6 +203,7 @@ def _view_options(args: argparse.Namespace, device):
         screenshot_dir=Path(args.screenshots),
         device=str(device),
         splats=getattr(args, "splats", False),
+        splat_budget=getattr(args, "splat_budget", 1_000_000),
     )
 
 
@@ -212,6 +213,8 @@ def _check_viewer_args(args: argparse.Namespace, prefix: str) -> None:
         raise UserError(f"--{prefix}port {args.port}: must be in 0 (any free port) to 65535")
     if not 64 <= args.max_res <= 1920:  # the range of the viewer's resolution slider
         raise UserError(f"--{prefix}max-res {args.max_res}: must be in 64 to 1920")
+    if getattr(args, "splat_budget", 1) < 1:
+        raise UserError(f"--splat-budget {args.splat_budget}: must be at least 1")
     import socket
 
     try:  # on any free port: a taken --port makes the server move on to the next
@@ -333,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--splats",
         action="store_true",
         help="send baked Gaussians to the browser's own splat renderer (no rendering on the server)",
+    )
+    p.add_argument(
+        "--splat-budget",
+        type=int,
+        default=1_000_000,
+        help="browser splats at most (default 1000000): a larger model is cut into chunks with levels of "
+        "detail, each tab getting the finest its camera's distance and the budget allow",
     )
     p.add_argument(
         "--device", default="auto", help="where to render: auto (CUDA when available), cpu, cuda or cuda:N"

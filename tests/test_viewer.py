@@ -492,3 +492,64 @@ def test_view_stops_on_a_signal_without_a_stack_dump(finished_run, signum):
         proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "stack trace" not in err and "Aborted" not in err, err
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_a_model_above_the_splat_budget_is_streamed_and_refined_where_the_camera_goes(tmp_path):
+    """`view --splats --splat-budget`: a tab gets at most the budget, chosen from the chunks' levels by
+    distance, and a camera moved (by the page, as the user would) gets the chunks near it finer."""
+    from momentumgs_viewer.app import overview_pose
+    from momentumgs_viewer.camera import move_client_to
+
+    from momentumgs.export.gaussians import BakedGaussians
+
+    gen = torch.Generator().manual_seed(0)
+    n, budget = 20_000, 3000
+    g = BakedGaussians(
+        means=torch.rand(n, 3, generator=gen) * torch.tensor([100.0, 2.0, 100.0]),
+        quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=gen), dim=1),
+        scales=torch.rand(n, 3, generator=gen) * 0.5 + 0.05,
+        opacities=torch.rand(n, generator=gen) * 0.9 + 0.05,
+        sh=torch.randn(n, 1, 3, generator=gen),
+        info={},
+    )
+    viewer = Viewer(
+        ModelHolder(g),
+        RunInfo(up=np.array([0.0, -1.0, 0.0])),
+        ViewerOptions(port=0, verbose=False, splats=True, splat_budget=budget),
+    )
+    browser = Chromium(viewer.url, tmp_path / "profile")
+    try:
+        wait_for(lambda: viewer.sessions, 60, "the page to connect")
+        session = next(iter(viewer.sessions.values()))
+        wait_for(lambda: session.stream_levels is not None, 60, "the first chunks")
+        chunks = viewer.chunks.levels
+        assert chunks.n_chunks > 4 and chunks.total == n
+        time.sleep(2.0)  # the page's first camera reports
+        assert 0 < session.splats_shown <= budget
+        first, sent = session.stream_levels.copy(), session.splats_sent
+        assert sent >= session.splats_shown  # what is shown was sent
+
+        corner = np.array([5.0, -3.0, 5.0])  # just above the corner at the origin, looking across
+        pose = overview_pose(np.array([[0.0, 0.0, 0.0], [10.0, 2.0, 10.0]]), np.array([0.0, -1.0, 0.0]))
+        pose = type(pose)(corner, pose.wxyz, pose.fov, pose.aspect)
+        move_client_to(session.client, pose, np.array([0.0, -1.0, 0.0]), 5.0)
+        wait_for(
+            lambda: session.camera is not None and np.allclose(session.camera.position, corner, atol=0.5),
+            60,
+            "the page to report the moved camera",
+        )
+        wait_for(lambda: (session.stream_levels != first).any(), 60, "the chunks refined for the new camera")
+        levels = session.stream_levels
+        assert session.splats_shown <= budget
+        near = int(np.argmin(np.linalg.norm((chunks.lo + chunks.hi) / 2 - corner, axis=1)))
+        assert levels[near] == 0, levels  # the chunk under the camera at full detail
+        changed = levels != first
+        resent = sum(int(chunks.counts[c, levels[c]]) for c in np.nonzero(changed & (levels >= 0))[0])
+        assert session.splats_sent >= sent + resent  # the changed chunks went out
+        assert session.splats_sent - sent < chunks.total  # ... not the whole model
+        assert not [e for e in browser.console_errors if "splat" in e.lower()]
+    finally:
+        browser.close()
+        viewer.stop()

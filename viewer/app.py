@@ -29,6 +29,7 @@ from .models import (
 )
 from .run_info import RunInfo
 from .splats import backdrop_image, bake_for_browser, browser_note, browser_splat_arrays, export_available
+from .streaming import NOT_SHOWN, select_levels, selected_count
 from .worker import LatestRenderWorker
 
 DEFAULT_HOST = "127.0.0.1"  # reachable from this machine only; --host opens it to others
@@ -48,6 +49,7 @@ class ViewerOptions:
     rest_s: float = 0.4
     verbose: bool = True
     splats: bool = False  # start in the browser-splat mode (needs the exporter; not for live training)
+    splat_budget: int = 1_000_000  # browser splats at most; a larger model is streamed (viewer/streaming.py)
 
 
 class ClientSession:
@@ -62,6 +64,14 @@ class ClientSession:
         self.worker = LatestRenderWorker(
             self.render, self.deliver, viewer.resolutions, viewer.options.rest_s, viewer.report_error
         )
+        # streamed splats: the level of each chunk this tab has, and what it was sent
+        self.stream_levels: np.ndarray | None = None
+        self.splats_shown = 0
+        self.splats_sent = 0  # in all, since the tab connected
+        self.stream_seconds = 0.0  # the last selection's time on the server
+        self.streamer = LatestRenderWorker(
+            lambda camera, _: self.stream(camera), lambda *_: None, lambda: (0, 0), 0.0, viewer.report_error
+        )
         client.camera.on_update(self._camera_moved)
         if viewer.mode == BROWSER_MODE:  # `view --splats`: no camera report is needed to show it
             self.show_backdrop()
@@ -70,7 +80,46 @@ class ClientSession:
         self.camera = ClientCamera.from_handle(camera)
         if self.viewer.mode == BROWSER_MODE:
             self.show_backdrop()
+            self.restream()
         self.rerender()
+
+    def restream(self) -> None:
+        """Choose and send this tab's chunk levels for its newest camera (on the streaming thread)."""
+        if self.camera is not None and self.viewer.chunks is not None:
+            self.streamer.request(self.camera, refine=False)
+
+    def stream(self, camera: ClientCamera) -> None:
+        """Send the chunks whose level changed for `camera`, remove those left out."""
+        chunks = self.viewer.chunks
+        if chunks is None or self.viewer.mode != BROWSER_MODE:
+            return
+        t0 = time.perf_counter()
+        forward = vtf_forward(camera.wxyz)
+        levels = select_levels(chunks.levels, camera.position, self.viewer.options.splat_budget, forward)
+        self.stream_seconds = time.perf_counter() - t0
+        old = self.stream_levels
+        for c in np.nonzero(levels != old)[0] if old is not None else range(len(levels)):
+            name = f"/stream/{c:05d}"
+            if levels[c] == NOT_SHOWN:
+                if old is not None and old[c] != NOT_SHOWN:
+                    self.client.scene.remove_by_name(name)
+                continue
+            arrays = chunks.arrays(int(c), int(levels[c]))
+            self.client.scene.add_gaussian_splats(name, **arrays)  # replaces the chunk's node
+            self.splats_sent += len(arrays["centers"])
+        self.stream_levels = levels
+        self.splats_shown = selected_count(chunks.levels, levels)
+        self.viewer.frame_text.content = (
+            f"{self.splats_shown:,} of {chunks.levels.total:,} splats drawn by the browser (budget "
+            f"{self.viewer.options.splat_budget:,}; chosen in {self.stream_seconds * 1000:.1f} ms)"
+        )
+
+    def clear_stream(self) -> None:
+        """Remove this tab's streamed chunks (leaving browser mode, or a new bake)."""
+        levels, self.stream_levels, self.splats_shown = self.stream_levels, None, 0
+        if levels is not None:
+            for c in np.nonzero(levels != NOT_SHOWN)[0]:
+                self.client.scene.remove_by_name(f"/stream/{c:05d}")
 
     def rerender(self, refine: bool = True) -> None:
         if self.camera is not None and self.viewer.mode == SERVER_MODE:
@@ -99,7 +148,14 @@ class ClientSession:
 
 
 class Viewer:
-    def __init__(self, holder: ModelHolder, info: RunInfo, options: ViewerOptions, title: str = "momentumgs"):
+    def __init__(
+        self,
+        holder: ModelHolder,
+        info: RunInfo,
+        options: ViewerOptions,
+        title: str = "momentumgs",
+        chunks=None,  # the browser splats ready cut into chunks (a BakedChunks or alike), else made as needed
+    ):
         self.holder = holder
         self.info = info
         self.options = options
@@ -107,6 +163,8 @@ class Viewer:
         self._lock = threading.Lock()
         self.mode = SERVER_MODE
         self.splats = None  # the scene node of browser splats, while shown
+        self.chunks = None  # a model above the splat budget, in chunks with levels (viewer/chunks.py)
+        self._given_chunks = chunks
         self._splats_count = 0
         self._shot_numbers = itertools.count(1)
         self.server = viser.ViserServer(
@@ -143,6 +201,7 @@ class Viewer:
             sessions, self.sessions = list(self.sessions.values()), {}
         for s in sessions:
             s.worker.stop()
+            s.streamer.stop()
         self.server.stop()
 
     def _connect(self, client: viser.ClientHandle) -> None:
@@ -158,6 +217,7 @@ class Viewer:
             session = self.sessions.pop(client.client_id, None)
         if session is not None:
             session.worker.stop()
+            session.streamer.stop()
 
     def _model_changed(self) -> None:
         with self._lock:
@@ -299,28 +359,44 @@ class Viewer:
         self.mode = mode
         with self._lock:
             sessions = list(self.sessions.values())
+        for s in sessions:
+            s.clear_stream()
         if mode == BROWSER_MODE:
             self._show_splats()
             for s in sessions:
                 s.show_backdrop()
-            self.frame_text.content = f"{self._splats_count} splats drawn by the browser"
+                s.restream()
+            if self.chunks is None:
+                self.frame_text.content = f"{self._splats_count} splats drawn by the browser"
             self.splat_note.content = browser_note(self.holder.get())
         else:
             if self.splats is not None:
                 self.splats.remove()
                 self.splats = None
+            self.chunks = None
             for s in sessions:
                 s.rerender()
         self.splat_note.visible = mode == BROWSER_MODE
 
     def _show_splats(self) -> None:
+        """One node of every splat, or for a model above the budget chunks that each tab streams."""
         content = self.holder.get()
         if self.splats is not None:
             self.splats.remove()
+            self.splats = None
+        self.chunks = self._given_chunks
+        if self.chunks is not None:
+            return
         if is_baked(content):
             baked = content
         else:
             baked = bake_for_browser(content, self.info.train_cameras, self.appearance_row(content))
+        if baked.count > self.options.splat_budget:
+            from .chunks import chunk_target, make_chunks
+
+            self.frame_text.content = f"cutting {baked.count:,} splats into chunks with levels of detail"
+            self.chunks = make_chunks(baked, target=chunk_target(self.options.splat_budget))
+            return
         arrays = browser_splat_arrays(baked)
         self._splats_count = len(arrays["centers"])
         self.splats = self.server.scene.add_gaussian_splats("/splats", **arrays)
@@ -357,6 +433,13 @@ class Viewer:
         path = Path(self.options.screenshot_dir) / f"view-{stamp}-{next(self._shot_numbers):03d}.png"
         write_bytes_atomic(path, buffer.getvalue())
         return path.resolve()
+
+
+def vtf_forward(wxyz) -> np.ndarray:
+    """The viewing direction (camera +z, OpenCV axes) of a pose's rotation."""
+    import viser.transforms as vtf
+
+    return vtf.SO3(np.asarray(wxyz, dtype=np.float64)).as_matrix()[:, 2]
 
 
 def scene_size(info: RunInfo, holder: ModelHolder) -> float:
