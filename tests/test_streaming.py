@@ -2,6 +2,7 @@
 chunks cut from baked Gaussians (viewer/chunks.py)."""
 
 import numpy as np
+import pytest
 import torch
 from momentumgs_viewer.chunks import grid_cells, make_chunks
 from momentumgs_viewer.streaming import NOT_SHOWN, ChunkLevels, select_levels, selected_count
@@ -99,3 +100,16 @@ def test_chunks_of_baked_gaussians_keep_every_gaussian_at_full_detail():
         for level in range(levels.counts.shape[1]):
             assert len(chunks.arrays(c, level)["centers"]) == levels.counts[c, level]
     assert (levels.lo <= levels.hi).all()
+
+
+def test_view_takes_a_splat_budget():
+    from momentumgs.cli import _view_options, build_parser
+    from momentumgs.errors import UserError
+
+    def options(*extra):
+        return _view_options(build_parser().parse_args(["view", "run", "--port", "0", *extra]), "cpu")
+
+    assert options().splat_budget == 1_000_000
+    assert options("--splats", "--splat-budget", "5000").splat_budget == 5000
+    with pytest.raises(UserError, match="--splat-budget 0"):
+        options("--splat-budget", "0")
