@@ -113,3 +113,16 @@ def test_view_takes_a_splat_budget():
     assert options("--splats", "--splat-budget", "5000").splat_budget == 5000
     with pytest.raises(UserError, match="--splat-budget 0"):
         options("--splat-budget", "0")
+
+
+def test_a_moving_camera_chooses_again_only_after_a_real_move_or_turn():
+    from momentumgs_viewer.streaming import moved_enough
+
+    ahead = np.array([0.0, 0.0, 1.0])
+    start = (np.zeros(3), ahead)
+    assert moved_enough(None, start, 100.0)
+    assert not moved_enough(start, (np.array([1.0, 0.0, 0.0]), ahead), 100.0)  # 1 % of the extent
+    assert moved_enough(start, (np.array([3.0, 0.0, 0.0]), ahead), 100.0)
+    turned = np.array([np.sin(np.radians(20)), 0.0, np.cos(np.radians(20))])
+    assert moved_enough(start, (np.zeros(3), turned), 100.0)
+    assert not moved_enough(start, (np.zeros(3), np.array([0.05, 0.0, 1.0])), 100.0)

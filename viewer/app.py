@@ -29,7 +29,7 @@ from .models import (
 )
 from .run_info import RunInfo
 from .splats import backdrop_image, bake_for_browser, browser_note, browser_splat_arrays, export_available
-from .streaming import NOT_SHOWN, select_levels, selected_count
+from .streaming import NOT_SHOWN, moved_enough, select_levels, selected_count
 from .worker import LatestRenderWorker
 
 DEFAULT_HOST = "127.0.0.1"  # reachable from this machine only; --host opens it to others
@@ -69,8 +69,14 @@ class ClientSession:
         self.splats_shown = 0
         self.splats_sent = 0  # in all, since the tab connected
         self.stream_seconds = 0.0  # the last selection's time on the server
+        self._streamed_pose = None  # (position, forward) of the last selection
+        # (preview, still) "resolutions" (0, 1): while the camera moves, then once when it rests
         self.streamer = LatestRenderWorker(
-            lambda camera, _: self.stream(camera), lambda *_: None, lambda: (0, 0), 0.0, viewer.report_error
+            lambda camera, res: self.stream(camera, rest=res == 1),
+            lambda *_: None,
+            lambda: (0, 1),
+            viewer.options.rest_s,
+            viewer.report_error,
         )
         client.camera.on_update(self._camera_moved)
         if viewer.mode == BROWSER_MODE:  # `view --splats`: no camera report is needed to show it
@@ -86,15 +92,22 @@ class ClientSession:
     def restream(self) -> None:
         """Choose and send this tab's chunk levels for its newest camera (on the streaming thread)."""
         if self.camera is not None and self.viewer.chunks is not None:
-            self.streamer.request(self.camera, refine=False)
+            self.streamer.request(self.camera)
 
-    def stream(self, camera: ClientCamera) -> None:
-        """Send the chunks whose level changed for `camera`, remove those left out."""
+    def stream(self, camera: ClientCamera, rest: bool = True) -> None:
+        """Send the chunks whose level changed for `camera`, remove those left out: at once when it has
+        moved enough since the last selection (streaming.moved_enough), else when it rests."""
         chunks = self.viewer.chunks
         if chunks is None or self.viewer.mode != BROWSER_MODE:
             return
-        t0 = time.perf_counter()
         forward = vtf_forward(camera.wxyz)
+        pose = (np.asarray(camera.position), forward)
+        if not (rest or self.stream_levels is None) and not moved_enough(
+            self._streamed_pose, pose, chunks.levels.extent
+        ):
+            return
+        self._streamed_pose = pose
+        t0 = time.perf_counter()
         levels = select_levels(chunks.levels, camera.position, self.viewer.options.splat_budget, forward)
         self.stream_seconds = time.perf_counter() - t0
         old = self.stream_levels
@@ -117,6 +130,7 @@ class ClientSession:
     def clear_stream(self) -> None:
         """Remove this tab's streamed chunks (leaving browser mode, or a new bake)."""
         levels, self.stream_levels, self.splats_shown = self.stream_levels, None, 0
+        self._streamed_pose = None
         if levels is not None:
             for c in np.nonzero(levels != NOT_SHOWN)[0]:
                 self.client.scene.remove_by_name(f"/stream/{c:05d}")

@@ -11,6 +11,9 @@ leaves out; 0 for full detail). For one camera position and a budget of splats:
    goes one level finer, if the budget still holds; else it keeps its level and drops out of the refinement;
 3. until no chunk can be refined.
 
+A moving camera chooses again once it has moved by MOVE_FRACTION of the model's extent or turned by
+TURN_DEGREES since the last choice (`moved_enough`), and once more when it rests.
+
 Pure functions on arrays, deterministic (ties go to the lower chunk index).
 """
 
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 BEHIND = 4.0  # a chunk wholly behind the camera counts this much farther
+MOVE_FRACTION = 0.02  # of the model's extent: a camera moved less keeps its selection until it rests
+TURN_DEGREES = 15.0  # ... and one turned less
 NOT_SHOWN = -1  # the level of a chunk left out
 
 
@@ -37,6 +42,13 @@ class ChunkLevels:
     @property
     def n_chunks(self) -> int:
         return int(self.counts.shape[0])
+
+    @property
+    def extent(self) -> float:
+        """The diagonal of the box around every chunk."""
+        if not self.n_chunks:
+            return 0.0
+        return float(np.linalg.norm(self.hi.max(axis=0) - self.lo.min(axis=0)))
 
     @property
     def total(self) -> int:
@@ -65,6 +77,18 @@ def effective_distance(chunks: ChunkLevels, position, forward=None) -> np.ndarra
         reach = np.maximum(chunks.lo * f, chunks.hi * f).sum(axis=1) - float(np.dot(position, f))
         d = np.where(reach < 0, BEHIND * d, d)
     return d
+
+
+def moved_enough(before, after, extent: float) -> bool:
+    """Is a camera (position, forward) `after` far enough from `before` (None: no selection yet) to choose
+    again while it moves: by MOVE_FRACTION of the model's `extent`, or turned by TURN_DEGREES?"""
+    if before is None:
+        return True
+    (p0, f0), (p1, f1) = before, after
+    if np.linalg.norm(np.subtract(p1, p0)) > MOVE_FRACTION * extent:
+        return True
+    cos = float(np.dot(f0, f1)) / max(float(np.linalg.norm(f0) * np.linalg.norm(f1)), 1e-12)
+    return cos < np.cos(np.radians(TURN_DEGREES))
 
 
 def select_levels(chunks: ChunkLevels, position, budget: int, forward=None) -> np.ndarray:
