@@ -5,9 +5,10 @@ taller clutter in a 100-unit cell, y down is up), cut into chunks with levels (v
 over a grid of --blocks cells (the copies share the base block's arrays: memory stays that of one block).
 For each budget, `momentumgs view --splats` of it is opened in headless Chromium (software WebGL,
 tests/browser.py); the camera is put above one corner of the city looking across it, then above the
-opposite corner. Reported at each: splats shown and sent (in all, and for the move), the server's selection
-time, and the browser's frame time: requestAnimationFrame intervals measured by page script while the
-viewer is made to draw every frame (viser draws on demand). Then one JSON line.
+opposite corner, then dragged back in 20 steps over 5 s. Reported at each: splats shown and sent (in all,
+and for the move), the server's selection time, and the browser's frame time: requestAnimationFrame
+intervals measured by page script while the viewer is made to draw every frame (viser draws on demand).
+Then one JSON line.
 
     python tools/bench_streaming.py [--blocks 50] [--per-block 100000] [--budgets 1000000,250000]
 """
@@ -145,7 +146,9 @@ def run_budget(source, base, budget: int, settle_s: float, measure_s: float, ext
             t0 = time.perf_counter()
             move_client_to(session.client, pose, UP, 0.25 * float(extent.max()))
             wait_for(
-                lambda p=pose: np.allclose(session.camera.position, p.position, atol=1.0), 60, "the camera"
+                lambda p=pose: np.allclose(session.camera.position, p.position, atol=1.0),
+                300,  # a page busy drawing a large budget in software GL reports it late
+                "the camera",
             )
             settle(session)
             sent_s = time.perf_counter() - t0
@@ -163,6 +166,25 @@ def run_budget(source, base, budget: int, settle_s: float, measure_s: float, ext
                 **frame_times(browser, measure_s),
             }
             print(f"budget {budget:,} {name}: {result[name]}", flush=True)
+        # a drag back across the city: 20 camera steps 0.25 s apart, frames timed meanwhile
+        start, end = stops["opposite corner"].position, stops["corner"].position
+        before = session.splats_sent
+        forced = browser.evaluate(FRAME_TIMER)
+        for t in np.linspace(0.0, 1.0, 20):
+            pose = look_from(start + t * (end - start), [extent[0] / 2, 0.0, extent[2] / 2])
+            move_client_to(session.client, pose, UP, 0.25 * float(extent.max()))
+            time.sleep(0.25)
+        frames = browser.evaluate("window.__stopFrames = true; window.__frames")[1:] or [float("nan")]
+        result["drag"] = {
+            "sent_during": session.splats_sent - before,
+            "frame_ms_median": round(statistics.median(frames), 1),
+            "frames": len(frames),
+            "draw_forced": forced,
+        }
+        settle(session)
+        result["drag"]["sent_with_rest"] = session.splats_sent - before
+        result["drag"]["shown"] = session.splats_shown
+        print(f"budget {budget:,} drag: {result['drag']}", flush=True)
         errors = [e for e in browser.console_errors if "favicon" not in e]
         result["console_errors"] = errors[:3]
     finally:
