@@ -8,14 +8,13 @@ skip on a developer's machine and fail in CI (`CI` set), as the browser tests do
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from interop_tools import MODULES, TOOLS, require_tools
 from plyfile import PlyData
 from test_export import SH_C0, random_gaussians
 
@@ -31,13 +30,12 @@ from momentumgs.export import (
 )
 from momentumgs.export.gltf import EXTENSION, SPZ_EXTENSION, sh_semantics
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools" / "interop"
-SPLAT_TRANSFORM = TOOLS / "node_modules" / ".bin" / "splat-transform"
+SPLAT_TRANSFORM = MODULES / ".bin" / "splat-transform"
 NEEDED = [
     SPLAT_TRANSFORM,
-    TOOLS / "node_modules" / "@adobe" / "spz",
-    TOOLS / "node_modules" / "gltf-validator",
-    TOOLS / "node_modules" / "@gltf-transform" / "core",
+    MODULES / "@adobe" / "spz",
+    MODULES / "gltf-validator",
+    MODULES / "@gltf-transform" / "core",
 ]
 
 pytestmark = pytest.mark.interop
@@ -55,16 +53,7 @@ COV_RTOL_V2 = 0.2  # version 2's rotations: x y z in 8 bits, w from unit length 
 
 @pytest.fixture(scope="module")
 def tools() -> Path:
-    """The node tools of tools/interop, or a skip (a failure in CI) naming the missing one."""
-    missing = [str(p.relative_to(TOOLS)) for p in NEEDED if not p.exists()]
-    if shutil.which("node") is None:
-        missing.insert(0, "node")
-    if missing:
-        message = f"needs the interop tools (npm ci --prefix tools/interop): missing {', '.join(missing)}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return TOOLS
+    return require_tools(NEEDED)
 
 
 def _run(args: list[str], timeout: float = 120) -> str:

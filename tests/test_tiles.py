@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from browser import needs_chromium
+from interop_tools import MODULES, TOOLS, require_tools
 from test_export import random_gaussians, tiny_run  # noqa: F401  (tiny_run: a fixture)
 
 from momentumgs.cli import main
@@ -36,11 +35,10 @@ from momentumgs.export.tiles3d import (
     write_tileset,
 )
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools" / "interop"
 NEEDED = [
-    TOOLS / "node_modules" / "@loaders.gl" / "3d-tiles",
-    TOOLS / "node_modules" / "@loaders.gl" / "core",
-    TOOLS / "node_modules" / "cesium" / "Build" / "Cesium" / "Cesium.js",
+    MODULES / "@loaders.gl" / "3d-tiles",
+    MODULES / "@loaders.gl" / "core",
+    MODULES / "cesium" / "Build" / "Cesium" / "Cesium.js",
 ]
 
 
@@ -289,15 +287,7 @@ def test_bench_tiles_prints_time_and_peak_rss(tmp_path):
 
 @pytest.fixture(scope="module")
 def tools() -> Path:
-    missing = [str(p.relative_to(TOOLS)) for p in NEEDED if not p.exists()]
-    if shutil.which("node") is None:
-        missing.insert(0, "node")
-    if missing:
-        message = f"needs the interop tools (npm ci --prefix tools/interop): missing {', '.join(missing)}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return TOOLS
+    return require_tools(NEEDED)
 
 
 def _node(*args, timeout: float = 120) -> None:
