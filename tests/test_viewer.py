@@ -281,12 +281,7 @@ def _page_showing_the_frame(browser: Chromium, session, seconds: float = 30.0):
 def test_browser_shows_the_render_and_follows_the_camera(tiny_trained, tmp_path):
     trainer = tiny_trained
     cameras = trainer.scene.train_cameras
-    viewer = Viewer(
-        ModelHolder(trainer.current_model()),
-        RunInfo(train_cameras=cameras),
-        ViewerOptions(port=0, max_res=160, still_res=320, rest_s=0.2, verbose=False),
-    )
-    browser = Chromium(viewer.url, tmp_path / "profile")
+    viewer, browser = _trained_model_in_browser(trainer, tmp_path)
     try:
         session = _first_still_frame(viewer)
         first, sent = _page_showing_the_frame(browser, session)
@@ -316,6 +311,16 @@ def test_browser_shows_the_render_and_follows_the_camera(tiny_trained, tmp_path)
         viewer.stop()
 
 
+def _trained_model_in_browser(trainer, tmp_path, splats: bool = False) -> tuple[Viewer, Chromium]:
+    """A viewer of the trainer's current model with its training cameras, opened in headless chromium."""
+    viewer = Viewer(
+        ModelHolder(trainer.current_model()),
+        RunInfo(train_cameras=trainer.scene.train_cameras),
+        ViewerOptions(port=0, max_res=160, still_res=320, rest_s=0.2, verbose=False, splats=splats),
+    )
+    return viewer, Chromium(viewer.url, tmp_path / "profile")
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of two float images in [0, 255]."""
     return float(10 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-12)))
@@ -342,12 +347,7 @@ def test_browser_splats_look_like_the_server_render(tiny_trained, tmp_path):
     from PIL import Image
 
     trainer = tiny_trained
-    viewer = Viewer(
-        ModelHolder(trainer.current_model()),
-        RunInfo(train_cameras=trainer.scene.train_cameras),
-        ViewerOptions(port=0, max_res=160, still_res=320, rest_s=0.2, verbose=False),
-    )
-    browser = Chromium(viewer.url, tmp_path / "profile")
+    viewer, browser = _trained_model_in_browser(trainer, tmp_path)
     try:
         _first_still_frame(viewer)
         server = browser.screenshot()
@@ -385,12 +385,7 @@ def test_view_splats_look_like_the_server_render_from_the_start(tiny_trained, tm
     from PIL import Image
 
     trainer = tiny_trained
-    viewer = Viewer(
-        ModelHolder(trainer.current_model()),
-        RunInfo(train_cameras=trainer.scene.train_cameras),
-        ViewerOptions(port=0, max_res=160, still_res=320, rest_s=0.2, verbose=False, splats=True),
-    )
-    browser = Chromium(viewer.url, tmp_path / "profile")
+    viewer, browser = _trained_model_in_browser(trainer, tmp_path, splats=True)
     try:
         for group in viewer.groups.values():
             group.visible = False
@@ -424,12 +419,7 @@ def test_view_splats_are_over_black_in_a_tab_whose_camera_is_not_seen(tiny_train
 
     monkeypatch.setattr(ClientSession, "_camera_moved", lambda self, camera: None)
     trainer = tiny_trained
-    viewer = Viewer(
-        ModelHolder(trainer.current_model()),
-        RunInfo(train_cameras=trainer.scene.train_cameras),
-        ViewerOptions(port=0, max_res=160, still_res=320, rest_s=0.2, verbose=False, splats=True),
-    )
-    browser = Chromium(viewer.url, tmp_path / "profile")
+    viewer, browser = _trained_model_in_browser(trainer, tmp_path, splats=True)
     try:
         for group in viewer.groups.values():
             group.visible = False
