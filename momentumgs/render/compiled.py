@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from momentumgs.render.cpu import MAX_ALPHA, moment_gradients, pixel_boxes
+from momentumgs.render.cpu import MAX_ALPHA, moment_gradients, pixel_boxes, visible_by_camera_and_depth
 from momentumgs.render.projection import ALPHA_THRESHOLD
 from momentumgs.timing import phase
 
@@ -43,11 +43,7 @@ class TileSet:
         import momentumgs.render.tiles as tiles
 
         C, N = depths.shape
-        visible = torch.nonzero((radii > 0).all(dim=-1).reshape(-1)).squeeze(1)  # flat ids
-        # (camera, depth) order as the reference: by depth, then stably by camera
-        flat = visible[torch.argsort(depths.reshape(-1)[visible], stable=True)]
-        if C > 1:
-            flat = flat[torch.argsort(torch.div(flat, N, rounding_mode="floor"), stable=True)]
+        flat = visible_by_camera_and_depth(depths, radii)  # [E'] the reference's drawing order
         boxes = torch.stack(
             pixel_boxes(means2d.reshape(-1, 2)[flat], radii.reshape(-1, 2)[flat], width, height), 1
         )

@@ -65,6 +65,17 @@ def pixel_boxes(means2d: Tensor, radii: Tensor, width: int, height: int) -> tupl
     return x0, x1, y0, y1
 
 
+def visible_by_camera_and_depth(depths: Tensor, radii: Tensor) -> Tensor:
+    """Flat ids c * N + n [E] of the visible (camera, Gaussian) pairs of depths [C, N] and radii [C, N, 2],
+    ordered by camera, then depth (ties by id): the order both compositors draw in."""
+    C, N = depths.shape
+    visible = torch.nonzero((radii > 0).all(dim=-1).reshape(-1)).squeeze(1)
+    flat = visible[torch.argsort(depths.reshape(-1)[visible], stable=True)]
+    if C > 1:  # stably by camera: each camera's entries stay in depth order
+        flat = flat[torch.argsort(torch.div(flat, N, rounding_mode="floor"), stable=True)]
+    return flat
+
+
 def _ranges(lengths: Tensor) -> tuple[Tensor, Tensor]:
     """For lengths [R]: the owner r [P] and the position 0..lengths[r]-1 [P] of each of sum(lengths) items."""
     owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
@@ -193,10 +204,7 @@ def find_pairs(
 ) -> PairSet:
     """Pass 1: the pairs that composite, in bands of rows of at most about `pair_budget` box pixels."""
     C, N = depths.shape
-    visible = torch.nonzero((radii > 0).all(dim=-1).reshape(-1)).squeeze(1)  # flat ids [E]
-    # Order by (camera, depth): sort by depth, then stably by camera.
-    by_depth = visible[torch.argsort(depths.reshape(-1)[visible], stable=True)]
-    flat_ids = by_depth[torch.argsort(torch.div(by_depth, N, rounding_mode="floor"), stable=True)]
+    flat_ids = visible_by_camera_and_depth(depths, radii)  # [E]
     camera = torch.div(flat_ids, N, rounding_mode="floor")
 
     boxes = pixel_boxes(means2d.reshape(-1, 2)[flat_ids], radii.reshape(-1, 2)[flat_ids], width, height)
