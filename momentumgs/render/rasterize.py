@@ -1,7 +1,8 @@
 """One rasterization entry with gsplat 1.5.3's signature: CUDA tensors go to gsplat, CPU tensors to ours.
 
 On the CPU, gsplat's CUDA wrappers must never be called (each call tries a JIT build and fails), so the
-CPU path is our projection (momentumgs.render.projection) and compositor (momentumgs.render.cpu),
+CPU path is our projection (momentumgs.render.projection) and compositor (compiled:
+momentumgs.render.compiled; the torch reference momentumgs.render.cpu with MOMENTUMGS_RASTERIZER=torch),
 glued as `gsplat.rasterization` glues its kernels, with the same return values and meta keys.
 """
 
@@ -61,8 +62,9 @@ def rasterize(
     X is D for "RGB", 1 for "D"/"ED", D + 1 for "RGB+D"/"RGB+ED" (depth last). meta["means2d"] [C, N, 2]
     keeps its gradient after backward (in pixels), meta["radii"] is [C, N, 2] int32 (0 where culled).
     On the CPU, gsplat options that only tune its kernels are ignored, options for other camera models,
-    SH colours, packing or distribution are refused, and `pair_budget` (kwarg) bounds the memory: the
-    number of (Gaussian, pixel) pairs handled at once.
+    SH colours, packing or distribution are refused, and `pair_budget` (kwarg) bounds the torch
+    reference's memory: the number of (Gaussian, pixel) pairs handled at once (the compiled compositor
+    holds no pairs and ignores it).
     """
     gaussians = (means, quats, scales, opacities, colors, viewmats, Ks, width, height)
     options = (near_plane, far_plane, backgrounds, eps2d, radius_clip, absgrad)
@@ -232,7 +234,7 @@ def _rasterize_cpu(
         "depths": depths,
         "conics": conics,
         "opacities": view_opacities,
-        # gsplat's tile bookkeeping; the CPU compositor has no tiles.
+        # gsplat's tile bookkeeping: the CPU compositors keep none of it.
         "tile_width": None,
         "tile_height": None,
         "tiles_per_gauss": None,
