@@ -379,14 +379,15 @@ def evaluate_run(
     device: torch.device | None = None,
 ) -> None:
     """Evaluate a finished run's model on its scene's `split` views under the test-time `appearance`
-    protocol (eval_appearance.py); write eval/ and print the summary. `reference`: a folder of images
+    protocol (eval/appearance.py); write eval/ and print the summary. `reference`: a folder of images
     (the photos' names) to compare with instead of the photos. An earlier result of the same split,
     protocol and reference is replaced only with `force`. `device`: where to render (default the run's
     train.device, after a test render there)."""
     from momentumgs.anchor_render import render_model_view
     from momentumgs.data.scene import read_image
-    from momentumgs.eval import evaluate, write_eval
-    from momentumgs.eval_appearance import AppearanceProtocol
+    from momentumgs.eval.appearance import AppearanceProtocol
+    from momentumgs.eval.measure import evaluate
+    from momentumgs.eval.results import write_eval
     from momentumgs.model.store import load_model
     from momentumgs.render.view import camera_view
 
@@ -416,10 +417,7 @@ def evaluate_run(
     def view_of(i: int):
         return camera_view(scene.cameras[i], device, i)
 
-    index_of = {id(cam): i for i, cam in enumerate(scene.cameras)}
-
-    def render(cam):
-        i = index_of[id(cam)]
+    def render(i: int):
         return render_model_view(model, view_of(i), appearance=protocol.appearance(i))
 
     def load_reference(i: int):

@@ -30,7 +30,6 @@ LAYERS = {
     "partition_ssim": 5,
     "train": 5,
     "eval": 6,
-    "eval_appearance": 6,
     "run": 7,
     "prepare": 7,
     "export": 8,

@@ -79,7 +79,7 @@ import yaml
 from momentumgs.anchor_render import model_gaussians, render_model_view
 from momentumgs.config import Config, config_to_dict, load_config
 from momentumgs.errors import UserError
-from momentumgs.eval import evaluate
+from momentumgs.eval.measure import evaluate
 from momentumgs.model.store import load_model
 from momentumgs.partition import Partition, load_partition
 from momentumgs.render.rasterize import rasterize
@@ -394,9 +394,8 @@ def eval_views(scene) -> dict[int, View]:
 
 
 def model_renderer(model, scene):
-    """render_fn(camera) for evaluate(): the model seen from a scene camera."""
-    index_of = {id(cam): i for i, cam in enumerate(scene.cameras)}
-    return lambda cam: render_model_view(model, camera_view(cam, "cpu", index_of[id(cam)]))
+    """render_fn(index) for evaluate(): the model seen from the scene camera `index`."""
+    return lambda i: render_model_view(model, camera_view(scene.cameras[i], "cpu", i))
 
 
 def expected_depth(model, view: View) -> tuple[np.ndarray, np.ndarray]:

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from momentumgs.anchor_render import render_model_view
-from momentumgs.eval import evaluate
+from momentumgs.eval.measure import evaluate
 from momentumgs.export import bake, read_ply, read_spz, render_baked, write_ply, write_splat, write_spz
 from momentumgs.export.commands import load_run
 from momentumgs.export.refine import refine_baked
 from momentumgs.metrics import psnr
 from momentumgs.render.view import camera_view
-from momentumgs.run import load_scene
+from momentumgs.run_setup import load_scene
 
 
 def parse_variant(text: str) -> dict:
@@ -62,10 +62,9 @@ def main() -> int:
     scene = load_scene(cfg)
     ids = list(scene.test_ids)
     views = {i: camera_view(scene.cameras[i], "cpu", i) for i in ids}
-    index_of = {id(c): i for i, c in enumerate(scene.cameras)}
     with torch.no_grad():
         anchor_imgs = {i: render_model_view(model, v).clamp(0, 1) for i, v in views.items()}
-        anchor = evaluate(lambda cam: anchor_imgs[index_of[id(cam)]], scene, ids).means
+        anchor = evaluate(anchor_imgs.__getitem__, scene, ids).means
     rows = []
     out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bake_fidelity_"))
     for variant in args.variants:
@@ -94,7 +93,6 @@ def measure(name, baked, scene, ids, views, anchor_imgs, folder: Path) -> dict:
     write_splat(paths["splat"], baked)
     row = {"variant": name, "gaussians": baked.count, "info": {k: v for k, v in baked.info.items()}}
     row["bytes"] = {k: p.stat().st_size for k, p in paths.items()}
-    index_of = {id(c): i for i, c in enumerate(scene.cameras)}
     for fmt, reader in (("ply", read_ply), ("spz", read_spz)):
         g = reader(paths[fmt])
         with torch.no_grad():
@@ -102,7 +100,7 @@ def measure(name, baked, scene, ids, views, anchor_imgs, folder: Path) -> dict:
         vs_anchor = [float(psnr(imgs[i], anchor_imgs[i])) for i in ids]
         row[fmt] = {
             "psnr_vs_anchor": sum(vs_anchor) / len(vs_anchor),
-            **evaluate(lambda cam, imgs=imgs: imgs[index_of[id(cam)]], scene, ids).means,
+            **evaluate(imgs.__getitem__, scene, ids).means,
         }
     return row
 

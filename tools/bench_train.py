@@ -19,7 +19,7 @@ import torch
 
 from momentumgs.anchor_render import render_anchor_view
 from momentumgs.config import load_config
-from momentumgs.eval import evaluate
+from momentumgs.eval.measure import evaluate
 from momentumgs.memory import peak_rss_mb
 from momentumgs.run import load_scene, start_or_resume
 
@@ -80,8 +80,7 @@ def main() -> None:
             train_seconds += time.perf_counter() - t0
             done = trainer.global_step
 
-            def render(cam, trainer=trainer):
-                index = scene.cameras.index(cam)
+            def render(index, trainer=trainer):
                 return render_anchor_view(field(), trainer.decoder, trainer.views[index]).image
 
             result = evaluate(render, scene, scene.test_ids, device=trainer.device)

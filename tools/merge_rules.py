@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args
 
 import torch
 from ablation import (
@@ -32,18 +33,19 @@ from ablation import (
 
 from momentumgs.anchor_render import render_model_view
 from momentumgs.checkpoint import load_checkpoint
-from momentumgs.config import load_config
-from momentumgs.eval import evaluate
-from momentumgs.merge import MERGE_RULES, allowed_slots, merge_blocks
+from momentumgs.config import MergeRule, load_config
+from momentumgs.eval.measure import evaluate
+from momentumgs.merge import allowed_slots, merge_blocks
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.store import AnchorModel, load_model
 from momentumgs.partition import load_partition
 from momentumgs.render.view import camera_view
-from momentumgs.run import load_scene
+from momentumgs.run_setup import load_scene
 from momentumgs.train.measure import spatial_scale
 from momentumgs.train.paths import RunPaths
 from momentumgs.train.seams import refine_seams
 
+MERGE_RULES = get_args(MergeRule)  # partition.merge's choices, the schema's
 # key, cell format
 KEYS = {
     "psnr": ".2f",
@@ -97,12 +99,11 @@ def measure_models(run: Path, scene, models: dict[str, AnchorModel], partition, 
     reference = models[MERGE_RULES[0]]
     masks = {i: border_mask(block_id_map(reference, v, partition), seam_radius) for i, v in views.items()}
     rows = {}
-    index_of = {id(scene.cameras[i]): i for i in views}
     for rule, model in models.items():
         renders = {}  # the evaluation's own renders, reused for the seam PSNRs
 
-        def render(cam, model=model, renders=renders):
-            renders[index_of[id(cam)]] = image = render_model_view(model, views[index_of[id(cam)]])
+        def render(i, model=model, renders=renders):
+            renders[i] = image = render_model_view(model, views[i])
             return image
 
         means = evaluate(render, scene, scene.test_ids).means

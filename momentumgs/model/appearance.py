@@ -2,7 +2,7 @@
 
 A decoder with a per-photo appearance table (exposure gains or embeddings, model/decoder.py) has one row per
 image of the scene, trained only for the training photos. Rendering a model therefore needs a choice: a
-training photo's own row, a row computed at test time (eval's protocols, momentumgs/eval_appearance.py), or
+training photo's own row, a row computed at test time (eval's protocols, momentumgs/eval/appearance.py), or
 by default the neutral appearance, the mean of the trained rows (an untrained row, such as a test view's
 own, keeps its initial zeros)."""
 

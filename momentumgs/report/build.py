@@ -18,7 +18,7 @@ from PIL import Image
 from momentumgs import __version__
 from momentumgs.config import dump_config
 from momentumgs.errors import UserError
-from momentumgs.eval import EvalResult, read_eval
+from momentumgs.eval.results import EvalResult, read_eval
 from momentumgs.io_utils import replace_dir
 from momentumgs.model.store import load_model
 from momentumgs.partition import load_partition

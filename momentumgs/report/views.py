@@ -13,7 +13,8 @@ from PIL import Image
 
 from momentumgs.anchor_render import render_model_view
 from momentumgs.data.scene import Scene
-from momentumgs.eval import EvalResult, evaluate
+from momentumgs.eval.measure import evaluate
+from momentumgs.eval.results import EvalResult
 from momentumgs.model.store import AnchorModel
 from momentumgs.render.view import camera_view
 
@@ -32,12 +33,11 @@ def evaluate_with_renders(
     model: AnchorModel, scene: Scene, view_ids: Sequence[int], device: torch.device
 ) -> RenderedViews:
     """The evaluation of `view_ids` (eval.evaluate: raw and colour-corrected metrics), keeping each render."""
-    index_of = {id(cam): i for i, cam in enumerate(scene.cameras)}
     renders = {}
 
-    def render(cam) -> torch.Tensor:
-        image = render_model_view(model, camera_view(cam, device, index_of[id(cam)]))  # [H, W, 3]
-        renders[cam.name] = to_uint8(image)
+    def render(i: int) -> torch.Tensor:
+        image = render_model_view(model, camera_view(scene.cameras[i], device, i))  # [H, W, 3]
+        renders[scene.cameras[i].name] = to_uint8(image)
         return image
 
     result = evaluate(render, scene, view_ids, device=device, progress=False)

@@ -168,7 +168,7 @@ PATCHES = {
     "momentumgs.model.densify": _patch_densify,
     "momentumgs.merge": _patch_merge,
     "momentumgs.train.measure": _patch_measure,
-    "momentumgs.eval": _patch_eval,
+    "momentumgs.eval.measure": _patch_eval,
     "momentumgs.train.trainer": _patch_trainer,
 }
 
