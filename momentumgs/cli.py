@@ -67,7 +67,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_partition(args: argparse.Namespace) -> int:
     from momentumgs.io_utils import refuse_existing
-    from momentumgs.partition import save_partition
+    from momentumgs.partition import few_view_warnings, save_partition
     from momentumgs.render.backend import check_render_device
     from momentumgs.run import load_scene, make_partition, resolve_device
 
@@ -75,7 +75,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
         if path:
             refuse_existing(path, args.force)
     if args.preview:
-        from momentumgs.partition_preview import check_preview_path
+        from momentumgs.partition.preview import check_preview_path
 
         check_preview_path(args.preview)  # before the partition is computed
     cfg = _config(args)
@@ -86,18 +86,13 @@ def cmd_partition(args: argparse.Namespace) -> int:
     scene = load_scene(cfg)
     part = make_partition(scene, cfg, device)
     print(part.summary())
-    for b in part.blocks:
-        if len(b.camera_ids) < cfg.partition.min_views:
-            print(
-                f"momentumgs: warning: block {b.index} is trained by only {len(b.camera_ids)} views "
-                f"(partition.min_views {cfg.partition.min_views})",
-                file=sys.stderr,
-            )
+    for line in few_view_warnings(part, cfg.partition.min_views):
+        print(f"momentumgs: warning: {line}", file=sys.stderr)
     if args.out:
         save_partition(args.out, part)
         print(f"partition written to {args.out}")
     if args.preview:
-        from momentumgs.partition_preview import write_preview
+        from momentumgs.partition.preview import write_preview
 
         write_preview(args.preview, part, scene, lines=args.lines)
         print(f"preview written to {args.preview}")

@@ -141,6 +141,15 @@ Fraction = Annotated[float, Range(ge=0, le=1)]
 Text = Annotated[str, AnyText()]
 
 
+# choices that code outside this module also needs (`typing.get_args(MergeRule)` where it needs a tuple)
+AssignMode = Literal["visibility", "center", "ssim"]
+BlockPoints = Literal["cell", "coverage", "coarse", "all"]
+MergeRule = Literal["gaussians", "anchors"]
+OpacitySlots = Literal["all", "kept"]
+ConsistencyShape = Literal["quaternion", "covariance"]
+WeightingSource = Literal["steps", "views"]
+
+
 def _mins_below_maxes(box: list[float]) -> bool:
     half = len(box) // 2
     return all(box[i] < box[i + half] for i in range(half))
@@ -294,7 +303,7 @@ class PartitionConfig:
     # auto: from the cameras (partition files write +z, -y, ...)
     up_axis: Literal["auto", "x", "y", "z", "+x", "+y", "+z", "-x", "-y", "-z"] = "auto"
     # which cameras train a block besides those in it
-    assign: Literal["visibility", "center", "ssim"] = "visibility"
+    assign: AssignMode = "visibility"
     # fraction of a block's points a camera must see (in image, in front)
     visibility_threshold: Annotated[float, Range(gt=0, le=1)] = 0.25
     coarse_model: Text = ""  # assign ssim: a trained model.ckpt of the whole scene (same world frame)
@@ -307,11 +316,11 @@ class PartitionConfig:
     # and the rest of coverage on a coarse grid: a block's anchors grow with its cell, not with its views'
     # reach; as good as coverage on both demo scenes at 40-59 % of its anchors, docs/quality.md), all (the
     # whole cloud, as the Momentum-GS code); anchors outside the cell are dropped at the merge
-    block_points: Literal["cell", "coverage", "coarse", "all"] = "coarse"
+    block_points: BlockPoints = "coarse"
     # what the merged model keeps of each block: the neural Gaussians whose centres lie in its cell
     # (gaussians), or the anchors that do, with all their Gaussians (anchors, as the Momentum-GS code);
     # docs/method.md, Partitioning and merging
-    merge: Literal["gaussians", "anchors"] = "gaussians"
+    merge: MergeRule = "gaussians"
     # after the merge, steps fitting the anchors near block borders to the training photos with the decoder
     # fixed (momentumgs/train/seams.py; docs/method.md, Partitioning and merging); 0 = none (the paper)
     seam_steps: CountOrZero = 200
@@ -336,10 +345,10 @@ class MethodConfig:
         list[float], ListOf((2,), Range(ge=0, le=1), _non_decreasing, "start <= end")
     ] = field(default_factory=lambda: [0.0, 0.0])
     # the opacity term over "all" V*K slots (the paper) or only the "kept" ones (alpha > 0 in the student)
-    consistency_opacity: Literal["all", "kept"] = "all"
+    consistency_opacity: OpacitySlots = "all"
     # the shape term: "quaternion" (the paper: MSE of unit quaternions plus MSE of scales) or "covariance"
     # (MSE of the covariance R S^2 R^T, which the image depends on; a rotation the image cannot see is free)
-    consistency_shape: Literal["quaternion", "covariance"] = "quaternion"
+    consistency_shape: ConsistencyShape = "quaternion"
     # > 0: on each decoder head the consistency gradient is scaled down to at most this times the image's
     # gradient norm (docs/method.md, Momentum teacher); 0 adds the terms as they are (the paper's switch)
     consistency_balance: NonNegative = 0.01
@@ -357,7 +366,7 @@ class MethodConfig:
     # "views" (the paper's; docs/method.md, Block weighting): render every `weighting_view_stride`-th of its
     # training views then;
     # "steps": the mean over those iterations of the block's own training renders (free, an approximation)
-    weighting_source: Literal["steps", "views"] = "views"
+    weighting_source: WeightingSource = "views"
     weighting_view_stride: Count = 10
     # a block's quality: an EMA over its measurements, q <- 0.9 q + 0.1 measured (ema), or its latest
     # measurement (latest: the Momentum-GS code, whose EMA steps every iteration toward the latest measurement

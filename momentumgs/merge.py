@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from momentumgs.config import MergeRule
 from momentumgs.model.anchors import AnchorField
 from momentumgs.partition import Partition
 
-MERGE_RULES = ("gaussians", "anchors")
 _CHUNK = 1 << 20  # points per block_of_points call (bounds its float64 temporaries)
 
 
@@ -35,17 +35,17 @@ def owner_of(points: torch.Tensor, partition: Partition) -> torch.Tensor:
     return torch.from_numpy(owner).to(points.device).reshape(points.shape[:-1])
 
 
-def block_share(field: AnchorField, block: int, partition: Partition, rule: str = "gaussians") -> AnchorField:
+def block_share(
+    field: AnchorField, block: int, partition: Partition, rule: MergeRule = "gaussians"
+) -> AnchorField:
     """The detached part of block `block`'s trained `field` that the merged model keeps, by `rule`."""
     if rule == "anchors":
         keep = owner_of(field.positions, partition) == block  # [N]
         slot_mask = None
-    elif rule == "gaussians":
+    else:  # "gaussians"
         inside = (owner_of(field.slot_means(), partition) == block) & allowed_slots(field)  # [N, K]
         keep = inside.any(dim=1)  # [N]
         slot_mask = inside[keep]
-    else:
-        raise ValueError(f"merge rule {rule!r}: choose one of {MERGE_RULES}")
     return AnchorField(
         positions=field.positions.detach()[keep],
         features=nn.Parameter(field.features.detach()[keep], requires_grad=False),
@@ -84,7 +84,7 @@ def concat_fields(fields: list[AnchorField]) -> AnchorField:
 
 
 def merge_blocks(
-    fields: dict[int, AnchorField], partition: Partition, rule: str = "gaussians"
+    fields: dict[int, AnchorField], partition: Partition, rule: MergeRule = "gaussians"
 ) -> tuple[AnchorField, list[int]]:
     """-> the merged field (blocks in index order) and the number of anchors each block contributed."""
     shares = [block_share(fields[b], b, partition, rule) for b in range(len(partition.blocks))]

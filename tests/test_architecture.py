@@ -9,7 +9,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"momentumgs": "momentumgs", "viewer": "momentumgs_viewer"}  # folder -> import name
 
-# Each part of the package and its layer: a part may import only parts of lower layers.
+# Each part of the package and its layer: a part may import only parts of lower layers. A part is a top-level
+# module or package (`partition`), or a module or package inside one (`partition.ssim`) that sits at a layer
+# of its own; a module belongs to the longest part its dotted name starts with, so `partition.grid` is part of
+# `partition` and `partition.ssim` is a part of its own, which may import `partition` but not the other way.
 LAYERS = {
     "momentumgs": 0,  # the package's __init__: its version
     "errors": 0,
@@ -24,10 +27,11 @@ LAYERS = {
     "partition": 3,
     "model": 3,
     "render": 3,
-    "partition_preview": 4,
+    "partition.preview": 4,
     "anchor_render": 4,
     "merge": 4,
-    "partition_ssim": 5,
+    "partition.ssim": 5,
+    "partition_ssim": 6,  # the old name of partition.ssim, until run.py imports the new one
     "train": 5,
     "eval": 6,
     "run": 7,
@@ -71,10 +75,20 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
 
 
 def part_of(module: str) -> str:
+    """The LAYERS key `module` belongs to: the longest one its name (below the package) starts with."""
     parts = module.split(".")
     if parts[0] == "momentumgs_viewer":
         return "viewer"
-    return parts[1] if len(parts) > 1 else "momentumgs"
+    if len(parts) == 1:
+        return "momentumgs"
+    inner = [".".join(parts[1:n]) for n in range(len(parts), 2, -1)]  # partition.ssim.x, partition.ssim
+    return next((name for name in inner if name in LAYERS), parts[1])
+
+
+def test_a_module_belongs_to_the_longest_part_that_names_it():
+    assert part_of("momentumgs.partition.ssim") == "partition.ssim"
+    assert part_of("momentumgs.partition.grid") == part_of("momentumgs.partition") == "partition"
+    assert part_of("momentumgs") == "momentumgs" and part_of("momentumgs_viewer.app") == "viewer"
 
 
 def graph() -> dict[str, set[str]]:

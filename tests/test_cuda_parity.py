@@ -63,7 +63,7 @@ SSIM_ATOL = 5e-3  # 1 - SSIM; cuDNN may blur the moments in TF32 on the GPU
 
 def ssim_assignment(scene, coarse_model, device: str) -> tuple[np.ndarray, list[list[int]]]:
     """The assigner's 1 - SSIM per (train view, block) and the cameras it gives each of 2 blocks."""
-    from momentumgs import partition_ssim
+    from momentumgs.partition import ssim as partition_ssim
 
     measured = []
     real = partition_ssim.ssim_losses

@@ -13,8 +13,10 @@ import pytest
 import torch
 from test_export import ring_cameras, tiny_model
 
+from momentumgs.config import load_config
+from momentumgs.errors import ConfigError
 from momentumgs.export.bake import bake
-from momentumgs.merge import block_share, merge_blocks, owner_of
+from momentumgs.merge import merge_blocks, owner_of
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import decode, gather_anchors
 from momentumgs.model.densify import add_anchors, remove_anchors
@@ -66,8 +68,8 @@ def test_merging_by_anchor_keeps_the_anchors_in_each_cell():
     assert merged.slot_mask is None
     assert torch.equal(owner_of(merged.positions, part), source)
     assert sum(counts) < sum(f.n_anchors for f in fields.values())
-    with pytest.raises(ValueError, match="merge rule 'voxels'"):
-        block_share(fields[0], 0, part, "voxels")
+    with pytest.raises(ConfigError, match="partition.merge: expected one of gaussians, anchors"):
+        load_config(None, ["partition.merge=voxels"])  # the schema checks the rule
 
 
 def test_decode_never_keeps_a_masked_slot():

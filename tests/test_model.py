@@ -12,7 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from momentumgs.config import load_config
 from momentumgs.data.scene import Camera
+from momentumgs.errors import ConfigError
 from momentumgs.model import (
     AnchorField,
     DensifyOptions,
@@ -319,8 +321,8 @@ def test_consistency_opacity_over_kept_slots_ignores_dropped_ones():
     raw[dropped] += 0.5
     t2 = dataclasses.replace(t, raw_opacity=raw.view_as(t.raw_opacity))
     assert torch.equal(consistency_loss(s, t2, ConsistencyTerms(opacity_slots="kept")), kept)
-    with pytest.raises(ValueError, match="opacity_slots"):
-        ConsistencyTerms(opacity_slots="some")
+    with pytest.raises(ConfigError, match="method.consistency_opacity: expected one of all, kept"):
+        load_config(None, ["method.consistency_opacity=some"])  # the schema checks the choice
 
 
 def test_consistency_covariance_term_ignores_rotations_the_image_cannot_see():
@@ -357,8 +359,8 @@ def test_consistency_covariance_term_ignores_rotations_the_image_cannot_see():
     )
     assert consistency_loss(round_s, turned, cov).item() == pytest.approx(0.0, abs=1e-12)
     assert consistency_loss(round_s, turned).item() > 1e-3
-    with pytest.raises(ValueError, match="shape"):
-        ConsistencyTerms(shape="euler")
+    with pytest.raises(ConfigError, match="method.consistency_shape: expected one of quaternion, covariance"):
+        load_config(None, ["method.consistency_shape=euler"])  # the schema checks the choice
 
 
 def test_consistency_weight_ramps_over_the_blocks_iterations():

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
 
-from momentumgs.config import load_config
+from momentumgs.config import BlockPoints, load_config
 from momentumgs.model.anchors import choose_voxel_size, voxelize
-from momentumgs.partition import BLOCK_POINTS, partition_scene, points_in_view
+from momentumgs.partition import partition_scene, points_in_view
 from momentumgs.run import load_scene
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ def main() -> None:
     print(f"scene {cfg.data.path}: {len(scene.points)} points, voxel {voxel:.4f}")
     print("| block points | block | views | start points | anchors | visible points outside the start |")
     print("|---|---|---|---|---|---|")
-    for mode in BLOCK_POINTS:
+    for mode in get_args(BlockPoints):
         cfg.partition.block_points = mode
         part = partition_scene(scene, cfg.partition)
         for b in part.blocks:

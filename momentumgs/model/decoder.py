@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
 from torch import nn
 
+from momentumgs.config import ConsistencyShape, OpacitySlots
 from momentumgs.model.anchors import AnchorField, slot_means
 
 # An image index into the decoder's embedding table, an embedding [A], or None (decoders without one).
@@ -269,22 +270,13 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(a, b)
 
 
-OPACITY_SLOTS = ("all", "kept")
-SHAPES = ("quaternion", "covariance")
-
-
 @dataclass(frozen=True)
 class ConsistencyTerms:
-    """Which consistency terms compare what (`method.consistency_opacity`, `method.consistency_shape`)."""
+    """Which consistency terms compare what (`method.consistency_opacity`, `method.consistency_shape`; the
+    config's schema checks the choices)."""
 
-    opacity_slots: str = "all"  # "all" V*K slots (the paper) or the student's "kept" ones
-    shape: str = "quaternion"  # quaternion + scale MSEs (the paper) or the "covariance" MSE
-
-    def __post_init__(self):
-        if self.opacity_slots not in OPACITY_SLOTS:
-            raise ValueError(f"opacity_slots: expected one of {OPACITY_SLOTS}, got {self.opacity_slots!r}")
-        if self.shape not in SHAPES:
-            raise ValueError(f"shape: expected one of {SHAPES}, got {self.shape!r}")
+    opacity_slots: OpacitySlots = "all"  # "all" V*K slots (the paper) or the student's "kept" ones
+    shape: ConsistencyShape = "quaternion"  # quaternion + scale MSEs (the paper) or the "covariance" MSE
 
 
 PAPER_TERMS = ConsistencyTerms()

@@ -22,7 +22,7 @@ from momentumgs.eval.results import EvalResult, read_eval
 from momentumgs.io_utils import replace_dir
 from momentumgs.model.store import load_model
 from momentumgs.partition import load_partition
-from momentumgs.partition_preview import block_colors, draw_partition
+from momentumgs.partition.preview import block_colors, draw_partition
 from momentumgs.report.blocks import block_metric_rows, psnr_by_block
 from momentumgs.report.curves import training_figure
 from momentumgs.report.page import ViewEntry, blocks_table, facts_table, metrics_table, page, view_figures

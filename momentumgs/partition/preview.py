@@ -16,7 +16,8 @@ import numpy as np
 
 from momentumgs.data.scene import Scene
 from momentumgs.io_utils import atomic_path
-from momentumgs.partition import AXIS_NAMES, Partition, PartitionError, parse_up_axis
+from momentumgs.partition.bounds import AXIS_NAMES, PartitionError, parse_up_axis
+from momentumgs.partition.grid import Partition
 
 
 def block_colors(n: int) -> np.ndarray:
@@ -58,45 +59,71 @@ class TopView:
 
 def draw_partition(part: Partition, scene: Scene, size: int = 800, lines: bool = False) -> np.ndarray:
     """The top view as a BGR uint8 image [H, W, 3]."""
-    h1, h2, up = part.axes
-    points = np.asarray(scene.points, dtype=np.float64)
+    points = np.asarray(scene.points, dtype=np.float64)  # [P, 3]
     centres = np.stack([c.center for c in scene.cameras])  # [N, 3]
-    ground_pts = points[:, [h1, h2]]
+    view = fit_view(part, points, centres, size)
+    colors = block_colors(len(part.blocks))  # [B, 3]
+    region = block_regions(part, view, points)  # [H, W]
+    img = (255 - 0.25 * (255 - colors[region].astype(np.float32))).astype(np.uint8)
+    draw_points(img, part, view, points)
+    draw_cells(img, part, view)
+    draw_cameras(img, part, view, centres, colors, lines)
+    draw_labels(img, part, view, region, colors)
+    return img
+
+
+def fit_view(part: Partition, points: np.ndarray, centres: np.ndarray, size: int) -> TopView:
+    """The top view showing the AABB and the points [P, 3] and camera centres [N, 3], bar their outliers."""
+    h1, h2, _ = part.axes
     box_lo, box_hi = part.aabb[[h1, h2]], part.aabb[[h1 + 3, h2 + 3]]
-    shown = np.concatenate([ground_pts, centres[:, [h1, h2]], [box_lo, box_hi]])
+    shown = np.concatenate([points[:, [h1, h2]], centres[:, [h1, h2]], [box_lo, box_hi]])
     lo, hi = np.quantile(shown, 0.005, axis=0), np.quantile(shown, 0.995, axis=0)
     lo, hi = np.minimum(lo, box_lo), np.maximum(hi, box_hi)
     margin = 0.05 * (hi - lo).max()
-    view = TopView(part, lo - margin, hi + margin, size)
-    colors = block_colors(len(part.blocks))  # [B, 3]
+    return TopView(part, lo - margin, hi + margin, size)
 
-    # block regions, from the exact lookup at the median point height
+
+def block_regions(part: Partition, view: TopView, points: np.ndarray) -> np.ndarray:
+    """The block of each pixel, from the exact lookup at the median point height. -> [H, W] int64"""
+    h1, h2, up = part.axes
     ys, xs = np.mgrid[0 : view.height, 0 : view.width]
     g = view.ground(np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1))  # [HW, 2]
     world = np.zeros((len(g), 3))
     world[:, [h1, h2]] = g
     world[:, up] = np.median(points[:, up]) if len(points) else part.aabb[up]
-    region = part.block_of_points(world).reshape(view.height, view.width)
-    img = (255 - 0.25 * (255 - colors[region].astype(np.float32))).astype(np.uint8)
+    return part.block_of_points(world).reshape(view.height, view.width)
 
-    # SfM points in grey, darker when higher (so buildings stand out), drawn low to high
+
+def draw_points(img: np.ndarray, part: Partition, view: TopView, points: np.ndarray) -> None:
+    """SfM points [P, 3] in grey, darker when higher (so buildings stand out), drawn low to high."""
+    h1, h2, up = part.axes
     height = points[:, up] * parse_up_axis(part.up_axis)[1]  # [P]
     order = np.argsort(height)
-    px = view.pixels(ground_pts[order])
+    px = view.pixels(points[order][:, [h1, h2]])
     h_lo, h_hi = np.quantile(height, [0.02, 0.98]) if len(height) else (0.0, 1.0)
     grey = 170 - 150 * np.clip((height[order] - h_lo) / max(h_hi - h_lo, 1e-9), 0, 1)  # [P]
     ok = (px[:, 0] >= 0) & (px[:, 0] < view.width) & (px[:, 1] >= 0) & (px[:, 1] < view.height)
     img[px[ok, 1], px[ok, 0]] = grey[ok, None].astype(np.uint8)
 
-    # AABB-interior parts of the cells, and the AABB
+
+def draw_cells(img: np.ndarray, part: Partition, view: TopView) -> None:
+    """The AABB-interior parts of the cells, and the AABB."""
+    h1, h2, _ = part.axes
     for b in part.blocks:
         if b.world_min is not None:
             a, c = view.pixels(np.array([b.world_min[[h1, h2]], b.world_max[[h1, h2]]]))
             cv2.rectangle(img, tuple(map(int, a)), tuple(map(int, c)), (60, 60, 60), 1, cv2.LINE_AA)
-    a, c = view.pixels(np.array([box_lo, box_hi]))
+    box = np.array([part.aabb[[h1, h2]], part.aabb[[h1 + 3, h2 + 3]]])
+    a, c = view.pixels(box)
     cv2.rectangle(img, tuple(map(int, a)), tuple(map(int, c)), (0, 0, 0), 2, cv2.LINE_AA)
 
-    # cameras coloured by the block they stand in; optional lines to the other blocks they train
+
+def draw_cameras(
+    img: np.ndarray, part: Partition, view: TopView, centres: np.ndarray, colors: np.ndarray, lines: bool
+) -> None:
+    """Cameras [N, 3] coloured by the block they stand in (train views filled, test views hollow); with
+    `lines`, a line from each to the other blocks it trains."""
+    h1, h2, _ = part.axes
     cam_px = view.pixels(centres[:, [h1, h2]])
     home = part.block_of_points(centres)  # [N]
     if lines:
@@ -112,13 +139,14 @@ def draw_partition(part: Partition, scene: Scene, size: int = 800, lines: bool =
     train = set(int(i) for b in part.blocks for i in b.camera_ids)
     for i, p in enumerate(cam_px):
         colour = colors[home[i]].tolist()
-        if i in train:
-            cv2.circle(img, tuple(map(int, p)), 5, colour, -1, cv2.LINE_AA)
-        else:  # test views: hollow
-            cv2.circle(img, tuple(map(int, p)), 5, colour, 2, cv2.LINE_AA)
+        cv2.circle(img, tuple(map(int, p)), 5, colour, -1 if i in train else 2, cv2.LINE_AA)
         cv2.circle(img, tuple(map(int, p)), 5, (0, 0, 0), 1, cv2.LINE_AA)
 
-    # block labels with their view counts, at the centre of their region
+
+def draw_labels(
+    img: np.ndarray, part: Partition, view: TopView, region: np.ndarray, colors: np.ndarray
+) -> None:
+    """Each block's label with its view count at the centre of its region, and the legend."""
     for b in part.blocks:
         mask = region == b.index
         if not mask.any():
@@ -128,13 +156,13 @@ def draw_partition(part: Partition, scene: Scene, size: int = 800, lines: bool =
         text = f"{b.index}: {len(b.camera_ids)} views"
         cv2.putText(img, text, at, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 3, cv2.LINE_AA)
         cv2.putText(img, text, at, cv2.FONT_HERSHEY_SIMPLEX, 0.5, colors[b.index].tolist(), 1, cv2.LINE_AA)
+    h1, h2, _ = part.axes
     arrow = "up" if view.flip else "down"
     legend = (
         f"top view (up {part.up_axis}): {AXIS_NAMES[h1]} right, {AXIS_NAMES[h2]} {arrow}; "
         f"black box = AABB; filled dots = train views"
     )
     cv2.putText(img, legend, (8, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    return img
 
 
 def write_preview(
