@@ -66,50 +66,7 @@ def rasterize(
     reference's memory: the number of (Gaussian, pixel) pairs handled at once (the compiled compositor
     holds no pairs and ignores it).
     """
-    gaussians = (means, quats, scales, opacities, colors, viewmats, Ks, width, height)
-    options = (near_plane, far_plane, backgrounds, eps2d, radius_clip, absgrad)
-    if means.is_cuda:
-        return _rasterize_gsplat(*gaussians, *options, packed, render_mode, rasterize_mode, **kwargs)
-    _check_cpu_options(packed, render_mode, rasterize_mode, kwargs)
-    pair_budget = kwargs.get("pair_budget", DEFAULT_PAIR_BUDGET)
-    return _rasterize_cpu(*gaussians, *options, render_mode, rasterize_mode, pair_budget)
-
-
-def _rasterize_gsplat(
-    means,
-    quats,
-    scales,
-    opacities,
-    colors,
-    viewmats,
-    Ks,
-    width,
-    height,
-    near_plane,
-    far_plane,
-    backgrounds,
-    eps2d,
-    radius_clip,
-    absgrad,
-    packed,
-    render_mode,
-    rasterize_mode,
-    **kwargs,
-):
-    import gsplat  # imported here: CPU-only callers never touch gsplat's CUDA side
-
-    kwargs.pop("pair_budget", None)
-    kwargs.setdefault("sh_degree", None)
-    render_colors, render_alphas, meta = gsplat.rasterization(
-        means,
-        quats,
-        scales,
-        opacities,
-        colors,
-        viewmats,
-        Ks,
-        width,
-        height,
+    options = dict(
         near_plane=near_plane,
         far_plane=far_plane,
         backgrounds=backgrounds,
@@ -119,7 +76,23 @@ def _rasterize_gsplat(
         packed=packed,
         render_mode=render_mode,
         rasterize_mode=rasterize_mode,
-        **kwargs,
+    )
+    gaussians = (means, quats, scales, opacities, colors, viewmats, Ks, width, height)
+    if means.is_cuda:
+        return _rasterize_gsplat(*gaussians, **options, **kwargs)
+    _check_cpu_options(packed, render_mode, rasterize_mode, kwargs)
+    return _rasterize_cpu(*gaussians, **options, pair_budget=kwargs.get("pair_budget", DEFAULT_PAIR_BUDGET))
+
+
+def _rasterize_gsplat(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, **options
+) -> tuple[Tensor, Tensor, dict]:
+    import gsplat  # imported here: CPU-only callers never touch gsplat's CUDA side
+
+    options.pop("pair_budget", None)
+    options.setdefault("sh_degree", None)
+    render_colors, render_alphas, meta = gsplat.rasterization(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height, **options
     )
     if meta["means2d"].requires_grad:
         meta["means2d"].retain_grad()
@@ -149,39 +122,30 @@ def _check_cpu_options(packed: bool, render_mode: str, rasterize_mode: str, kwar
 
 
 def _rasterize_cpu(
-    means,
-    quats,
-    scales,
-    opacities,
-    colors,
-    viewmats,
-    Ks,
-    width,
-    height,
-    near_plane,
-    far_plane,
-    backgrounds,
-    eps2d,
-    radius_clip,
-    absgrad,
-    render_mode,
-    rasterize_mode,
-    pair_budget,
-):
-    N = means.shape[0]
-    C = viewmats.shape[0]
-    if means.shape != (N, 3) or quats.shape != (N, 4) or scales.shape != (N, 3) or opacities.shape != (N,):
-        raise ValueError(
-            "expected means [N, 3], quats [N, 4], scales [N, 3], opacities [N] (no batch dimensions), got "
-            f"{tuple(means.shape)}, {tuple(quats.shape)}, {tuple(scales.shape)}, {tuple(opacities.shape)}"
-        )
-    if viewmats.shape != (C, 4, 4) or Ks.shape != (C, 3, 3):
-        raise ValueError(
-            f"expected viewmats [C, 4, 4] and Ks [C, 3, 3], got {tuple(viewmats.shape)}, {tuple(Ks.shape)}"
-        )
-    if colors.shape[:-1] not in ((N,), (C, N)) or colors.dim() not in (2, 3):
-        raise ValueError(f"expected colors [C, N, D] or [N, D] with N={N}, C={C}, got {tuple(colors.shape)}")
-
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    colors: Tensor,  # [C, N, D] or [N, D]
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    *,
+    near_plane: float,
+    far_plane: float,
+    backgrounds: Tensor | None,  # [C, D]
+    eps2d: float,
+    radius_clip: float,
+    absgrad: bool,
+    packed: bool,
+    render_mode: str,
+    rasterize_mode: str,
+    pair_budget: int,
+) -> tuple[Tensor, Tensor, dict]:
+    """`rasterize` on the CPU: project, append the depth channel the render mode asks for, composite."""
+    _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks)
+    C, N = viewmats.shape[0], means.shape[0]
     radii, means2d, depths, conics, compensations = project_gaussians(
         means,
         quats,
@@ -203,17 +167,7 @@ def _rasterize_cpu(
     if compensations is not None:
         view_opacities = view_opacities * compensations
 
-    if colors.dim() == 2:
-        colors = colors[None].expand(C, N, colors.shape[-1])  # [C, N, D]
-    if render_mode in ("RGB+D", "RGB+ED"):
-        colors = torch.cat([colors, depths[..., None]], dim=-1)
-        if backgrounds is not None:
-            backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], dim=-1)
-    elif render_mode in ("D", "ED"):
-        colors = depths[..., None]
-        if backgrounds is not None:
-            backgrounds = backgrounds.new_zeros(C, 1)
-
+    colors, backgrounds = _render_channels(colors, depths, backgrounds, render_mode)
     projected = (means2d, conics, view_opacities, colors, depths, radii, width, height)
     if cpu_backend() == "numba":
         render_colors, render_alphas = composite_tiles(*projected, backgrounds=backgrounds, absgrad=absgrad)
@@ -224,8 +178,61 @@ def _rasterize_cpu(
     if render_mode in ("ED", "RGB+ED"):
         expected_depth = render_colors[..., -1:] / render_alphas.clamp(min=1e-10)
         render_colors = torch.cat([render_colors[..., :-1], expected_depth], dim=-1)
+    meta = _cpu_meta(radii, means2d, depths, conics, view_opacities, width, height)
+    return render_colors, render_alphas, meta
 
-    meta = {
+
+def _check_shapes(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+) -> None:
+    N = means.shape[0]
+    C = viewmats.shape[0]
+    if means.shape != (N, 3) or quats.shape != (N, 4) or scales.shape != (N, 3) or opacities.shape != (N,):
+        raise ValueError(
+            "expected means [N, 3], quats [N, 4], scales [N, 3], opacities [N] (no batch dimensions), got "
+            f"{tuple(means.shape)}, {tuple(quats.shape)}, {tuple(scales.shape)}, {tuple(opacities.shape)}"
+        )
+    if viewmats.shape != (C, 4, 4) or Ks.shape != (C, 3, 3):
+        raise ValueError(
+            f"expected viewmats [C, 4, 4] and Ks [C, 3, 3], got {tuple(viewmats.shape)}, {tuple(Ks.shape)}"
+        )
+    if colors.shape[:-1] not in ((N,), (C, N)) or colors.dim() not in (2, 3):
+        raise ValueError(f"expected colors [C, N, D] or [N, D] with N={N}, C={C}, got {tuple(colors.shape)}")
+
+
+def _render_channels(
+    colors: Tensor,  # [C, N, D] or [N, D]
+    depths: Tensor,  # [C, N]
+    backgrounds: Tensor | None,  # [C, D]
+    render_mode: str,
+) -> tuple[Tensor, Tensor | None]:
+    """The channels to composite for `render_mode` and their backgrounds: the colours, the depth (a zero
+    background) or both, depth last. -> [C, N, X], [C, X] or None"""
+    C, N = depths.shape
+    if colors.dim() == 2:
+        colors = colors[None].expand(C, N, colors.shape[-1])  # [C, N, D]
+    if render_mode in ("RGB+D", "RGB+ED"):
+        colors = torch.cat([colors, depths[..., None]], dim=-1)
+        if backgrounds is not None:
+            backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], dim=-1)
+    elif render_mode in ("D", "ED"):
+        colors = depths[..., None]
+        if backgrounds is not None:
+            backgrounds = backgrounds.new_zeros(C, 1)
+    return colors, backgrounds
+
+
+def _cpu_meta(
+    radii: Tensor, means2d: Tensor, depths: Tensor, conics: Tensor, opacities: Tensor, width: int, height: int
+) -> dict:
+    """gsplat's meta dict for an unpacked render; the CPU compositors keep none of its tile bookkeeping."""
+    return {
         "batch_ids": None,
         "camera_ids": None,
         "gaussian_ids": None,
@@ -233,8 +240,7 @@ def _rasterize_cpu(
         "means2d": means2d,
         "depths": depths,
         "conics": conics,
-        "opacities": view_opacities,
-        # gsplat's tile bookkeeping: the CPU compositors keep none of it.
+        "opacities": opacities,
         "tile_width": None,
         "tile_height": None,
         "tiles_per_gauss": None,
@@ -245,6 +251,5 @@ def _rasterize_cpu(
         "height": height,
         "tile_size": None,
         "n_batches": 1,
-        "n_cameras": C,
+        "n_cameras": depths.shape[0],
     }
-    return render_colors, render_alphas, meta
