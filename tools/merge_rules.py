@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args
 
 import torch
 from ablation import (
@@ -32,9 +33,9 @@ from ablation import (
 
 from momentumgs.anchor_render import render_model_view
 from momentumgs.checkpoint import load_checkpoint
-from momentumgs.config import load_config
+from momentumgs.config import MergeRule, load_config
 from momentumgs.eval.measure import evaluate
-from momentumgs.merge import MERGE_RULES, allowed_slots, merge_blocks
+from momentumgs.merge import allowed_slots, merge_blocks
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.store import AnchorModel, load_model
 from momentumgs.partition import load_partition
@@ -44,6 +45,7 @@ from momentumgs.train.measure import spatial_scale
 from momentumgs.train.paths import RunPaths
 from momentumgs.train.seams import refine_seams
 
+MERGE_RULES = get_args(MergeRule)  # partition.merge's choices, the schema's
 # key, cell format
 KEYS = {
     "psnr": ".2f",
