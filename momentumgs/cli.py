@@ -296,6 +296,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _add_demo_parser(sub)
+    _add_train_parser(sub)
+    _add_view_parser(sub)
+    _add_eval_parser(sub)
+    _add_demo_scene_parser(sub)
+    _add_info_parser(sub)
+    _add_partition_parser(sub)
+
+    from momentumgs.export.cli import add_export_parsers
+    from momentumgs.prepare.cli import add_prepare_parser
+    from momentumgs.report.cli import add_report_parser
+
+    add_export_parsers(sub)
+    add_prepare_parser(sub)
+    add_report_parser(sub)
+    return parser
+
+
+def _add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="build (or reuse) the demo city, train on it, evaluate")
     _add_config_args(p)
     p.add_argument("--out", help="run folder (default: the config's output; never an existing run)")
@@ -307,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
 
+
+def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train on a COLMAP scene (or resume a run)")
     _add_config_args(p)
     p.add_argument("--scene", help="COLMAP scene root (sets data.path)")
@@ -324,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_viewer_args(p, prefix="view-")
     p.set_defaults(func=cmd_train)
 
+
+def _add_view_parser(sub) -> None:
     p = sub.add_parser("view", help="browser viewer of a trained run or of baked Gaussians (.ply)")
     p.add_argument("path", help="run folder, or a .ply file")
     _add_viewer_args(p)
@@ -344,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_view)
 
+
+def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained run: PSNR, SSIM, LPIPS (raw and colour-corrected)")
     p.add_argument("run", help="run folder")
     p.add_argument("--split", default="test", choices=["test", "train"])
@@ -363,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_eval)
 
+
+def _add_demo_scene_parser(sub) -> None:
     p = sub.add_parser("demo-scene", help="render the demo city or the survey and reconstruct it into OUT")
     p.add_argument("out", help="output folder (a COLMAP scene: images/, sparse/0, ground_truth/)")
     p.add_argument("--scene", default="city", choices=["city", "survey"], help="the demo city or the survey")
@@ -377,11 +404,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an earlier demo scene at OUT")
     p.set_defaults(func=cmd_demo_scene)
 
+
+def _add_info_parser(sub) -> None:
     p = sub.add_parser("info", help="load a COLMAP scene and print its summary")
     p.add_argument("scene", help="scene root holding sparse/0 and images/")
     _add_config_args(p)
     p.set_defaults(func=cmd_info)
 
+
+def _add_partition_parser(sub) -> None:
     p = sub.add_parser("partition", help="split a COLMAP scene into blocks; print, save and preview them")
     p.add_argument("scene", help="scene root holding sparse/0 and images/")
     _add_config_args(p)
@@ -392,15 +423,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--lines", action="store_true", help="preview: join cameras to the other blocks they train"
     )
     p.set_defaults(func=cmd_partition)
-
-    from momentumgs.export.cli import add_export_parsers
-    from momentumgs.prepare.cli import add_prepare_parser
-    from momentumgs.report.cli import add_report_parser
-
-    add_export_parsers(sub)
-    add_prepare_parser(sub)
-    add_report_parser(sub)
-    return parser
 
 
 def _error(message: str) -> None:

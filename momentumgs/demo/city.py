@@ -166,14 +166,23 @@ def hann_blend(rng, h, w, cell, make_patch) -> np.ndarray:
 
 def layout(p: CityParams) -> list[BoxSpec]:
     """Buildings in four quadrants, roof units, cars on the roads, trees and kiosks."""
-    rng = np.random.default_rng([p.seed, 1])
-    boxes: list[BoxSpec] = []
+    rng = np.random.default_rng([p.seed, 1])  # one stream, drawn in this order: the city depends on it
     discs: list[tuple[float, float, float]] = []  # occupied ground discs (x, y, r)
+    boxes = _buildings(p, rng, discs)
+    boxes += _cars(p, rng)
+    boxes += _trees_and_kiosks(p, rng, discs)
+    return boxes
+
+
+def _free(discs: list[tuple[float, float, float]], x: float, y: float, r: float, gap: float) -> bool:
+    """Whether the disc (x, y, r) keeps `gap` metres from every occupied disc."""
+    return all(math.hypot(x - a, y - b) > r + c + gap for a, b, c in discs)
+
+
+def _buildings(p: CityParams, rng: np.random.Generator, discs: list) -> list[BoxSpec]:
+    """Buildings, each with its roof units, quadrant by quadrant; their footprints are added to `discs`."""
+    boxes: list[BoxSpec] = []
     street = p.road_width / 2 + p.sidewalk
-
-    def free(x, y, r, gap):
-        return all(math.hypot(x - a, y - b) > r + c + gap for a, b, c in discs)
-
     for qx, qy in ((1, 1), (-1, 1), (-1, -1), (1, -1)):
         placed, tries = 0, 0
         while placed < p.buildings_per_quadrant and tries < 2000:
@@ -184,28 +193,36 @@ def layout(p: CityParams) -> list[BoxSpec]:
             if lo >= p.city_half:
                 continue
             x, y = qx * rng.uniform(lo, p.city_half), qy * rng.uniform(lo, p.city_half)
-            if not free(x, y, r, 3.0):
+            if not _free(discs, x, y, r, 3.0):
                 continue
             h = rng.uniform(*p.building_height)
             yaw = math.radians(rng.uniform(-p.max_yaw_deg, p.max_yaw_deg))
             boxes.append(BoxSpec("building", (x, y, h / 2), (hx, hy, h / 2), yaw))
             discs.append((x, y, r))
             placed += 1
-            # rooftop units: small boxes on the roof, in the building's own frame
-            for _ in range(rng.integers(1, 3)):
-                ux, uy = rng.uniform(0.6, 1.5, size=2)
-                lx, ly = (
-                    rng.uniform(-(hx - ux - 0.5), hx - ux - 0.5),
-                    rng.uniform(-(hy - uy - 0.5), hy - uy - 0.5),
-                )
-                uh = rng.uniform(0.5, 1.2)
-                c, s = math.cos(yaw), math.sin(yaw)
-                boxes.append(
-                    BoxSpec(
-                        "roof_unit", (x + c * lx - s * ly, y + s * lx + c * ly, h + uh), (ux, uy, uh), yaw
-                    )
-                )
+            boxes += _roof_units(rng, x, y, h, hx, hy, yaw)
+    return boxes
 
+
+def _roof_units(rng: np.random.Generator, x, y, h, hx, hy, yaw) -> list[BoxSpec]:
+    """One or two small boxes on the roof of the building at (x, y), placed in its own frame."""
+    boxes = []
+    for _ in range(rng.integers(1, 3)):
+        ux, uy = rng.uniform(0.6, 1.5, size=2)
+        lx, ly = (
+            rng.uniform(-(hx - ux - 0.5), hx - ux - 0.5),
+            rng.uniform(-(hy - uy - 0.5), hy - uy - 0.5),
+        )
+        uh = rng.uniform(0.5, 1.2)
+        c, s = math.cos(yaw), math.sin(yaw)
+        centre = (x + c * lx - s * ly, y + s * lx + c * ly, h + uh)
+        boxes.append(BoxSpec("roof_unit", centre, (ux, uy, uh), yaw))
+    return boxes
+
+
+def _cars(p: CityParams, rng: np.random.Generator) -> list[BoxSpec]:
+    """Cars in the lanes of both roads, 6 m apart at least, the crossing kept clear."""
+    boxes: list[BoxSpec] = []
     cars: list[tuple[float, float]] = []
     reach = p.city_half + 10.0
     for _ in range(p.cars * 20):
@@ -222,11 +239,18 @@ def layout(p: CityParams) -> list[BoxSpec]:
         cars.append((x, y))
         yaw = (math.pi / 2 if vertical else 0.0) + rng.normal(0, 0.03)
         boxes.append(BoxSpec("car", (x, y, 0.75), (2.2, 0.9, 0.75), yaw))
+    return boxes
+
+
+def _trees_and_kiosks(p: CityParams, rng: np.random.Generator, discs: list) -> list[BoxSpec]:
+    """Trees (trunk and crown) then kiosks on free ground off the roads; each taken spot joins `discs`."""
+    boxes: list[BoxSpec] = []
+    street = p.road_width / 2 + p.sidewalk
 
     def spot(r, gap):
         for _ in range(500):
             x, y = rng.uniform(-p.city_half - 6, p.city_half + 6, size=2)
-            if min(abs(x), abs(y)) > street + r and free(x, y, r, gap):
+            if min(abs(x), abs(y)) > street + r and _free(discs, x, y, r, gap):
                 discs.append((x, y, r))
                 return x, y
         return None
@@ -257,7 +281,7 @@ def ground_texture(p: CityParams, buildings: list[BoxSpec]) -> np.ndarray:
 
     Row i, column j is the texel centred at x = (j + 0.5) * texel - ground_half, y likewise with i.
     """
-    rng = np.random.default_rng([p.seed, 2])
+    rng = np.random.default_rng([p.seed, 2])  # one stream, drawn in this order: the city depends on it
     n = int(round(2 * p.ground_half / p.ground_texel))
     earth = [(0.42, 0.5, 0.3), (0.5, 0.46, 0.36), (0.38, 0.46, 0.28), (0.55, 0.52, 0.42), (0.45, 0.4, 0.3)]
 
@@ -265,15 +289,32 @@ def ground_texture(p: CityParams, buildings: list[BoxSpec]) -> np.ndarray:
         return detail(rng, size, size, earth[rng.integers(len(earth))], colourfulness=0.3, contrast=1.6)
 
     img = hann_blend(rng, n, n, 128, field_patch)
-    coords = (np.arange(n, dtype=np.float32) + 0.5) * p.ground_texel - p.ground_half
+    ground = _Ground(rng, img, (np.arange(n, dtype=np.float32) + 0.5) * p.ground_texel - p.ground_half)
+    _paint_lots(ground, buildings)
+    _paint_roads(ground, p)
+    marks = _road_marks(ground.coords, p.road_width / 2)
+    img[marks] = img[marks] * 0.25 + np.float32(0.92 * 0.75)
+    _darken_road_patches(ground, p)
+    return np.clip(img, 0, 1)
 
-    def index(v):
-        return int(np.clip(np.searchsorted(coords, v), 0, n))
 
-    def paint(x0, x1, y0, y1, mask_fn, tint, colourfulness, contrast, scale):
+@dataclass
+class _Ground:
+    """The ground texture being painted: its texels [n, n, 3] and the world coordinate of each texel
+    centre along x (columns) and y (rows) [n]."""
+
+    rng: np.random.Generator
+    img: np.ndarray
+    coords: np.ndarray
+
+    def index(self, v: float) -> int:
+        return int(np.clip(np.searchsorted(self.coords, v), 0, len(self.coords)))
+
+    def paint(self, x0, x1, y0, y1, mask_fn, tint, colourfulness, contrast, scale) -> None:
         """Paint a fresh photo layer where mask_fn(X, Y) holds, within the world rectangle given."""
-        rows, cols = slice(index(y0), index(y1)), slice(index(x0), index(x1))
-        X, Y = coords[cols][None, :], coords[rows][:, None]
+        rng = self.rng
+        rows, cols = slice(self.index(y0), self.index(y1)), slice(self.index(x0), self.index(x1))
+        X, Y = self.coords[cols][None, :], self.coords[rows][:, None]
         mask = mask_fn(X, Y)
         if not mask.any():
             return
@@ -282,9 +323,11 @@ def ground_texture(p: CityParams, buildings: list[BoxSpec]) -> np.ndarray:
             return detail(rng, size, size, tint, colourfulness=colourfulness, contrast=contrast, scale=scale)
 
         layer = hann_blend(rng, mask.shape[0], mask.shape[1], 96, patch)
-        np.copyto(img[rows, cols], layer, where=mask[..., None])
+        np.copyto(self.img[rows, cols], layer, where=mask[..., None])
 
-    # paved lots around buildings (rotated rectangles with a margin)
+
+def _paint_lots(ground: _Ground, buildings: list[BoxSpec]) -> None:
+    """Paved lots around the buildings: their footprints, rotated, with a 2.5 m margin."""
     for b in buildings:
         c, s = math.cos(b.yaw), math.sin(b.yaw)
         hx, hy = b.half[0] + 2.5, b.half[1] + 2.5
@@ -295,8 +338,11 @@ def ground_texture(p: CityParams, buildings: list[BoxSpec]) -> np.ndarray:
             return (np.abs(c * dx + s * dy) < hx) & (np.abs(c * dy - s * dx) < hy)
 
         cx, cy = b.center[0], b.center[1]
-        paint(cx - r, cx + r, cy - r, cy + r, lot, (0.55, 0.53, 0.5), 0.15, 1.3, (1.0, 1.6))
-    # the two roads with their sidewalks: a strip along y (x near 0) and one along x (y near 0)
+        ground.paint(cx - r, cx + r, cy - r, cy + r, lot, (0.55, 0.53, 0.5), 0.15, 1.3, (1.0, 1.6))
+
+
+def _paint_roads(ground: _Ground, p: CityParams) -> None:
+    """The two roads with their sidewalks: a strip along y (x near 0) and one along x (y near 0)."""
     half_road, g = p.road_width / 2, p.ground_half
     w = half_road + p.sidewalk
 
@@ -309,8 +355,11 @@ def ground_texture(p: CityParams, buildings: list[BoxSpec]) -> np.ndarray:
         (half_road, (0.3, 0.3, 0.32), 0.1, 1.8, (0.6, 1.0)),
     ):
         for x0, x1, y0, y1 in ((-half, half, -g, g), (-g, g, -half, half)):
-            paint(x0, x1, y0, y1, everywhere, color, *texture)
-    # markings: dashed centre lines, edge lines, zebra crossings
+            ground.paint(x0, x1, y0, y1, everywhere, color, *texture)
+
+
+def _road_marks(coords: np.ndarray, half_road: float) -> np.ndarray:
+    """Where the markings are: dashed centre lines, edge lines, zebra crossings. [n, n] bool"""
     X, Y = coords[None, :], coords[:, None]
     near_x, near_y = np.abs(X) + 0 * Y, np.abs(Y) + 0 * X  # [n, n] distance from the road axes
     road = (near_x < half_road) | (near_y < half_road)
@@ -321,18 +370,24 @@ def ground_texture(p: CityParams, buildings: list[BoxSpec]) -> np.ndarray:
     edge &= road & ~crossing
     zebra_x = (near_x < half_road) & (np.abs(near_y - half_road - 1.5) < 1.2) & (np.mod(X, 1.0) < 0.5)
     zebra_y = (near_y < half_road) & (np.abs(near_x - half_road - 1.5) < 1.2) & (np.mod(Y, 1.0) < 0.5)
-    marks = centre | edge | zebra_x | zebra_y
-    img[marks] = img[marks] * 0.25 + np.float32(0.92 * 0.75)
-    # patches of fresh asphalt and manholes: unique landmarks along the otherwise similar roads
+    return centre | edge | zebra_x | zebra_y
+
+
+def _darken_road_patches(ground: _Ground, p: CityParams) -> None:
+    """Patches of fresh asphalt and manholes: unique landmarks along the otherwise similar roads."""
+    rng, coords = ground.rng, ground.coords
+    half_road, g = p.road_width / 2, p.ground_half
     for _ in range(int(p.ground_half)):
         along = rng.uniform(-g, g)
         across = rng.uniform(-half_road + 0.5, half_road - 0.5)
         x, y = (across, along) if rng.random() < 0.5 else (along, across)
         r = rng.uniform(0.3, 0.9)
-        rows, cols = slice(index(y - r), index(y + r)), slice(index(x - r), index(x + r))
+        rows, cols = (
+            slice(ground.index(y - r), ground.index(y + r)),
+            slice(ground.index(x - r), ground.index(x + r)),
+        )
         blob = (coords[cols][None, :] - x) ** 2 + (coords[rows][:, None] - y) ** 2 < r * r
-        img[rows, cols][blob] *= rng.uniform(0.4, 0.7)
-    return np.clip(img, 0, 1)
+        ground.img[rows, cols][blob] *= rng.uniform(0.4, 0.7)
 
 
 def facade_texture(rng, w: int, h: int, texel: float, height_m: float) -> np.ndarray:

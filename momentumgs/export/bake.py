@@ -97,12 +97,7 @@ def bake(
     directions weighing `sphere_weight` of the cameras in all. See the module doc for the choices. Colours
     are those of one appearance: `appearance` (a training photo's row or an embedding), by default the
     neutral one (model/appearance.py)."""
-    if opacity not in OPACITY_MODES:
-        raise ValueError(f"opacity mode {opacity!r}: choose one of {OPACITY_MODES}")
-    if shape not in SHAPE_MODES:
-        raise ValueError(f"shape mode {shape!r}: choose one of {SHAPE_MODES}")
-    if not 0 <= sh_degree <= 3:
-        raise ValueError(f"sh_degree {sh_degree}: the 3DGS formats hold degrees 0 to 3")
+    _check_options(opacity, shape, sh_degree)
     views = bake_views(scene_or_cameras)
     if n_directions <= 0 and not views.cameras:
         raise ValueError("nothing to sample: no cameras and n_directions = 0")
@@ -112,15 +107,9 @@ def bake(
     sphere = fibonacci_sphere(max(n_directions, 0)).to(device)
     visible = _visibility(field, views, device)  # [C, N] bool
 
-    if model.block_decoders is None:
-        groups = [(model.decoder, torch.arange(field.n_anchors, device=device))]
-    else:
-        groups = [
-            (d, (model.anchor_block == b).nonzero().squeeze(1)) for b, d in enumerate(model.block_decoders)
-        ]
     parts, slots = [], 0
     with torch.no_grad():
-        for decoder, ids in groups:
+        for decoder, ids in _decoder_groups(model, device):
             embedding = _embedding(decoder, appearance, model.info)
             for start in range(0, ids.numel(), chunk):
                 sel = ids[start : start + chunk]
@@ -143,6 +132,23 @@ def bake(
         }
     )
     return out
+
+
+def _check_options(opacity: str, shape: str, sh_degree: int) -> None:
+    if opacity not in OPACITY_MODES:
+        raise ValueError(f"opacity mode {opacity!r}: choose one of {OPACITY_MODES}")
+    if shape not in SHAPE_MODES:
+        raise ValueError(f"shape mode {shape!r}: choose one of {SHAPE_MODES}")
+    if not 0 <= sh_degree <= 3:
+        raise ValueError(f"sh_degree {sh_degree}: the 3DGS formats hold degrees 0 to 3")
+
+
+def _decoder_groups(model, device: torch.device) -> list[tuple[torch.nn.Module, torch.Tensor]]:
+    """(decoder, the ids of the anchors it decodes) for the model's one decoder or each block's."""
+    field = model.field
+    if model.block_decoders is None:
+        return [(model.decoder, torch.arange(field.n_anchors, device=device))]
+    return [(d, (model.anchor_block == b).nonzero().squeeze(1)) for b, d in enumerate(model.block_decoders)]
 
 
 @dataclass

@@ -18,10 +18,38 @@ def cmd_render(args) -> int:
 
 def add_export_parsers(sub) -> None:
     """Register `export` and `render` on the main parser's subparsers."""
+    _add_export_parser(sub)
+    _add_render_parser(sub)
+
+
+def _add_export_parser(sub) -> None:
     p = sub.add_parser(
         "export", help="bake a trained run into explicit Gaussians: PLY, .splat, SPZ, glTF or 3D Tiles"
     )
     p.add_argument("run", help="run folder")
+    _add_format_args(p)
+    _add_tiles_args(p)
+    p.add_argument("--out", help="output file (default RUN/export/model.<format>; never an existing one)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--sh-degree", type=int, default=3, choices=[0, 1, 2, 3], help="SH degree of the colours")
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="then fit the Gaussians to the model's renders: passes over the training views (try 2)",
+    )
+    p.add_argument(
+        "--appearance",
+        metavar="IMAGE",
+        help="colours in the appearance of this training photo (models with a per-photo appearance; "
+        "default: the neutral appearance, the mean of the photos')",
+    )
+    p.set_defaults(func=cmd_export)
+
+
+def _add_format_args(p) -> None:
+    """The file format and its variants."""
     p.add_argument(
         "--format",
         choices=["ply", "splat", "spz", "glb", "tiles"],
@@ -48,6 +76,10 @@ def add_export_parsers(sub) -> None:
         help="a .glb holding the Gaussians SPZ-compressed (KHR_gaussian_splatting_compression_spz_2, a "
         "draft: for viewers that have it, e.g. CesiumJS)",
     )
+
+
+def _add_tiles_args(p) -> None:
+    """The options of `--format tiles`: levels of detail and the place on the globe."""
     p.add_argument(
         "--levels",
         default="1,0.25,0.06",
@@ -75,24 +107,9 @@ def add_export_parsers(sub) -> None:
         help="tiles: place the scene on the globe, its origin at this WGS84 point (degrees, metres), its up "
         "axis up, its units as metres",
     )
-    p.add_argument("--out", help="output file (default RUN/export/model.<format>; never an existing one)")
-    p.add_argument("--force", action="store_true", help="replace an existing output file")
-    p.add_argument("--sh-degree", type=int, default=3, choices=[0, 1, 2, 3], help="SH degree of the colours")
-    p.add_argument(
-        "--refine",
-        type=int,
-        default=0,
-        metavar="EPOCHS",
-        help="then fit the Gaussians to the model's renders: passes over the training views (try 2)",
-    )
-    p.add_argument(
-        "--appearance",
-        metavar="IMAGE",
-        help="colours in the appearance of this training photo (models with a per-photo appearance; "
-        "default: the neutral appearance, the mean of the photos')",
-    )
-    p.set_defaults(func=cmd_export)
 
+
+def _add_render_parser(sub) -> None:
     p = sub.add_parser("render", help="render views of a run or of a baked .ply / .spz / .glb to PNG files")
     p.add_argument(
         "source", help="run folder, or a .ply / .spz / .glb file (cameras from its run or --scene)"

@@ -159,20 +159,13 @@ def export_tiles(
     passes over the block's training views. -> TilesetSummary"""
     from momentumgs.export.lod import parse_levels
     from momentumgs.export.tiles3d import block_models, parse_origin, write_tileset
-    from momentumgs.partition import load_partition
-    from momentumgs.train.paths import RunPaths
 
     fractions = parse_levels(levels)
     where = None if origin is None else parse_origin(origin)
-    out = Path(out) if out else Path(run_dir) / "export" / "tiles"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; a tileset is a folder")
+    out = _tiles_folder(run_dir, out)
     model, cfg = load_run(run_dir)
     refuse_existing(out, force)
-    paths = RunPaths(Path(run_dir))
-    if not paths.partition.is_file():
-        raise UserError(f"{run_dir}: no partition.json; a tileset needs the run's blocks")
-    partition = load_partition(paths.partition)
+    partition = _run_partition(run_dir)
     row = None if appearance is None else photo_appearance_row(model, appearance)
     scene = _scene_or_none(cfg)
     if tune_epochs > 0 and scene is None:
@@ -204,6 +197,25 @@ def export_tiles(
         log=log,
         tune=tune if tune_epochs > 0 else None,
     )
+
+
+def _tiles_folder(run_dir: str | Path, out: str | Path | None) -> Path:
+    """Where the tileset goes: `out`, by default RUN/export/tiles; a folder or nothing yet."""
+    out = Path(out) if out else Path(run_dir) / "export" / "tiles"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; a tileset is a folder")
+    return out
+
+
+def _run_partition(run_dir: str | Path):
+    """The run's blocks (RUN/partition.json). -> Partition"""
+    from momentumgs.partition import load_partition
+    from momentumgs.train.paths import RunPaths
+
+    paths = RunPaths(Path(run_dir))
+    if not paths.partition.is_file():
+        raise UserError(f"{run_dir}: no partition.json; a tileset needs the run's blocks")
+    return load_partition(paths.partition)
 
 
 def _cmd_export_tiles(args, t0: float) -> int:

@@ -114,16 +114,7 @@ def glb_bytes(g: BakedGaussians, spz: bool = False) -> bytes:
         blobs.append(compressed + b"\0" * (-len(compressed) % 4))
         offset = len(blobs[-1])
     for name, values in gltf_attributes(g).items():
-        accessor = {
-            "componentType": _UNSIGNED_BYTE if values.dtype == np.uint8 else _FLOAT,
-            "count": g.count,
-            "type": {1: "SCALAR", 3: "VEC3", 4: "VEC4"}[values.shape[1]],
-        }
-        if values.dtype == np.uint8:
-            accessor["normalized"] = True
-        if name == "POSITION":
-            accessor["min"] = values.min(axis=0).tolist()
-            accessor["max"] = values.max(axis=0).tolist()
+        accessor = _accessor_of(name, values)
         if not spz:
             data = np.ascontiguousarray(values).tobytes()
             views.append(
@@ -156,6 +147,26 @@ def glb_bytes(g: BakedGaussians, spz: bool = False) -> bytes:
         "bufferViews": views,
         "accessors": accessors,
     }
+    return _glb_container(document, binary)
+
+
+def _accessor_of(name: str, values: np.ndarray) -> dict:
+    """The accessor of one attribute's values [N, C], without its buffer view."""
+    accessor = {
+        "componentType": _UNSIGNED_BYTE if values.dtype == np.uint8 else _FLOAT,
+        "count": values.shape[0],
+        "type": {1: "SCALAR", 3: "VEC3", 4: "VEC4"}[values.shape[1]],
+    }
+    if values.dtype == np.uint8:
+        accessor["normalized"] = True
+    if name == "POSITION":
+        accessor["min"] = values.min(axis=0).tolist()
+        accessor["max"] = values.max(axis=0).tolist()
+    return accessor
+
+
+def _glb_container(document: dict, binary: bytes) -> bytes:
+    """The .glb file: 12-byte header, JSON chunk, binary chunk."""
     text = json.dumps(document, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 4)  # the JSON chunk is padded with spaces, the binary one with zeros
     total = 12 + 8 + len(text) + 8 + len(binary)

@@ -37,10 +37,7 @@ def refine_baked(
     """`steps` Adam steps of the L1 image loss against the anchor model's render (in the appearance of
     training photo row `appearance`, by default the neutral one), one training camera per step in a seeded
     random order. -> new BakedGaussians (the input is left unchanged)"""
-    if isinstance(scene_or_cameras, Scene):
-        cams = [(scene_or_cameras.cameras[i], i) for i in scene_or_cameras.train_ids]
-    else:
-        cams = [(c, i) for i, c in enumerate(scene_or_cameras)]
+    cams = _cameras(scene_or_cameras)
     if steps <= 0 or not cams:
         return baked
     device = model.field.positions.device
@@ -55,11 +52,7 @@ def refine_baked(
             {"params": [sh], "lr": lr_sh},
         ]
     )
-    gen = torch.Generator().manual_seed(seed)
-    epochs = -(-steps // len(cams))
-    order = torch.cat(
-        [torch.randperm(len(cams), generator=gen) for _ in range(epochs)]
-    )  # each view once per epoch
+    order = _view_order(len(cams), steps, seed)
     # The anchor renders are kept between epochs while they fit in TARGET_CACHE_BYTES.
     cache = sum(c.width * c.height * 12 for c, _ in cams) <= TARGET_CACHE_BYTES
     targets: dict[int, torch.Tensor] = {}
@@ -84,3 +77,17 @@ def refine_baked(
         return BakedGaussians(
             g.means, g.quats, log_scales.exp().detach(), torch.sigmoid(logit).detach(), sh.detach(), info
         )
+
+
+def _cameras(scene_or_cameras: Scene | Sequence[Camera]) -> list[tuple[Camera, int]]:
+    """(camera, its index in the scene) of a Scene's training cameras, or of the given cameras."""
+    if isinstance(scene_or_cameras, Scene):
+        return [(scene_or_cameras.cameras[i], i) for i in scene_or_cameras.train_ids]
+    return [(c, i) for i, c in enumerate(scene_or_cameras)]
+
+
+def _view_order(n_views: int, steps: int, seed: int) -> torch.Tensor:
+    """The view of each step: a seeded random order, each view once per epoch. [steps or more]"""
+    gen = torch.Generator().manual_seed(seed)
+    epochs = -(-steps // n_views)
+    return torch.cat([torch.randperm(n_views, generator=gen) for _ in range(epochs)])

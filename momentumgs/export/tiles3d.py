@@ -219,35 +219,9 @@ def write_tileset(
             name = f"block_{index:03d}"
             levels = make_levels(g, fractions, merge)
             del g
-            if tune is not None:
-                for level in levels[1:]:
-                    level.gaussians = tune(index, level.gaussians)
-            lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
-            for level in levels:
-                a, b = world_bounds(level.gaussians)
-                lo, hi = np.minimum(lo, a), np.maximum(hi, b)
-            centre = (lo + hi) / 2.0
-            rows = []
-            for i, level in enumerate(levels):
-                g_i = level.gaussians
-                local = BakedGaussians(
-                    g_i.means - torch.from_numpy(centre).to(g_i.means),
-                    g_i.quats,
-                    g_i.scales,
-                    g_i.opacities,
-                    g_i.sh,
-                )
-                data = glb_bytes(local, spz=True)
-                write_bytes_atomic(tmp / name / f"level_{i}.glb", data)
-                rows.append(
-                    {
-                        "fraction": level.fraction,
-                        "gaussians": g_i.count,
-                        "error": round(level.geometric_error, 6),
-                        "bytes": len(data),
-                    }
-                )
+            rows, lo, hi = _write_levels(tmp / name, index, levels, tune)
             del levels
+            centre = (lo + hi) / 2.0
             top = _level_node(name, rows, _box(*_tiles_box(lo, hi, centre)), len(rows) - 1)
             top = {"transform": _column_major(_translation(TILES_FROM_WORLD @ centre)), **top}
             children.append((float(np.linalg.norm(hi - lo)), top))
@@ -268,6 +242,41 @@ def write_tileset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def _write_levels(
+    folder: Path,
+    index: int,
+    levels: list,
+    tune: Callable[[int, BakedGaussians], BakedGaussians] | None,
+) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Write the levels of block `index` to folder/level_<i>.glb, centred on the block's box, the coarse
+    levels tuned first when `tune` is given. -> ({fraction, gaussians, error, bytes} per level, min, max)"""
+    if tune is not None:
+        for level in levels[1:]:
+            level.gaussians = tune(index, level.gaussians)
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    for level in levels:
+        a, b = world_bounds(level.gaussians)
+        lo, hi = np.minimum(lo, a), np.maximum(hi, b)
+    centre = (lo + hi) / 2.0
+    rows = []
+    for i, level in enumerate(levels):
+        g_i = level.gaussians
+        local = BakedGaussians(
+            g_i.means - torch.from_numpy(centre).to(g_i.means), g_i.quats, g_i.scales, g_i.opacities, g_i.sh
+        )
+        data = glb_bytes(local, spz=True)
+        write_bytes_atomic(folder / f"level_{i}.glb", data)
+        rows.append(
+            {
+                "fraction": level.fraction,
+                "gaussians": g_i.count,
+                "error": round(level.geometric_error, 6),
+                "bytes": len(data),
+            }
+        )
+    return rows, lo, hi
 
 
 def tileset_document(children, lo, hi, up_axis, origin, fractions, merge) -> dict:

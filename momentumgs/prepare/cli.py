@@ -112,12 +112,20 @@ def _add_converter_args(p: argparse.ArgumentParser) -> None:
 
 def add_prepare_parser(sub) -> None:
     """Register `prepare` and its sub-commands on the main parser's subparsers."""
-    from momentumgs.prepare.photos import CAMERA_MODELS, MAPPERS, MATCHERS
-
     prep = sub.add_parser(
         "prepare", help="prepare data: photos -> COLMAP, dataset converters, downsample, scan"
     )
     psub = prep.add_subparsers(dest="prepare_command", required=True)
+
+    _add_colmap_parser(psub)
+    _add_meganerf_parser(psub)
+    _add_matrixcity_parser(psub)
+    _add_downsample_parser(psub)
+    _add_scan_parser(psub)
+
+
+def _add_colmap_parser(psub) -> None:
+    from momentumgs.prepare.photos import CAMERA_MODELS, MAPPERS, MATCHERS
 
     p = psub.add_parser("colmap", help="photos -> COLMAP scene (features, matching, mapping, undistortion)")
     p.add_argument("photos", help="folder of photos")
@@ -141,6 +149,8 @@ def add_prepare_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_colmap)
 
+
+def _add_meganerf_parser(psub) -> None:
     p = psub.add_parser(
         "meganerf", help="Mega-NeRF dataset (Mill-19, UrbanScene3D) -> COLMAP train/val scene"
     )
@@ -155,6 +165,8 @@ def add_prepare_parser(sub) -> None:
     _add_converter_args(p)
     p.set_defaults(func=cmd_meganerf)
 
+
+def _add_matrixcity_parser(psub) -> None:
     p = psub.add_parser("matrixcity", help="MatrixCity transforms JSON -> COLMAP train/val scene")
     p.add_argument(
         "src", help="transforms JSON (train), or a folder with transforms_train.json / transforms.json"
@@ -168,6 +180,8 @@ def add_prepare_parser(sub) -> None:
     _add_converter_args(p)
     p.set_defaults(func=cmd_matrixcity)
 
+
+def _add_downsample_parser(psub) -> None:
     p = psub.add_parser(
         "downsample", help="write images_{f} beside images/ (cached, skips what is up to date)"
     )
@@ -177,6 +191,8 @@ def add_prepare_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_downsample)
 
+
+def _add_scan_parser(psub) -> None:
     p = psub.add_parser("scan", help="size, memory estimate per block and warnings for a scene")
     p.add_argument("scene", help="scene folder")
     p.add_argument("--config", "-c", help="YAML config (model, partition, data settings)")

@@ -180,14 +180,51 @@ def triangulate(
     database = model_dir.parent.parent / "database.db"
     database.unlink(missing_ok=True)
     cameras, camera_ids = pinhole_cameras(images)
+    _extract_features(database, image_dir, images, cameras, camera_ids, opts)
+    t_features = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    n_pairs = _match_pose_pairs(database, images, opts, log)
+    t_matching = time.perf_counter() - t1
+
+    ids = _database_image_ids(database, images, image_dir)
+    rec = posed_reconstruction(images, cameras, camera_ids, ids)
+    t2 = time.perf_counter()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    pycolmap.set_random_seed(opts.seed)
+    options = pycolmap.IncrementalPipelineOptions(num_threads=opts.triangulation_threads)
+    with quiet_colmap(pycolmap):
+        rec = pycolmap.triangulate_points(rec, database, image_dir, model_dir, options=options)
+    stats = {
+        "points": rec.num_points3D(),
+        "pairs": n_pairs,
+        "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
+        "seconds": {
+            "features": t_features,
+            "matching": t_matching,
+            "triangulation": time.perf_counter() - t2,
+        },
+    }
+    log(
+        f"  triangulated {stats['points']} points, mean reprojection error "
+        f"{stats['mean_reprojection_error']:.3f} px"
+    )
+    return stats
+
+
+def _extract_features(
+    database: Path, image_dir: Path, images: list[PosedImage], cameras, camera_ids, opts: KnownPoseOptions
+) -> None:
+    """SIFT features of every image into a new `database`, each image attached to its known camera."""
+    import pycolmap
+    from tqdm import tqdm
+
     db = pycolmap.Database.open(str(database))
     for cam in cameras:  # our intrinsics, our ids: extraction attaches each image to its camera
         db.write_camera(cam, use_camera_id=True)
     db.close()
     extraction = pycolmap.FeatureExtractionOptions(num_threads=opts.extraction_threads)
     extraction.sift.max_num_features = opts.max_num_features
-    from tqdm import tqdm
-
     with tqdm(total=len(images), desc="features", unit="img", disable=not opts.progress) as bar:
         for cam in cameras:  # in camera-id order, so COLMAP's trivial rig ids equal the camera ids
             names = [im.name for im, cid in zip(images, camera_ids, strict=True) if cid == cam.camera_id]
@@ -204,14 +241,18 @@ def triangulate(
                         device=pycolmap.Device.cpu,
                     )
                 bar.update(len(names[k : k + 32]))
-    t_features = time.perf_counter() - t0
+
+
+def _match_pose_pairs(database: Path, images: list[PosedImage], opts: KnownPoseOptions, log) -> int:
+    """Match the pairs chosen from the poses (pose_pairs), listed in pairs.txt beside `database`, and
+    verify them. -> the number of pairs"""
+    import pycolmap
 
     viewmats = np.stack([im.viewmat for im in images])
     pairs = pose_pairs(viewmats, opts.neighbours, opts.max_view_angle_deg)
-    pairs_file = model_dir.parent.parent / "pairs.txt"
+    pairs_file = database.parent / "pairs.txt"
     pairs_file.write_text("".join(f"{images[i].name} {images[j].name}\n" for i, j in pairs))
     log(f"  matching {len(pairs)} pairs chosen from the poses")
-    t1 = time.perf_counter()
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.random_seed = opts.seed
     with quiet_colmap(pycolmap):
@@ -222,7 +263,12 @@ def triangulate(
             verification_options=verification,
             device=pycolmap.Device.cpu,
         )
-    t_matching = time.perf_counter() - t1
+    return len(pairs)
+
+
+def _database_image_ids(database: Path, images: list[PosedImage], image_dir: Path) -> list[int]:
+    """The database's image id of each image, checking the layout posed_reconstruction assumes."""
+    import pycolmap
 
     db = pycolmap.Database.open(str(database))
     by_name = {im.name: im for im in db.read_all_images()}
@@ -231,35 +277,12 @@ def triangulate(
     missing = [im.name for im in images if im.name not in by_name]
     if missing:
         raise UserError(f"{image_dir}: COLMAP could not read {len(missing)} image(s), e.g. {missing[0]}")
-    ids = [by_name[im.name].image_id for im in images]
-    for (
-        im
-    ) in by_name.values():  # add_image_with_trivial_frame assumes frame id = image id, rig id = camera id
+    # add_image_with_trivial_frame assumes frame id = image id, rig id = camera id
+    for im in by_name.values():
         frame = frames.get(im.frame_id)
         if im.frame_id != im.image_id or frame is None or frame.rig_id != im.camera_id:
             raise RuntimeError(f"unexpected COLMAP database layout for {im.name}: frame/rig ids differ")
-    rec = posed_reconstruction(images, cameras, camera_ids, ids)
-    t2 = time.perf_counter()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    pycolmap.set_random_seed(opts.seed)
-    options = pycolmap.IncrementalPipelineOptions(num_threads=opts.triangulation_threads)
-    with quiet_colmap(pycolmap):
-        rec = pycolmap.triangulate_points(rec, database, image_dir, model_dir, options=options)
-    stats = {
-        "points": rec.num_points3D(),
-        "pairs": len(pairs),
-        "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
-        "seconds": {
-            "features": t_features,
-            "matching": t_matching,
-            "triangulation": time.perf_counter() - t2,
-        },
-    }
-    log(
-        f"  triangulated {stats['points']} points, mean reprojection error "
-        f"{stats['mean_reprojection_error']:.3f} px"
-    )
-    return stats
+    return [by_name[im.name].image_id for im in images]
 
 
 # --- entry point --------------------------------------------------------------------------------

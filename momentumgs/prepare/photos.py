@@ -460,20 +460,7 @@ def prepare_colmap(
     opts = opts or PhotoOptions()
     check_options(opts)
     photos, out = Path(photos).expanduser(), Path(out).expanduser()
-    if not photos.is_dir():
-        raise UserError(f"{photos}: photo folder does not exist")
-    names = list_image_names(photos)
-    if len(names) < 2:
-        raise UserError(f"{photos}: need at least 2 photos (.jpg, .png, .tif, .bmp), found {len(names)}")
-    if (out / "images").resolve() == photos.resolve():
-        raise UserError(f"{out}: the output would overwrite the photos; choose another folder")
-    infos = scan_folder(photos, names)
-    sizes = size_counts(infos)
-    if opts.single_camera and len(sizes) > 1:
-        raise UserError(
-            f"{photos}: photos of different sizes ({describe_sizes(sizes)}) cannot share one camera; "
-            "use --camera per-image"
-        )
+    names, infos = _scan_photos(photos, out, opts)
     matcher = choose_matcher(opts, len(names), sum(i.has_gps for i in infos))
     state = _load_state(out, _state_key(photos, names, opts, matcher))
     out.mkdir(parents=True, exist_ok=True)
@@ -487,24 +474,7 @@ def prepare_colmap(
     if len(missing) > len(names) - 2:
         raise UserError(f"{photos}: COLMAP extracted features from only {len(names) - len(missing)} photos")
 
-    for stage, run in (
-        ("matching", lambda: match_stage(database, len(names), matcher, opts, log)),
-        ("mapping", lambda: map_stage(photos, database, model_root, opts, log)),
-    ):
-        reusable = state["done"].get(stage) and (stage != "mapping" or (model_root / "0").is_dir())
-        if reusable:
-            stages[stage] = {"status": "reused", "seconds": 0.0}
-            log(f"{stage}: finished in an earlier run, reused")
-            continue
-        stages[stage] = run()
-        state["done"][stage] = True
-        if stage == "matching":  # a new matching invalidates the models and the undistorted scene
-            state["done"].pop("mapping", None)
-            state["done"].pop("undistortion", None)
-        if stage == "mapping":
-            state["done"].pop("undistortion", None)
-        _save_state(out, state)
-
+    stages.update(_match_and_map(photos, out, len(names), matcher, opts, state, log))
     if opts.undistort:
         if state["done"].get("undistortion") and (out / "sparse" / "0").is_dir():
             stages["undistortion"] = {"status": "reused", "seconds": 0.0}
@@ -521,3 +491,51 @@ def prepare_colmap(
             f"see {out / REPORT_FILE}"
         )
     return PhotoResult(out, report)
+
+
+def _scan_photos(photos: Path, out: Path, opts: PhotoOptions) -> tuple[list[str], list]:
+    """The photos' names and what their files say, once the folder passes the checks a reconstruction
+    needs (two photos at least, one size for a shared camera, an output apart from the photos)."""
+    if not photos.is_dir():
+        raise UserError(f"{photos}: photo folder does not exist")
+    names = list_image_names(photos)
+    if len(names) < 2:
+        raise UserError(f"{photos}: need at least 2 photos (.jpg, .png, .tif, .bmp), found {len(names)}")
+    if (out / "images").resolve() == photos.resolve():
+        raise UserError(f"{out}: the output would overwrite the photos; choose another folder")
+    infos = scan_folder(photos, names)
+    sizes = size_counts(infos)
+    if opts.single_camera and len(sizes) > 1:
+        raise UserError(
+            f"{photos}: photos of different sizes ({describe_sizes(sizes)}) cannot share one camera; "
+            "use --camera per-image"
+        )
+    return names, infos
+
+
+def _match_and_map(
+    photos: Path, out: Path, n_photos: int, matcher: str, opts: PhotoOptions, state: dict, log
+) -> dict[str, dict]:
+    """The matching and mapping stages, each reused when an earlier run finished it (`state`, saved after
+    each stage). -> {stage: its record}"""
+    database = out / "database.db"
+    model_root = out / "distorted" / "sparse"
+    stages: dict[str, dict] = {}
+    for stage, run in (
+        ("matching", lambda: match_stage(database, n_photos, matcher, opts, log)),
+        ("mapping", lambda: map_stage(photos, database, model_root, opts, log)),
+    ):
+        reusable = state["done"].get(stage) and (stage != "mapping" or (model_root / "0").is_dir())
+        if reusable:
+            stages[stage] = {"status": "reused", "seconds": 0.0}
+            log(f"{stage}: finished in an earlier run, reused")
+            continue
+        stages[stage] = run()
+        state["done"][stage] = True
+        if stage == "matching":  # a new matching invalidates the models and the undistorted scene
+            state["done"].pop("mapping", None)
+            state["done"].pop("undistortion", None)
+        if stage == "mapping":
+            state["done"].pop("undistortion", None)
+        _save_state(out, state)
+    return stages

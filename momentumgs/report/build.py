@@ -84,37 +84,12 @@ def write_report(
         n_blocks = len(partition.blocks) if partition is not None else 1
         colors = [f"#{r:02x}{g:02x}{b:02x}" for b, g, r in block_colors(n_blocks).tolist()]  # BGR rows
         sections = [("Run", facts_table(run_facts(paths, cfg, model.info, train, scene)))]
-        result = views.result
-        summary = metrics_table(result.means) + (
-            f'<p class="note">{len(result.names)} {html.escape(split)} views; rendering {result.fps:.1f} '
-            f"views/s on {device}; peak memory of this evaluation {result.peak_rss_mb:.0f} MB RSS"
-            + (f", {result.peak_cuda_mb:.0f} MB CUDA" if result.peak_cuda_mb is not None else "")
-            + ".</p>"
-        )
-        sections.append(("Evaluation", summary))
+        sections.append(("Evaluation", _evaluation_section(views.result, split, device)))
         if train:
-            (tmp / "curves.png").write_bytes(training_figure(train, evals, colors))
-            sections.append(
-                (
-                    "Training",
-                    '<img src="curves.png" alt="training curves">'
-                    '<p class="note">Faint: the logged steps; solid: their running mean'
-                    + ("; dots: periodic evaluations (train.eval_every)" if evals else "")
-                    + ".</p>",
-                )
-            )
+            sections.append(("Training", _training_section(tmp, train, evals, colors)))
         if partition is not None:
-            _write_image(tmp / "partition.png", draw_partition(partition, scene, size=700)[..., ::-1])
-            psnr = psnr_by_block(result.names, result.per_image["psnr"], scene, partition)
-            rows = block_metric_rows(paths.root, scene, partition, model.info, test_psnr=psnr)
             sections.append(
-                (
-                    "Blocks",
-                    '<img src="partition.png" alt="partition, top view">'
-                    + blocks_table(rows)
-                    + '<p class="note">Test PSNR: the views whose camera stands in the block\'s cell. Train '
-                    "PSNR and weight: the block's last logged step.</p>",
-                )
+                ("Blocks", _blocks_section(tmp, paths, scene, partition, model.info, views.result))
             )
         sections.append(("Views, worst first", _write_views(tmp, scene, views)))
         sections.append(("Config", f"<pre>{html.escape(dump_config(cfg))}</pre>"))
@@ -124,6 +99,40 @@ def write_report(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out / "index.html"
+
+
+def _evaluation_section(result: EvalResult, split: str, device) -> str:
+    """The metrics table and how they were measured."""
+    return metrics_table(result.means) + (
+        f'<p class="note">{len(result.names)} {html.escape(split)} views; rendering {result.fps:.1f} '
+        f"views/s on {device}; peak memory of this evaluation {result.peak_rss_mb:.0f} MB RSS"
+        + (f", {result.peak_cuda_mb:.0f} MB CUDA" if result.peak_cuda_mb is not None else "")
+        + ".</p>"
+    )
+
+
+def _training_section(folder: Path, train: list[dict], evals: list[dict], colors: list[str]) -> str:
+    """The training curves (written to folder/curves.png) and their legend."""
+    (folder / "curves.png").write_bytes(training_figure(train, evals, colors))
+    return (
+        '<img src="curves.png" alt="training curves">'
+        '<p class="note">Faint: the logged steps; solid: their running mean'
+        + ("; dots: periodic evaluations (train.eval_every)" if evals else "")
+        + ".</p>"
+    )
+
+
+def _blocks_section(folder: Path, paths: RunPaths, scene, partition, info: dict, result: EvalResult) -> str:
+    """The partition's top view (written to folder/partition.png) and the table of the blocks."""
+    _write_image(folder / "partition.png", draw_partition(partition, scene, size=700)[..., ::-1])
+    psnr = psnr_by_block(result.names, result.per_image["psnr"], scene, partition)
+    rows = block_metric_rows(paths.root, scene, partition, info, test_psnr=psnr)
+    return (
+        '<img src="partition.png" alt="partition, top view">'
+        + blocks_table(rows)
+        + '<p class="note">Test PSNR: the views whose camera stands in the block\'s cell. Train '
+        "PSNR and weight: the block's last logged step.</p>"
+    )
 
 
 def run_facts(paths: RunPaths, cfg, info: dict, train: list[dict], scene) -> list[tuple[str, str]]:
