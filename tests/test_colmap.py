@@ -21,8 +21,9 @@ from colmap_helpers import (
 )
 from helpers import cli_cmd, look_at
 
-from momentumgs.data import colmap
-from momentumgs.data.colmap import load_colmap_scene, validate_images
+from momentumgs.data import undistort
+from momentumgs.data.colmap import load_colmap_scene
+from momentumgs.data.colmap_files import validate_images
 from momentumgs.errors import SceneError
 
 
@@ -153,8 +154,8 @@ def test_undistortion_puts_points_where_pinhole_K_says(tmp_path, model, cache_di
 def test_undistortion_cache_is_reused(tmp_path, cache_dir, monkeypatch):
     root = make_scene(tmp_path / "scene", ring_spec(n_views=3, model="OPENCV"))
     calls = []
-    real = colmap._undistort_one
-    monkeypatch.setattr(colmap, "_undistort_one", lambda *a: calls.append(a[0]) or real(*a))
+    real = undistort._undistort_one
+    monkeypatch.setattr(undistort, "_undistort_one", lambda *a: calls.append(a[0]) or real(*a))
     first = load_colmap_scene(root)
     assert len(calls) == 3
     cached = listing(cache_dir / "undistorted")
@@ -449,9 +450,9 @@ def test_undistortion_maps_blocks_agree():
 
     cam = pycolmap.Camera.create_from_model_name(1, "OPENCV", 1.0, 40, 30)
     cam.params = [35.0, 36.0, 21.3, 14.2, -0.2, 0.05, 0.001, 0.002]
-    src, pinhole = colmap.undistorted_camera(cam, 40, 30)
-    whole = colmap.undistortion_maps(src, pinhole, rows_per_block=1000)
-    blocks = colmap.undistortion_maps(src, pinhole, rows_per_block=7)
+    src, pinhole = undistort.undistorted_camera(cam, 40, 30)
+    whole = undistort.undistortion_maps(src, pinhole, rows_per_block=1000)
+    blocks = undistort.undistortion_maps(src, pinhole, rows_per_block=7)
     np.testing.assert_array_equal(whole[0], blocks[0])
     np.testing.assert_array_equal(whole[1], blocks[1])
     assert whole[0].shape == (pinhole.height, pinhole.width)

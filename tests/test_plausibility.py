@@ -74,9 +74,9 @@ def set_pose(rec: pycolmap.Reconstruction, name: str, viewmat: np.ndarray) -> No
 
 
 def viewmat_of(rec: pycolmap.Reconstruction, name: str) -> np.ndarray:
-    from momentumgs.data.colmap import _cam_from_world
+    from momentumgs.data.colmap_cameras import cam_from_world
 
-    return _cam_from_world(next(im for im in rec.images.values() if im.name == name))
+    return cam_from_world(next(im for im in rec.images.values() if im.name == name))
 
 
 def flipped(viewmat: np.ndarray) -> np.ndarray:

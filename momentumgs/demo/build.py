@@ -38,6 +38,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from momentumgs.data.cache import cache_root
 from momentumgs.demo.appearance import (
     PhotoAppearance,
     appearance_table,
@@ -504,13 +505,6 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 # --- cache ----------------------------------------------------------------------------------------
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("MOMENTUMGS_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "momentumgs"
 
 
 def cached_scene_path(

@@ -1,8 +1,8 @@
 """Cached downsampled image folders: images -> images_{f} beside it (the paper evaluates at 1/4 resolution).
 
 `load_colmap_scene(..., downscale=f)` reads images_{f} when present, expecting round(W/f) x round(H/f)
-(halves up; `momentumgs.data.colmap.scaled_size`), so this module writes exactly that size. Area filter
-(cv2.INTER_AREA); EXIF orientation ignored, as COLMAP does. A manifest in each images_{f} records the
+(halves up; `momentumgs.data.colmap_cameras.scaled_size`), so this module writes exactly that size. Area
+filter (cv2.INTER_AREA); EXIF orientation ignored, as COLMAP does. A manifest in each images_{f} records the
 source files' size and mtime, so a rerun only redoes images that changed; every file is written atomically.
 Scenes with train/ and val/ folders get both image folders downsampled.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import cv2
 
-from momentumgs.data.colmap import scaled_size
+from momentumgs.data.colmap_cameras import scaled_size
 from momentumgs.errors import UserError
 from momentumgs.io_utils import write_bytes_atomic, write_text_atomic
 from momentumgs.prepare.images import list_image_names

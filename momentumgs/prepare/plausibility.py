@@ -224,13 +224,13 @@ def check_reconstruction(
 
 def check_pycolmap(rec) -> Plausibility:
     """`check_reconstruction` on a pycolmap.Reconstruction's registered images and points."""
-    from momentumgs.data.colmap import _cam_from_world
+    from momentumgs.data.colmap_cameras import cam_from_world
 
     ids = sorted(rec.reg_image_ids())
     if not ids:
         return Plausibility([], [], [])
     names = [rec.image(i).name for i in ids]
-    viewmats = np.stack([_cam_from_world(rec.image(i)) for i in ids])  # [V, 4, 4] world -> camera
+    viewmats = np.stack([cam_from_world(rec.image(i)) for i in ids])  # [V, 4, 4] world -> camera
     rot, trans = viewmats[:, :3, :3], viewmats[:, :3, 3]  # [V, 3, 3], [V, 3]
     centres = -np.einsum("vji,vj->vi", rot, trans)  # [V, 3] R^T (-t)
     axes = rot[:, 2, :]  # [V, 3] the camera's z axis in world

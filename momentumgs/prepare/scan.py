@@ -116,7 +116,8 @@ def _parts(root: Path) -> list[tuple[str, Path]]:
 def read_scene(root: Path, images: str, warnings: list[str], plausibility: dict | None = None):
     """Cameras (pinhole, distortion ignored) and train points of a scene, without touching the pixels;
     the plausibility checks of each model go into `plausibility` and their warnings into `warnings`."""
-    from momentumgs.data.colmap import _cam_from_world, _pinhole_K, find_model_dir, read_model
+    from momentumgs.data.colmap_cameras import cam_from_world, pinhole_K
+    from momentumgs.data.colmap_files import find_model_dir, read_model
     from momentumgs.data.scene import Camera
     from momentumgs.prepare.plausibility import check_pycolmap
 
@@ -139,8 +140,8 @@ def read_scene(root: Path, images: str, warnings: list[str], plausibility: dict 
             cameras.append(
                 Camera(
                     prefix + im.name,
-                    _pinhole_K(cam),
-                    _cam_from_world(im),
+                    pinhole_K(cam),
+                    cam_from_world(im),
                     cam.width,
                     cam.height,
                     part / images / im.name,
@@ -156,7 +157,7 @@ def read_scene(root: Path, images: str, warnings: list[str], plausibility: dict 
 
 def check_files(cameras, model_sizes: dict, warnings: list[str]) -> dict:
     """Image sizes on disk (headers only); warnings for missing, unreadable and mismatched files."""
-    from momentumgs.data.colmap import image_header_size
+    from momentumgs.data.colmap_files import image_header_size
 
     sizes: dict[str, int] = {}
     missing, unreadable, mismatched = [], [], []

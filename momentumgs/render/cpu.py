@@ -153,30 +153,9 @@ def _band_pairs(
     dx0 = mx - (x_first.to(dtype) + 0.5)
     row_terms = torch.stack([dx0, 0.5 * a, b * dy, 0.5 * c * dy * dy, opacity])  # [5, R]
     k_first, k_count = _reachable_columns(row_terms, nx.index_select(0, entry))  # [R]
-
-    # The pairs: the reachable pixels of every row, row after row. With s = sum of the counts before a
-    # row, the i-th pair overall (i = s + j) is pixel k_first + j of its row, so per pair only row-constant
-    # offsets need gathering: k = i - (s - k_first) and dx = dx0 - k.
-    pair_row = torch.repeat_interleave(torch.arange(k_count.numel(), device=x0.device), k_count)  # [P]
+    row_pixel = (entry_camera.index_select(0, entry) * height + row) * width + x_first  # [R]
     n_pixels = (int(entry_camera.max()) + 1) * height * width
-    # pixel ids in int32 where they fit: cheaper to gather, and the sort below is twice as fast
-    index_dtype = torch.int32 if n_pixels + pair_row.numel() < 2**31 else torch.long
-    shift = ((torch.cumsum(k_count, 0) - k_count) - k_first).to(index_dtype)  # [R] s - k_first
-    row_pixel = ((entry_camera.index_select(0, entry) * height + row) * width + x_first).to(index_dtype)
-    k = torch.arange(pair_row.numel(), device=x0.device, dtype=index_dtype) - shift.index_select(0, pair_row)
-    dx0, half_a, b_dy, half_c_dy2, opacity = row_terms.index_select(1, pair_row)  # [P] each
-    dx = dx0 - k.to(dtype)
-    sigma = (half_a * dx + b_dy) * dx + half_c_dy2
-    raw_alpha = opacity * torch.exp(-sigma)
-    culled = (sigma < 0) | (raw_alpha < ALPHA_THRESHOLD)
-
-    # Pairs were enumerated by (camera, depth); a stable sort by pixel makes them (camera, pixel, depth).
-    # Culled pairs get a key past every pixel, so they sort to the end and are cut off.
-    key = (row_pixel.index_select(0, pair_row) + k).masked_fill_(culled, n_pixels)  # [P]
-    n_kept = pair_row.numel() - int(culled.sum())
-    pixel, order = torch.sort(key, stable=True)
-    pixel, order = pixel[:n_kept].long(), order[:n_kept]  # [K]
-    raw_alpha = raw_alpha.index_select(0, order)
+    pair_row, pixel, dx, raw_alpha, order = _row_pairs(row_terms, row_pixel, k_first, k_count, n_pixels)
 
     log_keep = torch.log1p(-torch.clamp(raw_alpha, max=MAX_ALPHA)).double()
     exclusive, inclusive = segmented_log_transmittance(log_keep, pixel, n_pixels)
@@ -189,6 +168,42 @@ def _band_pairs(
     transmittance = torch.exp(exclusive).to(dtype)
     entry, dx, dy = entry.index_select(0, pair_row), dx.index_select(0, order), dy.index_select(0, pair_row)
     return entry, pixel, dx, dy, raw_alpha, transmittance, log_keep
+
+
+def _row_pairs(
+    row_terms: Tensor,  # [5, R] dx0, a/2, b dy, c/2 dy^2, opacity
+    row_pixel: Tensor,  # [R] pixel id of each box row's first column
+    k_first: Tensor,  # [R] first reachable column of the row
+    k_count: Tensor,  # [R] reachable columns
+    n_pixels: int,
+) -> tuple[Tensor, ...]:
+    """The (box row, pixel) pairs of the rows' reachable pixels, enumerated row after row (P of them), and
+    those that pass the culling tests sorted by pixel, stably (K of them). -> the row of each pair [P],
+    the kept pairs' pixel ids [K], dx [P], the kept pairs' raw alpha [K], and `order` [K]: the
+    enumeration index of each kept pair"""
+    dtype = row_terms.dtype
+    # The pairs: the reachable pixels of every row, row after row. With s = sum of the counts before a
+    # row, the i-th pair overall (i = s + j) is pixel k_first + j of its row, so per pair only row-constant
+    # offsets need gathering: k = i - (s - k_first) and dx = dx0 - k.
+    pair_row = torch.repeat_interleave(torch.arange(k_count.numel(), device=k_count.device), k_count)  # [P]
+    # pixel ids in int32 where they fit: cheaper to gather, and the sort below is twice as fast
+    index_dtype = torch.int32 if n_pixels + pair_row.numel() < 2**31 else torch.long
+    shift = ((torch.cumsum(k_count, 0) - k_count) - k_first).to(index_dtype)  # [R] s - k_first
+    offset = shift.index_select(0, pair_row)  # [P]
+    k = torch.arange(pair_row.numel(), device=k_count.device, dtype=index_dtype) - offset
+    dx0, half_a, b_dy, half_c_dy2, opacity = row_terms.index_select(1, pair_row)  # [P] each
+    dx = dx0 - k.to(dtype)
+    sigma = (half_a * dx + b_dy) * dx + half_c_dy2
+    raw_alpha = opacity * torch.exp(-sigma)
+    culled = (sigma < 0) | (raw_alpha < ALPHA_THRESHOLD)
+
+    # Pairs were enumerated by (camera, depth); a stable sort by pixel makes them (camera, pixel, depth).
+    # Culled pairs get a key past every pixel, so they sort to the end and are cut off.
+    key = (row_pixel.to(index_dtype).index_select(0, pair_row) + k).masked_fill_(culled, n_pixels)  # [P]
+    n_kept = pair_row.numel() - int(culled.sum())
+    pixel, order = torch.sort(key, stable=True)
+    pixel, order = pixel[:n_kept].long(), order[:n_kept]  # [K]
+    return pair_row, pixel, dx, raw_alpha.index_select(0, order), order
 
 
 @torch.no_grad()

@@ -68,16 +68,7 @@ def project_gaussians(
         [(fx * x + Ks[:, 0, 1, None] * y) / z + cx, (Ks[:, 1, 0, None] * x + fy * y) / z + cy], dim=-1
     )  # [C, N, 2]
 
-    # EWA Jacobian rows (fx/z, 0, -fx tx/z^2) and (0, fy/z, -fy ty/z^2), tx/z, ty/z clamped to the frustum
-    # widened by 0.3 tan(fov)
-    tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
-    u = torch.clamp(x / z, min=-(cx / fx + 0.3 * tan_x), max=(width - cx) / fx + 0.3 * tan_x)
-    v = torch.clamp(y / z, min=-(cy / fy + 0.3 * tan_y), max=(height - cy) / fy + 0.3 * tan_y)
-    row_x = (fx / z)[:, None] * (factor[:, 0] - u[:, None] * factor[:, 2])  # [C, 3, N]
-    row_y = (fy / z)[:, None] * (factor[:, 1] - v[:, None] * factor[:, 2])  # [C, 3, N]
-    a = (row_x * row_x).sum(1)  # [C, N] the 2D covariance [[a, b], [b, c]]
-    b = (row_x * row_y).sum(1)
-    c = (row_y * row_y).sum(1)
+    a, b, c = _covariance_2d(factor, x, y, z, Ks, width, height)
     det_orig = a * c - b * b  # [C, N]
     a = a + eps2d
     c = c + eps2d
@@ -94,20 +85,55 @@ def project_gaussians(
         opac = opacities.detach()[None, :].expand_as(depths)  # [C, N]
         if compensations is not None:
             opac = opac * compensations.detach()
-        bright = opac >= ALPHA_THRESHOLD
-        ratio = torch.clamp(opac / ALPHA_THRESHOLD, min=1.0)
-        extent = torch.clamp(torch.sqrt(2.0 * torch.log(ratio)), max=MAX_EXTENT)  # [C, N]
-        radius_x = torch.ceil(extent * torch.sqrt(a.detach().clamp(min=0.0)))  # [C, N]
-        radius_y = torch.ceil(extent * torch.sqrt(c.detach().clamp(min=0.0)))  # [C, N]
-        mx, my = means2d.detach().unbind(-1)
-        on_image = (
-            (mx + radius_x > 0) & (mx - radius_x < width) & (my + radius_y > 0) & (my - radius_y < height)
-        )
-        big_enough = (radius_x > radius_clip) | (radius_y > radius_clip)
-        valid = in_depth & has_det & bright & big_enough & on_image  # [C, N]
-        radii = torch.stack([radius_x, radius_y], dim=-1) * valid[..., None]
-        radii = radii.to(torch.int32)  # [C, N, 2]
+        kept = in_depth & has_det  # [C, N]
+        radii = _radii(means2d.detach(), a.detach(), c.detach(), opac, kept, width, height, radius_clip)
     return radii, means2d, depths, conics, compensations
+
+
+def _covariance_2d(
+    factor: Tensor,  # [C, 3, 3, N] R_cam M
+    x: Tensor,  # [C, N] camera coordinates of the means
+    y: Tensor,
+    z: Tensor,
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The 2D covariance [[a, b], [b, c]] (before the eps2d dilation) through the EWA Jacobian rows
+    (fx/z, 0, -fx tx/z^2) and (0, fy/z, -fy ty/z^2), tx/z, ty/z clamped to the frustum widened by
+    0.3 tan(fov). -> a, b, c [C, N]"""
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [C, 1]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
+    u = torch.clamp(x / z, min=-(cx / fx + 0.3 * tan_x), max=(width - cx) / fx + 0.3 * tan_x)
+    v = torch.clamp(y / z, min=-(cy / fy + 0.3 * tan_y), max=(height - cy) / fy + 0.3 * tan_y)
+    row_x = (fx / z)[:, None] * (factor[:, 0] - u[:, None] * factor[:, 2])  # [C, 3, N]
+    row_y = (fy / z)[:, None] * (factor[:, 1] - v[:, None] * factor[:, 2])  # [C, 3, N]
+    return (row_x * row_x).sum(1), (row_x * row_y).sum(1), (row_y * row_y).sum(1)
+
+
+def _radii(
+    means2d: Tensor,  # [C, N, 2]
+    a: Tensor,  # [C, N] dilated 2D covariance diagonal
+    c: Tensor,
+    opacities: Tensor,  # [C, N] times the compensation where antialiased
+    kept: Tensor,  # [C, N] bool: in the depth range, with a positive determinant
+    width: int,
+    height: int,
+    radius_clip: float,
+) -> Tensor:
+    """Per-axis pixel radii [C, N, 2] int32, 0 where the Gaussian is culled: not kept, too faint, too small
+    or off the image."""
+    bright = opacities >= ALPHA_THRESHOLD
+    ratio = torch.clamp(opacities / ALPHA_THRESHOLD, min=1.0)
+    extent = torch.clamp(torch.sqrt(2.0 * torch.log(ratio)), max=MAX_EXTENT)  # [C, N]
+    radius_x = torch.ceil(extent * torch.sqrt(a.clamp(min=0.0)))  # [C, N]
+    radius_y = torch.ceil(extent * torch.sqrt(c.clamp(min=0.0)))  # [C, N]
+    mx, my = means2d.unbind(-1)
+    on_image = (mx + radius_x > 0) & (mx - radius_x < width) & (my + radius_y > 0) & (my - radius_y < height)
+    big_enough = (radius_x > radius_clip) | (radius_y > radius_clip)
+    valid = kept & bright & big_enough & on_image  # [C, N]
+    return (torch.stack([radius_x, radius_y], dim=-1) * valid[..., None]).to(torch.int32)
 
 
 def _rotation_scale(quats: Tensor, scales: Tensor) -> Tensor:
