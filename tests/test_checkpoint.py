@@ -46,19 +46,36 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path, damage, message):
     assert str(path) in str(info.value)
 
 
-def test_failed_write_keeps_previous_checkpoint(tmp_path):
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    """A write that dies halfway through the file (the disk fills) leaves the previous checkpoint as it was,
+    and no partial file behind."""
+    from momentumgs import io_utils
+
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, _state())
     before = path.read_bytes()
 
-    class Unpicklable:
-        def __reduce__(self):
-            raise RuntimeError("cannot serialise")
+    class HalfWrite:
+        def __init__(self, file):
+            self.file = file
 
-    with pytest.raises(RuntimeError):
-        save_checkpoint(path, {"bad": Unpicklable()})
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            self.file.write(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io_utils, "open", lambda *a, **k: HalfWrite(open(*a, **k)), raising=False)
+    new = _state()
+    new["iteration"] = 18
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, new)
     assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no partial file left behind
 
 
 def test_exp_schedule_endpoints_and_log_linearity():
