@@ -383,12 +383,12 @@ def evaluate_run(
     (the photos' names) to compare with instead of the photos. An earlier result of the same split,
     protocol and reference is replaced only with `force`. `device`: where to render (default the run's
     train.device, after a test render there)."""
-    from momentumgs.anchor_render import render_model_view
     from momentumgs.data.scene import read_image
     from momentumgs.eval.appearance import AppearanceProtocol
     from momentumgs.eval.measure import evaluate
     from momentumgs.eval.results import write_eval
     from momentumgs.model.store import load_model
+    from momentumgs.render.anchors import render_model_view
     from momentumgs.render.view import camera_view
 
     paths = RunPaths(Path(run_dir))

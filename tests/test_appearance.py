@@ -11,13 +11,13 @@ import pytest
 import torch
 from helpers import MULTI, ONE_BLOCK, scene_loader
 
-from momentumgs.anchor_render import render_model_view
 from momentumgs.config import OptimConfig, load_config
 from momentumgs.errors import UserError
 from momentumgs.eval.appearance import fit_embedding, left_half, nearest_training_image
 from momentumgs.model.appearance import neutral_appearance, trained_rows
 from momentumgs.model.decoder import GaussianDecoder
 from momentumgs.model.store import load_model
+from momentumgs.render.anchors import render_model_view
 from momentumgs.render.view import camera_view
 from momentumgs.run import evaluate_run, load_scene, run_config, start_or_resume
 from momentumgs.train.optimizers import decoder_optimizer

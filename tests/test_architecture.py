@@ -1,5 +1,5 @@
 """The package's shape: no import cycles, and every import between parts of the package points down the data
-flow (data -> partition -> model/render -> anchor_render -> train -> eval -> run -> export/view -> cli).
+flow (data -> partition -> model/render -> render.anchors -> train -> eval -> run -> export/view -> cli).
 docs/architecture.md draws the same layers."""
 
 import ast
@@ -30,7 +30,7 @@ LAYERS = {
     "model": 3,
     "render": 3,
     "partition.preview": 4,
-    "anchor_render": 4,
+    "render.anchors": 4,  # renders the anchor model: above model/ and the rest of render/
     "merge": 4,
     "partition.ssim": 5,
     "partition_ssim": 6,  # the old name of partition.ssim, until run.py imports the new one

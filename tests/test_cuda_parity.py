@@ -170,7 +170,7 @@ def seam_model(scene) -> tuple[AnchorField, GaussianDecoder]:
 
 
 def mean_loss(field, decoder, scene, views: dict[int, View], ids, device: str) -> float:
-    from momentumgs.anchor_render import render_anchor_view
+    from momentumgs.render.anchors import render_anchor_view
 
     with torch.no_grad():
         losses = [

@@ -15,7 +15,6 @@ import yaml
 from helpers import look_at
 from plyfile import PlyData, PlyElement
 
-from momentumgs.anchor_render import render_model_view
 from momentumgs.cli import main
 from momentumgs.data.scene import Camera
 from momentumgs.errors import UserError
@@ -34,6 +33,7 @@ from momentumgs.export import (
 from momentumgs.export.sh import SH_C0, fit_sh, sh_bases
 from momentumgs.model.anchors import AnchorField, init_anchors_from_points
 from momentumgs.model.store import AnchorModel, DecoderSpec, save_model
+from momentumgs.render.anchors import render_model_view
 from momentumgs.render.view import camera_view
 
 INRIA_PROPERTIES_DEGREE_3 = (

@@ -759,7 +759,7 @@ def test_a_crop_trains_like_the_whole_view_where_the_rest_is_already_right():
     K = torch.tensor([[40.0, 0, 32], [0, 40.0, 24], [0, 0, 1]])
     view = View(viewmat=torch.eye(4), K=K, center=torch.zeros(3), width=64, height=48)
     with torch.no_grad():
-        from momentumgs.anchor_render import render_anchor_view
+        from momentumgs.render.anchors import render_anchor_view
 
         alpha = render_anchor_view(field, decoder, view).alpha[..., 0]  # [48, 64]
     ys, xs = torch.nonzero(alpha > 0, as_tuple=True)

@@ -219,7 +219,7 @@ def test_teacher_is_the_ema_of_the_student_and_m0_copies_it():
 
 @pytest.mark.slow
 def test_independent_decoders_ablation_trains_and_renders(gt_test_scene, tmp_path):
-    from momentumgs.anchor_render import render_model_view
+    from momentumgs.render.anchors import render_model_view
 
     cfg = load_config(
         None, [*MULTI, f"data.path={gt_test_scene}", "train.iterations=4", "method.shared_decoder=false"]

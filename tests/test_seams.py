@@ -8,12 +8,12 @@ import torch
 from helpers import scene_loader
 from test_merge import two_block_partition
 
-from momentumgs.anchor_render import render_anchor_view
 from momentumgs.checkpoint import load_checkpoint
 from momentumgs.merge import merge_blocks, owner_of
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.store import load_model
 from momentumgs.partition import load_partition
+from momentumgs.render.anchors import render_anchor_view
 from momentumgs.render.view import camera_view
 from momentumgs.run import run_config
 from momentumgs.train.losses import photometric_loss

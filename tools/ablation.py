@@ -76,12 +76,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from momentumgs.anchor_render import model_gaussians, render_model_view
 from momentumgs.config import Config, config_to_dict, load_config
 from momentumgs.errors import UserError
 from momentumgs.eval.measure import evaluate
 from momentumgs.model.store import load_model
 from momentumgs.partition import Partition, load_partition
+from momentumgs.render.anchors import model_gaussians, render_model_view
 from momentumgs.render.rasterize import rasterize
 from momentumgs.render.view import View, camera_view
 from momentumgs.run import load_scene, start_or_resume, train_in_processes

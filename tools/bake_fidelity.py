@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from momentumgs.anchor_render import render_model_view
 from momentumgs.eval.measure import evaluate
 from momentumgs.export import bake, read_ply, read_spz, render_baked, write_ply, write_splat, write_spz
 from momentumgs.export.commands import load_run
 from momentumgs.export.refine import refine_baked
 from momentumgs.metrics import psnr
+from momentumgs.render.anchors import render_model_view
 from momentumgs.render.view import camera_view
 from momentumgs.run_setup import load_scene
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from momentumgs.anchor_render import render_anchor_view
 from momentumgs.config import load_config
 from momentumgs.eval.measure import evaluate
 from momentumgs.memory import peak_rss_mb
+from momentumgs.render.anchors import render_anchor_view
 from momentumgs.run import load_scene, start_or_resume
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -31,7 +31,6 @@ from ablation import (
     spread,
 )
 
-from momentumgs.anchor_render import render_model_view
 from momentumgs.checkpoint import load_checkpoint
 from momentumgs.config import MergeRule, load_config
 from momentumgs.eval.measure import evaluate
@@ -39,6 +38,7 @@ from momentumgs.merge import allowed_slots, merge_blocks
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.store import AnchorModel, load_model
 from momentumgs.partition import load_partition
+from momentumgs.render.anchors import render_model_view
 from momentumgs.render.view import camera_view
 from momentumgs.run import load_scene
 from momentumgs.train.measure import spatial_scale

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from momentumgs.anchor_render import render_anchor_view
 from momentumgs.checkpoint import load_checkpoint
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import covariances, decode_targets
 from momentumgs.partition import load_partition
+from momentumgs.render.anchors import render_anchor_view
 from momentumgs.render.view import camera_view
 from momentumgs.run import load_scene, run_config
 from momentumgs.train.decoder_state import decoder_spec

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from momentumgs.anchor_render import render_model_view
 from momentumgs.model.store import AnchorModel
+from momentumgs.render.anchors import render_model_view
 from momentumgs.render.view import View
 
 BACKGROUND = (0.0, 0.0, 0.0)

@@ -20,11 +20,11 @@ import dataclasses
 import numpy as np
 import torch
 
-from momentumgs.anchor_render import render_anchor_view, visible_anchors
 from momentumgs.data.scene import Scene
 from momentumgs.errors import UserError
 from momentumgs.model.appearance import resolve_appearance, trained_rows
 from momentumgs.model.decoder import Appearance
+from momentumgs.render.anchors import render_anchor_view, visible_anchors
 from momentumgs.render.view import View
 
 PROTOCOLS = {

@@ -262,7 +262,7 @@ def _config_near(path: Path):
 
 
 def cmd_render(args) -> int:
-    from momentumgs.anchor_render import render_model_view
+    from momentumgs.render.anchors import render_model_view
     from momentumgs.render.view import camera_view
     from momentumgs.run import load_scene
 

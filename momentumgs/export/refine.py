@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from momentumgs.anchor_render import render_model_view
 from momentumgs.data.scene import Camera, Scene
 from momentumgs.export.gaussians import BakedGaussians, render_baked
+from momentumgs.render.anchors import render_model_view
 from momentumgs.render.view import camera_view
 
 _OPACITY_EPS = 1e-4

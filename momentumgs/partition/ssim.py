@@ -18,7 +18,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from momentumgs.anchor_render import render_anchor_view, visible_anchors
 from momentumgs.config import check_config
 from momentumgs.data.scene import Scene
 from momentumgs.metrics import ssim
@@ -26,6 +25,7 @@ from momentumgs.model.store import load_model
 from momentumgs.partition.assign import CameraAssigner, default_assigner, home_cameras, sorted_ids
 from momentumgs.partition.bounds import PartitionError
 from momentumgs.partition.grid import Partition
+from momentumgs.render.anchors import render_anchor_view, visible_anchors
 from momentumgs.render.view import camera_view
 
 

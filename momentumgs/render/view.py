@@ -1,5 +1,5 @@
 """A camera as tensors, and one view of explicit Gaussians through `rasterize` (gsplat on CUDA, ours on
-the CPU). Nothing here knows about anchors: the anchor model's renderer is `momentumgs/anchor_render.py`."""
+the CPU). Nothing here knows about anchors: the anchor model's renderer is `momentumgs/render/anchors.py`."""
 
 from __future__ import annotations
 

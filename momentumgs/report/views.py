@@ -11,11 +11,11 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from momentumgs.anchor_render import render_model_view
 from momentumgs.data.scene import Scene
 from momentumgs.eval.measure import evaluate
 from momentumgs.eval.results import EvalResult
 from momentumgs.model.store import AnchorModel
+from momentumgs.render.anchors import render_model_view
 from momentumgs.render.view import camera_view
 
 # mean absolute RGB error of a pixel shown at the colour map's top (fixed, so that maps compare across views)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from momentumgs.anchor_render import render_anchor_view
 from momentumgs.config import TrainConfig
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import (
@@ -24,6 +23,7 @@ from momentumgs.model.decoder import (
     decode_targets,
 )
 from momentumgs.model.densify import AdjustReport, AnchorDensifier, ScaffoldDensifier
+from momentumgs.render.anchors import render_anchor_view
 from momentumgs.render.view import Crop, View, crop_image, crop_view
 from momentumgs.timing import phase
 from momentumgs.train.losses import photometric_loss, volume_loss

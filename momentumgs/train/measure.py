@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from momentumgs.anchor_render import render_anchor_view
 from momentumgs.data.scene import Scene
 from momentumgs.metrics import psnr, ssim
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import GaussianDecoder
+from momentumgs.render.anchors import render_anchor_view
 from momentumgs.render.view import Crop, View, crop_image, crop_view
 
 

@@ -21,13 +21,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from momentumgs.anchor_render import render_anchor_view, visible_anchors
 from momentumgs.config import TrainConfig
 from momentumgs.data.scene import Scene
 from momentumgs.merge import allowed_slots, owner_of
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import GaussianDecoder
 from momentumgs.partition import Partition
+from momentumgs.render.anchors import render_anchor_view, visible_anchors
 from momentumgs.render.view import View
 from momentumgs.train.losses import photometric_loss, volume_loss
 from momentumgs.train.measure import gt_image

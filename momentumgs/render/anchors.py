@@ -1,6 +1,7 @@
 """Render an anchor model from a camera: prefilter the anchors, decode neural Gaussians, rasterize.
 
-This sits above both `model/` (anchors, decoder) and `render/` (the plain-tensor rasterizer)."""
+This sits above both `model/` (anchors, decoder) and the rest of `render/` (the plain-tensor rasterizer): its
+own layer in docs/architecture.md."""
 
 from __future__ import annotations
 
