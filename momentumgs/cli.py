@@ -57,7 +57,7 @@ def cmd_demo_scene(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from momentumgs.run import load_scene
+    from momentumgs.run_setup import load_scene
 
     cfg = _config(args)
     cfg.data.path = args.scene
@@ -69,7 +69,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
     from momentumgs.io_utils import refuse_existing
     from momentumgs.partition import few_view_warnings, save_partition
     from momentumgs.render.backend import check_render_device
-    from momentumgs.run import load_scene, make_partition, resolve_device
+    from momentumgs.run_setup import load_scene, make_partition, resolve_device
 
     for path in (args.out, args.preview):
         if path:
@@ -101,7 +101,9 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 def _train(cfg: Config | None, run_dir: str, resume: bool, overrides: list[str], progress: bool, view=None):
     """Train (or resume) `run_dir` in this process, with a live viewer when `view` holds its options."""
-    from momentumgs.run import TimeEstimate, open_training, plan_text
+    from momentumgs.run import train_run
+    from momentumgs.run_console import TimeEstimate, plan_text
+    from momentumgs.run_setup import open_training
 
     trainer = open_training(cfg, run_dir, resume, overrides)
     viewer, hooks = None, []
@@ -115,21 +117,21 @@ def _train(cfg: Config | None, run_dir: str, resume: bool, overrides: list[str],
         print(plan_text(trainer, run_dir))
         hooks.append(TimeEstimate())
     try:
-        trainer.run(progress=progress, on_step=lambda t: [hook(t) for hook in hooks])
+        train_run(trainer, progress=progress, on_step=lambda t: [hook(t) for hook in hooks])
     finally:
         if viewer is not None:
             viewer.stop()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from momentumgs.run import (
+    from momentumgs.run import evaluate_run
+    from momentumgs.run_launch import (
         check_before_processes,
-        evaluate_run,
         is_main_process,
-        run_config,
         train_in_processes,
         training_processes,
     )
+    from momentumgs.run_setup import run_config
 
     if args.resume:
         run_dir, cfg = args.resume, None
@@ -165,7 +167,7 @@ def _checked_train_device(cfg: Config):
     import torch
 
     from momentumgs.render.backend import check_render_device
-    from momentumgs.run import resolve_device
+    from momentumgs.run_setup import resolve_device
     from momentumgs.train.comm import launched_by_torchrun
 
     device = resolve_device(cfg.train.device)
@@ -223,7 +225,7 @@ def _check_viewer_args(args: argparse.Namespace, prefix: str) -> None:
 def cmd_view(args: argparse.Namespace) -> int:
     from momentumgs_viewer import serve_forever
 
-    from momentumgs.run import checked_device
+    from momentumgs.run_setup import checked_device
 
     device = checked_device(args.device)
     serve_forever(args.path, _view_options(args, device))
@@ -242,7 +244,8 @@ def _add_viewer_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from momentumgs.run import checked_device, evaluate_run
+    from momentumgs.run import evaluate_run
+    from momentumgs.run_setup import checked_device
 
     device = checked_device(args.device) if args.device is not None else None
     evaluate_run(args.run, args.split, args.force, args.appearance, args.reference, device=device)
@@ -251,7 +254,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from momentumgs.demo import cached_demo_scene
-    from momentumgs.run import default_processes, evaluate_run, free_run_dir, train_in_processes
+    from momentumgs.run import evaluate_run
+    from momentumgs.run_launch import default_processes, train_in_processes
+    from momentumgs.run_setup import free_run_dir
     from momentumgs.train.paths import RunPaths, check_new_run_dir
 
     cfg = _config(args, _default_demo_config())

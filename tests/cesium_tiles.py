@@ -297,7 +297,7 @@ def main(argv: list[str]) -> int:
     import argparse
 
     from momentumgs.config import load_config
-    from momentumgs.run import load_scene
+    from momentumgs.run_setup import load_scene
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run")

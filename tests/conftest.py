@@ -31,10 +31,11 @@ def finished_run(gt_test_scene, tmp_path_factory):
     from helpers import MULTI, scene_loader
 
     from momentumgs.config import load_config
-    from momentumgs.run import evaluate_run, start_or_resume
+    from momentumgs.run import evaluate_run, train_run
+    from momentumgs.run_setup import start_or_resume
 
     run = tmp_path_factory.mktemp("finished") / "run"
     over = [*MULTI, "data.downscale=4", f"data.path={gt_test_scene}", "train.eval_every=12"]
-    start_or_resume(load_config(None, over), scene_loader, run, resume=False).run(progress=False)
+    train_run(start_or_resume(load_config(None, over), scene_loader, run, resume=False), progress=False)
     evaluate_run(run)
     return run

@@ -19,7 +19,8 @@ from momentumgs.model.decoder import GaussianDecoder
 from momentumgs.model.store import load_model
 from momentumgs.render.anchors import render_model_view
 from momentumgs.render.view import camera_view
-from momentumgs.run import evaluate_run, load_scene, run_config, start_or_resume
+from momentumgs.run import evaluate_run, train_run
+from momentumgs.run_setup import load_scene, run_config, start_or_resume
 from momentumgs.train.optimizers import decoder_optimizer
 from momentumgs.train.paths import RunPaths
 
@@ -42,7 +43,7 @@ def appearance_run(appearance_test_scene, tmp_path_factory):
     run = tmp_path_factory.mktemp("appearance") / "run"
     settings = [*MULTI, f"data.path={appearance_test_scene}", "model.appearance=exposure", "data.downscale=4"]
     trainer = start_or_resume(load_config(None, settings), scene_loader, run, resume=False)
-    trainer.run(progress=False)
+    train_run(trainer, progress=False)
     return run
 
 
@@ -83,7 +84,7 @@ def test_exposure_gains_learn_each_photos_exposure_and_white_balance(appearance_
     trainer = start_or_resume(
         load_config(None, [*settings, "train.iterations=200"]), scene_loader, tmp_path / "run", resume=False
     )
-    trainer.run(progress=False)
+    train_run(trainer, progress=False)
     agreement = gain_agreement(tmp_path / "run")
     assert agreement["photos"] > 10
     assert min(agreement["corr_channels"]) > 0.8  # measured 0.90-0.93

@@ -36,8 +36,11 @@ LAYERS = {
     "partition_ssim": 6,  # the old name of partition.ssim, until run.py imports the new one
     "train": 5,
     "eval": 6,
-    "run": 7,
+    "run_setup": 7,
+    "run_console": 7,
     "prepare": 7,
+    "run_launch": 8,
+    "run": 8,
     "export": 8,
     "demo": 8,
     "report": 8,

@@ -23,7 +23,8 @@ from helpers import MULTI, scene_loader
 from momentumgs.cli import main
 from momentumgs.config import load_config
 from momentumgs.export import BakedGaussians, write_ply
-from momentumgs.run import evaluate_run, start_or_resume
+from momentumgs.run import evaluate_run, train_run
+from momentumgs.run_setup import start_or_resume
 
 # --- shared inputs -------------------------------------------------------------------------------------
 
@@ -41,7 +42,7 @@ def world(tmp_path_factory, gt_test_scene) -> World:
     run = root / "run"
     # 80x60 views: evaluation's LPIPS needs at least 32 px a side
     cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", "train.iterations=2", "data.downscale=4"])
-    start_or_resume(cfg, scene_loader, run, resume=False).run(progress=False)
+    train_run(start_or_resume(cfg, scene_loader, run, resume=False), progress=False)
     evaluate_run(run)
     ply = root / "baked" / "small.ply"
     write_ply(ply, small_gaussians())
@@ -323,7 +324,7 @@ CASES = [
         scene_without_sparse,
     ),
     # report
-    Case("report-missing-run", "report {t}/nothing", "no trained model"),
+    Case("report-missing-run", "report {t}/nothing", "no such run folder"),
     Case("report-corrupt-model", "report {bad}", "truncated checkpoint", corrupt_model_run),
     Case("report-out-is-file", "report {run} --out {bad}", "not a folder", a_file),
     Case("report-out-not-a-report", "report {run} --out {bad}", "not a momentumgs report", full_folder),
@@ -460,7 +461,7 @@ def test_a_two_process_resume_of_corrupt_checkpoints_is_one_line(world, tmp_path
 
     from helpers import cli_cmd, one_thread_env
 
-    from momentumgs.run import checkpoint_processes
+    from momentumgs.train.checkpoints import checkpoint_processes
 
     run = Path(shutil.copytree(world.run, tmp_path / "run"))
     (step_dir,) = (run / "checkpoints").glob("step_*")

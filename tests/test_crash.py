@@ -17,7 +17,9 @@ from helpers import one_thread_env, set_args, train_cmd
 
 from momentumgs.config import load_config
 from momentumgs.errors import UserError
-from momentumgs.run import checkpoint_processes, start_or_resume, training_processes
+from momentumgs.run_launch import training_processes
+from momentumgs.run_setup import start_or_resume
+from momentumgs.train.checkpoints import checkpoint_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))

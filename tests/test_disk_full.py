@@ -20,7 +20,8 @@ from momentumgs.checkpoint import verify_checkpoint
 from momentumgs.cli import main
 from momentumgs.config import load_config
 from momentumgs.model.store import load_model
-from momentumgs.run import start_or_resume
+from momentumgs.run import train_run
+from momentumgs.run_setup import start_or_resume
 
 
 class FullDisk:
@@ -111,7 +112,7 @@ def test_a_full_disk_stops_training_with_one_line_and_resume_finishes_bit_exact(
     assert "resuming at step 8 of 16" in capsys.readouterr().out
 
     cfg = load_config(None, [*MULTI, *ARGS, f"data.path={gt_test_scene}"])
-    start_or_resume(cfg, scene_loader, tmp_path / "unbroken", resume=False).run(progress=False)
+    train_run(start_or_resume(cfg, scene_loader, tmp_path / "unbroken", resume=False), progress=False)
     for a, b in zip(block_anchors(tmp_path / "unbroken"), block_anchors(run), strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
     da, db = (load_model(r / "model.ckpt").decoder.state_dict() for r in (tmp_path / "unbroken", run))

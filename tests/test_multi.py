@@ -32,7 +32,9 @@ from momentumgs.model.decoder import (
     gather_anchors,
 )
 from momentumgs.model.store import load_model
-from momentumgs.run import default_processes, start_or_resume, train_in_processes, training_processes
+from momentumgs.run import train_run
+from momentumgs.run_launch import default_processes, train_in_processes, training_processes
+from momentumgs.run_setup import start_or_resume
 from momentumgs.train.metrics_log import read_metrics
 
 
@@ -107,8 +109,8 @@ def test_tiny_ram_budget_spills_and_trains_the_same(gt_test_scene, tmp_path):
     for name, budget in (("ram", "4096"), ("disk", "0.01")):
         cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", f"method.ram_budget_mb={budget}"])
         trainer = start_or_resume(cfg, scene_loader, tmp_path / name, resume=False)
-        stats = trainer.store.stats
-        trainer.run(progress=False)
+        stats = trainer.residency.store.stats
+        train_run(trainer, progress=False)
         results[name] = (block_anchors(tmp_path / name), stats)
     assert results["disk"][1].spills > 0 and results["disk"][1].loads > 0
     assert results["ram"][1].spills == 0
@@ -124,7 +126,7 @@ def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path, capsys):
     settings = [*MULTI, f"data.path={gt_test_scene}", "model.appearance=embedding", "model.appearance_dim=4"]
     cfg = load_config(None, settings)
     unbroken = start_or_resume(cfg, scene_loader, tmp_path / "a", resume=False)
-    unbroken.run(progress=False)
+    train_run(unbroken, progress=False)
 
     cfg = load_config(None, settings)
     first = start_or_resume(cfg, scene_loader, tmp_path / "b", resume=False)
@@ -132,7 +134,7 @@ def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path, capsys):
     first.save_checkpoint()
     first.run(progress=False, stop_after=4)  # mid-slot, after densification and a weighting measurement
     first.save_checkpoint()
-    assert any(q.measured for q in first.qualities)
+    assert any(q.measured for q in first.weighting.qualities)
     del first
     steps = sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("step_*"))
     assert steps == ["step_00000006", "step_00000010"]  # the previous complete checkpoint is kept
@@ -140,7 +142,7 @@ def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path, capsys):
     torch.manual_seed(12345)  # a different process state: the checkpoint must restore everything
     resumed = start_or_resume(None, scene_loader, tmp_path / "b", resume=True)
     assert resumed.global_step == 10
-    resumed.run(progress=False)
+    train_run(resumed, progress=False)
     _assert_same_blocks_and_decoder(tmp_path / "a", tmp_path / "b")
     steps = sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("step_*"))
     assert steps == ["step_00000010", "step_00000024"]  # two kept, the oldest removed
@@ -153,7 +155,7 @@ def test_multi_block_run_resumes_bit_exactly(gt_test_scene, tmp_path, capsys):
     resumed = start_or_resume(None, scene_loader, tmp_path / "c", resume=True)
     assert resumed.global_step == 6
     assert capsys.readouterr().err.count("checksum mismatch") == 1
-    resumed.run(progress=False)
+    train_run(resumed, progress=False)
     _assert_same_blocks_and_decoder(tmp_path / "a", tmp_path / "c")
 
 
@@ -162,7 +164,7 @@ def test_merge_keeps_each_blocks_own_cell(gt_test_scene, tmp_path):
     # the merge alone (the seam refinement after it is tests/test_seams.py's)
     over = [*MULTI, f"data.path={gt_test_scene}", "train.iterations=2", "partition.seam_steps=0"]
     trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
-    trainer.run(progress=False)
+    train_run(trainer, progress=False)
     field = load_model(tmp_path / "run" / "model.ckpt").field
     counts = load_model(tmp_path / "run" / "model.ckpt").info["anchors_per_block"]
     assert sum(counts) == field.n_anchors
@@ -225,7 +227,7 @@ def test_independent_decoders_ablation_trains_and_renders(gt_test_scene, tmp_pat
         None, [*MULTI, f"data.path={gt_test_scene}", "train.iterations=4", "method.shared_decoder=false"]
     )
     trainer = start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
-    trainer.run(progress=False)
+    train_run(trainer, progress=False)
     model = load_model(tmp_path / "run" / "model.ckpt")
     assert model.block_decoders is not None and len(model.block_decoders) == 4
     # each block's decoder learnt from its own block only: all four differ
@@ -270,8 +272,8 @@ def test_weighting_off_measures_nothing_and_the_teacher_decodes_appearance(gt_te
     embedding the teacher decodes with the view's embedding slot as the student does."""
     over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting=false", "model.appearance=exposure"]
     trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
-    trainer.run(progress=False)
-    assert not any(q.measured for q in trainer.qualities)
+    train_run(trainer, progress=False)
+    assert not any(q.measured for q in trainer.weighting.qualities)
     assert trainer.decoder.appearance is not None
     log = read_metrics(tmp_path / "run" / "metrics.jsonl", kind="train")
     assert any(b["consistency"] > 0 for record in log for b in record["blocks"].values())
@@ -282,17 +284,18 @@ def test_weighting_off_measures_nothing_and_the_teacher_decodes_appearance(gt_te
 def test_block_quality_sources(gt_test_scene, tmp_path, monkeypatch, source):
     """'steps' takes the block quality from the training steps' own renders (no rendering), 'views' renders
     the block's views; both measure every block and turn the qualities into weights."""
-    import momentumgs.train.trainer as trainer_module
+    import momentumgs.train.weighting as weighting_module
 
     renders = []
-    real = trainer_module.view_quality
-    monkeypatch.setattr(trainer_module, "view_quality", lambda *a: renders.append(1) or real(*a))
+    real = weighting_module.view_quality
+    monkeypatch.setattr(weighting_module, "view_quality", lambda *a: renders.append(1) or real(*a))
     over = [*MULTI, f"data.path={gt_test_scene}", f"method.weighting_source={source}"]
     trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
-    trainer.run(progress=False)
-    assert all(q.measured and 5.0 < q.psnr < 60.0 and 0.0 < q.ssim <= 1.0 for q in trainer.qualities)
+    train_run(trainer, progress=False)
+    qualities = trainer.weighting.qualities
+    assert all(q.measured and 5.0 < q.psnr < 60.0 and 0.0 < q.ssim <= 1.0 for q in qualities)
     assert (len(renders) > 0) == (source == "views")
-    assert len(set(trainer.weights)) > 1 and min(trainer.weights) >= 1.0
+    assert len(set(trainer.weighting.weights)) > 1 and min(trainer.weighting.weights) >= 1.0
 
 
 def test_unknown_weighting_source_is_a_clear_error(gt_test_scene, tmp_path):
@@ -301,7 +304,7 @@ def test_unknown_weighting_source_is_a_clear_error(gt_test_scene, tmp_path):
         load_config(None, over)
     cfg = load_config(None, over[:-1])
     cfg.method.weighting_source = "psnr"  # a config built in code, past the loader's check
-    with pytest.raises(UserError, match="method.weighting_source='psnr'"):
+    with pytest.raises(UserError, match="method.weighting_source: expected one of steps, views, got 'psnr'"):
         start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
 
 
@@ -336,7 +339,7 @@ def test_a_worker_error_is_not_a_lost_worker(tmp_path, monkeypatch):
     import signal
 
     from momentumgs.cli import _error
-    from momentumgs.run import failure_text
+    from momentumgs.run_launch import failure_text
     from momentumgs.train.launch import ERRORS_ENV, first_worker_error
 
     errors = tmp_path / "errors"
@@ -381,7 +384,7 @@ def test_eval_every_and_one_metrics_schema_in_multi_block_runs(gt_test_scene, tm
     the records have the schema of a one-block run (read by the same reader)."""
     over = [*MULTI, f"data.path={gt_test_scene}", "train.eval_every=8"]
     trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
-    trainer.run(progress=False)
+    train_run(trainer, progress=False)
     evals = read_metrics(tmp_path / "run" / "metrics.jsonl", kind="eval")
     assert [r["step"] for r in evals] == [8, 16]  # 24 global steps: the last is the final evaluation's
     n_test = len(trainer.scene.test_ids)
@@ -400,7 +403,7 @@ def test_eval_every_and_one_metrics_schema_in_multi_block_runs(gt_test_scene, tm
 def test_time_estimate_prints_once_after_the_timed_steps(capsys):
     from types import SimpleNamespace
 
-    from momentumgs.run import TimeEstimate, duration_text
+    from momentumgs.run_console import TimeEstimate, duration_text
 
     trainer = SimpleNamespace(global_step=0, schedule=SimpleNamespace(total_steps=1000))
     estimate = TimeEstimate(steps=3)
@@ -462,15 +465,16 @@ def test_a_frozen_decoder_stops_learning_once_the_first_block_finishes(gt_test_s
     learnt, frozen_steps, before = [], 0, {}
     while not trainer.schedule.finished:
         frozen = trainer.schedule.any_finished
-        assert trainer.decoder_frozen == frozen
+        assert trainer.decoders.frozen == frozen
         decoder = {k: v.clone() for k, v in trainer.decoder.state_dict().items()}
-        teacher = [p.clone() for p in trainer.decoders[0].teacher.module.parameters()]
+        teacher = [p.clone() for p in trainer.decoders.states[0].teacher.module.parameters()]
         results = trainer.train_step()
         moved = any(not torch.equal(v, trainer.decoder.state_dict()[k]) for k, v in decoder.items())
-        now = trainer.decoders[0].teacher.module.parameters()
+        now = trainer.decoders.states[0].teacher.module.parameters()
         teacher_moved = any(not torch.equal(a, b) for a, b in zip(teacher, now, strict=True))
         assert moved == teacher_moved == (not frozen)
-        features = {b: block.field.features.detach().clone() for b, block in trainer.resident_blocks()}
+        resident = trainer.residency.resident_blocks()
+        features = {b: block.field.features.detach().clone() for b, block in resident}
         if frozen:
             frozen_steps += 1
             assert all(r.consistency == 0.0 for r in results.values())
@@ -500,4 +504,4 @@ def test_a_frozen_decoder_stops_learning_once_the_first_block_finishes(gt_test_s
             load_config(None, [*over, extra]), scene_loader, tmp_path / name, resume=False
         )
         trainer.schedule.done_iterations[0] = trainer.schedule.iterations
-        assert trainer.schedule.any_finished and not trainer.decoder_frozen, name
+        assert trainer.schedule.any_finished and not trainer.decoders.frozen, name

@@ -14,7 +14,8 @@ from helpers import MULTI, scene_loader
 
 from momentumgs.config import Config, OptimConfig, load_config
 from momentumgs.model.store import load_model
-from momentumgs.run import start_or_resume
+from momentumgs.run import train_run
+from momentumgs.run_setup import start_or_resume
 from momentumgs.train.decoder_state import DecoderState
 from momentumgs.train.optimizers import lr_schedules
 
@@ -174,7 +175,7 @@ def test_decoder_rates_follow_the_clock(gt_test_scene, tmp_path, clock):
     over = _settings(gt_test_scene, f"train.decoder_lr_clock={clock}", "train.lr_hold_after=0.5")
     trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
     trainer.run(progress=False, stop_after=6)  # slots of 4: steps 4, 5 train blocks 2, 3 at iterations 0, 1
-    state = trainer.decoders[0]
+    state = trainer.decoders.states[0]
     lr = {g["name"]: g["lr"] for g in state.optimizer.param_groups}
     at = 1 if clock == "block" else 5
     assert lr["mlp_color"] == pytest.approx(state.schedules["mlp_color"](at))
@@ -189,12 +190,12 @@ def test_block_spatial_scale_is_its_own_cameras_spread(gt_test_scene, tmp_path):
     for b, block in enumerate(trainer.partition.blocks):
         centres = np.stack([trainer.scene.cameras[int(i)].center for i in block.camera_ids])
         want = 1.1 * float(np.linalg.norm(centres - centres.mean(0), axis=1).max())
-        resident = trainer._block_from_state(b, trainer.store.take(b, "cpu"))
+        resident = trainer.residency.block_from_state(b, trainer.residency.store.take(b, "cpu"))
         assert resident.spatial_scale == pytest.approx(want, rel=1e-9)
         lr = {g["name"]: g["lr"] for g in resident.optimizer.param_groups}
         assert lr["offsets"] == pytest.approx(trainer.cfg.train.lr.offsets_init * want)
         scales.append(want)
-    assert any(abs(s - trainer.spatial_scale) > 1e-6 for s in scales)  # not the whole scene's
+    assert any(abs(s - trainer.residency.spatial_scale) > 1e-6 for s in scales)  # not the whole scene's
 
 
 def test_per_slot_decoder_states_are_distinct_and_restored_per_slot():
@@ -237,20 +238,20 @@ def test_official_recipe_run_keeps_a_state_per_slot_and_resumes_bit_exactly(gt_t
     settings = _settings(gt_test_scene, *recipe)
     unbroken = start_or_resume(load_config(None, settings), scene_loader, tmp_path / "a", resume=False)
     unbroken.run(progress=False, stop_after=8)  # 4 steps in slot 0 (blocks 0, 1), 4 in slot 1 (blocks 2, 3)
-    optimizers = unbroken.decoders[0].optimizers
+    optimizers = unbroken.decoders.states[0].optimizers
     assert len(optimizers) == 2
     assert [{float(s["step"]) for s in o.state.values()} for o in optimizers] == [{4.0}, {4.0}]
-    unbroken.run(progress=False)
+    train_run(unbroken, progress=False)
 
     first = start_or_resume(load_config(None, settings), scene_loader, tmp_path / "b", resume=False)
     first.run(progress=False, stop_after=6)  # mid-slot, after a weighting measurement
     first.save_checkpoint()
-    assert any(q.measured for q in first.qualities)
+    assert any(q.measured for q in first.weighting.qualities)
     del first
     torch.manual_seed(12345)  # a different process state: the checkpoint must restore everything
     resumed = start_or_resume(None, scene_loader, tmp_path / "b", resume=True)
     assert resumed.global_step == 6
-    resumed.run(progress=False)
+    train_run(resumed, progress=False)
     a, b = load_model(tmp_path / "a" / "model.ckpt"), load_model(tmp_path / "b" / "model.ckpt")
     da, db = a.decoder.state_dict(), b.decoder.state_dict()
     assert all(torch.equal(da[k], db[k]) for k in da)

@@ -15,7 +15,7 @@ from momentumgs.model.store import load_model
 from momentumgs.partition import load_partition
 from momentumgs.render.anchors import render_anchor_view
 from momentumgs.render.view import camera_view
-from momentumgs.run import run_config
+from momentumgs.run_setup import run_config
 from momentumgs.train.losses import photometric_loss
 from momentumgs.train.measure import gt_image, spatial_scale
 from momentumgs.train.paths import RunPaths

@@ -38,3 +38,22 @@ def test_state_round_trip_continues_identically():
 def test_more_workers_than_blocks_is_refused():
     with pytest.raises(ValueError, match="3 workers for 2 blocks"):
         SlotSchedule(2, 3, 10, 10)
+
+
+def test_next_block_is_the_block_the_worker_holds_after_its_slot():
+    s = SlotSchedule(n_blocks=5, workers=2, slot_iterations=3, iterations=7)
+    while not s.finished:
+        expected = []
+        for w in range(s.workers):
+            current = s.current(w)
+            later = s.current(w)
+            probe = SlotSchedule(5, 2, 3, 7)
+            probe.load_state_dict(s.state_dict())
+            while current is not None and later == current and not probe.finished:
+                probe.advance()
+                later = probe.current(w)
+            # the next different block the worker takes, unless none other is left to it
+            expected.append(later if later != current else None)
+        assert [s.next_block(w) for w in range(s.workers)] == expected
+        s.advance()
+    assert s.next_block(0) is None and SlotSchedule(1, 1, 3, 7).next_block(0) is None

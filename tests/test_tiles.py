@@ -346,7 +346,7 @@ def test_cesium_renders_each_level_like_ours(tools, finished_run, tmp_path):
     from cesium_tiles import our_level_render, psnr, render_levels, zoomed
 
     from momentumgs.config import load_config
-    from momentumgs.run import load_scene
+    from momentumgs.run_setup import load_scene
 
     out = tmp_path / "tiles"
     assert (

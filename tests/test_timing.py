@@ -8,7 +8,7 @@ import torch
 from helpers import scene_loader
 
 from momentumgs.config import load_config
-from momentumgs.run import start_or_resume
+from momentumgs.run_setup import start_or_resume
 from momentumgs.timing import PhaseTimer, phase
 
 

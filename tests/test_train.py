@@ -14,12 +14,13 @@ from momentumgs.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from momentumgs.config import load_config
 from momentumgs.errors import UserError
 from momentumgs.model.store import load_model
-from momentumgs.run import start_or_resume
+from momentumgs.run import train_run
+from momentumgs.run_setup import start_or_resume
 from momentumgs.train.metrics_log import read_metrics
 
 
 def _anchor_count(trainer) -> int:
-    (_, field), *_ = trainer.block_fields()
+    (_, field), *_ = trainer.residency.block_fields()
     return field.n_anchors
 
 
@@ -32,14 +33,14 @@ def test_training_raises_test_psnr(gt_test_scene, tmp_path):
     before = trainer.evaluate_blocks()
     assert before["split"] == "test" and before["views"] == len(trainer.scene.test_ids)
     n_before = _anchor_count(trainer)
-    trainer.run(progress=False)
+    train_run(trainer, progress=False)
     after = trainer.evaluate_blocks()
     assert after["psnr"] > before["psnr"] + 5.0, (before, after)
     assert after["psnr"] > 20.0, after
     # densification ran: growing or pruning changed the anchor count, and the model file is complete
     assert _anchor_count(trainer) != n_before
     model = load_model(tmp_path / "run" / "model.ckpt")
-    (_, field), *_ = trainer.block_fields()
+    (_, field), *_ = trainer.residency.block_fields()
     assert model.field.n_anchors == field.n_anchors
     assert torch.equal(model.field.features, field.features.detach())
 
@@ -50,8 +51,8 @@ def test_one_block_runs_the_method(gt_test_scene, tmp_path):
     `method.*` keys are honoured (here: no teacher when momentum is 0)."""
     base = [*ONE_BLOCK, f"data.path={gt_test_scene}", "train.iterations=30", "train.log_every=10"]
     trainer = start_or_resume(load_config(None, base), scene_loader, tmp_path / "with", resume=False)
-    trainer.run(progress=False)
-    teacher = trainer.decoders[0].teacher
+    train_run(trainer, progress=False)
+    teacher = trainer.decoders.states[0].teacher
     assert teacher is not None
     student = dict(trainer.decoder.named_parameters())
     assert any(
@@ -63,8 +64,8 @@ def test_one_block_runs_the_method(gt_test_scene, tmp_path):
 
     off = load_config(None, [*base, "method.momentum=0"])
     plain = start_or_resume(off, scene_loader, tmp_path / "without", resume=False)
-    plain.run(progress=False)
-    assert plain.decoders[0].teacher is None
+    train_run(plain, progress=False)
+    assert plain.decoders.states[0].teacher is None
     records = read_metrics(tmp_path / "without" / "metrics.jsonl", kind="train")
     assert all(r["blocks"]["0"]["consistency"] == 0 for r in records)
 
@@ -79,7 +80,7 @@ def test_eval_every_logs_test_metrics(gt_test_scene, tmp_path):
         "train.eval_views=2",
     ]
     trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
-    trainer.run(progress=False)
+    train_run(trainer, progress=False)
     evals = read_metrics(tmp_path / "run" / "metrics.jsonl", kind="eval")
     assert [r["step"] for r in evals] == [10]  # the last step is left to the final evaluation
     assert evals[0]["split"] == "test" and evals[0]["views"] == 2 and evals[0]["blocks"]["0"]["views"] == 2

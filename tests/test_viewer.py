@@ -22,7 +22,8 @@ from momentumgs_viewer.worker import LatestRenderWorker
 from momentumgs.cli import build_parser
 from momentumgs.config import load_config
 from momentumgs.data.scene import Camera
-from momentumgs.run import start_or_resume
+from momentumgs.run_setup import start_or_resume
+from momentumgs.train.assemble import current_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -183,7 +184,7 @@ def test_training_snapshots_copy_the_model_between_steps(gt_test_scene, tmp_path
     trainer.run(progress=False, stop_after=5, on_step=hook)
     snapshot = holder.get()
     assert hook.snapshots == 5 and snapshot.info["iteration"] == 8 and snapshot.info["live"]
-    ((_, block),) = trainer.resident_blocks()
+    ((_, block),) = trainer.residency.resident_blocks()
     field = block.field
     assert torch.equal(snapshot.field.features, field.features.detach())
     assert snapshot.field.features.data_ptr() != field.features.data_ptr()  # a copy, not the live tensor
@@ -208,7 +209,7 @@ def test_a_ply_of_baked_gaussians_is_viewed_and_rendered(tiny_trained, tmp_path)
     from momentumgs.export.ply import write_ply
 
     path = write_ply(
-        tmp_path / "baked.ply", bake(tiny_trained.current_model(), tiny_trained.scene, sh_degree=1)
+        tmp_path / "baked.ply", bake(current_model(tiny_trained), tiny_trained.scene, sh_degree=1)
     )
     viewer = open_path(path, ViewerOptions(port=0, verbose=False))
     try:
@@ -314,7 +315,7 @@ def test_browser_shows_the_render_and_follows_the_camera(tiny_trained, tmp_path)
 def _trained_model_in_browser(trainer, tmp_path, splats: bool = False) -> tuple[Viewer, Chromium]:
     """A viewer of the trainer's current model with its training cameras, opened in headless chromium."""
     viewer = Viewer(
-        ModelHolder(trainer.current_model()),
+        ModelHolder(current_model(trainer)),
         RunInfo(train_cameras=trainer.scene.train_cameras),
         ViewerOptions(port=0, max_res=160, still_res=320, rest_s=0.2, verbose=False, splats=splats),
     )

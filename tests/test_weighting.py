@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from momentumgs.train.weighting import BlockQuality, block_weight, block_weights
+from momentumgs.train.weighting import BlockQuality, BlockWeighting, block_weight, block_weights
 
 
 def test_block_weight_matches_hand_computed_values():
@@ -56,3 +56,41 @@ def test_latest_smoothing_is_the_latest_measurement():
     assert code_psnr == pytest.approx(30.0, abs=1e-12)
     with pytest.raises(ValueError, match="smoothing"):
         q.update(1.0, 1.0, "iteration")
+
+
+def _weighting(n_blocks: int, **method) -> BlockWeighting:
+    from momentumgs.config import MethodConfig
+    from momentumgs.train.comm import LocalComm
+
+    cfg = MethodConfig(**{"weighting_source": "steps", "weighting_every": 2, **method})
+    return BlockWeighting(cfg, n_blocks, list(range(n_blocks)), LocalComm(1), None, [], [{}] * n_blocks)
+
+
+def test_block_weighting_measures_when_due_and_its_state_round_trips():
+    from momentumgs.train.block import StepResult
+    from momentumgs.train.slots import SlotSchedule
+
+    weighting, schedule = _weighting(2), SlotSchedule(2, 1, 1, 4)  # one worker: blocks 0, 1, 0, 1, ...
+    psnr = {0: 30.0, 1: 20.0}
+    while not schedule.finished:
+        measuring = weighting.measuring(schedule)
+        b = schedule.current(0)
+        assert measuring == ({b} if (schedule.done_iterations[b] + 1) % 2 == 0 else set())
+        result = StepResult(0.0, 0.0, 0.9, psnr[b], 0.0, 0, 0, True)
+        weighting.after_step(b, None, result, None, b in measuring)
+        if measuring:
+            weighting.sync()
+        schedule.advance()
+    assert weighting.weight(0) == 1.0 and weighting.weight(1) == pytest.approx(2 - math.exp(-100 / 200))
+    restored = _weighting(2)
+    restored.load_state_dict(weighting.state_dict())
+    assert restored.weights == weighting.weights and restored.qualities == weighting.qualities
+
+
+def test_block_weighting_is_neutral_with_one_block_or_when_off():
+    from momentumgs.train.slots import SlotSchedule
+
+    for weighting, n in ((_weighting(1), 1), (_weighting(3, weighting=False), 3)):
+        assert not weighting.enabled
+        assert weighting.measuring(SlotSchedule(n, 1, 1, 4)) == set()
+        assert [weighting.weight(b) for b in range(n)] == [1.0] * n

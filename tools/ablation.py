@@ -84,7 +84,9 @@ from momentumgs.partition import Partition, load_partition
 from momentumgs.render.anchors import model_gaussians, render_model_view
 from momentumgs.render.rasterize import rasterize
 from momentumgs.render.view import View, camera_view
-from momentumgs.run import load_scene, start_or_resume, train_in_processes
+from momentumgs.run import train_run as train_in_this_process
+from momentumgs.run_launch import train_in_processes
+from momentumgs.run_setup import load_scene, start_or_resume
 from momentumgs.train.paths import RunPaths
 from momentumgs.train.slots import SlotSchedule
 
@@ -321,7 +323,7 @@ def train_run(run: Run, worker_processes: bool, progress: bool) -> None:
     if worker_processes and run.cfg.method.workers > 1:
         train_in_processes(run.cfg, run.dir, run.cfg.method.workers, progress)
     else:
-        start_or_resume(run.cfg, load_scene, run.dir, resume=False).run(progress=progress)
+        train_in_this_process(start_or_resume(run.cfg, load_scene, run.dir, resume=False), progress=progress)
     (run.dir / SECONDS_FILE).write_text(f"{time.perf_counter() - t0}\n")
 
 

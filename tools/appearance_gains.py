@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from momentumgs.model.store import load_model
-from momentumgs.run import run_config
+from momentumgs.run_setup import run_config
 from momentumgs.train.paths import RunPaths
 
 

@@ -46,7 +46,7 @@ if TREE:  # (the editable install's finder would serve modules missing there fro
 import momentumgs  # noqa: E402
 from momentumgs.config import load_config  # noqa: E402
 from momentumgs.memory import peak_rss_mb  # noqa: E402
-from momentumgs.run import load_scene  # noqa: E402
+from momentumgs.run_setup import load_scene  # noqa: E402
 
 try:
     from momentumgs.timing import PhaseTimer
@@ -104,7 +104,7 @@ def build_trainer(spec: dict):
         from momentumgs.model.anchors import choose_voxel_size
 
         cfg.model.voxel_size = spec["voxel_scale"] * (cfg.model.voxel_size or choose_voxel_size(scene.points))
-    from momentumgs.run import start_or_resume
+    from momentumgs.run_setup import start_or_resume
     from momentumgs.train.comm import init_from_env, launched_by_torchrun
 
     device = torch.device(spec["device"])
@@ -115,12 +115,12 @@ def build_trainer(spec: dict):
 def train_step(trainer) -> tuple[int, int, int]:
     """One global step -> (block iterations, neural Gaussians rasterized, anchors of the blocks trained)."""
     results = trainer.train_step()  # one block step per worker of this process
-    held = sum(block.field.n_anchors for _, block in trainer.resident_blocks())
+    held = sum(block.field.n_anchors for _, block in trainer.residency.resident_blocks())
     return len(results), sum(r.n_gaussians for r in results.values()), held
 
 
 def store_stats(trainer) -> dict:
-    s = trainer.store.stats
+    s = trainer.residency.store.stats
     swap = s.put_seconds + s.take_seconds + s.prefetch_seconds
     return {"store_swap_s": swap, "spills": s.spills, "loads": s.loads, "take_disk_reads": s.take_disk_reads}
 
@@ -196,11 +196,11 @@ def child_main(spec: dict) -> None:
         if spec.get("state_bytes"):  # after the timing and the RSS: this reads spilled blocks back
             from momentumgs.train.block_store import tree_nbytes
 
-            row["spilled_mb"] = trainer.store.stats.disk_bytes / 2**20
-            row["block_states_mb"] = sum(tree_nbytes(s) for _, s in trainer.block_states()) / 2**20
+            row["spilled_mb"] = trainer.residency.store.stats.disk_bytes / 2**20
+            row["block_states_mb"] = sum(tree_nbytes(s) for _, s in trainer.residency.block_states()) / 2**20
         if comm is None or comm.is_main:
             print("JSON " + json.dumps(row), flush=True)
-    trainer.store.close()
+    trainer.residency.store.close()
     if comm is not None:
         torch.distributed.destroy_process_group()
 

@@ -185,7 +185,7 @@ def train_slot(scene: str, run_dir: str, steps: int, overrides: list[str]) -> No
     import torch
 
     from momentumgs.config import load_config
-    from momentumgs.run import open_training
+    from momentumgs.run_setup import open_training
 
     torch.set_num_threads(1)
     cfg = load_config(None, [*overrides, f"data.path={scene}"])
@@ -196,7 +196,7 @@ def train_slot(scene: str, run_dir: str, steps: int, overrides: list[str]) -> No
     t_steps = time.perf_counter() - t0 - t_open
     cache = trainer.scene.cache
     peak_steps = cache.peak_nbytes
-    ((block_id, held),) = trainer.resident_blocks()  # the one slot's block
+    ((block_id, held),) = trainer.residency.resident_blocks()  # the one slot's block
     block = trainer.partition.blocks[block_id]
     for i in block.camera_ids:
         trainer.scene.load_image(int(i))

@@ -21,7 +21,7 @@ from momentumgs.config import load_config
 from momentumgs.eval.measure import evaluate
 from momentumgs.memory import peak_rss_mb
 from momentumgs.render.anchors import render_anchor_view
-from momentumgs.run import load_scene, start_or_resume
+from momentumgs.run_setup import load_scene, start_or_resume
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +58,7 @@ def main() -> None:
             )
 
         def field():
-            ((_, anchors),) = trainer.block_fields()
+            ((_, anchors),) = trainer.residency.block_fields()
             return anchors
 
         scene = trainer.scene

@@ -23,7 +23,7 @@ from momentumgs_viewer.models import render_rgb8
 from momentumgs_viewer.worker import LatestRenderWorker
 
 from momentumgs.config import load_config
-from momentumgs.run import load_scene, start_or_resume
+from momentumgs.run_setup import load_scene, start_or_resume
 
 ROOT = Path(__file__).resolve().parent.parent
 

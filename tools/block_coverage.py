@@ -23,7 +23,7 @@ import torch
 from momentumgs.config import BlockPoints, load_config
 from momentumgs.model.anchors import choose_voxel_size, voxelize
 from momentumgs.partition import partition_scene, points_in_view
-from momentumgs.run import load_scene
+from momentumgs.run_setup import load_scene
 
 ROOT = Path(__file__).resolve().parent.parent
 

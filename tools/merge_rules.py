@@ -40,7 +40,7 @@ from momentumgs.model.store import AnchorModel, load_model
 from momentumgs.partition import load_partition
 from momentumgs.render.anchors import render_model_view
 from momentumgs.render.view import camera_view
-from momentumgs.run import load_scene
+from momentumgs.run_setup import load_scene
 from momentumgs.train.measure import spatial_scale
 from momentumgs.train.paths import RunPaths
 from momentumgs.train.seams import refine_seams

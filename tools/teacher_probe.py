@@ -27,7 +27,7 @@ from momentumgs.model.decoder import covariances, decode_targets
 from momentumgs.partition import load_partition
 from momentumgs.render.anchors import render_anchor_view
 from momentumgs.render.view import camera_view
-from momentumgs.run import load_scene, run_config
+from momentumgs.run_setup import load_scene, run_config
 from momentumgs.train.decoder_state import decoder_spec
 from momentumgs.train.losses import photometric_loss, volume_loss
 from momentumgs.train.measure import gt_image

@@ -14,10 +14,11 @@ from collections.abc import Callable
 
 import torch
 
-from momentumgs.merge import block_share, concat_fields
+from momentumgs.merge import block_share
 from momentumgs.model.anchors import AnchorField
 from momentumgs.model.decoder import GaussianDecoder
 from momentumgs.model.store import AnchorModel, DecoderSpec
+from momentumgs.train.assemble import assemble_model
 from momentumgs.train.trainer import Trainer
 
 from .models import ModelHolder
@@ -55,21 +56,14 @@ class TrainingSnapshots:
         self.seconds += time.monotonic() - now
 
     def _snapshot(self, trainer: Trainer) -> AnchorModel:
-        shared = trainer.cfg.method.shared_decoder
-        for b, block in trainer.resident_blocks():
+        shared = trainer.decoders.shared
+        for b, block in trainer.residency.resident_blocks():
             share = block_share(block.field, b, trainer.partition, trainer.cfg.partition.merge)
-            decoder = None if shared else copy_decoder(trainer.spec, trainer.decoder_of(b).module)
+            decoder = None if shared else copy_decoder(trainer.spec, trainer.decoders.of(b).module)
             self._blocks[b] = (share, decoder)
-        ids = sorted(self._blocks)
-        fields = [self._blocks[b][0] for b in ids]
-        info = {"iteration": trainer.global_step, "live": True, "blocks_shown": ids}
-        model = AnchorModel(
-            concat_fields(fields), copy_decoder(trainer.spec, trainer.decoder), trainer.spec, info
-        )
-        if not shared:  # the ablation's independent decoders: each anchor decoded by its block's own
-            model.block_decoders = [self._blocks[b][1] for b in ids]
-            counts = torch.tensor([f.n_anchors for f in fields])
-            model.anchor_block = torch.repeat_interleave(torch.arange(len(ids)), counts).to(
-                fields[0].positions.device
-            )
-        return model
+        shares = {b: share for b, (share, _) in self._blocks.items()}
+        info = {"iteration": trainer.global_step, "live": True, "blocks_shown": sorted(shares)}
+        # the ablation's independent decoders: each anchor decoded by its block's own
+        decoders = None if shared else {b: decoder for b, (_, decoder) in self._blocks.items()}
+        decoder = copy_decoder(trainer.spec, trainer.decoder)
+        return assemble_model(shares, decoder, trainer.spec, info, decoders)

@@ -49,7 +49,7 @@ def block_boxes(partition: Partition) -> list[BlockBox]:
 def load_run_scene(run_dir: Path) -> Scene | None:
     """The run's scene (cameras only are needed), or None with a warning when it cannot be loaded."""
     from momentumgs.config import load_config
-    from momentumgs.run import load_scene
+    from momentumgs.run_setup import load_scene
 
     try:
         return load_scene(load_config(run_dir / "config.yaml"))

@@ -28,22 +28,15 @@ BAKED_SUFFIXES = (".ply", ".spz", ".glb")
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """The trained model and config of a run folder. -> (AnchorModel, Config)"""
-    from momentumgs.model.store import load_model
-    from momentumgs.train.paths import RunPaths
+    from momentumgs.run_setup import open_finished_run
 
-    paths = RunPaths(Path(run_dir))
-    if not paths.root.is_dir():
-        raise UserError(f"{run_dir}: no such run folder")
-    if not paths.config.is_file():
-        raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
-    if not paths.model.is_file():
-        raise UserError(f"{run_dir}: no trained model (expected {paths.model}); has training finished?")
-    return load_model(paths.model, device), load_config(paths.config)
+    run = open_finished_run(run_dir, device)
+    return run.model, run.cfg
 
 
 def _scene_or_none(cfg):
     """The run's scene for its training cameras; None (with a warning) when it cannot be loaded."""
-    from momentumgs.run import load_scene
+    from momentumgs.run_setup import load_scene
 
     try:
         return load_scene(cfg)
@@ -264,7 +257,7 @@ def _config_near(path: Path):
 def cmd_render(args) -> int:
     from momentumgs.render.anchors import render_model_view
     from momentumgs.render.view import camera_view
-    from momentumgs.run import load_scene
+    from momentumgs.run_setup import load_scene
 
     source, out_dir = Path(args.source), Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():

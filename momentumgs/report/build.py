@@ -20,14 +20,14 @@ from momentumgs.config import dump_config
 from momentumgs.errors import UserError
 from momentumgs.eval.results import EvalResult, read_eval
 from momentumgs.io_utils import replace_dir
-from momentumgs.model.store import load_model
 from momentumgs.partition import load_partition
 from momentumgs.partition.preview import block_colors, draw_partition
 from momentumgs.report.blocks import block_metric_rows, psnr_by_block
 from momentumgs.report.curves import training_figure
 from momentumgs.report.page import ViewEntry, blocks_table, facts_table, metrics_table, page, view_figures
 from momentumgs.report.views import RenderedViews, error_map, evaluate_with_renders, renders_of, side_by_side
-from momentumgs.run import duration_text, load_scene, run_config, run_device
+from momentumgs.run_console import duration_text
+from momentumgs.run_setup import open_finished_run
 from momentumgs.train.metrics_log import read_metrics
 from momentumgs.train.paths import RunPaths
 
@@ -56,15 +56,11 @@ def write_report(
     """Evaluate the run's model on its test views (or reuse the evaluation `train` just wrote) and write the
     report; returns the page's path. `device`: where to render (default the run's train.device, after a test
     render there)."""
-    paths = RunPaths(Path(run_dir))
-    if not paths.model.is_file():
-        raise UserError(f"{run_dir}: no trained model (expected {paths.model}); has training finished?")
+    run = open_finished_run(run_dir, device)
+    paths, cfg, model, device = run.paths, run.cfg, run.model, run.device
     out = Path(out_dir) if out_dir is not None else paths.root / "report"
     check_replaceable(out)
-    cfg = run_config(paths.root)
-    device = device or run_device(cfg)
-    model = load_model(paths.model, device)
-    scene = load_scene(cfg)
+    scene = run.scene()
     split, ids = ("test", scene.test_ids) if scene.test_ids else ("train (every 8th: no test views)", None)
     ids = ids if ids is not None else scene.train_ids[::8]
     earlier = earlier_evaluation(paths, model.info, [scene.cameras[i].name for i in ids])

@@ -11,7 +11,7 @@ def write_and_announce(run_dir, out=None, device=None) -> None:
 
 
 def cmd_report(args) -> int:
-    from momentumgs.run import checked_device
+    from momentumgs.run_setup import checked_device
 
     device = checked_device(args.device) if args.device is not None else None
     write_and_announce(args.run, args.out, device)

@@ -82,7 +82,6 @@ class Block:
         loss backpropagates nothing. `balance` > 0 caps the consistency gradient on each decoder head at
         `balance` times the image's, and on the anchors too with `cap_anchors` (`balanced_backward`); 0
         backpropagates the sum as it is (the paper)."""
-        cfg = self.cfg
         # The loss is a mean over the crop's pixels; the densifier's thresholds are for the whole image's,
         # where the same pixels weigh `share` times less: its pixel-to-NDC scale takes that factor.
         share = 1.0 if crop is None else crop.share
@@ -91,48 +90,38 @@ class Block:
             view, gt = crop_view(view, crop), crop_image(gt, crop)
         apply_schedules(self.optimizer, self.schedules, self.iteration)
         render = render_anchor_view(self.field, decoder, view)
+        photo, image_loss, cons, loss = self._losses(render, view, gt, teacher, lambda_consistency, terms)
+        loss = weight * loss
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            with phase("backward"):
+                if balance > 0 and cons.requires_grad:
+                    image, consistency = weight * image_loss, weight * lambda_consistency * cons
+                    balanced_backward(image, consistency, decoder, self.field, balance, cap_anchors)
+                else:
+                    loss.backward()
+            self.densifier.after_backward(
+                self.iteration + 1, render.gaussians, render.meta, ndc_width, ndc_height
+            )
+        return _step_result(render, gt, photo, loss, cons, finite)
+
+    def _losses(self, render, view: View, gt: torch.Tensor, teacher, lambda_consistency: float, terms):
+        """The photometric loss's parts, the image loss (photometric + volume), the consistency loss against
+        the `teacher` (a constant 0 without one) and their weighted sum. -> (PhotometricLoss, image loss,
+        consistency, loss)"""
+        cfg = self.cfg
         with phase("loss"):
             photo = photometric_loss(render.image, gt, cfg.lambda_dssim)
-            loss = photo.loss + cfg.lambda_volume * volume_loss(render.gaussians.scales)
+            image_loss = photo.loss + cfg.lambda_volume * volume_loss(render.gaussians.scales)
         cons = torch.zeros(())
-        image_loss = loss
         if teacher is not None and lambda_consistency > 0:
             with phase("teacher_decode"):
                 appearance = view.index if teacher.appearance is not None else None
                 target = decode_targets(teacher, render.anchors, view.center, render.gaussians, appearance)
             with phase("consistency"):
                 cons = consistency_loss(render.gaussians, target, terms)
-                loss = loss + lambda_consistency * cons
-        loss = weight * loss
-        finite = bool(torch.isfinite(loss))
-        if finite:
-            with phase("backward"):
-                if balance > 0 and cons.requires_grad:
-                    balanced_backward(
-                        weight * image_loss,
-                        weight * lambda_consistency * cons,
-                        decoder,
-                        self.field,
-                        balance,
-                        cap_anchors,
-                    )
-                else:
-                    loss.backward()
-            self.densifier.after_backward(
-                self.iteration + 1, render.gaussians, render.meta, ndc_width, ndc_height
-            )
-        with torch.no_grad():
-            mse = (render.image.detach().clamp(0, 1) - gt).square().mean()
-        return StepResult(
-            loss=float(loss.detach()),
-            l1=photo.l1,
-            ssim=photo.ssim,
-            psnr=float(-10 * torch.log10(mse)) if mse > 0 else math.inf,
-            consistency=float(cons.detach()),
-            n_gaussians=int(render.gaussians.means.shape[0]),
-            n_visible_anchors=int(render.anchors.ids.shape[0]),
-            finite=finite,
-        )
+                return photo, image_loss, cons, image_loss + lambda_consistency * cons
+        return photo, image_loss, cons, image_loss
 
     def step(self, finite: bool = True) -> AdjustReport | None:
         """Apply the anchor gradients (unless the loss was not finite), then grow/prune when due."""
@@ -169,6 +158,22 @@ class Block:
         self.schedules = lr_schedules(cfg.lr, cfg.iterations, self.spatial_scale, cfg.lr_hold_after)
         self.densifier.load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])
+
+
+def _step_result(render, gt: torch.Tensor, photo, loss: torch.Tensor, cons: torch.Tensor, finite: bool):
+    """The numbers of one step on a block (its loss, PSNR of the render, sizes)."""
+    with torch.no_grad():
+        mse = (render.image.detach().clamp(0, 1) - gt).square().mean()
+    return StepResult(
+        loss=float(loss.detach()),
+        l1=photo.l1,
+        ssim=photo.ssim,
+        psnr=float(-10 * torch.log10(mse)) if mse > 0 else math.inf,
+        consistency=float(cons.detach()),
+        n_gaussians=int(render.gaussians.means.shape[0]),
+        n_visible_anchors=int(render.anchors.ids.shape[0]),
+        finite=finite,
+    )
 
 
 def decoder_heads(decoder: GaussianDecoder) -> list[list[torch.nn.Parameter]]:

@@ -133,3 +133,30 @@ def decoder_checksum(module: torch.nn.Module) -> float:
         position = torch.arange(flat.numel(), dtype=torch.float64, device=flat.device)
         # position-weighted, so that two swapped values change the fingerprint too
         return float((flat * (1.0 + 1e-3 * position)).sum())
+
+
+def average_gradients(comm, params: list[torch.nn.Parameter], contributors: int, local_ok: bool) -> bool:
+    """Sum the gradients of `params` over every process and divide by the number of workers that contributed
+    to them (`contributors` in this process). -> whether every worker's loss and the average are finite."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    # one collective per step: the gradients, then the number of contributing workers and of failed ones
+    # (small integers, exact in float32)
+    flags = grads[0].new_tensor([float(contributors), 0.0 if local_ok else 1.0])
+    flat = torch.cat([g.flatten() for g in grads] + [flags])
+    comm.sum_(flat)
+    active, bad = int(flat[-2]), bool(flat[-1] > 0)
+    flat = flat[:-2] / max(active, 1)
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    return not bad and bool(torch.isfinite(flat).all())
+
+
+def agreed_signal(comm, signum: int | None) -> int | None:
+    """The stop signal any process received (so that all stop at the same step), or None."""
+    if comm.world_size == 1:
+        return signum
+    flag = torch.tensor([float(signum or 0)], device=comm.device)
+    comm.max_(flag)
+    return int(flag.item()) or None

@@ -1,4 +1,5 @@
-"""The shared decoder as the trainer holds it: the student, its Adam and schedules, its momentum teacher."""
+"""The decoders as the trainer holds them: each student with its Adam and schedules and its momentum teacher
+(`DecoderState`), and the run's set of them (`RunDecoders`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from momentumgs.data.scene import Scene
 from momentumgs.model.decoder import GaussianDecoder, MomentumTeacher
 from momentumgs.model.store import DecoderSpec
 from momentumgs.train.optimizers import apply_schedules, decoder_optimizer, lr_schedules
+from momentumgs.train.slots import SlotSchedule
 
 
 def decoder_spec(cfg: Config, scene: Scene) -> DecoderSpec:
@@ -91,3 +93,80 @@ class DecoderState:
             optimizer.load_state_dict(saved)
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
+
+
+class RunDecoders:
+    """The decoders of a run: one shared student (`method.shared_decoder`), or one per block for the
+    "independent blocks" ablation, each a `DecoderState`; which one a block uses, and when they step."""
+
+    def __init__(self, cfg: Config, spec: DecoderSpec, schedule: SlotSchedule, device: torch.device):
+        mc = cfg.method
+        self.cfg, self.schedule = cfg, schedule
+        count = 1 if self.shared else schedule.n_blocks
+        # the shared decoder's Adam moments: one state, or one per slot index (method.decoder_optimizer)
+        per_slot = self.shared and mc.decoder_optimizer == "per_slot"
+        slots = max(len(blocks) for blocks in schedule.blocks_of) if per_slot else 1
+        total = schedule.total_steps
+        self.states = [DecoderState(spec, cfg, total, device, self.uses_teacher, slots) for _ in range(count)]
+
+    @property
+    def shared(self) -> bool:
+        return self.cfg.method.shared_decoder
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.cfg.method.momentum > 0 and self.cfg.method.lambda_consistency > 0
+
+    def of(self, block_id: int) -> DecoderState:
+        return self.states[0] if self.shared else self.states[block_id]
+
+    @property
+    def frozen(self) -> bool:
+        """The shared decoder no longer learns: `method.freeze_decoder_at_finish` and a block has finished.
+        Every process knows the whole schedule, so all agree without communicating."""
+        return self.shared and self.cfg.method.freeze_decoder_at_finish and self.schedule.any_finished
+
+    def stepping(self, blocks: list[int]) -> list[DecoderState]:
+        """The decoders that learn from the blocks trained at this step (`blocks`, this process's)."""
+        return self.states if self.shared else [self.states[b] for b in blocks]
+
+    def update_teachers(self, blocks: list[int], frozen: bool) -> None:
+        """Each learning student's teacher follows it by EMA (before the forward pass)."""
+        for state in self.stepping(blocks):
+            if state.teacher is not None and self.uses_teacher and not frozen:
+                state.teacher.update(state.module, self.cfg.method.momentum)
+
+    def step(self, blocks: list[int], global_step: int, finite: bool, frozen: bool) -> None:
+        """One Adam step of each decoder that learnt from `blocks` (this process's blocks of this step)."""
+        if self.shared:
+            current = [b for b in map(self.schedule.current, range(self.schedule.workers)) if b is not None]
+            self.states[0].step(self._clock(current, global_step), finite, frozen, self._slot())
+        else:
+            for b in blocks:
+                self.states[b].step(self._clock([b], global_step), finite, frozen)
+
+    def _clock(self, blocks: list[int], global_step: int) -> int:
+        """Where the decoder's schedules stand at this step: the global step (`train.decoder_lr_clock: run`)
+        or the iteration of the blocks trained in it (`block`; the fewest done when they differ)."""
+        if self.cfg.train.decoder_lr_clock == "block" and blocks:
+            return min(self.schedule.done_iterations[b] for b in blocks)
+        return global_step
+
+    def _slot(self) -> int:
+        """Which of the shared decoder's Adam states this step uses (`method.decoder_optimizer: per_slot`):
+        the slot index of the block of the first active worker, its position in that worker's rotation (all
+        workers are at the same position while they own equally many blocks). 0 with one state."""
+        if len(self.states[0].optimizers) == 1:
+            return 0
+        for w in range(self.schedule.workers):
+            b = self.schedule.current(w)
+            if b is not None:
+                return self.schedule.blocks_of[w].index(b)
+        return 0
+
+    def state_dict(self) -> list[dict]:
+        return [d.state_dict() for d in self.states]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for decoder, state in zip(self.states, states, strict=True):
+            decoder.load_state_dict(state)

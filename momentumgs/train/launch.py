@@ -3,8 +3,8 @@ kept as data for the caller instead of a traceback.
 
 `python -m momentumgs.train.launch REPORT TORCHRUN-ARGS...` runs `torchrun TORCHRUN-ARGS...` (same options,
 same rendezvous, no restarts) and, when workers fail, writes REPORT: {rank: {"exitcode", "signal"}} for every
-failed worker, so that `run.train_in_processes` can print one line naming the lost worker. It dies with its
-parent (Linux), so that a killed `momentumgs train` leaves no workers training behind.
+failed worker, so that `run_launch.train_in_processes` can print one line naming the lost worker. It dies with
+its parent (Linux), so that a killed `momentumgs train` leaves no workers training behind.
 
 A worker that stops on a clear error (a UserError, an OSError) leaves its one-line message in the folder
 named by $MOMENTUMGS_ERRORS instead of printing it: every worker may meet the same error, and the caller
@@ -24,7 +24,7 @@ ERRORS_ENV = "MOMENTUMGS_ERRORS"  # the folder where workers leave their error m
 
 
 def leave_worker_error(message: str) -> bool:
-    """In a worker of `run.train_in_processes`: write `message` (one line) for the caller to print, and
+    """In a worker of `run_launch.train_in_processes`: write `message` (one line) for the caller to print, and
     let a SIGTERM from torchrun (which stops the other workers now) end this process quietly (pycolmap's
     handler would print a stack dump). False elsewhere: the caller prints the message itself."""
     folder = os.environ.get(ERRORS_ENV)

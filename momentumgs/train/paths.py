@@ -13,6 +13,7 @@ eval/                       per-image metrics of the final evaluation
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,22 @@ class RunPaths:
 
     def step_dir(self, step: int) -> Path:
         return self.checkpoints / f"step_{step:08d}"
+
+    def latest_step_dir(self) -> Path | None:
+        """The step folder `latest.json` names (None when it is absent or unreadable)."""
+        name = self._latest("dir")
+        return None if name is None else self.checkpoints / str(name)
+
+    def latest_step(self) -> int | None:
+        """The global step of the checkpoint `latest.json` names (None when it is absent or unreadable)."""
+        step = self._latest("step")
+        return None if step is None else int(step)
+
+    def _latest(self, key: str):
+        try:
+            return json.loads(self.latest.read_text())[key]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def block_file(self, block_id: int) -> Path:
         return self.root / "blocks" / f"block_{block_id:03d}.ckpt"

@@ -95,50 +95,68 @@ def refine_seams(
     report = SeamReport(steps, width, int(movable.sum()), field.n_anchors, len(pool))
     if steps <= 0 or not pool:
         return replace(report, steps=0)
-
     block = anchor_blocks(field, partition) if rule == "gaussians" else None  # [N]
-    learning = field.params()
-    base_lr = {
-        "features": train.lr.features,
-        "offsets": train.lr.offsets_final * spatial_scale,
-        "log_scales": train.lr.log_scales,
-    }
     decoder_grad = [p.requires_grad for p in decoder.parameters()]
     decoder.requires_grad_(False)
-    for p in learning.values():
+    for p in field.params().values():
         p.requires_grad_(True)
-    groups = [{"name": name, "params": [p], "lr": base_lr[name]} for name, p in learning.items()]
-    optimizer = torch.optim.Adam(groups, eps=ADAM_EPS)
-    sampler = ViewSampler(pool, seed)
     try:
+        fit = SeamFit(field, movable, train, spatial_scale, steps)
+        sampler = ViewSampler(pool, seed)
         for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = base_lr[group["name"]] * (1.0 - step / steps)
             index = sampler.next()
-            render = render_anchor_view(field, decoder, views[index])
-            gt = gt_image(scene, index, field.positions.device)
-            loss = photometric_loss(render.image, gt, train.lambda_dssim).loss
-            loss = loss + train.lambda_volume * volume_loss(render.gaussians.scales)
-            if torch.isfinite(loss):
-                loss.backward()
-                for p in learning.values():
-                    if p.grad is not None:  # Adam moves nothing whose gradient was always zero
-                        p.grad[~movable] = 0.0
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            fit.step(step, decoder, views[index], gt_image(scene, index, field.positions.device))
             if progress is not None:
                 progress(step + 1)
     finally:
-        for p in learning.values():  # handed back as a merged model is: rendered, not trained
+        for p in field.params().values():  # handed back as a merged model is: rendered, not trained
             p.requires_grad_(False)
         for p, flag in zip(decoder.parameters(), decoder_grad, strict=True):
             p.requires_grad_(flag)
     if block is None:
         return report
-    with torch.no_grad():
-        kept = allowed_slots(field)
-        field.slot_mask = kept & (owner_of(field.slot_means(), partition) == block[:, None])  # [N, K]
-    return replace(report, dropped_slots=int((kept & ~field.slot_mask).sum()))
+    return replace(report, dropped_slots=cut_to_cells(field, partition, block))
+
+
+class SeamFit:
+    """Adam on the seam anchors (`movable`) of `field`: the training's learning rates at its end, decayed
+    linearly to zero over `steps`; the other anchors' gradients are zeroed before every step."""
+
+    def __init__(
+        self, field: AnchorField, movable: torch.Tensor, train: TrainConfig, scale: float, steps: int
+    ):
+        self.field, self.movable, self.train, self.steps = field, movable, train, steps
+        self.learning = field.params()
+        self.base_lr = {
+            "features": train.lr.features,
+            "offsets": train.lr.offsets_final * scale,
+            "log_scales": train.lr.log_scales,
+        }
+        groups = [{"name": n, "params": [p], "lr": self.base_lr[n]} for n, p in self.learning.items()]
+        self.optimizer = torch.optim.Adam(groups, eps=ADAM_EPS)
+
+    def step(self, step: int, decoder: GaussianDecoder, view: View, gt: torch.Tensor) -> None:
+        """Step `step` of the fit: the training loss on one view (`gt`: its photo)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.base_lr[group["name"]] * (1.0 - step / self.steps)
+        render = render_anchor_view(self.field, decoder, view)
+        loss = photometric_loss(render.image, gt, self.train.lambda_dssim).loss
+        loss = loss + self.train.lambda_volume * volume_loss(render.gaussians.scales)
+        if torch.isfinite(loss):
+            loss.backward()
+            for p in self.learning.values():
+                if p.grad is not None:  # Adam moves nothing whose gradient was always zero
+                    p.grad[~self.movable] = 0.0
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def cut_to_cells(field: AnchorField, partition: Partition, block: torch.Tensor) -> int:
+    """Cut `field`'s slot mask again to the cells of its anchors' blocks (`block`, [N]). -> slots dropped"""
+    kept = allowed_slots(field)
+    field.slot_mask = kept & (owner_of(field.slot_means(), partition) == block[:, None])  # [N, K]
+    return int((kept & ~field.slot_mask).sum())
 
 
 @torch.no_grad()

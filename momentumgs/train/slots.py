@@ -32,6 +32,20 @@ class SlotSchedule:
                 return b
         return None
 
+    def next_block(self, worker: int) -> int | None:
+        """The block worker `worker` will hold after its current slot: its next block, cyclically, that still
+        has iterations left (None when there is no other)."""
+        blocks = self.blocks_of[worker]
+        current = self.current(worker)
+        if current is None or len(blocks) == 1:
+            return None
+        start = blocks.index(current)
+        for shift in range(1, len(blocks)):
+            b = blocks[(start + shift) % len(blocks)]
+            if self.done_iterations[b] < self.iterations:
+                return b
+        return None
+
     def advance(self) -> None:
         """Account one step for every active worker and rotate the workers whose slot is over."""
         for w in range(self.workers):

@@ -17,8 +17,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
+from momentumgs.config import MethodConfig
+from momentumgs.data.scene import Scene
+from momentumgs.render.view import Crop, View
+from momentumgs.train.block import Block, StepResult
+from momentumgs.train.measure import view_quality
+from momentumgs.train.slots import SlotSchedule
+
 SMOOTHING = 0.9  # EMA: new = 0.9 * old + 0.1 * measured
-SOURCES = ("steps", "views")
 SMOOTHINGS = ("ema", "latest")  # method.weighting_smoothing
 
 
@@ -81,3 +89,91 @@ class StepMetrics:
         mean = (self.psnr_sum / self.count, self.ssim_sum / self.count)
         self.psnr_sum, self.ssim_sum, self.count = 0.0, 0.0, 0
         return mean
+
+
+class BlockWeighting:
+    """The block weights of a run and how they are kept: each block's quality measured every `every` of its
+    iterations (from its training steps or rendered on its views), smoothed, shared by all processes, and
+    turned into weights. Neutral (every weight 1, nothing measured) when `method.weighting` is off or with
+    one block, where the weights cannot differ.
+
+    `owned`: the blocks of this process (only their owner knows their quality); `views`, `crops`: every
+    camera's view and each block's crops, for the `views` source's renders."""
+
+    def __init__(
+        self,
+        cfg: MethodConfig,
+        n_blocks: int,
+        owned: list[int],
+        comm,
+        scene: Scene,
+        views: list[View],
+        crops: list[dict[int, Crop]],
+    ):
+        self.cfg, self.owned, self.comm = cfg, owned, comm
+        self.scene, self.views, self.crops = scene, views, crops
+        self.qualities = [BlockQuality() for _ in range(n_blocks)]
+        self.step_metrics = [StepMetrics() for _ in range(n_blocks)]
+        self.weights = [1.0] * n_blocks
+
+    @property
+    def enabled(self) -> bool:
+        """Block weights compare blocks: with one block every weight is 1, so nothing is measured."""
+        return self.cfg.weighting and len(self.qualities) > 1
+
+    def weight(self, block_id: int) -> float:
+        return self.weights[block_id] if self.enabled else 1.0
+
+    def measuring(self, schedule: SlotSchedule) -> set[int]:
+        """The blocks (of all workers) that measure their quality after this step: only then do the weights
+        change and need sharing (every process knows the whole schedule)."""
+        if not self.enabled:
+            return set()
+        done = schedule.done_iterations
+        current = [b for b in map(schedule.current, range(schedule.workers)) if b is not None]
+        return {b for b in current if (done[b] + 1) % self.cfg.weighting_every == 0}
+
+    def after_step(self, block_id: int, block: Block, result: StepResult, decoder, measure: bool) -> None:
+        """Account block `block_id`'s training step; measure its quality when it is due (`measure`)."""
+        if self.enabled and self.cfg.weighting_source == "steps":
+            self.step_metrics[block_id].add(result.psnr, result.ssim)
+        if measure:
+            self._measure(block_id, block, decoder)
+
+    @torch.no_grad()
+    def _measure(self, block_id: int, block: Block, decoder) -> None:
+        """PSNR / SSIM of the block: the mean of its training steps since the last measurement, or rendered
+        on every `weighting_view_stride`-th of its training views."""
+        mc = self.cfg
+        if mc.weighting_source == "steps":
+            steps = self.step_metrics[block_id].take_mean()
+            if steps is not None:
+                self.qualities[block_id].update(*steps, mc.weighting_smoothing)
+            return
+        ids = block.sampler.view_ids[:: mc.weighting_view_stride]
+        quality = view_quality(block.field, decoder, self.scene, self.views, ids, self.crops[block_id])
+        self.qualities[block_id].update(*quality, mc.weighting_smoothing)
+
+    def sync(self) -> None:
+        """Share every block's smoothed quality (each is known to its owner only), then reweight."""
+        if self.comm.world_size > 1:
+            q = torch.full((len(self.qualities), 2), -math.inf, dtype=torch.float64)
+            for b in self.owned:
+                if self.qualities[b].measured:
+                    q[b, 0], q[b, 1] = self.qualities[b].psnr, self.qualities[b].ssim
+            self.comm.max_(q)
+            for b, (p, s) in enumerate(q.tolist()):
+                if math.isfinite(p):
+                    self.qualities[b] = BlockQuality(p, s)
+        self.weights = block_weights(self.qualities, self.cfg.weighting_sigma)
+
+    def state_dict(self) -> dict:
+        return {
+            "qualities": [[q.psnr, q.ssim] for q in self.qualities],
+            "step_metrics": [[m.psnr_sum, m.ssim_sum, m.count] for m in self.step_metrics],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.qualities = [BlockQuality(p, s) for p, s in state["qualities"]]
+        self.step_metrics = [StepMetrics(p, s, int(c)) for p, s, c in state["step_metrics"]]
+        self.weights = block_weights(self.qualities, self.cfg.weighting_sigma)

@@ -117,7 +117,7 @@ def _patch_densify(module) -> None:
 
 
 def _patch_merge(module) -> None:
-    module.merge_blocks = _before(module.merge_blocks, "merge")
+    module.final_model = _before(module.final_model, "merge")
 
 
 def _patch_measure(module) -> None:
@@ -166,7 +166,7 @@ PATCHES = {
     "momentumgs.checkpoint": _patch_checkpoint,
     "momentumgs.train.spill_file": _patch_spill,
     "momentumgs.model.densify": _patch_densify,
-    "momentumgs.merge": _patch_merge,
+    "momentumgs.train.assemble": _patch_merge,
     "momentumgs.train.measure": _patch_measure,
     "momentumgs.eval.measure": _patch_eval,
     "momentumgs.train.trainer": _patch_trainer,
