@@ -145,49 +145,61 @@ def forward(
     T = np.empty((TILE, TILE), dtype=np.float64)
     acc = np.empty((TILE, TILE, D), dtype=np.float64)
     done = np.empty((TILE, TILE), dtype=np.bool_)
-    max_alpha = consts[2]
+    entries = (params, colors, boxes, consts, coords, log_levels)
     for t in range(tile_lo, tile_hi):
         lo, hi = offsets[t], offsets[t + 1]
         if lo == hi:
             continue
-        cam, px, py, nx, ny = _tile_rect(t, tiles_x, tiles_y, width, height)
+        cam, px, py, nx, ny = rect = _tile_rect(t, tiles_x, tiles_y, width, height)
         T[:] = 1.0
         acc[:] = 0.0
         done[:] = False
-        n_done = 0
-        for i in range(lo, hi):
-            e = ids[i]
-            x0 = boxes[e, 0]
-            x_lo, x_hi = max(x0, px), min(boxes[e, 1], px + nx - 1)
-            opacity = params[e, 5]
-            for y in range(max(boxes[e, 2], py), min(boxes[e, 3], py + ny - 1) + 1):
-                first, last_x = _row_span(params, e, y, x_lo, x_hi, log_levels)
-                dx0, half_a, b_dy, half_c_dy2, _ = _row_terms(params, consts, coords, e, x0, y)
-                for x in range(first, last_x + 1):
-                    ly, lx = y - py, x - px
-                    if done[ly, lx]:
-                        continue
-                    raw = _raw_alpha(opacity, half_a, b_dy, half_c_dy2, dx0 - coords[x - x0], consts)
-                    if raw == 0.0:
-                        continue
-                    alpha = min(raw, max_alpha)
-                    next_t = T[ly, lx] * (1.0 - alpha)
-                    if next_t <= STOP_TRANSMITTANCE:
-                        done[ly, lx] = True
-                        n_done += 1
-                        continue
-                    weight = alpha * T[ly, lx]
-                    for d in range(D):
-                        acc[ly, lx, d] += weight * colors[e, d]
-                    T[ly, lx] = next_t
-                    last[cam, y, x] = i
-            if n_done == nx * ny:
-                break
+        _blend_tile(entries, ids, lo, hi, rect, T, acc, done, last)
         for ly in range(ny):
             for lx in range(nx):
                 final_t[cam, py + ly, px + lx] = T[ly, lx]
                 for d in range(D):
                     image[cam, py + ly, px + lx, d] = acc[ly, lx, d]
+
+
+@numba.njit(cache=True, nogil=True)
+def _blend_tile(entries, ids, lo, hi, rect, T, acc, done, last):  # pragma: no cover - compiled
+    """Blend the entries ids[lo:hi] front to back into tile `rect` (camera, first column, first row,
+    columns, rows): its T, colour sums acc and stopped pixels done, and each pixel's last contributor.
+    entries: `forward`'s params, colors, boxes, consts, coords and log_levels."""
+    params, colors, boxes, consts, coords, log_levels = entries
+    cam, px, py, nx, ny = rect
+    D = colors.shape[1]
+    max_alpha = consts[2]
+    n_done = 0
+    for i in range(lo, hi):
+        e = ids[i]
+        x0 = boxes[e, 0]
+        x_lo, x_hi = max(x0, px), min(boxes[e, 1], px + nx - 1)
+        opacity = params[e, 5]
+        for y in range(max(boxes[e, 2], py), min(boxes[e, 3], py + ny - 1) + 1):
+            first, last_x = _row_span(params, e, y, x_lo, x_hi, log_levels)
+            dx0, half_a, b_dy, half_c_dy2, _ = _row_terms(params, consts, coords, e, x0, y)
+            for x in range(first, last_x + 1):
+                ly, lx = y - py, x - px
+                if done[ly, lx]:
+                    continue
+                raw = _raw_alpha(opacity, half_a, b_dy, half_c_dy2, dx0 - coords[x - x0], consts)
+                if raw == 0.0:
+                    continue
+                alpha = min(raw, max_alpha)
+                next_t = T[ly, lx] * (1.0 - alpha)
+                if next_t <= STOP_TRANSMITTANCE:
+                    done[ly, lx] = True
+                    n_done += 1
+                    continue
+                weight = alpha * T[ly, lx]
+                for d in range(D):
+                    acc[ly, lx, d] += weight * colors[e, d]
+                T[ly, lx] = next_t
+                last[cam, y, x] = i
+        if n_done == nx * ny:
+            break
 
 
 @numba.njit(cache=True, nogil=True)
@@ -221,19 +233,20 @@ def backward(
     of w_j c_j.v + tail) / (1 - alpha_k); no gradient through alpha where the 0.999 clamp holds.
     """
     E, D = colors.shape
-    v_colors = np.zeros((E, D), dtype=np.float64)
-    moments = np.zeros((E, 6), dtype=np.float64)
-    v_abs = np.zeros((E if absgrad else 0, 2), dtype=np.float64)
+    grads = (
+        np.zeros((E, D), dtype=np.float64),  # v_colors
+        np.zeros((E, 6), dtype=np.float64),  # moments
+        np.zeros((E if absgrad else 0, 2), dtype=np.float64),  # absolute mean gradients
+    )
     T = np.empty((TILE, TILE), dtype=np.float64)
     behind = np.empty((TILE, TILE), dtype=np.float64)
     last_tile = np.empty((TILE, TILE), dtype=np.int32)
-    v_color = np.empty(D, dtype=np.float64)
-    max_alpha = consts[2]
+    entries = (params, colors, boxes, consts, coords, log_levels)
     for t in range(tile_lo, tile_hi):
         lo, hi = offsets[t], offsets[t + 1]
         if lo == hi:
             continue
-        cam, px, py, nx, ny = _tile_rect(t, tiles_x, tiles_y, width, height)
+        cam, px, py, nx, ny = rect = _tile_rect(t, tiles_x, tiles_y, width, height)
         last_in_tile = -1
         for ly in range(ny):
             for lx in range(nx):
@@ -241,59 +254,80 @@ def backward(
                 behind[ly, lx] = tail[cam, py + ly, px + lx]
                 last_tile[ly, lx] = last[cam, py + ly, px + lx]
                 last_in_tile = max(last_in_tile, last_tile[ly, lx])
-        for i in range(last_in_tile, lo - 1, -1):
-            e = ids[i]
-            x0 = boxes[e, 0]
-            x_lo, x_hi = max(x0, px), min(boxes[e, 1], px + nx - 1)
-            opacity = params[e, 5]
-            # this entry's sums over the tile's pixels, in registers; added to the arrays once
-            s_dx = s_dy = s_dxdx = s_dxdy = s_dydy = s_1 = abs_x = abs_y = 0.0
-            v_color[:] = 0.0
-            for y in range(max(boxes[e, 2], py), min(boxes[e, 3], py + ny - 1) + 1):
-                first, last_x = _row_span(params, e, y, x_lo, x_hi, log_levels)
-                dx0, half_a, b_dy, half_c_dy2, dy = _row_terms(params, consts, coords, e, x0, y)
-                ly = y - py
-                for x in range(first, last_x + 1):
-                    lx = x - px
-                    if i > last_tile[ly, lx]:
-                        continue
-                    dx = dx0 - coords[x - x0]
-                    raw = _raw_alpha(opacity, half_a, b_dy, half_c_dy2, dx, consts)
-                    if raw == 0.0:
-                        continue
-                    alpha = min(raw, max_alpha)
-                    keep = 1.0 / (1.0 - alpha)
-                    T_k = T[ly, lx] * keep
-                    weight = alpha * T_k
-                    c_dot_v = 0.0
-                    for d in range(D):
-                        v = v_image[cam, y, x, d]
-                        c_dot_v += colors[e, d] * v
-                        v_color[d] += weight * v
-                    v_alpha = T_k * c_dot_v - behind[ly, lx] * keep
-                    behind[ly, lx] += weight * c_dot_v
-                    T[ly, lx] = T_k
-                    v_sigma = -raw * v_alpha if raw <= max_alpha else 0.0
-                    v_sigma_dx, v_sigma_dy = v_sigma * dx, v_sigma * dy
-                    s_dx += v_sigma_dx
-                    s_dy += v_sigma_dy
-                    s_dxdx += v_sigma_dx * dx
-                    s_dxdy += v_sigma_dx * dy
-                    s_dydy += v_sigma_dy * dy
-                    s_1 += v_sigma
-                    if absgrad:
-                        a, b, c = params[e, 2], params[e, 3], params[e, 4]
-                        abs_x += abs(a * v_sigma_dx + b * v_sigma_dy)
-                        abs_y += abs(b * v_sigma_dx + c * v_sigma_dy)
-            moments[e, 0] += s_dx
-            moments[e, 1] += s_dy
-            moments[e, 2] += s_dxdx
-            moments[e, 3] += s_dxdy
-            moments[e, 4] += s_dydy
-            moments[e, 5] += s_1
-            for d in range(D):
-                v_colors[e, d] += v_color[d]
-            if absgrad:
-                v_abs[e, 0] += abs_x
-                v_abs[e, 1] += abs_y
-    return v_colors, moments, v_abs
+        pixels = (T, behind, last_tile)
+        _unblend_tile(entries, ids, lo, last_in_tile, rect, v_image, absgrad, pixels, grads)
+    return grads
+
+
+@numba.njit(cache=True, nogil=True)
+def _unblend_tile(entries, ids, lo, last_in_tile, rect, v_image, absgrad, pixels, grads):  # pragma: no cover
+    """Take the entries ids[lo:last_in_tile + 1] back out of tile `rect`, back to front (pixels: T, what
+    lies behind, last contributor), adding each one's sums over the tile to grads (`backward`'s outputs)
+    once, from registers. entries: `backward`'s params, colors, boxes, consts, coords and log_levels."""
+    params, colors, boxes, consts, coords, log_levels = entries
+    T, behind, last_tile = pixels
+    v_colors, moments, v_abs = grads
+    cam, px, py, nx, ny = rect
+    D = colors.shape[1]
+    v_color = np.empty(D, dtype=np.float64)
+    max_alpha = consts[2]
+    for i in range(last_in_tile, lo - 1, -1):
+        e = ids[i]
+        x0 = boxes[e, 0]
+        x_lo, x_hi = max(x0, px), min(boxes[e, 1], px + nx - 1)
+        opacity = params[e, 5]
+        sums = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # v_sigma (dx, dy, dx^2, dx dy, dy^2, 1)
+        abs_x = abs_y = 0.0
+        v_color[:] = 0.0
+        for y in range(max(boxes[e, 2], py), min(boxes[e, 3], py + ny - 1) + 1):
+            first, last_x = _row_span(params, e, y, x_lo, x_hi, log_levels)
+            dx0, half_a, b_dy, half_c_dy2, dy = _row_terms(params, consts, coords, e, x0, y)
+            ly = y - py
+            for x in range(first, last_x + 1):
+                lx = x - px
+                if i > last_tile[ly, lx]:
+                    continue
+                dx = dx0 - coords[x - x0]
+                raw = _raw_alpha(opacity, half_a, b_dy, half_c_dy2, dx, consts)
+                if raw == 0.0:
+                    continue
+                alpha = min(raw, max_alpha)
+                keep = 1.0 / (1.0 - alpha)
+                T_k = T[ly, lx] * keep
+                weight = alpha * T_k
+                c_dot_v = 0.0
+                for d in range(D):
+                    v = v_image[cam, y, x, d]
+                    c_dot_v += colors[e, d] * v
+                    v_color[d] += weight * v
+                v_alpha = T_k * c_dot_v - behind[ly, lx] * keep
+                behind[ly, lx] += weight * c_dot_v
+                T[ly, lx] = T_k
+                v_sigma = -raw * v_alpha if raw <= max_alpha else 0.0
+                v_sigma_dx, v_sigma_dy = v_sigma * dx, v_sigma * dy
+                sums = _add_moments(sums, v_sigma_dx, v_sigma_dy, v_sigma, dx, dy)
+                if absgrad:
+                    a, b, c = params[e, 2], params[e, 3], params[e, 4]
+                    abs_x += abs(a * v_sigma_dx + b * v_sigma_dy)
+                    abs_y += abs(b * v_sigma_dx + c * v_sigma_dy)
+        for k in range(6):
+            moments[e, k] += sums[k]
+        for d in range(D):
+            v_colors[e, d] += v_color[d]
+        if absgrad:
+            v_abs[e, 0] += abs_x
+            v_abs[e, 1] += abs_y
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_moments(sums, v_sigma_dx, v_sigma_dy, v_sigma, dx, dy):  # pragma: no cover - compiled
+    """sums + v_sigma (dx, dy, dx^2, dx dy, dy^2, 1), each product formed as (v_sigma dx) dx etc."""
+    s_dx, s_dy, s_dxdx, s_dxdy, s_dydy, s_1 = sums
+    return (
+        s_dx + v_sigma_dx,
+        s_dy + v_sigma_dy,
+        s_dxdx + v_sigma_dx * dx,
+        s_dxdy + v_sigma_dx * dy,
+        s_dydy + v_sigma_dy * dy,
+        s_1 + v_sigma,
+    )
