@@ -81,7 +81,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
     cfg = _config(args)
     cfg.data.path = args.scene
     device = resolve_device(cfg.train.device)
-    if cfg.partition.assign == "ssim":  # renders a coarse model: test the device before loading the scene
+    if cfg.partition.assign.mode == "ssim":  # renders a coarse model: test the device before the scene
         check_render_device(device, "--set train.device=cpu")
     scene = load_scene(cfg)
     part = make_partition(scene, cfg, device)

@@ -3,7 +3,20 @@
 Every section is a plain dataclass with defaults; a YAML file sets any subset of the fields. Unknown
 keys and values of the wrong type are rejected with one line naming the key. Every field also declares the
 values it allows (a range, a set of choices, a list length; "what each field allows" below), checked when
-the config loads, so that a bad value stops the command in one line instead of deep inside training.
+the config loads, so that a bad value stops the command in one line instead of deep inside training. Code
+that builds a config itself gets the same check from `check_config`, which the library's entry points call.
+
+The layout, for users first:
+    data, demo, model, train (with train.lr, train.densify), partition, method: what a user sets;
+    partition.assign: a section tagged by its `mode` (visibility, center or ssim), each mode with its own
+        options: `assign: {mode: ssim, threshold: 0.03, coarse_model: m.ckpt}`; `assign: center` is short
+        for `{mode: center}`;
+    method.teacher (momentum, lambda_consistency, balance) and method.weighting (enabled, sigma, every,
+        source, view_stride, smoothing): the two parts of Momentum-GS across blocks;
+    experimental: the switches of experiments and ablations (tools/ablation.py), which a user has no reason
+        to change.
+A key of an earlier layout (`method.momentum`, `partition.ssim_threshold`, ...) is refused with one line
+naming its new place (`MOVED`).
 """
 
 from __future__ import annotations
@@ -148,6 +161,7 @@ MergeRule = Literal["gaussians", "anchors"]
 OpacitySlots = Literal["all", "kept"]
 ConsistencyShape = Literal["quaternion", "covariance"]
 WeightingSource = Literal["steps", "views"]
+Smoothing = Literal["ema", "latest"]
 
 
 def _mins_below_maxes(box: list[float]) -> bool:
@@ -290,8 +304,40 @@ class TrainConfig:
 
 
 @dataclass
+class VisibilityAssign:
+    """assign mode visibility: a camera trains its own block and every block of which at least `threshold` of
+    the points (cell plus margin) project into its image, in front of it (partition/assign.py)."""
+
+    mode: Literal["visibility"] = field(default="visibility", kw_only=True)  # the tag: which section this is
+    threshold: Annotated[float, Range(gt=0, le=1)] = 0.25  # fraction of the block's points the camera sees
+
+
+@dataclass
+class CenterAssign:
+    """assign mode center: a camera trains only the block its centre lies in."""
+
+    mode: Literal["center"] = field(default="center", kw_only=True)  # the tag: which section this is
+
+
+@dataclass
+class SSIMAssign:
+    """assign mode ssim, the paper's: a camera also trains every block whose removal from a coarse model of
+    the whole scene changes its render by 1 - SSIM > `threshold` (partition/ssim.py)."""
+
+    mode: Literal["ssim"] = field(default="ssim", kw_only=True)  # the tag: which section this is
+    threshold: Annotated[float, Range(gt=0, lt=2)] = 0.05  # the paper uses 0.03 .. 0.05
+    coarse_model: Text = ""  # a trained model.ckpt of the whole scene (same world frame); needed
+
+
+# Which cameras train a block besides those in it: one of these, told apart by `mode` (a tagged section:
+# `assign: {mode: ssim, threshold: 0.03, coarse_model: m.ckpt}`; `assign: center` is short for
+# `{mode: center}`; a new mode starts from that mode's defaults).
+AssignConfig = VisibilityAssign | CenterAssign | SSIMAssign
+
+
+@dataclass
 class PartitionConfig:
-    """Scene partitioning into blocks (docs/method.md, Partitioning and merging; momentumgs/partition.py)."""
+    """Scene partitioning into blocks (docs/method.md, Partitioning and merging; momentumgs/partition/)."""
 
     # [] = estimate; else min x, y, z, then max x, y, z
     aabb: Annotated[list[float], ListOf((0, 6), Range(), _mins_below_maxes, "each min below its max")] = (
@@ -302,20 +348,13 @@ class PartitionConfig:
     block_dim: Annotated[list[int], ListOf((3,), Range(ge=1))] = field(default_factory=lambda: [2, 2, 1])
     # auto: from the cameras (partition files write +z, -y, ...)
     up_axis: Literal["auto", "x", "y", "z", "+x", "+y", "+z", "-x", "-y", "-z"] = "auto"
-    # which cameras train a block besides those in it
-    assign: AssignMode = "visibility"
-    # fraction of a block's points a camera must see (in image, in front)
-    visibility_threshold: Annotated[float, Range(gt=0, le=1)] = 0.25
-    coarse_model: Text = ""  # assign ssim: a trained model.ckpt of the whole scene (same world frame)
-    # assign ssim: 1 - SSIM drop when the block is removed (paper 0.03..0.05)
-    ssim_threshold: Annotated[float, Range(gt=0, lt=2)] = 0.05
+    assign: AssignConfig = field(default_factory=VisibilityAssign)
     # fraction of the cell size added around a block for its points and visibility test
     margin: Annotated[float, Range(ge=0, lt=1)] = 0.1
     # the SfM points each block starts from: cell (its cell + margin), coverage (also every point its cameras
-    # see: a block can explain its views; on the demo city +1 dB over cell, docs/method.md), coarse (cell,
-    # and the rest of coverage on a coarse grid: a block's anchors grow with its cell, not with its views'
-    # reach; as good as coverage on both demo scenes at 40-59 % of its anchors, docs/quality.md), all (the
-    # whole cloud, as the Momentum-GS code); anchors outside the cell are dropped at the merge
+    # see, so that a block can explain its views), coarse (cell, and the rest of coverage on a coarse grid:
+    # a block's anchors grow with its cell, not with its views' reach), all (the whole cloud, as the
+    # Momentum-GS code); anchors outside the cell are dropped at the merge (docs/method.md)
     block_points: BlockPoints = "coarse"
     # what the merged model keeps of each block: the neural Gaussians whose centres lie in its cell
     # (gaussians), or the anchors that do, with all their Gaussians (anchors, as the Momentum-GS code);
@@ -327,18 +366,68 @@ class PartitionConfig:
     # the anchors that move: those with a kept Gaussian within this fraction of the AABB's extent per cell
     # (the smaller ground axis's) of another block's cell
     seam_band: Annotated[float, Range(gt=0, le=1)] = 0.1
-    min_views: CountOrZero = 5  # warn about blocks trained by fewer views; 0 = never
+    # warn when a scene is partitioned and when training starts about blocks trained by fewer views; 0: never
+    min_views: CountOrZero = 5
+
+
+@dataclass
+class TeacherConfig:
+    """The momentum teacher and its consistency loss (docs/method.md, Momentum teacher)."""
+
+    momentum: Fraction = 0.9  # teacher EMA m; 0 disables the teacher and the consistency loss
+    lambda_consistency: NonNegative = 50.0  # 0 disables the consistency loss (and the teacher)
+    # > 0: on each decoder head and on the block's anchors the consistency gradient is scaled down to at most
+    # this times the image's gradient norm (docs/method.md, Momentum teacher); 0 adds the terms as they are
+    # (the paper)
+    balance: NonNegative = 0.01
+
+
+@dataclass
+class WeightingConfig:
+    """Reconstruction-guided block weighting (docs/method.md, Block weighting)."""
+
+    enabled: bool = True
+    sigma: Positive = 10.0
+    every: Count = 1000  # measure a block's PSNR/SSIM every this many of its iterations
+    # views (the paper's): render every `view_stride`-th of its training views then; steps: the mean over
+    # those iterations of the block's own training renders (free, an approximation)
+    source: WeightingSource = "views"
+    view_stride: Count = 10
+    # a block's quality: an EMA over its measurements, q <- 0.9 q + 0.1 measured (ema), or its latest
+    # measurement (latest: the Momentum-GS code, whose EMA steps every iteration toward the latest measurement
+    # and so reaches it within a few dozen iterations; docs/method.md, Block weighting)
+    smoothing: Smoothing = "ema"
 
 
 @dataclass
 class MethodConfig:
-    """Momentum-GS across blocks (docs/method.md: Momentum teacher, Block weighting, Training schedule).
-    The switches double as the ablation's."""
+    """Momentum-GS across blocks (docs/method.md: Momentum teacher, Block weighting, Training schedule)."""
 
     workers: Count = 1  # k worker slots (<= blocks); with torchrun the world size sets it
     slot_iterations: Count = 500  # a worker switches to its next block after this many steps
-    momentum: Fraction = 0.9  # teacher EMA m; 0 disables the teacher and the consistency loss
-    lambda_consistency: NonNegative = 50.0  # 0 disables the consistency loss (and the teacher)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    # the shared decoder's Adam moments: one state (shared), or one per slot index, the position j of the
+    # block being trained in its worker's rotation (per_slot: the Momentum-GS code keeps the MLPs' moments in
+    # each block's optimizer; docs/method.md, Training schedule)
+    decoder_optimizer: Literal["shared", "per_slot"] = "shared"
+    # true: once the first block has all its iterations the shared decoder (and its teacher) stops learning,
+    # so that the blocks still training fit their anchors to the decoder the merged model keeps and no
+    # finished block waits while the decoder moves on (ours: the Momentum-GS code has a freeze branch that
+    # never runs; docs/method.md, Training schedule). false: it learns to the last step (the Momentum-GS code)
+    freeze_decoder_at_finish: bool = True
+    # idle blocks kept in host RAM up to this, spilled to disk beyond (0: every idle block on disk)
+    ram_budget_mb: NonNegative = 4096.0
+    checksum_every: CountOrZero = 100  # compare the decoder replicas across workers this often; 0 = never
+
+
+@dataclass
+class ExperimentalConfig:
+    """Switches for experiments and ablations (tools/ablation.py; docs/method.md says what each changes,
+    docs/quality.md what it measured): the defaults are the method; a user has no reason to change them."""
+
+    # false: one decoder (and teacher) per block, the paper's "independent blocks" ablation
+    shared_decoder: bool = True
     # lambda_consistency ramps linearly from 0 to its value between these fractions of a block's iterations
     # ([0, 0]: from the first iteration, as the paper)
     consistency_ramp: Annotated[
@@ -349,43 +438,14 @@ class MethodConfig:
     # the shape term: "quaternion" (the paper: MSE of unit quaternions plus MSE of scales) or "covariance"
     # (MSE of the covariance R S^2 R^T, which the image depends on; a rotation the image cannot see is free)
     consistency_shape: ConsistencyShape = "quaternion"
-    # > 0: on each decoder head the consistency gradient is scaled down to at most this times the image's
-    # gradient norm (docs/method.md, Momentum teacher); 0 adds the terms as they are (the paper's switch)
-    consistency_balance: NonNegative = 0.01
-    # true: the same cap on the block's anchors (all their parameters as one group; docs/quality.md: the
-    # teacher then no longer costs PSNR); false: the anchors take the consistency gradient as it is
+    # false: method.teacher.balance caps the decoder heads only; the anchors take the consistency gradient as
+    # it is
     consistency_balance_anchors: bool = True
     # true: a block trains on the rectangle of each view where its own cell lies (its cell's points' box,
     # widened by crop_pad x the image on each side): faster steps, but its context trains less
     # (docs/method.md, Training schedule). false: whole views, as the paper
     crop_views: bool = False
     crop_pad: Fraction = 0.05
-    weighting: bool = True  # reconstruction-guided block weighting
-    weighting_sigma: Positive = 10.0
-    weighting_every: Count = 1000  # measure a block's PSNR/SSIM every this many of its iterations
-    # "views" (the paper's; docs/method.md, Block weighting): render every `weighting_view_stride`-th of its
-    # training views then;
-    # "steps": the mean over those iterations of the block's own training renders (free, an approximation)
-    weighting_source: WeightingSource = "views"
-    weighting_view_stride: Count = 10
-    # a block's quality: an EMA over its measurements, q <- 0.9 q + 0.1 measured (ema), or its latest
-    # measurement (latest: the Momentum-GS code, whose EMA steps every iteration toward the latest measurement
-    # and so reaches it within a few dozen iterations; docs/method.md, Block weighting)
-    weighting_smoothing: Literal["ema", "latest"] = "ema"
-    shared_decoder: bool = True  # false: one decoder per block (the paper's "independent blocks" ablation)
-    # the shared decoder's Adam moments: one state (shared), or one per slot index, the position j of the
-    # block being trained in its worker's rotation (per_slot: the Momentum-GS code keeps the MLPs' moments in
-    # each block's optimizer; docs/method.md, Training schedule)
-    decoder_optimizer: Literal["shared", "per_slot"] = "shared"
-    # true: once the first block has all its iterations the shared decoder (and its teacher) stops learning,
-    # so that the blocks still training fit their anchors to the decoder the merged model keeps and no
-    # finished block waits while the decoder moves on (ours: the Momentum-GS code has a freeze branch that
-    # never runs; docs/method.md, Training schedule; +0.17 dB on the demo city, docs/quality.md). false: it
-    # learns to the last step (the Momentum-GS code)
-    freeze_decoder_at_finish: bool = True
-    # idle blocks kept in host RAM up to this, spilled to disk beyond (0: every idle block on disk)
-    ram_budget_mb: NonNegative = 4096.0
-    checksum_every: CountOrZero = 100  # compare the decoder replicas across workers this often; 0 = never
 
 
 @dataclass
@@ -396,7 +456,33 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    experimental: ExperimentalConfig = field(default_factory=ExperimentalConfig)
     output: Text = "runs/demo"
+
+
+# Keys of earlier versions and where each went: a file or `--set` that uses one gets a one-line error
+# naming the new key (never silent acceptance).
+MOVED = {
+    "partition.visibility_threshold": "partition.assign.threshold (with partition.assign.mode: visibility)",
+    "partition.ssim_threshold": "partition.assign.threshold (with partition.assign.mode: ssim)",
+    "partition.coarse_model": "partition.assign.coarse_model (with partition.assign.mode: ssim)",
+    "method.momentum": "method.teacher.momentum",
+    "method.lambda_consistency": "method.teacher.lambda_consistency",
+    "method.consistency_balance": "method.teacher.balance",
+    "method.weighting": "method.weighting.enabled",  # where the value is not a mapping
+    "method.weighting_sigma": "method.weighting.sigma",
+    "method.weighting_every": "method.weighting.every",
+    "method.weighting_source": "method.weighting.source",
+    "method.weighting_view_stride": "method.weighting.view_stride",
+    "method.weighting_smoothing": "method.weighting.smoothing",
+    "method.shared_decoder": "experimental.shared_decoder",
+    "method.consistency_ramp": "experimental.consistency_ramp",
+    "method.consistency_opacity": "experimental.consistency_opacity",
+    "method.consistency_shape": "experimental.consistency_shape",
+    "method.consistency_balance_anchors": "experimental.consistency_balance_anchors",
+    "method.crop_views": "experimental.crop_views",
+    "method.crop_pad": "experimental.crop_pad",
+}
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -419,11 +505,14 @@ def check_config(obj: Any, prefix: str = "") -> None:
     naming the key, the value and what is allowed."""
     hints = typing.get_type_hints(type(obj), include_extras=True)
     for f in dataclasses.fields(obj):
-        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        key, value, hint = f"{prefix}{f.name}", getattr(obj, f.name), hints[f.name]
+        variants = _variants(hint)
+        if variants and not isinstance(value, tuple(variants.values())):
+            names = ", ".join(c.__name__ for c in variants.values())
+            raise ConfigError(f"{key}: expected a section, one of {names}, got {value!r}")
         if dataclasses.is_dataclass(value):
             check_config(value, key + ".")
             continue
-        hint = hints[f.name]
         check = declared_check(hint)  # None only for a field still to declare it (the tests say which)
         if check is not None and not check.allows(value):
             base = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
@@ -517,18 +606,59 @@ def _apply(obj: Any, data: dict, prefix: str = "") -> None:
     """Set the fields of dataclass `obj` from the nested dict `data`, checking keys and types."""
     if not isinstance(data, dict):
         where = prefix.rstrip(".") or "top level"
+        if where in MOVED:
+            raise ConfigError(f"config key '{where}' is now '{MOVED[where]}'")
         raise ConfigError(f"config key '{where}': expected a mapping, got {type(_plain(data)).__name__}")
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for name, value in data.items():
         key = f"{prefix}{name}"
         if name not in names:
-            raise ConfigError(f"unknown config key '{key}'")
+            raise ConfigError(_unknown_key(obj, key))
         current = getattr(obj, name)
+        variants = _variants(hints[name])
+        if variants:
+            current, value = _choose_variant(current, value, variants, key)
+            setattr(obj, name, current)
         if dataclasses.is_dataclass(current):
             _apply(current, value, key + ".")
         else:
             setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def _unknown_key(obj: Any, key: str) -> str:
+    if key in MOVED:
+        return f"config key '{key}' is now '{MOVED[key]}'"
+    mode = getattr(obj, "mode", None)
+    where = f" (not an option of {key.rsplit('.', 1)[0]}.mode {mode})" if mode is not None else ""
+    return f"unknown config key '{key}'{where}"
+
+
+def _variants(hint: Any) -> dict[str, type] | None:
+    """A tagged section's classes by their `mode` (AssignConfig); None for any other annotation."""
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return None
+    classes = typing.get_args(hint)
+    if not all(dataclasses.is_dataclass(c) for c in classes):
+        return None
+    return {typing.get_args(typing.get_type_hints(c)["mode"])[0]: c for c in classes}
+
+
+def _choose_variant(current: Any, value: Any, variants: dict[str, type], key: str) -> tuple[Any, Any]:
+    """The section a tagged field's `value` selects, and what is left of `value` to apply to it: a mode
+    (`assign: center`) or a mapping with a mode starts that mode's defaults (unless it is the current mode);
+    a mapping without one applies to the current section."""
+    if isinstance(value, dict) and "mode" not in value:
+        return current, value
+    where, mode = (f"{key}.mode", value.get("mode")) if isinstance(value, dict) else (key, value)
+    text = mode.text if isinstance(mode, _Spelled) else mode
+    if text not in variants:  # a word YAML reads as a boolean as written, any other value as Python's repr
+        shown = text if isinstance(mode, _Spelled) else repr(mode)
+        raise ConfigError(f"config key '{where}': expected one of {', '.join(variants)}, got {shown}")
+    if text != current.mode:
+        current = variants[text]()
+    rest = {k: v for k, v in value.items() if k != "mode"} if isinstance(value, dict) else {}
+    return current, rest
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -8,6 +8,7 @@ formats: docs/formats.md.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from momentumgs.data.scene import Scene
 from momentumgs.errors import UserError
 from momentumgs.io_utils import write_text_atomic
 from momentumgs.model.store import AnchorModel
-from momentumgs.partition import load_partition, partition_scene, save_partition
+from momentumgs.partition import few_view_warnings, load_partition, partition_scene, save_partition
 from momentumgs.train.checkpoints import check_resume_processes
 from momentumgs.train.comm import init_from_env, launched_by_torchrun
 from momentumgs.train.paths import RunPaths, check_new_run_dir, prepare_run_dir
@@ -150,6 +151,8 @@ def start_or_resume(
         if main:
             save_partition(paths.partition, partition)
             write_text_atomic(paths.config, dump_config(cfg))
+            for line in few_view_warnings(partition, cfg.partition.min_views):
+                print(f"momentumgs: warning: {line}", file=sys.stderr)
         trainer.init_blocks()
     return trainer
 

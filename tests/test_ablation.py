@@ -28,8 +28,8 @@ def test_single_block_budgets_settings_and_seeds_of_the_plan(tmp_path):
     args = tool.parse_args(
         ["--block-dim", "2", "2", "1", "--workers", "2", "--iterations", "10", "--seeds", "2"]
         + ["--variants", "full", "single-total", "single-wall"]
-        + ["--variant-set", "full:method.lambda_consistency=5", "--set", "method.weighting_sigma=3"]
-        + ["--define", "wide:partition.block_dim=[4,1,1],method.momentum=0.5"]
+        + ["--variant-set", "full:method.teacher.lambda_consistency=5", "--set", "method.weighting.sigma=3"]
+        + ["--define", "wide:partition.block_dim=[4,1,1],method.teacher.momentum=0.5"]
     )  # fmt: skip
     runs = {(r.variant, r.seed): r.cfg for r in tool.plan_runs(args, "scene", tmp_path)}
 
@@ -41,12 +41,22 @@ def test_single_block_budgets_settings_and_seeds_of_the_plan(tmp_path):
     assert full.partition.seam_steps == 200  # the default, which the partitioned runs end with
     assert wall.train.iterations == 4 * 10 // 2 + 200  # n x it / k, then the seam refinement's steps
     assert (total.partition.block_dim, total.method.workers) == ([1, 1, 1], 1)
-    assert (total.method.momentum, total.method.weighting) == (0.0, False)
+    assert (total.method.teacher.momentum, total.method.weighting.enabled) == (0.0, False)
     assert (total.train.densify.start_iter, total.train.densify.end_iter) == (4, 34)  # its own length
-    assert (full.partition.block_dim, full.method.workers, full.method.weighting) == ([2, 2, 1], 2, True)
-    assert full.method.lambda_consistency == 5 and total.method.lambda_consistency == 50  # full only
-    assert full.method.weighting_sigma == total.method.weighting_sigma == 3  # --set: every run
-    assert (wide.partition.block_dim, wide.method.momentum, wide.method.weighting) == ([4, 1, 1], 0.5, True)
+    assert (full.partition.block_dim, full.method.workers, full.method.weighting.enabled) == (
+        [2, 2, 1],
+        2,
+        True,
+    )
+    assert (
+        full.method.teacher.lambda_consistency == 5 and total.method.teacher.lambda_consistency == 50
+    )  # full only
+    assert full.method.weighting.sigma == total.method.weighting.sigma == 3  # --set: every run
+    assert (wide.partition.block_dim, wide.method.teacher.momentum, wide.method.weighting.enabled) == (
+        [4, 1, 1],
+        0.5,
+        True,
+    )
 
 
 def test_a_finished_run_is_reused_only_if_its_config_holds_every_setting_with_the_same_value(tmp_path):
@@ -59,13 +69,13 @@ def test_a_finished_run_is_reused_only_if_its_config_holds_every_setting_with_th
     paths.config.write_text(yaml.safe_dump(written))
     assert tool.reusable(run)
 
-    written["method"]["momentum"] = 0.5  # trained with another setting
+    written["method"]["teacher"]["momentum"] = 0.5  # trained with another setting
     paths.config.write_text(yaml.safe_dump(written))
-    with pytest.raises(tool.UserError, match=r"other settings \(method\.momentum\)"):
+    with pytest.raises(tool.UserError, match=r"other settings \(method\.teacher\.momentum\)"):
         tool.reusable(run)
 
     # written before a setting existed: loading would fill today's default, which it may not have trained with
-    written["method"]["momentum"] = run.cfg.method.momentum
+    written["method"]["teacher"]["momentum"] = run.cfg.method.teacher.momentum
     del written["method"]["freeze_decoder_at_finish"]
     paths.config.write_text(yaml.safe_dump(written))
     with pytest.raises(
@@ -90,7 +100,7 @@ def test_reported_differences_include_block_weighting_alone():
 
 def test_default_variants_are_the_method_against_what_it_replaces_and_all_names_every_one():
     tool = load_tool()
-    variants = tool.known_variants(["wide:method.momentum=0.5"])
+    variants = tool.known_variants(["wide:method.teacher.momentum=0.5"])
     chosen = tool.chosen_variants(tool.parse_args([]), variants)
     assert chosen == ["full", "independent", "single-wall", "wide"]
     chosen = tool.chosen_variants(tool.parse_args(["--variants", "full", "all"]), variants)

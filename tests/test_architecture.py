@@ -33,7 +33,6 @@ LAYERS = {
     "render.anchors": 4,  # renders the anchor model: above model/ and the rest of render/
     "merge": 4,
     "partition.ssim": 5,
-    "partition_ssim": 6,  # the old name of partition.ssim, until run.py imports the new one
     "train": 5,
     "eval": 6,
     "run_setup": 7,

@@ -8,12 +8,17 @@ import pytest
 from helpers import cli_cmd, train_cmd
 
 from momentumgs.config import (
+    MOVED,
     AnyText,
+    CenterAssign,
     Config,
     Device,
     ListOf,
     OneOf,
     Range,
+    SSIMAssign,
+    VisibilityAssign,
+    _variants,
     check_config,
     declared_check,
     dump_config,
@@ -99,16 +104,18 @@ def test_paper_configs_switch_the_method_to_the_papers_loss():
     ]
     assert len(paper) == 6
     for path in paper:
-        mc = load_config(path).method
-        assert mc.consistency_balance == 0, path  # the terms summed as they are
-        assert ConsistencyTerms(mc.consistency_opacity, mc.consistency_shape) == PAPER_TERMS, path
-        assert (mc.momentum, mc.consistency_ramp, mc.weighting) == (0.9, [0.0, 0.0], True), path
-        assert mc.lambda_consistency in (50, 100), path
+        cfg = load_config(path)
+        mc, teacher, ex = cfg.method, cfg.method.teacher, cfg.experimental
+        assert teacher.balance == 0, path  # the terms summed as they are
+        assert ConsistencyTerms(ex.consistency_opacity, ex.consistency_shape) == PAPER_TERMS, path
+        assert (teacher.momentum, ex.consistency_ramp, mc.weighting.enabled) == (0.9, [0.0, 0.0], True), path
+        assert teacher.lambda_consistency in (50, 100), path
         # the Momentum-GS code's freeze branch never runs: its decoder learns to the end (docs/method.md)
         assert not mc.freeze_decoder_at_finish, path
-    defaults = load_config(None).method
-    assert defaults.consistency_balance > 0
-    assert ConsistencyTerms(defaults.consistency_opacity, defaults.consistency_shape) == PAPER_TERMS
+    defaults = load_config(None)
+    assert defaults.method.teacher.balance > 0
+    ex = defaults.experimental
+    assert ConsistencyTerms(ex.consistency_opacity, ex.consistency_shape) == PAPER_TERMS
 
 
 @pytest.mark.slow
@@ -127,22 +134,30 @@ def test_cli_reports_bad_key_in_one_line():
 # --- what each field allows ----------------------------------------------------------------------
 
 
-def config_fields(obj=None, prefix=""):
-    """(key, annotation with its declared check) of every field of Config, through its sections."""
+def config_fields(obj=None, prefix="", setup=()):
+    """(key, annotation with its declared check, the overrides that make the key exist) of every field of
+    Config, through its sections. A tagged section (partition.assign) gives its `mode` with every mode as a
+    choice, and the fields of each mode after an override that selects that mode."""
     obj = Config() if obj is None else obj
     hints = typing.get_type_hints(type(obj), include_extras=True)
     for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            yield from config_fields(value, f"{prefix}{f.name}.")
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        variants = _variants(hints[f.name])
+        if variants:
+            yield f"{key}.mode", typing.Literal[tuple(variants)], setup
+            for mode, section in variants.items():
+                fields = config_fields(section(), f"{key}.", (*setup, f"{key}.mode={mode}"))
+                yield from ((k, hint, s) for k, hint, s in fields if k != f"{key}.mode")
+        elif dataclasses.is_dataclass(value):
+            yield from config_fields(value, f"{key}.", setup)
         else:
-            yield f"{prefix}{f.name}", hints[f.name]
+            yield key, hints[f.name], setup
 
 
 # a value breaking the rule of each ListOf that has one (a rule is a function: no value can be made from it)
 RULE_BREAKERS = {
     "partition.aabb": [0.0, 0.0, 0.0, -1.0, 1.0, 1.0],  # min x above max x
-    "method.consistency_ramp": [0.6, 0.2],  # the ramp ends before it starts
+    "experimental.consistency_ramp": [0.6, 0.2],  # the ramp ends before it starts
 }
 
 
@@ -204,8 +219,12 @@ def yaml_text(value) -> str:
 FIELDS = list(config_fields())
 
 
-@pytest.mark.parametrize("key, hint", FIELDS, ids=[key for key, _ in FIELDS])
-def test_every_field_rejects_what_it_does_not_allow(key, hint):
+def field_id(key: str, setup) -> str:
+    return f"{key}[{setup[-1].split('=')[1]}]" if setup else key
+
+
+@pytest.mark.parametrize("key, hint, setup", FIELDS, ids=[field_id(k, s) for k, _, s in FIELDS])
+def test_every_field_rejects_what_it_does_not_allow(key, hint, setup):
     assert declared_check(hint) is not None, (
         f"{key} declares no allowed values: annotate it (config.py, 'what each field allows'); a field "
         "that takes any string says so with AnyText"
@@ -214,7 +233,7 @@ def test_every_field_rejects_what_it_does_not_allow(key, hint):
     assert values, f"{key}: its check leaves no value out"
     for value in values:
         with pytest.raises(ConfigError) as info:
-            load_config(None, [f"{key}={yaml_text(value)}"])
+            load_config(None, [*setup, f"{key}={yaml_text(value)}"])
         message = str(info.value)
         assert key in message and repr(value) in message and "expected" in message, message
         assert "\n" not in message
@@ -228,7 +247,7 @@ def field_value(cfg, key):
 
 CHOICES = [
     (key, choice)
-    for key, hint in FIELDS
+    for key, hint, _ in FIELDS
     if typing.get_origin(value_type(hint)) is typing.Literal
     for choice in typing.get_args(value_type(hint))
 ]
@@ -276,12 +295,12 @@ def test_defaults_and_boundary_values_are_allowed():
         "train.checkpoint_every=0",
         "train.threads=0",
         "method.checksum_every=0",
-        "method.momentum=0",
-        "method.momentum=1",
+        "method.teacher.momentum=0",
+        "method.teacher.momentum=1",
         "method.ram_budget_mb=0",
-        "method.consistency_ramp=[0.25, 0.25]",
+        "experimental.consistency_ramp=[0.25, 0.25]",
         "partition.margin=0",
-        "partition.visibility_threshold=1",
+        "partition.assign.threshold=1",
         "partition.aabb=[]",
         "partition.aabb=[-1, -2, 0, 1, 2, 3]",
         "partition.up_axis=-y",
@@ -299,7 +318,46 @@ def test_defaults_and_boundary_values_are_allowed():
 def test_demo_sizes_are_those_the_demo_builds():
     from momentumgs.demo.build import SCENES
 
-    assert typing.get_args(dict(config_fields())["demo.size"]) == SCENES["city"].sizes
+    hints = {key: hint for key, hint, _ in config_fields()}
+    assert typing.get_args(hints["demo.size"]) == SCENES["city"].sizes
+
+
+# --- the layout: tagged sections, keys that moved ------------------------------------------------------
+
+
+def test_a_tagged_section_takes_its_mode_then_that_modes_options(tmp_path):
+    """partition.assign is one of three sections told apart by `mode`: a mode alone is short for the mapping,
+    a new mode starts from its own defaults, an option of another mode is refused naming the mode."""
+    assert load_config(None, ["partition.assign=center"]).partition.assign == CenterAssign()
+    cfg = load_config(None, ["partition.assign.mode=ssim", "partition.assign.coarse_model=m.ckpt"])
+    assert cfg.partition.assign == SSIMAssign(threshold=0.05, coarse_model="m.ckpt")
+    assert load_config(None, ["partition.assign.threshold=0.5"]).partition.assign == VisibilityAssign(0.5)
+    path = tmp_path / "c.yaml"
+    path.write_text("partition:\n  assign:\n    threshold: 0.03\n    coarse_model: m.ckpt\n    mode: ssim\n")
+    assert load_config(path).partition.assign == SSIMAssign(threshold=0.03, coarse_model="m.ckpt")
+    assert load_config(path, ["partition.assign.mode=ssim"]).partition.assign.threshold == 0.03  # kept
+    with pytest.raises(
+        ConfigError, match=r"^unknown config key 'partition.assign.coarse_model' \(not an option"
+    ):
+        load_config(None, ["partition.assign.coarse_model=m.ckpt"])  # visibility has none
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("old, new", list(MOVED.items()))
+def test_a_key_that_moved_names_its_new_place(tmp_path, old, new):
+    """An earlier version's key, in a file or in --set, is one line naming the new key, never ignored."""
+    new_key, *mode = new.replace("(with ", "").rstrip(")").split()  # [partition.assign.mode:, ssim]
+    setup = [f"{mode[0].rstrip(':')}={mode[1]}"] if mode else []
+    value = yaml_text(field_value(load_config(None, setup), new_key))  # the new key's default
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"{old}={value}"])
+    assert str(info.value) == f"config key '{old}' is now '{new}'"
+    section, name = old.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError, match=f"^{path}: config key '{old}' is now"):
+        load_config(path)
 
 
 def test_bad_value_in_a_file_names_the_file(tmp_path):

@@ -165,7 +165,7 @@ def test_eval_report_and_an_ssim_partition_stop_before_loading_the_scene(broken_
         assert "no_scene" in _one_error_line(capsys)
         assert main([*command, "--device", "gpu"]) == EXIT_USER_ERROR
         assert "--device gpu: must be auto, cpu, cuda or cuda:N" in _one_error_line(capsys)
-    partition = ["partition", str(scene), "--set", "partition.assign=ssim"]
+    partition = ["partition", str(scene), "--set", "partition.assign.mode=ssim"]
     assert main(partition) == EXIT_USER_ERROR
     _assert_names_cause_and_fix(_one_error_line(capsys), _cause(broken_gpu), "--set train.device=cpu")
     assert main([*partition, "--set", "train.device=cpu"]) == EXIT_USER_ERROR

@@ -321,8 +321,8 @@ def test_consistency_opacity_over_kept_slots_ignores_dropped_ones():
     raw[dropped] += 0.5
     t2 = dataclasses.replace(t, raw_opacity=raw.view_as(t.raw_opacity))
     assert torch.equal(consistency_loss(s, t2, ConsistencyTerms(opacity_slots="kept")), kept)
-    with pytest.raises(ConfigError, match="method.consistency_opacity: expected one of all, kept"):
-        load_config(None, ["method.consistency_opacity=some"])  # the schema checks the choice
+    with pytest.raises(ConfigError, match="experimental.consistency_opacity: expected one of all, kept"):
+        load_config(None, ["experimental.consistency_opacity=some"])  # the schema checks the choice
 
 
 def test_consistency_covariance_term_ignores_rotations_the_image_cannot_see():
@@ -359,19 +359,16 @@ def test_consistency_covariance_term_ignores_rotations_the_image_cannot_see():
     )
     assert consistency_loss(round_s, turned, cov).item() == pytest.approx(0.0, abs=1e-12)
     assert consistency_loss(round_s, turned).item() > 1e-3
-    with pytest.raises(ConfigError, match="method.consistency_shape: expected one of quaternion, covariance"):
-        load_config(None, ["method.consistency_shape=euler"])  # the schema checks the choice
+    with pytest.raises(ConfigError, match="experimental.consistency_shape: expected one of quaternion, cov"):
+        load_config(None, ["experimental.consistency_shape=euler"])  # the schema checks the choice
 
 
 def test_consistency_weight_ramps_over_the_blocks_iterations():
-    from types import SimpleNamespace
-
     from momentumgs.train.losses import consistency_weight
 
-    paper = SimpleNamespace(lambda_consistency=50.0, consistency_ramp=[0.0, 0.0])
-    assert [consistency_weight(i, 1000, paper) for i in (0, 1, 999)] == [50.0, 50.0, 50.0]
-    ramp = SimpleNamespace(lambda_consistency=10.0, consistency_ramp=[0.2, 0.6])  # 0 until 200, full from 600
-    got = [consistency_weight(i, 1000, ramp) for i in (0, 199, 200, 300, 500, 600, 999)]
+    assert [consistency_weight(i, 1000, 50.0, [0.0, 0.0]) for i in (0, 1, 999)] == [50.0, 50.0, 50.0]
+    ramp = [0.2, 0.6]  # 0 until 200, full from 600
+    got = [consistency_weight(i, 1000, 10.0, ramp) for i in (0, 199, 200, 300, 500, 600, 999)]
     assert got == pytest.approx([0.0, 0.0, 0.0, 2.5, 7.5, 10.0, 10.0])
 
 

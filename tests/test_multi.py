@@ -223,9 +223,8 @@ def test_teacher_is_the_ema_of_the_student_and_m0_copies_it():
 def test_independent_decoders_ablation_trains_and_renders(gt_test_scene, tmp_path):
     from momentumgs.render.anchors import render_model_view
 
-    cfg = load_config(
-        None, [*MULTI, f"data.path={gt_test_scene}", "train.iterations=4", "method.shared_decoder=false"]
-    )
+    independent = "experimental.shared_decoder=false"
+    cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", "train.iterations=4", independent])
     trainer = start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
     train_run(trainer, progress=False)
     model = load_model(tmp_path / "run" / "model.ckpt")
@@ -268,9 +267,10 @@ def test_killed_multi_block_run_resumes_from_the_cli_bit_exactly(gt_test_scene, 
 
 @pytest.mark.slow
 def test_weighting_off_measures_nothing_and_the_teacher_decodes_appearance(gt_test_scene, tmp_path):
-    """With method.weighting=false no block quality is measured (nothing uses it); with an appearance
+    """With method.weighting.enabled=false no block quality is measured (nothing uses it); with an appearance
     embedding the teacher decodes with the view's embedding slot as the student does."""
-    over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting=false", "model.appearance=exposure"]
+    over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting.enabled=false"]
+    over += ["model.appearance=exposure"]
     trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
     train_run(trainer, progress=False)
     assert not any(q.measured for q in trainer.weighting.qualities)
@@ -289,7 +289,7 @@ def test_block_quality_sources(gt_test_scene, tmp_path, monkeypatch, source):
     renders = []
     real = weighting_module.view_quality
     monkeypatch.setattr(weighting_module, "view_quality", lambda *a: renders.append(1) or real(*a))
-    over = [*MULTI, f"data.path={gt_test_scene}", f"method.weighting_source={source}"]
+    over = [*MULTI, f"data.path={gt_test_scene}", f"method.weighting.source={source}"]
     trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "run", resume=False)
     train_run(trainer, progress=False)
     qualities = trainer.weighting.qualities
@@ -299,12 +299,12 @@ def test_block_quality_sources(gt_test_scene, tmp_path, monkeypatch, source):
 
 
 def test_unknown_weighting_source_is_a_clear_error(gt_test_scene, tmp_path):
-    over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting_source=psnr"]
-    with pytest.raises(UserError, match="method.weighting_source: expected one of steps, views, got 'psnr'"):
+    over = [*MULTI, f"data.path={gt_test_scene}", "method.weighting.source=psnr"]
+    with pytest.raises(UserError, match="method.weighting.source: expected one of steps, views, got 'psnr'"):
         load_config(None, over)
     cfg = load_config(None, over[:-1])
-    cfg.method.weighting_source = "psnr"  # a config built in code, past the loader's check
-    with pytest.raises(UserError, match="method.weighting_source: expected one of steps, views, got 'psnr'"):
+    cfg.method.weighting.source = "psnr"  # a config built in code, past the loader's check
+    with pytest.raises(UserError, match="method.weighting.source: expected one of steps, views, got 'psnr'"):
         start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
 
 
@@ -419,8 +419,8 @@ def test_time_estimate_prints_once_after_the_timed_steps(capsys):
 def test_blocks_train_on_the_crops_of_their_cells_and_one_block_on_whole_views(
     gt_test_scene, tmp_path, monkeypatch
 ):
-    """With method.crop_views each block's steps render the crop of its view where its cell lies
-    (`partition.cell_rectangles`); method.crop_views=false (the default) and a 1x1x1 grid train on whole
+    """With experimental.crop_views each block's steps render the crop of its view where its cell lies
+    (`partition.cell_rectangles`); experimental.crop_views=false (the default) and a 1x1x1 grid train on whole
     views."""
     from momentumgs.partition import cell_rectangles
     from momentumgs.train.block import Block
@@ -432,9 +432,9 @@ def test_blocks_train_on_the_crops_of_their_cells_and_one_block_on_whole_views(
         seen.append((view.index, kw.get("crop")))
         return real(self, decoder, view, gt, **kw)
 
-    over = [*MULTI, f"data.path={gt_test_scene}", "train.iterations=4", "method.crop_views=true"]
+    over = [*MULTI, f"data.path={gt_test_scene}", "train.iterations=4", "experimental.crop_views=true"]
     trainer = start_or_resume(load_config(None, over), scene_loader, tmp_path / "a", resume=False)
-    rects = cell_rectangles(trainer.scene, trainer.partition, trainer.cfg.method.crop_pad)
+    rects = cell_rectangles(trainer.scene, trainer.partition, trainer.cfg.experimental.crop_pad)
     cropped = 0
     for b, crops in enumerate(trainer.crops):
         assert set(crops) <= set(rects[b]) and set(rects[b]) == set(trainer.partition.blocks[b].camera_ids)
@@ -449,7 +449,7 @@ def test_blocks_train_on_the_crops_of_their_cells_and_one_block_on_whole_views(
     )
     assert any(crop is not None for _, crop in seen)
 
-    for extra in (["method.crop_views=false"], ["partition.block_dim=[1,1,1]", "method.workers=1"]):
+    for extra in (["experimental.crop_views=false"], ["partition.block_dim=[1,1,1]", "method.workers=1"]):
         cfg = load_config(None, [*over, *extra])
         whole = start_or_resume(cfg, scene_loader, tmp_path / extra[0].split("=")[0], resume=False)
         assert all(crops == {} for crops in whole.crops)
@@ -497,7 +497,7 @@ def test_a_frozen_decoder_stops_learning_once_the_first_block_finishes(gt_test_s
 
     # independent blocks have a decoder each, which nobody else moves: nothing to freeze; and the switch off
     for extra, name in (
-        ("method.shared_decoder=false", "independent"),
+        ("experimental.shared_decoder=false", "independent"),
         ("method.freeze_decoder_at_finish=false", "off"),
     ):
         trainer = start_or_resume(

@@ -30,10 +30,10 @@ PAPER = [
 ]
 CODE_ITERATIONS = 60_000
 # keys counted in a block's iterations: configs/paper_short.yaml keeps their fraction of the code's 60 000
-SCALED = ("method.slot_iterations", "method.weighting_every", "train.densify.start_iter")
+SCALED = ("method.slot_iterations", "method.weighting.every", "train.densify.start_iter")
 SCALED += ("train.densify.after_iter", "train.densify.end_iter")
 # configs/paper_short.yaml's documented departures (the demo city has no coarse model to assign cameras by)
-SHORT_DEPARTS = ("train.iterations", "partition.assign")
+SHORT_DEPARTS = ("train.iterations", "partition.assign.mode")
 
 
 def recipe_section() -> str:
@@ -229,7 +229,7 @@ def test_per_slot_decoder_states_are_distinct_and_restored_per_slot():
 def test_official_recipe_run_keeps_a_state_per_slot_and_resumes_bit_exactly(gt_test_scene, tmp_path):
     recipe = [
         "method.decoder_optimizer=per_slot",
-        "method.weighting_smoothing=latest",
+        "method.weighting.smoothing=latest",
         "method.freeze_decoder_at_finish=false",
         "train.decoder_lr_clock=block",
         "train.spatial_lr_scale=block",

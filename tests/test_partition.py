@@ -9,7 +9,7 @@ from helpers import cli_cmd, set_args
 from scipy.spatial.transform import Rotation
 
 from momentumgs import cli
-from momentumgs.config import PartitionConfig
+from momentumgs.config import CenterAssign, PartitionConfig, SSIMAssign, VisibilityAssign, load_config
 from momentumgs.data.colmap import load_colmap_scene
 from momentumgs.data.scene import Scene
 from momentumgs.errors import ConfigError, UserError
@@ -93,8 +93,8 @@ def test_up_axis_of_rotated_scene(scene, part, R0, expected):
     rotated = transformed(scene, R0)
     assert detect_up_axis(rotated) == expected
     # the partition does not depend on the frame: same blocks up to their order
-    rp = partition_scene(rotated, PartitionConfig(assign="center"))
-    base = partition_scene(scene, PartitionConfig(assign="center"))
+    rp = partition_scene(rotated, PartitionConfig(assign=CenterAssign()))
+    base = partition_scene(scene, PartitionConfig(assign=CenterAssign()))
     key = sorted((b.n_cell_points, tuple(b.camera_ids)) for b in base.blocks)
     assert sorted((b.n_cell_points, tuple(b.camera_ids)) for b in rp.blocks) == key
 
@@ -153,7 +153,7 @@ def test_2x2_grid_has_four_blocks_and_every_train_camera(scene, part):
         sum(np.prod(b.world_max - b.world_min) for b in w), np.prod(part.aabb[3:] - part.aabb[:3])
     )
     # centre mode: each train camera trains exactly the block it stands in
-    centre = partition_scene(scene, PartitionConfig(assign="center"))
+    centre = partition_scene(scene, PartitionConfig(assign=CenterAssign()))
     assert (blocks_per_camera(centre, len(scene.cameras))[scene.train_ids] == 1).all()
     # visibility adds views the centre rule misses (oblique cameras look across the city)
     assert sum(len(b.camera_ids) for b in part.blocks) > sum(len(b.camera_ids) for b in centre.blocks)
@@ -181,7 +181,7 @@ def test_margin_gives_overlapping_point_sets(scene, part):
     ids = [set(b.point_ids) for b in part.blocks]
     assert len(ids[0] & ids[1]) > 0 and len(ids[0] & ids[2]) > 0  # neighbours share their margin
     assert sum(len(s) for s in ids) > len(scene.points)
-    tight = partition_scene(scene, PartitionConfig(margin=0.0, assign="center", block_points="cell"))
+    tight = partition_scene(scene, PartitionConfig(margin=0.0, assign=CenterAssign(), block_points="cell"))
     sizes = [len(b.point_ids) for b in tight.blocks]
     assert sizes == [b.n_cell_points for b in tight.blocks]  # no margin: just the cell
     assert all(len(a) > t for a, t in zip(ids, sizes, strict=True))
@@ -357,11 +357,18 @@ def test_save_load_round_trip(tmp_path, part):
         (dict(block_dim=[2, 2]), "partition.block_dim: expected 3 integers >= 1"),
         (dict(block_dim=[2, 0, 1]), "partition.block_dim"),
         (
-            dict(block_dim=[4, 2, 1], assign="center"),
+            dict(block_dim=[4, 2, 1], assign=CenterAssign()),
             r"block 0 \(grid \[0, 0, 0\]\) is empty: 0 cameras, \d+ points",
         ),
         (dict(block_dim=[1, 1, 4]), r"block 0 \(grid \[0, 0, 0\]\) is empty: \d+ cameras, 0 points"),
-        (dict(assign="nearest"), "partition.assign: expected one of visibility, center, ssim, got 'nearest'"),
+        (
+            dict(assign="nearest"),
+            "partition.assign: expected a section, one of VisibilityAssign, CenterAssign",
+        ),
+        (
+            dict(assign=SSIMAssign(threshold=3.0)),
+            r"partition.assign.threshold: expected a number in \(0, 2\)",
+        ),
         (dict(up_axis="w"), "partition.up_axis: expected one of auto"),
         (dict(margin=1.5), "partition.margin"),
     ],
@@ -412,10 +419,10 @@ def test_ssim_assignment_with_a_coarse_model(scene, coarse_model, monkeypatch):
         partition_ssim, "ssim_losses", lambda *a, **k: measured.append(real(*a, **k)) or measured[0]
     )
     cfg = PartitionConfig(
-        block_dim=[2, 1, 1], assign="ssim", coarse_model=str(coarse_model), ssim_threshold=0.05
+        block_dim=[2, 1, 1], assign=SSIMAssign(threshold=0.05, coarse_model=str(coarse_model))
     )
     part = partition_scene(scene, cfg, partition_ssim.make_assigner(cfg, "cpu"))
-    centre = partition_scene(scene, PartitionConfig(block_dim=[2, 1, 1], assign="center"))
+    centre = partition_scene(scene, PartitionConfig(block_dim=[2, 1, 1], assign=CenterAssign()))
     (losses,) = measured  # [T, B]
     assert losses.shape == (len(scene.train_ids), 2) and (losses >= 0).all()
     for b, c in zip(part.blocks, centre.blocks, strict=True):
@@ -447,9 +454,9 @@ def test_ssim_assigner_loads_and_renders_on_its_device(scene, coarse_model, monk
 
     monkeypatch.setattr(partition_ssim, "load_model", load)
     monkeypatch.setattr(partition_ssim, "render_anchor_view", render)
-    cfg = PartitionConfig(block_dim=[2, 1, 1], assign="ssim", coarse_model=str(coarse_model))
+    cfg = PartitionConfig(block_dim=[2, 1, 1], assign=SSIMAssign(coarse_model=str(coarse_model)))
     assigner = partition_ssim.make_assigner(cfg, device)
-    part = partition_scene(scene, PartitionConfig(block_dim=[2, 1, 1], assign="center"))
+    part = partition_scene(scene, PartitionConfig(block_dim=[2, 1, 1], assign=CenterAssign()))
     two_views = dataclasses.replace(scene, train_ids=scene.train_ids[:2])  # two views keep the test cheap
     cameras = assigner.assign(two_views, part)
     assert loaded_on == [device] and rendered_on and set(rendered_on) == {device}
@@ -466,7 +473,7 @@ def test_partition_uses_the_injected_assigner(scene):
             return [np.array(scene.train_ids, dtype=np.int64) for _ in part.blocks]
 
     # the cell's points, so that only the cameras can differ between the two
-    cfg = PartitionConfig(block_dim=[2, 1, 1], assign="center", block_points="cell")
+    cfg = PartitionConfig(block_dim=[2, 1, 1], assign=CenterAssign(), block_points="cell")
     part = partition_scene(scene, cfg, EveryCamera())
     centre = partition_scene(scene, cfg)
     assert part.assign == "every-camera" and centre.assign == "center"
@@ -475,8 +482,10 @@ def test_partition_uses_the_injected_assigner(scene):
 
 
 def test_ssim_needs_an_injected_assigner(scene, tmp_path):
-    cfg = PartitionConfig(assign="ssim", coarse_model=str(tmp_path / "model.ckpt"))
-    with pytest.raises(PartitionError, match="partition.assign=ssim renders a coarse model: pass") as info:
+    cfg = PartitionConfig(assign=SSIMAssign(coarse_model=str(tmp_path / "model.ckpt")))
+    with pytest.raises(
+        PartitionError, match="partition.assign.mode ssim renders a coarse model: pass"
+    ) as info:
         partition_scene(scene, cfg)
     assert "\n" not in str(info.value)
 
@@ -484,18 +493,43 @@ def test_ssim_needs_an_injected_assigner(scene, tmp_path):
 def test_make_assigner_builds_the_configured_rule():
     from momentumgs.partition.ssim import SSIMAssigner, make_assigner
 
-    assert make_assigner(PartitionConfig(assign="center"), "cpu") == CenterAssigner()
-    visibility = make_assigner(PartitionConfig(visibility_threshold=0.5), "cpu")
+    assert make_assigner(load_config(None, ["partition.assign=center"]).partition, "cpu") == CenterAssigner()
+    visibility = make_assigner(load_config(None, ["partition.assign.threshold=0.5"]).partition, "cpu")
     assert visibility == VisibilityAssigner(0.5)
-    ssim = make_assigner(PartitionConfig(assign="ssim", coarse_model="m.ckpt", ssim_threshold=0.1), "cuda:1")
-    assert ssim == SSIMAssigner("m.ckpt", 0.1, "cuda:1")
-    with pytest.raises(ConfigError, match="partition.assign: expected one of visibility, center, ssim"):
+    ssim = load_config(
+        None, ["partition.assign={mode: ssim, coarse_model: m.ckpt, threshold: 0.1}"]
+    ).partition
+    assert make_assigner(ssim, "cuda:1") == SSIMAssigner("m.ckpt", 0.1, "cuda:1")
+    # a config built in code gets the schema's check
+    with pytest.raises(ConfigError, match=r"partition.assign.threshold: expected a number in \(0, 1\]"):
+        make_assigner(PartitionConfig(assign=VisibilityAssign(threshold=0.0)), "cpu")
+    with pytest.raises(ConfigError, match="partition.assign: expected a section"):
         make_assigner(PartitionConfig(assign="nearest"), "cpu")
-    with pytest.raises(ConfigError, match=r"partition.visibility_threshold: expected a number in \(0, 1\]"):
-        make_assigner(PartitionConfig(visibility_threshold=0.0), "cpu")
-    with pytest.raises(PartitionError, match="partition.assign=ssim needs partition.coarse_model") as info:
-        make_assigner(PartitionConfig(assign="ssim"), "cpu")
+    with pytest.raises(
+        PartitionError, match="partition.assign.mode ssim needs partition.assign.coarse_model"
+    ) as info:
+        make_assigner(PartitionConfig(assign=SSIMAssign()), "cpu")
     assert "\n" not in str(info.value)
+
+
+def test_training_start_warns_about_blocks_with_few_views(gt_test_scene, tmp_path, capsys):
+    """partition.min_views is checked where it matters: when a new run starts, one line per block."""
+    from helpers import MULTI, scene_loader
+
+    from momentumgs.run_setup import start_or_resume
+
+    cfg = load_config(None, [*MULTI, f"data.path={gt_test_scene}", "partition.min_views=1000"])
+    trainer = start_or_resume(cfg, scene_loader, tmp_path / "run", resume=False)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"momentumgs: warning: block {b.index} is trained by only {len(b.camera_ids)} views "
+        "(partition.min_views 1000)"
+        for b in trainer.partition.blocks
+    ]
+    trainer.residency.close()
+    cfg.partition.min_views = 0
+    start_or_resume(cfg, scene_loader, tmp_path / "quiet", resume=False).residency.close()
+    assert capsys.readouterr().err == ""
 
 
 # --- CLI -----------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_one_block_runs_the_method(gt_test_scene, tmp_path):
     assert [r["step"] for r in records] == [10, 20, 30]
     assert all(r["blocks"]["0"]["consistency"] > 0 and r["blocks"]["0"]["weight"] == 1.0 for r in records)
 
-    off = load_config(None, [*base, "method.momentum=0"])
+    off = load_config(None, [*base, "method.teacher.momentum=0"])
     plain = start_or_resume(off, scene_loader, tmp_path / "without", resume=False)
     train_run(plain, progress=False)
     assert plain.decoders.states[0].teacher is None

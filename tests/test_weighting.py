@@ -2,6 +2,8 @@ import math
 
 import pytest
 
+from momentumgs.config import load_config
+from momentumgs.errors import ConfigError
 from momentumgs.train.weighting import BlockQuality, BlockWeighting, block_weight, block_weights
 
 
@@ -43,7 +45,7 @@ def test_step_metrics_average_the_steps_since_the_last_take():
 
 
 def test_latest_smoothing_is_the_latest_measurement():
-    """`method.weighting_smoothing: latest`, the Momentum-GS code's: its EMA steps every iteration toward the
+    """`method.weighting.smoothing: latest`, the Momentum-GS code's: its EMA steps every iteration toward the
     latest measurement (0.9 old + 0.1 new), so after a few dozen iterations it is that measurement."""
     q = BlockQuality()
     for psnr, ssim in [(20.0, 0.5), (30.0, 1.0), (25.0, 0.7)]:
@@ -54,15 +56,15 @@ def test_latest_smoothing_is_the_latest_measurement():
     for _ in range(500):
         code_psnr = 0.9 * code_psnr + 0.1 * 30.0
     assert code_psnr == pytest.approx(30.0, abs=1e-12)
-    with pytest.raises(ValueError, match="smoothing"):
-        q.update(1.0, 1.0, "iteration")
+    with pytest.raises(ConfigError, match="method.weighting.smoothing: expected one of ema, latest"):
+        load_config(None, ["method.weighting.smoothing=iteration"])  # the schema checks the choice
 
 
-def _weighting(n_blocks: int, **method) -> BlockWeighting:
-    from momentumgs.config import MethodConfig
+def _weighting(n_blocks: int, **options) -> BlockWeighting:
+    from momentumgs.config import WeightingConfig
     from momentumgs.train.comm import LocalComm
 
-    cfg = MethodConfig(**{"weighting_source": "steps", "weighting_every": 2, **method})
+    cfg = WeightingConfig(**{"source": "steps", "every": 2, **options})
     return BlockWeighting(cfg, n_blocks, list(range(n_blocks)), LocalComm(1), None, [], [{}] * n_blocks)
 
 
@@ -90,7 +92,7 @@ def test_block_weighting_measures_when_due_and_its_state_round_trips():
 def test_block_weighting_is_neutral_with_one_block_or_when_off():
     from momentumgs.train.slots import SlotSchedule
 
-    for weighting, n in ((_weighting(1), 1), (_weighting(3, weighting=False), 3)):
+    for weighting, n in ((_weighting(1), 1), (_weighting(3, enabled=False), 3)):
         assert not weighting.enabled
         assert weighting.measuring(SlotSchedule(n, 1, 1, 4)) == set()
         assert [weighting.weight(b) for b in range(n)] == [1.0] * n

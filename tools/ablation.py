@@ -5,7 +5,8 @@ and the paired differences between variants, so that a gap can be told from seed
     python tools/ablation.py --out runs/ablation    # keep the runs; the same command again continues
     python tools/ablation.py --variants all         # every variant x 3 seeds (~1 h 50 min on 2 cores)
     python tools/ablation.py --variants full shared --out runs/teacher   # the teacher and weighting's worth
-    python tools/ablation.py --variants full single-wall --seeds 5 --variant-set full:method.momentum=0.99
+    python tools/ablation.py --variants full single-wall --seeds 5 \
+        --variant-set full:method.teacher.momentum=0.99
     python tools/ablation.py --variants full --define coverage:partition.block_points=coverage
     python tools/ablation.py --scene path/to/scene --block-dim 2 4 1 --workers 2 --iterations 2000
 
@@ -102,16 +103,28 @@ class Variant:
 
 
 ONE_BLOCK = ("partition.block_dim=[1,1,1]", "method.workers=1")
-PLAIN = ("method.shared_decoder=true", "method.momentum=0", "method.weighting=false")
-FULL = ("method.shared_decoder=true", "method.momentum=0.9", "method.weighting=true")
+PLAIN = ("experimental.shared_decoder=true", "method.teacher.momentum=0", "method.weighting.enabled=false")
+FULL = ("experimental.shared_decoder=true", "method.teacher.momentum=0.9", "method.weighting.enabled=true")
 BUILTIN = {
     v.name: v
     for v in (
         Variant(
-            "independent", ("method.shared_decoder=false", "method.momentum=0", "method.weighting=false")
+            "independent",
+            (
+                "experimental.shared_decoder=false",
+                "method.teacher.momentum=0",
+                "method.weighting.enabled=false",
+            ),
         ),
         Variant("shared", PLAIN),
-        Variant("momentum", ("method.shared_decoder=true", "method.momentum=0.9", "method.weighting=false")),
+        Variant(
+            "momentum",
+            (
+                "experimental.shared_decoder=true",
+                "method.teacher.momentum=0.9",
+                "method.weighting.enabled=false",
+            ),
+        ),
         Variant("full", FULL),
         Variant("single-total", ONE_BLOCK + PLAIN, budget="total"),
         Variant("single-wall", ONE_BLOCK + PLAIN, budget="wall"),
@@ -224,7 +237,7 @@ def schedule_settings(iterations: int) -> list[str]:
         f"train.densify.after_iter={tenth}",
         f"train.densify.end_iter={int(iterations * 0.85)}",
         f"method.slot_iterations={quarter}",
-        f"method.weighting_every={quarter}",
+        f"method.weighting.every={quarter}",
     ]
 
 

@@ -22,6 +22,7 @@ Checkpoints and evaluation are not part of a step. Prints tables and one `JSON {
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import socket
@@ -82,7 +83,7 @@ COUNTS = {  # option: (default, --quick default, help)
     "steps": (100, 5, "step: timed steps"),
     "repeats": (3, 2, "method (and step with --baseline): interleaved windows per variant"),
     "method_steps": (250, 10, "method: steps per window"),
-    "weighting_every": (250, 5, "method: method.weighting_every (must divide --method-steps)"),
+    "weighting_every": (250, 5, "method: method.weighting.every (must divide --method-steps)"),
     "block_counts": ([1, 2, 4, 8], [1, 2], f"blocks: block counts, of {sorted(BLOCK_DIMS)}"),
     "block_steps": (200, 10, "blocks: timed steps"),
     "block_warmup": (50, 5, "blocks: warm-up steps (at least one full rotation of the blocks)"),
@@ -189,8 +190,9 @@ def child_main(spec: dict) -> None:
         variant = {}
         if spec.get("variants"):  # the same trainer, its method switched between windows (fair A/B)
             variant = spec["variants"][window % len(spec["variants"])]
-            for key, value in variant["method"].items():
-                setattr(trainer.cfg.method, key, value)
+            for key, value in variant["method"].items():  # dotted keys below method
+                *sections, name = key.split(".")
+                setattr(functools.reduce(getattr, sections, trainer.cfg.method), name, value)
         label = {"variant": variant["name"]} if variant else {}
         row = {**info, **label, "window": window, **time_window(trainer, spec["steps"], spec["device"], comm)}
         if spec.get("state_bytes"):  # after the timing and the RSS: this reads spilled blocks back
@@ -316,12 +318,13 @@ def section_method(args) -> None:
         raise SystemExit("--method-steps must be a multiple of --weighting-every (amortised weighting)")
     windows = 2 * args.repeats
     over = f"partition.block_dim=[1,1,1] method.workers=1 data.downscale={args.downscale} "
-    over += f"method.weighting_view_stride=5 train.iterations={args.warmup + windows * steps + 1} "
-    over += f"method.weighting_every={every} method.momentum=0.9 method.lambda_consistency=50 "
-    over += f"method.weighting=true method.weighting_source={args.weighting_source}"
+    over += f"method.weighting.view_stride=5 train.iterations={args.warmup + windows * steps + 1} "
+    over += f"method.weighting.every={every} method.teacher.momentum=0.9 "
+    over += "method.teacher.lambda_consistency=50 "
+    over += f"method.weighting.enabled=true method.weighting.source={args.weighting_source}"
     variants = [
-        {"name": "off", "method": {"lambda_consistency": 0.0, "weighting": False}},
-        {"name": "on", "method": {"lambda_consistency": 50.0, "weighting": True}},
+        {"name": "off", "method": {"teacher.lambda_consistency": 0.0, "weighting.enabled": False}},
+        {"name": "on", "method": {"teacher.lambda_consistency": 50.0, "weighting.enabled": True}},
     ]
     child = dict(spec(args, {"section": "method"}, "multi", over, args.warmup, steps), variants=variants)
     rows = run_children([child], [None], windows, raw=True)

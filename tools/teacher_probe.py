@@ -78,13 +78,15 @@ def main() -> None:
     step_dir = paths.checkpoints / json.loads(paths.latest.read_text())["dir"]
     decoders = load_checkpoint(step_dir / "shared_rank0.ckpt")["decoders"][0]
     if not decoders["teacher"]:
-        raise SystemExit(f"{args.run}: this run has no teacher (method.momentum or lambda_consistency is 0)")
+        raise SystemExit(
+            f"{args.run}: this run has no teacher (method.teacher.momentum or lambda_consistency is 0)"
+        )
     spec = decoder_spec(cfg, scene)
     student, teacher = spec.build(), spec.build()
     student.load_state_dict(decoders["decoder"])
     teacher.load_state_dict(decoders["teacher"])
-    shape = args.shape or cfg.method.consistency_shape
-    lam, tc = cfg.method.lambda_consistency, cfg.train
+    shape = args.shape or cfg.experimental.consistency_shape
+    lam, tc = cfg.method.teacher.lambda_consistency, cfg.train
 
     for block in partition.blocks:
         field = AnchorField.from_state_dict(

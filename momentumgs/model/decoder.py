@@ -272,8 +272,8 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ConsistencyTerms:
-    """Which consistency terms compare what (`method.consistency_opacity`, `method.consistency_shape`; the
-    config's schema checks the choices)."""
+    """Which consistency terms compare what (`experimental.consistency_opacity`,
+    `experimental.consistency_shape`; the config's schema checks the choices)."""
 
     opacity_slots: OpacitySlots = "all"  # "all" V*K slots (the paper) or the student's "kept" ones
     shape: ConsistencyShape = "quaternion"  # quaternion + scale MSEs (the paper) or the "covariance" MSE

@@ -95,11 +95,11 @@ class VisibilityAssigner(CameraAssigner):
 def default_assigner(cfg) -> CameraAssigner:
     """The assigner `cfg.assign` names (cfg: a checked PartitionConfig), for the rules that need nothing but
     the scene."""
-    if cfg.assign == "ssim":
+    if cfg.assign.mode == "ssim":
         raise PartitionError(
-            "partition.assign=ssim renders a coarse model: pass partition_scene an assigner, "
+            "partition.assign.mode ssim renders a coarse model: pass partition_scene an assigner, "
             "momentumgs.partition.ssim.make_assigner(cfg.partition, device)"
         )
-    if cfg.assign == "center":
+    if cfg.assign.mode == "center":
         return CenterAssigner()
-    return VisibilityAssigner(cfg.visibility_threshold)
+    return VisibilityAssigner(cfg.assign.threshold)

@@ -41,7 +41,7 @@ def partition_scene(scene: Scene, cfg, assigner: CameraAssigner | None = None) -
     """Split `scene` as `cfg` (a PartitionConfig) asks. Raises ConfigError on a bad value of `cfg` (the
     schema's check), PartitionError on a scene it cannot split so (cameras outside the AABB, empty blocks).
 
-    `assigner` chooses each block's cameras; None builds the one `cfg.assign` names, which must then be
+    `assigner` chooses each block's cameras; None builds the one `cfg.assign` names, whose mode must then be
     "center" or "visibility" ("ssim" needs a model and a device: see partition.ssim.make_assigner)."""
     check_config(cfg, "partition.")
     if assigner is None:

@@ -1,11 +1,11 @@
-"""The paper's camera assignment (`partition.assign: ssim`): a camera trains block b if removing b's part of
-a coarse model of the whole scene changes its render enough, 1 - SSIM(render without b, full render) >
-threshold. This is CityGaussian's `block_partitioning` (data_partition.py), which Momentum-GS reuses;
+"""The paper's camera assignment (`partition.assign.mode: ssim`): a camera trains block b if removing b's
+part of a coarse model of the whole scene changes its render enough, 1 - SSIM(render without b, full render)
+> threshold. This is CityGaussian's `block_partitioning` (data_partition.py), which Momentum-GS reuses;
 there the block's Gaussians are those of its contracted cell; here the anchors of its half-open cell, the
 same cells `merge` crops to. It needs a trained model (model.ckpt) in the scene's own world frame, and
 costs one render per train view plus one per (view, block) whose anchors the view can see.
 
-`make_assigner` builds the camera assigner of any `partition.assign` mode; the callers that partition (the
+`make_assigner` builds the camera assigner of any `partition.assign.mode`; the callers that partition (the
 CLI, a run) use it, so that the rest of `momentumgs.partition` never loads or renders a model.
 """
 
@@ -79,8 +79,11 @@ def make_assigner(cfg, device: torch.device | str) -> CameraAssigner:
     """The camera assigner `cfg.assign` names (cfg: a PartitionConfig); "ssim" renders on `device`.
     Checks `cfg` first (the schema's check), so its errors come in the order `partition_scene` gives them."""
     check_config(cfg, "partition.")
-    if cfg.assign == "ssim":
-        if not cfg.coarse_model:
-            raise PartitionError("partition.assign=ssim needs partition.coarse_model (a trained model.ckpt)")
-        return SSIMAssigner(cfg.coarse_model, cfg.ssim_threshold, device)
-    return default_assigner(cfg)
+    assign = cfg.assign
+    if assign.mode != "ssim":
+        return default_assigner(cfg)
+    if not assign.coarse_model:
+        raise PartitionError(
+            "partition.assign.mode ssim needs partition.assign.coarse_model (a trained model.ckpt)"
+        )
+    return SSIMAssigner(assign.coarse_model, assign.threshold, device)

@@ -139,9 +139,9 @@ def run_facts(paths: RunPaths, cfg, info: dict, train: list[dict], scene) -> lis
         (
             "method",
             f"{info.get('blocks', 1)} blocks on {cfg.method.workers} workers, "
-            f"{cfg.train.iterations} iterations per block; teacher m = {cfg.method.momentum}, "
-            f"lambda_c = {cfg.method.lambda_consistency}, "
-            f"weighting {'on' if cfg.method.weighting else 'off'}",
+            f"{cfg.train.iterations} iterations per block; teacher m = {cfg.method.teacher.momentum}, "
+            f"lambda_c = {cfg.method.teacher.lambda_consistency}, "
+            f"weighting {'on' if cfg.method.weighting.enabled else 'off'}",
         ),
         ("anchors", f"{sum(info.get('anchors_per_block') or [0])}"),
     ]

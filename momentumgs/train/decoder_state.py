@@ -96,7 +96,7 @@ class DecoderState:
 
 
 class RunDecoders:
-    """The decoders of a run: one shared student (`method.shared_decoder`), or one per block for the
+    """The decoders of a run: one shared student (`experimental.shared_decoder`), or one per block for the
     "independent blocks" ablation, each a `DecoderState`; which one a block uses, and when they step."""
 
     def __init__(self, cfg: Config, spec: DecoderSpec, schedule: SlotSchedule, device: torch.device):
@@ -111,11 +111,11 @@ class RunDecoders:
 
     @property
     def shared(self) -> bool:
-        return self.cfg.method.shared_decoder
+        return self.cfg.experimental.shared_decoder
 
     @property
     def uses_teacher(self) -> bool:
-        return self.cfg.method.momentum > 0 and self.cfg.method.lambda_consistency > 0
+        return self.cfg.method.teacher.momentum > 0 and self.cfg.method.teacher.lambda_consistency > 0
 
     def of(self, block_id: int) -> DecoderState:
         return self.states[0] if self.shared else self.states[block_id]
@@ -134,7 +134,7 @@ class RunDecoders:
         """Each learning student's teacher follows it by EMA (before the forward pass)."""
         for state in self.stepping(blocks):
             if state.teacher is not None and self.uses_teacher and not frozen:
-                state.teacher.update(state.module, self.cfg.method.momentum)
+                state.teacher.update(state.module, self.cfg.method.teacher.momentum)
 
     def step(self, blocks: list[int], global_step: int, finite: bool, frozen: bool) -> None:
         """One Adam step of each decoder that learnt from `blocks` (this process's blocks of this step)."""

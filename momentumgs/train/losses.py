@@ -26,16 +26,18 @@ def photometric_loss(image: torch.Tensor, gt: torch.Tensor, lambda_dssim: float)
     return PhotometricLoss(loss, float(l1.detach()), float(s.detach()))
 
 
-def consistency_weight(iteration: int, iterations: int, method) -> float:
+def consistency_weight(
+    iteration: int, iterations: int, lambda_consistency: float, ramp: list[float]
+) -> float:
     """lambda_c at a block's `iteration` (of `iterations`): 0 before the ramp's start, its full value
-    (`method.lambda_consistency`) after the ramp's end, linear between (`method.consistency_ramp`, fractions
-    of the block's iterations)."""
-    start, end = (f * iterations for f in method.consistency_ramp)
+    (`method.teacher.lambda_consistency`) after the ramp's end, linear between (`ramp`, fractions of the
+    block's iterations: `experimental.consistency_ramp`)."""
+    start, end = (f * iterations for f in ramp)
     if iteration >= end:
-        return method.lambda_consistency
+        return lambda_consistency
     if iteration < start:
         return 0.0
-    return method.lambda_consistency * (iteration - start) / (end - start)
+    return lambda_consistency * (iteration - start) / (end - start)
 
 
 def volume_loss(scales: torch.Tensor) -> torch.Tensor:

@@ -132,12 +132,12 @@ class BlockResidency:
 
 def block_crops(cfg: Config, scene: Scene, partition: Partition) -> list[dict[int, Crop]]:
     """Per block, the crop of each training view it trains on where that is not the whole image
-    (`method.crop_views`; one block's cell is the whole scene, so it trains on whole views)."""
-    mc, blocks = cfg.method, partition.blocks
-    if not mc.crop_views or len(blocks) == 1:
+    (`experimental.crop_views`; one block's cell is the whole scene, so it trains on whole views)."""
+    ex, blocks = cfg.experimental, partition.blocks
+    if not ex.crop_views or len(blocks) == 1:
         return [{} for _ in blocks]
     crops = []
-    for rects in cell_rectangles(scene, partition, mc.crop_pad):
+    for rects in cell_rectangles(scene, partition, ex.crop_pad):
         sizes = {i: (scene.cameras[i].width, scene.cameras[i].height) for i in rects}
         crops.append({i: Crop(*r, *sizes[i]) for i, r in rects.items() if tuple(r) != (0, 0, *sizes[i])})
     return crops

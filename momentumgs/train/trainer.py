@@ -80,9 +80,10 @@ class Trainer:
         self.decoders = RunDecoders(cfg, self.spec, self.schedule, device)
         self.views = [camera_view(c, device, i) for i, c in enumerate(scene.cameras)]
         self.crops = block_crops(cfg, scene, partition)
-        self.weighting = BlockWeighting(mc, n, owned, self.comm, scene, self.views, self.crops)
+        self.weighting = BlockWeighting(mc.weighting, n, owned, self.comm, scene, self.views, self.crops)
         self.checkpoints = RunCheckpoints(self.paths, self.comm, n)
-        self.consistency_terms = ConsistencyTerms(mc.consistency_opacity, mc.consistency_shape)
+        ex = cfg.experimental
+        self.consistency_terms = ConsistencyTerms(ex.consistency_opacity, ex.consistency_shape)
         self.global_step = 0
         self.skipped_steps = 0
         self.bad_steps = 0
@@ -132,20 +133,24 @@ class Trainer:
 
     def _forward_backward(self, worker: int, block_id: int, frozen: bool) -> StepResult:
         """Worker `worker`'s block `block_id` renders its next view; its loss backpropagates."""
-        mc, block, decoder = self.cfg.method, self.residency.block_of(worker), self.decoders.of(block_id)
+        teacher, ex = self.cfg.method.teacher, self.cfg.experimental
+        block, decoder = self.residency.block_of(worker), self.decoders.of(block_id)
         index = block.sampler.next()
         with phase("data"):
             gt = gt_image(self.scene, index, self.device)
         done = self.schedule.done_iterations[block_id]
+        ramped = consistency_weight(
+            done, self.cfg.train.iterations, teacher.lambda_consistency, ex.consistency_ramp
+        )
         return block.forward_backward(
             decoder.module,
             self.views[index],
             gt,
             teacher=decoder.teacher.module if decoder.teacher is not None else None,
-            lambda_consistency=0.0 if frozen else consistency_weight(done, self.cfg.train.iterations, mc),
+            lambda_consistency=0.0 if frozen else ramped,
             terms=self.consistency_terms,
-            balance=mc.consistency_balance,
-            cap_anchors=mc.consistency_balance_anchors,
+            balance=teacher.balance,
+            cap_anchors=ex.consistency_balance_anchors,
             weight=self.weighting.weight(block_id),
             crop=self.crops[block_id].get(index),
         )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from momentumgs.config import MethodConfig
+from momentumgs.config import Smoothing, WeightingConfig
 from momentumgs.data.scene import Scene
 from momentumgs.render.view import Crop, View
 from momentumgs.train.block import Block, StepResult
@@ -27,7 +27,6 @@ from momentumgs.train.measure import view_quality
 from momentumgs.train.slots import SlotSchedule
 
 SMOOTHING = 0.9  # EMA: new = 0.9 * old + 0.1 * measured
-SMOOTHINGS = ("ema", "latest")  # method.weighting_smoothing
 
 
 def block_weight(psnr: float, ssim: float, psnr_max: float, ssim_max: float, sigma: float) -> float:
@@ -46,11 +45,9 @@ class BlockQuality:
     def measured(self) -> bool:
         return not math.isnan(self.psnr)
 
-    def update(self, psnr: float, ssim: float, smoothing: str = "ema") -> None:
+    def update(self, psnr: float, ssim: float, smoothing: Smoothing = "ema") -> None:
         """Take a measurement: the first as is; then an EMA step (`ema`) or the measurement itself (`latest`,
         as the Momentum-GS code's EMA, which steps every iteration toward the latest measurement)."""
-        if smoothing not in SMOOTHINGS:
-            raise ValueError(f"smoothing {smoothing!r}: expected one of {SMOOTHINGS}")
         if not self.measured or smoothing == "latest":
             self.psnr, self.ssim = psnr, ssim
         else:
@@ -94,15 +91,15 @@ class StepMetrics:
 class BlockWeighting:
     """The block weights of a run and how they are kept: each block's quality measured every `every` of its
     iterations (from its training steps or rendered on its views), smoothed, shared by all processes, and
-    turned into weights. Neutral (every weight 1, nothing measured) when `method.weighting` is off or with
-    one block, where the weights cannot differ.
+    turned into weights. Neutral (every weight 1, nothing measured) when `method.weighting.enabled` is off or
+    with one block, where the weights cannot differ.
 
     `owned`: the blocks of this process (only their owner knows their quality); `views`, `crops`: every
     camera's view and each block's crops, for the `views` source's renders."""
 
     def __init__(
         self,
-        cfg: MethodConfig,
+        cfg: WeightingConfig,
         n_blocks: int,
         owned: list[int],
         comm,
@@ -119,7 +116,7 @@ class BlockWeighting:
     @property
     def enabled(self) -> bool:
         """Block weights compare blocks: with one block every weight is 1, so nothing is measured."""
-        return self.cfg.weighting and len(self.qualities) > 1
+        return self.cfg.enabled and len(self.qualities) > 1
 
     def weight(self, block_id: int) -> float:
         return self.weights[block_id] if self.enabled else 1.0
@@ -131,11 +128,11 @@ class BlockWeighting:
             return set()
         done = schedule.done_iterations
         current = [b for b in map(schedule.current, range(schedule.workers)) if b is not None]
-        return {b for b in current if (done[b] + 1) % self.cfg.weighting_every == 0}
+        return {b for b in current if (done[b] + 1) % self.cfg.every == 0}
 
     def after_step(self, block_id: int, block: Block, result: StepResult, decoder, measure: bool) -> None:
         """Account block `block_id`'s training step; measure its quality when it is due (`measure`)."""
-        if self.enabled and self.cfg.weighting_source == "steps":
+        if self.enabled and self.cfg.source == "steps":
             self.step_metrics[block_id].add(result.psnr, result.ssim)
         if measure:
             self._measure(block_id, block, decoder)
@@ -143,16 +140,15 @@ class BlockWeighting:
     @torch.no_grad()
     def _measure(self, block_id: int, block: Block, decoder) -> None:
         """PSNR / SSIM of the block: the mean of its training steps since the last measurement, or rendered
-        on every `weighting_view_stride`-th of its training views."""
-        mc = self.cfg
-        if mc.weighting_source == "steps":
+        on every `view_stride`-th of its training views."""
+        if self.cfg.source == "steps":
             steps = self.step_metrics[block_id].take_mean()
             if steps is not None:
-                self.qualities[block_id].update(*steps, mc.weighting_smoothing)
+                self.qualities[block_id].update(*steps, self.cfg.smoothing)
             return
-        ids = block.sampler.view_ids[:: mc.weighting_view_stride]
+        ids = block.sampler.view_ids[:: self.cfg.view_stride]
         quality = view_quality(block.field, decoder, self.scene, self.views, ids, self.crops[block_id])
-        self.qualities[block_id].update(*quality, mc.weighting_smoothing)
+        self.qualities[block_id].update(*quality, self.cfg.smoothing)
 
     def sync(self) -> None:
         """Share every block's smoothed quality (each is known to its owner only), then reweight."""
@@ -165,7 +161,7 @@ class BlockWeighting:
             for b, (p, s) in enumerate(q.tolist()):
                 if math.isfinite(p):
                     self.qualities[b] = BlockQuality(p, s)
-        self.weights = block_weights(self.qualities, self.cfg.weighting_sigma)
+        self.weights = block_weights(self.qualities, self.cfg.sigma)
 
     def state_dict(self) -> dict:
         return {
@@ -176,4 +172,4 @@ class BlockWeighting:
     def load_state_dict(self, state: dict) -> None:
         self.qualities = [BlockQuality(p, s) for p, s in state["qualities"]]
         self.step_metrics = [StepMetrics(p, s, int(c)) for p, s, c in state["step_metrics"]]
-        self.weights = block_weights(self.qualities, self.cfg.weighting_sigma)
+        self.weights = block_weights(self.qualities, self.cfg.sigma)
