@@ -532,6 +532,18 @@ def test_training_start_warns_about_blocks_with_few_views(gt_test_scene, tmp_pat
     assert capsys.readouterr().err == ""
 
 
+def test_the_scan_estimates_an_ssim_partition_by_its_cells(scene):
+    """`prepare scan` has no coarse model to render: it splits the points as the centre rule would (the
+    point split does not depend on the cameras' rule) instead of giving up on blocks."""
+    from momentumgs.prepare.scan import _blocks
+
+    warnings = []
+    ssim = load_config(None, ["partition.assign={mode: ssim, coarse_model: m.ckpt}", "data.downscale=4"])
+    ids = _blocks(scene, ssim, warnings)
+    centre = partition_scene(scene, PartitionConfig(assign=CenterAssign()))
+    assert warnings == [] and [i.tolist() for i in ids] == [b.point_ids.tolist() for b in centre.blocks]
+
+
 # --- CLI -----------------------------------------------------------------------------------------
 
 

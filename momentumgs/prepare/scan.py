@@ -247,11 +247,12 @@ def _blocks(scene, cfg, warnings) -> list[np.ndarray]:
     """Point ids per block from the partition the config asks for (one block if it cannot be made)."""
     import dataclasses
 
+    from momentumgs.config import CenterAssign
     from momentumgs.partition import partition_scene
 
     pcfg = dataclasses.replace(cfg.partition)
-    if pcfg.assign == "ssim":  # needs a trained model; the point split does not depend on it
-        pcfg.assign = "center"
+    if pcfg.assign.mode == "ssim":  # needs a trained model; the point split does not depend on it
+        pcfg.assign = CenterAssign()
     try:
         part = partition_scene(scene, pcfg)
     except UserError as exc:
