@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from skimage import data, filters, transform
 
 from momentumgs import lpips as lp
@@ -20,6 +21,7 @@ from momentumgs.lpips import LPIPS, lpips_model
 
 NETS = ["alex", "vgg"]
 LPIPS_PACKAGE_HEADS = {"alex": "alex.pth", "vgg": "vgg.pth"}
+EXAMPLES = Path(__file__).resolve().parent / "data" / "lpips"  # the official repository's patches (LICENSE)
 
 
 def _photo() -> torch.Tensor:
@@ -47,6 +49,22 @@ def test_linear_heads_equal_the_lpips_v0_1_heads(net):
         expected = ref[f"lin{k}.model.1.weight"]  # [1, K, 1, 1]
         assert head.weight.shape == expected.shape
         assert torch.equal(head.weight, expected), f"{net} head {k}"
+
+
+def _example(name: str) -> torch.Tensor:
+    """One of the official LPIPS repository's 64x64 example patches. [1, 3, 64, 64] in [0, 1]"""
+    rgb = np.asarray(Image.open(EXAMPLES / f"{name}.png").convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None]
+
+
+def test_vgg_distances_of_the_official_example_pair_are_the_published_ones():
+    """LPIPS v0.1 (VGG) from ex_ref.png to ex_p0.png and to ex_p1.png: 0.569 and 0.422, the official PyTorch
+    model's values as published to three decimals (github.com/moono/lpips-tf2.x, README, "official pytorch
+    model value"). The inputs are the PNGs read as official `lpips.load_image` + `im2tensor` read them."""
+    ref, p0, p1 = _example("ex_ref"), _example("ex_p0"), _example("ex_p1")
+    with torch.no_grad():
+        d = lpips_model("vgg")(torch.cat([ref, ref]), torch.cat([p0, p1]), normalize=True).tolist()
+    assert d == pytest.approx([0.569, 0.422], abs=5e-4), d
 
 
 @pytest.mark.parametrize("net", NETS)
