@@ -8,6 +8,14 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items):
+    """The interop and browser tests start node or chromium: they count as slow (`-m "not slow"`)."""
+    for item in items:
+        if item.get_closest_marker("interop") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Tests share one demo-scene cache per session, never the user's own cache folder."""

@@ -72,6 +72,7 @@ def test_an_exposure_row_moves_in_proportion_to_its_evidence():
     assert _row_travel("embedding", 8, 1e-4) > 0.5 * _row_travel("embedding", 8, 0.1) > 0.01
 
 
+@pytest.mark.tools
 @pytest.mark.slow
 def test_exposure_gains_learn_each_photos_exposure_and_white_balance(appearance_test_scene, tmp_path):
     """One block, 200 steps on the appearance city (80x60 views): the learned log-gains follow the exposure
@@ -96,6 +97,7 @@ def _rgb(path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float64) / 255.0
 
 
+@pytest.mark.slow
 def test_the_photos_change_while_the_ground_truth_stays_neutral(appearance_test_scene, gt_test_scene):
     truth = json.loads((appearance_test_scene / "ground_truth" / "city.json").read_text())
     looks = truth["appearance"]
@@ -116,6 +118,7 @@ def test_the_photos_change_while_the_ground_truth_stays_neutral(appearance_test_
     assert max(exposures) / min(exposures) > 1.5  # the changes are large enough to matter
 
 
+@pytest.mark.slow
 def test_a_model_renders_test_views_in_the_neutral_appearance_not_their_untrained_rows(appearance_run):
     model = load_model(RunPaths(appearance_run).model)
     scene = load_scene(run_config(appearance_run))
@@ -131,6 +134,7 @@ def test_a_model_renders_test_views_in_the_neutral_appearance_not_their_untraine
     assert not torch.allclose(default, photo_look, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_half_protocol_fits_the_left_half(appearance_run):
     model = load_model(RunPaths(appearance_run).model)
     scene = load_scene(run_config(appearance_run))
@@ -151,6 +155,7 @@ def test_the_half_protocol_fits_the_left_half(appearance_run):
     assert left_error(fitted) < 0.99 * neutral_error, (left_error(fitted), neutral_error)
 
 
+@pytest.mark.slow
 def test_nearest_protocol_takes_the_closest_training_camera(appearance_run):
     scene = load_scene(run_config(appearance_run))
     for test in scene.test_ids:
@@ -162,6 +167,7 @@ def test_nearest_protocol_takes_the_closest_training_camera(appearance_run):
         assert distance[chosen] == min(distance.values())
 
 
+@pytest.mark.slow
 def test_eval_names_its_protocol_and_measures_the_right_half(appearance_run, appearance_test_scene):
     evaluate_run(appearance_run, appearance="mean")
     evaluate_run(appearance_run, appearance="nearest")
@@ -184,6 +190,7 @@ def test_eval_names_its_protocol_and_measures_the_right_half(appearance_run, app
         evaluate_run(appearance_run, appearance="sideways", force=True)
 
 
+@pytest.mark.slow
 def test_export_takes_a_photos_appearance(appearance_run, tmp_path):
     from momentumgs.export.commands import export_run
 
@@ -200,6 +207,7 @@ def test_export_takes_a_photos_appearance(appearance_run, tmp_path):
     assert not (tmp_path / "x.ply").exists()
 
 
+@pytest.mark.slow
 def test_viewer_offers_the_photos_appearances(appearance_run):
     from momentumgs_viewer import ViewerOptions, open_run
 

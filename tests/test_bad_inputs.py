@@ -455,6 +455,7 @@ def test_export_force_replaces_the_file(world, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.splat"]  # no temporary file left
 
 
+@pytest.mark.slow
 def test_a_two_process_resume_of_corrupt_checkpoints_is_one_line(world, tmp_path):
     """A resume in two processes checks the checkpoint before it starts them: one line, none of theirs."""
     import subprocess
@@ -483,6 +484,7 @@ def test_a_two_process_resume_of_corrupt_checkpoints_is_one_line(world, tmp_path
     assert lines[0].endswith("start the run again in an empty folder")
 
 
+@pytest.mark.slow
 def test_a_failing_two_process_run_prints_its_error_once(world, tmp_path):
     """Both workers meet the same error (a checkpoint that is intact but not a run's, which only loading it
     tells): the run prints it once, in one line, without torchrun's OMP_NUM_THREADS banner."""

@@ -124,6 +124,8 @@ def test_slot_mask_survives_files_and_anchor_growth(tmp_path):
     assert torch.equal(loaded.slot_mask, expected)
 
 
+@pytest.mark.slow
+@pytest.mark.tools
 def test_merge_rules_tool_measures_both_rules_on_the_runs_own_blocks(finished_run):
     """tools/merge_rules.py re-merges a finished run: its default rule reproduces the run's own model and
     evaluation; the other rule is measured on the same blocks."""

@@ -455,6 +455,7 @@ def test_blocks_train_on_the_crops_of_their_cells_and_one_block_on_whole_views(
         assert all(crops == {} for crops in whole.crops)
 
 
+@pytest.mark.slow
 def test_a_frozen_decoder_stops_learning_once_the_first_block_finishes(gt_test_scene, tmp_path):
     """With method.freeze_decoder_at_finish (the default) the shared decoder and its teacher change at every
     step until a block has all its iterations, and never after; the blocks still training go on learning

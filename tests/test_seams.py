@@ -69,6 +69,7 @@ def mean_loss(model, scene, views, ids, lambda_dssim) -> float:
     return float(torch.stack(losses).mean())
 
 
+@pytest.mark.slow
 def test_refinement_moves_only_the_seam_anchors_and_fits_their_views_better(merged):
     cfg, scene, model, partition, views = merged
     width = band_width(partition, cfg.partition.seam_band)
@@ -102,6 +103,7 @@ def test_refinement_moves_only_the_seam_anchors_and_fits_their_views_better(merg
     assert loss_after < loss_before - 1e-3, (loss_before, loss_after)
 
 
+@pytest.mark.slow
 def test_zero_steps_leave_the_model_as_merged_and_a_merge_by_anchor_keeps_its_slots(merged):
     cfg, scene, model, partition, views = merged
     before = {k: v.detach().clone() for k, v in model.field.params().items()}
@@ -118,6 +120,7 @@ def test_zero_steps_leave_the_model_as_merged_and_a_merge_by_anchor_keeps_its_sl
     model.field.slot_mask = mask
 
 
+@pytest.mark.slow
 def test_a_finished_run_writes_its_blocks_merged_with_the_seam_anchors_refined(finished_run):
     cfg = run_config(finished_run)
     partition = load_partition(RunPaths(finished_run).partition)

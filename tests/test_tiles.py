@@ -267,6 +267,8 @@ def test_cli_lod_tune_fits_only_the_coarse_levels(tiny_tiles_run, tmp_path, caps
         assert a.opacities.equal(b.opacities) == same and a.sh.equal(b.sh) == same
 
 
+@pytest.mark.slow
+@pytest.mark.tools
 def test_bench_tiles_prints_time_and_peak_rss(tmp_path):
     """tools/bench_tiles.py at a tiny size: its figures and the JSON line."""
     bench = Path(__file__).resolve().parent.parent / "tools" / "bench_tiles.py"
