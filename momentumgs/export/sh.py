@@ -36,10 +36,6 @@ def eval_sh_colors(sh: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     return (0.5 + torch.einsum("mb,mbc->mc", bases, sh)).clamp_min(0.0)
 
 
-def rgb_to_sh_dc(rgb: torch.Tensor) -> torch.Tensor:
-    return (rgb - 0.5) / SH_C0
-
-
 def fit_sh(
     bases: torch.Tensor,  # [S, V, B] basis values of each sample's direction
     targets: torch.Tensor,  # [S, V, 3] colours to reproduce
