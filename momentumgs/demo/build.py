@@ -250,7 +250,6 @@ class SceneKind:
     intrinsics: Callable[[Any], np.ndarray]  # [3, 3]
     reconstruct: Callable[..., dict]  # (images, model, K, poses, log) -> figures; writes the model
     cache_folder: str  # below the cache root
-    keyed_by_name: bool  # False for the city: its key predates the other scenes (old caches stay valid)
 
 
 SCENES = {
@@ -264,7 +263,6 @@ SCENES = {
         intrinsics=city_intrinsics,
         reconstruct=lambda images, model, K, poses, log: run_demo_sfm(images, model, log=log),
         cache_folder="demo",
-        keyed_by_name=False,
     ),
     "survey": SceneKind(
         name="survey",
@@ -276,7 +274,6 @@ SCENES = {
         intrinsics=survey_intrinsics,
         reconstruct=triangulate_at_poses,
         cache_folder="survey",
-        keyed_by_name=True,
     ),
 }
 
@@ -309,11 +306,13 @@ def scene_key(p, sfm: bool, scene: str = "city", appearance: bool = False) -> st
     """Hash of everything that decides the output: scene, parameters, generator version, SfM flag,
     changing appearance."""
     kind = scene_kind(scene)
-    fields = {"params": _params_dict(p), "version": kind.version, "sfm": sfm}
-    if appearance:  # only when set, so that the keys of earlier scenes stay valid
-        fields["appearance"] = True
-    if kind.keyed_by_name:
-        fields["scene"] = kind.name
+    fields = {
+        "scene": kind.name,
+        "params": _params_dict(p),
+        "version": kind.version,
+        "sfm": sfm,
+        "appearance": appearance,
+    }
     text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -44,8 +44,8 @@ def earlier_evaluation(paths: RunPaths, info: dict, names: list[str]) -> EvalRes
     result = read_eval(path)
     if result is None or result.names != names or result.extra.get("iteration") != info.get("iteration"):
         return None
-    appearance = result.extra.get("appearance", {}).get("protocol", "mean")
-    if appearance != "mean" or result.extra.get("reference", "the photos") != "the photos":
+    appearance = result.extra.get("appearance", {}).get("protocol")  # a file without it: measure again
+    if appearance != "mean" or result.extra.get("reference") != "the photos":
         return None
     return result
 
