@@ -107,14 +107,14 @@ def bench_scale(a) -> dict:
 
 def bench_quality(a) -> dict:
     from momentumgs.export.bake import bake
-    from momentumgs.export.commands import _scene_or_none, load_run
+    from momentumgs.export.commands import load_run, scene_or_none
     from momentumgs.export.refine import refine_baked
     from momentumgs.export.tiles3d import block_models
     from momentumgs.partition import load_partition
     from momentumgs.render.view import camera_view
 
     model, cfg = load_run(a.quality)
-    scene = _scene_or_none(cfg)
+    scene = scene_or_none(cfg)
     partition = load_partition(Path(a.quality) / "partition.json")
     fractions = parse_levels(a.levels)
     names = ["prune", "merge"] + (["merge+tune"] if a.tune else [])

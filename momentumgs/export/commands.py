@@ -34,7 +34,7 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     return run.model, run.cfg
 
 
-def _scene_or_none(cfg):
+def scene_or_none(cfg):
     """The run's scene for its training cameras; None (with a warning) when it cannot be loaded."""
     from momentumgs.run_setup import load_scene
 
@@ -79,7 +79,7 @@ def export_run(
     model, cfg = load_run(run_dir)
     refuse_existing(path, force)  # before baking, which takes a while
     row = None if appearance is None else photo_appearance_row(model, appearance)
-    scene = _scene_or_none(cfg)
+    scene = scene_or_none(cfg)
     baked = bake(model, scene, sh_degree=sh_degree, appearance=row)
     if refine_epochs > 0 and scene is not None:
         baked = refine_baked(baked, model, scene, refine_epochs * len(scene.train_ids), appearance=row)
@@ -160,7 +160,7 @@ def export_tiles(
     refuse_existing(out, force)
     partition = _run_partition(run_dir)
     row = None if appearance is None else photo_appearance_row(model, appearance)
-    scene = _scene_or_none(cfg)
+    scene = scene_or_none(cfg)
     if tune_epochs > 0 and scene is None:
         raise UserError("--lod-tune: needs the run's scene (its training views)")
     current = {}
