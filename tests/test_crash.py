@@ -209,7 +209,7 @@ def test_two_machines_simulated_on_one_train_what_one_process_emulates(gt_test_s
     command = (
         command.replace("torchrun ", f"{sys.executable} -m torch.distributed.run ")
         .replace("host0:29400", f"localhost:{port}")
-        .replace("--scene path/to/scene", f"--scene {gt_test_scene}")
+        .replace("--scene scene/", f"--scene {gt_test_scene}")
         .replace("--out shared/runs/my_scene", f"--out {run}")
         .replace(" -c configs/demo.yaml", "")  # the test's small settings instead
     )
