@@ -607,7 +607,7 @@ def _apply(obj: Any, data: dict, prefix: str = "") -> None:
     if not isinstance(data, dict):
         where = prefix.rstrip(".") or "top level"
         if where in MOVED:
-            raise ConfigError(f"config key '{where}' is now '{MOVED[where]}'")
+            raise ConfigError(_moved_text(where))
         raise ConfigError(f"config key '{where}': expected a mapping, got {type(_plain(data)).__name__}")
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
@@ -626,9 +626,13 @@ def _apply(obj: Any, data: dict, prefix: str = "") -> None:
             setattr(obj, name, _coerce(value, hints[name], key))
 
 
+def _moved_text(key: str) -> str:
+    return f"config key '{key}' is now '{MOVED[key]}'"
+
+
 def _unknown_key(obj: Any, key: str) -> str:
     if key in MOVED:
-        return f"config key '{key}' is now '{MOVED[key]}'"
+        return _moved_text(key)
     mode = getattr(obj, "mode", None)
     where = f" (not an option of {key.rsplit('.', 1)[0]}.mode {mode})" if mode is not None else ""
     return f"unknown config key '{key}'{where}"
